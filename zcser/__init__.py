@@ -1,0 +1,3 @@
+"""zcser: zero-copy serialization of objects holding big arrays."""
+
+__all__: list[str] = []
