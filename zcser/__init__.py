@@ -1,3 +1,7 @@
 """zcser: zero-copy serialization of objects holding big arrays."""
 
-__all__: list[str] = []
+from zcser import errors
+from zcser.codec import CODEC_VERSION as __version__
+from zcser.codec import DEFAULT_THRESHOLD, Codec, Plan, dumps, loads
+
+__all__ = ["DEFAULT_THRESHOLD", "Codec", "Plan", "__version__", "dumps", "errors", "loads"]

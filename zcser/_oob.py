@@ -2,17 +2,25 @@
 
 Adapters call `write_raw(write_context, mv)` while serializing and `read_raw(read_context)`
 while deserializing. The codec's buffer callback decides in band / out of band by size; the
-reader always gets back a read-only, C-contiguous, byte-format memoryview.
+reader gets back a read-only, C-contiguous, byte-format memoryview (zero-copy when it went out
+of band), or a private writable copy when the codec decodes with `copy=True`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from pyfory._fory import BufferObject
 
+from zcser.errors import CorruptMessage
 
-class RawBuffer(BufferObject):  # type: ignore[misc]
+_COPY: ContextVar[bool] = ContextVar("zcser_copy", default=False)
+
+
+class RawBuffer(BufferObject):
     """A contiguous byte region offered to pyfory's buffer callback (no copy is made here)."""
 
     __slots__ = ("view",)
@@ -46,15 +54,35 @@ def as_bytes_view(obj: Any) -> memoryview:
     return mv
 
 
+@contextmanager
+def copy_mode(copy: bool) -> Iterator[None]:
+    """While active, `read_raw` returns private writable copies (the codec's `copy=True`)."""
+    token = _COPY.set(copy)
+    try:
+        yield
+    finally:
+        _COPY.reset(token)
+
+
+def copy_requested() -> bool:
+    """True while the codec decodes with `copy=True`: adapters must return private objects."""
+    return _COPY.get()
+
+
 def write_raw(write_context: Any, data: Any) -> None:
     """Hand one contiguous region to pyfory; the codec's callback keeps it in band or not."""
     write_context.write_buffer_object(RawBuffer(as_bytes_view(data)))
 
 
-def read_raw(read_context: Any) -> memoryview:
-    """The region written by `write_raw`: a read-only byte memoryview (zero-copy if out of band)."""
+def read_raw_view(read_context: Any, nbytes: int | None = None) -> tuple[memoryview, bool]:
+    """The region written by `write_raw` as a read-only byte view, and whether it was out of band.
+
+    Never copies out-of-band data (in-band data is a small private copy). When `nbytes` is given,
+    a region of another size raises CorruptMessage: the serializer's own metadata disagrees.
+    """
     got = read_context.read_buffer_object()
-    if isinstance(got, memoryview):
+    out_of_band = isinstance(got, memoryview)
+    if out_of_band:
         mv = got
     elif isinstance(got, (bytes, bytearray)):
         mv = memoryview(got)
@@ -62,4 +90,17 @@ def read_raw(read_context: Any) -> memoryview:
         mv = memoryview(got.to_bytes() if hasattr(got, "to_bytes") else bytes(got))
     if mv.format != "B" or mv.ndim != 1:
         mv = mv.cast("B")
-    return mv if mv.readonly else mv.toreadonly()
+    if nbytes is not None and mv.nbytes != nbytes:
+        raise CorruptMessage(
+            f"a buffer holds {mv.nbytes} bytes where its metadata says {nbytes}: "
+            "the message is corrupt"
+        )
+    return (mv if mv.readonly else mv.toreadonly()), out_of_band
+
+
+def read_raw(read_context: Any, nbytes: int | None = None) -> memoryview:
+    """The region written by `write_raw`: read-only zero-copy view, or private copy if copying."""
+    mv, _ = read_raw_view(read_context, nbytes)
+    if _COPY.get():
+        return memoryview(bytearray(mv))
+    return mv

@@ -1,0 +1,192 @@
+"""The zcser message layout: constants, header packing, placement and validation (pure, no I/O).
+
+Layout (little endian, offsets relative to the message start, see docs/format.md):
+  header   32 bytes  magic, version, flags, buffer count, reserved, in-band length, total length
+  table    16 bytes per buffer: (offset, length)
+  digests  8 bytes x (count + 1), only with FLAG_CHECKSUM: xxh3-64 of metadata+in-band, then
+           of each buffer
+  in-band  pyfory bytes
+  buffers  each at an absolute ALIGN-aligned address, so all offsets agree modulo ALIGN
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import NamedTuple
+
+from zcser.errors import BufferTooSmall, CorruptMessage, UnsupportedVersion, UsageError
+
+MAGIC = b"ZCSR"
+VERSION = 1
+ALIGN = 64
+FLAG_CHECKSUM = 0x0001
+KNOWN_FLAGS = FLAG_CHECKSUM
+
+HEADER = struct.Struct("<4sHHIIQQ")
+ENTRY = struct.Struct("<QQ")
+DIGEST = struct.Struct("<Q")
+
+OFF_MAGIC = 0
+OFF_VERSION = 4
+OFF_FLAGS = 6
+OFF_COUNT = 8
+OFF_RESERVED = 12
+OFF_INBAND_LEN = 16
+OFF_TOTAL_LEN = 24
+TABLE_START = HEADER.size
+
+
+class Message(NamedTuple):
+    """A validated message: where each part lies inside the memory it was parsed from."""
+
+    flags: int
+    inband_start: int
+    inband_end: int
+    buffers: list[tuple[int, int]]
+    digests: list[int] | None
+    total: int
+
+    @property
+    def checksum(self) -> bool:
+        return bool(self.flags & FLAG_CHECKSUM)
+
+    @property
+    def meta_end(self) -> int:
+        """End of header + table (the start of the digests, or of the in-band bytes)."""
+        return TABLE_START + ENTRY.size * len(self.buffers)
+
+
+def align_up(value: int, align: int = ALIGN) -> int:
+    """The smallest multiple of `align` that is >= value."""
+    return (value + align - 1) // align * align
+
+
+def meta_size(count: int, checksum: bool) -> int:
+    """Bytes before the in-band data: header, table and (optional) digests."""
+    digests = DIGEST.size * (count + 1) if checksum else 0
+    return TABLE_START + ENTRY.size * count + digests
+
+
+def upper_bound(inband_len: int, lengths: Sequence[int], checksum: bool) -> int:
+    """A message size valid at any base address (ALIGN - 1 bytes of slack included)."""
+    data = sum(align_up(n) for n in lengths)
+    return align_up(meta_size(len(lengths), checksum) + inband_len) + data + (ALIGN - 1)
+
+
+def place(
+    base: int,
+    inband_len: int,
+    lengths: Sequence[int],
+    checksum: bool,
+    fixed: dict[int, int] | None = None,
+    reserved: Sequence[tuple[int, int]] = (),
+) -> tuple[list[int], int]:
+    """Offsets of each buffer and the total size when the message starts at absolute `base`.
+
+    `fixed` maps a buffer index to the offset where it already lies (it is not moved);
+    `reserved` lists [start, end) offsets that must not be written (in-target sources).
+    Other buffers go after the in-band bytes and every fixed/reserved region, ALIGN-aligned.
+    """
+    fixed = fixed or {}
+    head = meta_size(len(lengths), checksum) + inband_len
+    taken = list(reserved) + [(off, off + lengths[i]) for i, off in fixed.items()]
+    for start, _ in taken:
+        if start < head:
+            raise UsageError(
+                f"memory already inside the target starts at offset {start}, inside the "
+                f"{head}-byte header and in-band area: leave at least {head} bytes free "
+                "at the start of the target"
+            )
+    cursor = max([head, *(end for _, end in taken)])
+    offsets: list[int] = []
+    for i, n in enumerate(lengths):
+        if i in fixed:
+            offsets.append(fixed[i])
+            continue
+        off = align_up(base + cursor) - base
+        offsets.append(off)
+        cursor = off + n
+    return offsets, cursor
+
+
+def pack_header(flags: int, count: int, inband_len: int, total: int) -> bytes:
+    """The fixed 32-byte header."""
+    return HEADER.pack(MAGIC, VERSION, flags, count, 0, inband_len, total)
+
+
+def pack_table(entries: Sequence[tuple[int, int]]) -> bytes:
+    """The buffer table: (offset, length) per buffer."""
+    flat = [v for entry in entries for v in entry]
+    return struct.pack(f"<{len(flat)}Q", *flat)
+
+
+def pack_digests(digests: Sequence[int]) -> bytes:
+    """The digest array (metadata+in-band first, then one per buffer)."""
+    return struct.pack(f"<{len(digests)}Q", *digests)
+
+
+def check_room(total: int, available: int) -> None:
+    """Raise BufferTooSmall unless `available` bytes hold a `total`-byte message."""
+    if total > available:
+        raise BufferTooSmall(
+            f"the message needs {total} bytes but the target holds {available}: "
+            "allocate plan.nbytes (or plan.nbytes_at(address)) bytes"
+        )
+
+
+def parse(mv: memoryview) -> Message:
+    """Validate header, table and digest area against `mv` (a byte memoryview) before any use."""
+    size = mv.nbytes
+    if size < HEADER.size:
+        raise CorruptMessage(f"{size} bytes is shorter than the {HEADER.size}-byte header")
+    magic, version, flags, count, reserved, inband_len, total = HEADER.unpack_from(mv, 0)
+    if magic != MAGIC:
+        raise CorruptMessage(f"bad magic {bytes(magic)!r} (expected {MAGIC!r}): not a message")
+    if version != VERSION:
+        raise UnsupportedVersion(
+            f"message format version {version}; this zcser reads version {VERSION}: "
+            "upgrade zcser on the reader (or downgrade the writer)"
+        )
+    if flags & ~KNOWN_FLAGS or reserved:
+        raise CorruptMessage(f"unknown flags 0x{flags:04x} or reserved field {reserved} set")
+    checksum = bool(flags & FLAG_CHECKSUM)
+    if count > (size - HEADER.size) // ENTRY.size:
+        raise CorruptMessage(f"buffer count {count} does not fit in {size} bytes")
+    inband_start = meta_size(count, checksum)
+    inband_end = inband_start + inband_len
+    if not inband_end <= total <= size:
+        raise CorruptMessage(
+            f"in-band end {inband_end} / total length {total} inconsistent with the "
+            f"{size} bytes given (truncated message?)"
+        )
+    flat = struct.unpack_from(f"<{2 * count}Q", mv, TABLE_START)
+    buffers = list(zip(flat[0::2], flat[1::2], strict=True))
+    _check_buffers(buffers, inband_end, total)
+    digests = None
+    if checksum:
+        start = TABLE_START + ENTRY.size * count
+        digests = list(struct.unpack_from(f"<{count + 1}Q", mv, start))
+    return Message(flags, inband_start, inband_end, buffers, digests, total)
+
+
+def _check_buffers(buffers: list[tuple[int, int]], inband_end: int, total: int) -> None:
+    """Buffers lie in [inband_end, total), do not overlap and share one alignment base."""
+    phase = None
+    for off, n in buffers:
+        if off < inband_end or off + n > total:
+            raise CorruptMessage(
+                f"buffer [{off}, {off + n}) lies outside the data area [{inband_end}, {total})"
+            )
+        if phase is None:
+            phase = off % ALIGN
+        elif off % ALIGN != phase:
+            raise CorruptMessage(
+                f"buffer offset {off} is misaligned relative to the others "
+                f"(all must agree modulo {ALIGN})"
+            )
+    ordered = sorted(b for b in buffers if b[1])
+    for (a_off, a_len), (b_off, _) in pairwise(ordered):
+        if a_off + a_len > b_off:
+            raise CorruptMessage(f"buffers at offsets {a_off} and {b_off} overlap")

@@ -1,0 +1,421 @@
+"""The Codec: one pyfory.Fory configured for out-of-band buffers, plus the message framing.
+
+Encoding serializes once (`plan`), then writes header, table, in-band bytes and every large
+buffer at a 64-byte-aligned absolute address (`Plan.write_into`). Decoding validates the whole
+header and table first, then hands pyfory zero-copy slices of one read-only root view.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from importlib import import_module
+from typing import Any
+
+import numpy as np
+import pyfory
+import xxhash
+from pyfory.error import TypeUnregisteredError
+
+from zcser import _buffers, _message, _numpy, _oob
+from zcser.errors import (
+    ChecksumMismatch,
+    CorruptMessage,
+    DecodeError,
+    IncompatibleStream,
+    UnregisteredType,
+    UnsupportedType,
+    UsageError,
+    ZcserError,
+)
+
+FORMAT_NAME = "zcser-message"
+CODEC_NAME = "zcser"
+CODEC_VERSION = "0.1.0"
+
+# Measured with `python -m zcser bench` (section "threshold"): below ~16 KiB the per-buffer
+# cost of going out of band (table entry, alignment padding, one memoryview slice and pyfory's
+# callback on each side) exceeds the cost of copying the bytes in band.
+DEFAULT_THRESHOLD = 16 * 1024
+
+_OPTIONAL_ADAPTERS = ("zcser._arrow", "zcser._torch", "zcser._pandas")
+
+
+def _address(mv: memoryview) -> int:
+    """Absolute address of the first byte of a (read-only or writable) buffer."""
+    if mv.nbytes == 0:
+        return 0
+    return int(np.frombuffer(mv, dtype=np.uint8).ctypes.data)
+
+
+def _byte_view(data: Any) -> memoryview:
+    """A flat unsigned-byte view over any C-contiguous buffer object (UsageError otherwise)."""
+    try:
+        return _oob.as_bytes_view(data)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(
+            f"expected a C-contiguous bytes-like object, got {type(data).__name__}"
+        ) from exc
+
+
+class Plan:
+    """One serialized object, ready to be written into memory any number of times.
+
+    `buffers` are the out-of-band source buffers (byte memoryviews over the caller's objects,
+    not copies), `inband` the pyfory bytes. A buffer that already lies inside the target memory
+    at a 64-byte-aligned address after the header area is left where it is (not copied); see
+    `write_into`.
+    """
+
+    __slots__ = ("buffers", "checksum", "inband")
+
+    def __init__(self, inband: bytes, buffers: list[memoryview], checksum: bool) -> None:
+        self.inband = inband
+        self.buffers = buffers
+        self.checksum = checksum
+
+    @property
+    def nbytes(self) -> int:
+        """An upper bound on the message size, valid at any base address."""
+        lengths = [b.nbytes for b in self.buffers]
+        return _message.upper_bound(len(self.inband), lengths, self.checksum)
+
+    def nbytes_at(self, address: int) -> int:
+        """The exact message size when written at absolute `address` (nothing in place)."""
+        lengths = [b.nbytes for b in self.buffers]
+        return _message.place(address, len(self.inband), lengths, self.checksum)[1]
+
+    def write_into(self, target: Any, base_address: int | None = None) -> int:
+        """Write the message at the start of `target`; returns the bytes used.
+
+        `base_address` is the absolute address of target[0] (computed when None). A source
+        buffer lying entirely inside the target at a 64-aligned address past the header area
+        stays in place and is not copied (the channel's zero-copy send); other sources inside
+        the target are copied out, and nothing is written over them.
+        """
+        mv = _byte_view(target)
+        if mv.readonly:
+            raise UsageError("write_into needs writable memory (got a read-only buffer)")
+        base = _address(mv) if base_address is None else base_address
+        lengths = [b.nbytes for b in self.buffers]
+        fixed, reserved = self._in_target(base, mv.nbytes)
+        offsets, total = _message.place(
+            base, len(self.inband), lengths, self.checksum, fixed, reserved
+        )
+        _message.check_room(total, mv.nbytes)
+        count = len(self.buffers)
+        flags = _message.FLAG_CHECKSUM if self.checksum else 0
+        pos = _message.TABLE_START
+        mv[:pos] = _message.pack_header(flags, count, len(self.inband), total)
+        table = _message.pack_table(list(zip(offsets, lengths, strict=True)))
+        mv[pos : pos + len(table)] = table
+        pos += len(table)
+        inband_at = _message.meta_size(count, self.checksum)
+        end = inband_at + len(self.inband)
+        mv[inband_at:end] = self.inband
+        for i, (off, buf) in enumerate(zip(offsets, self.buffers, strict=True)):
+            if i not in fixed:
+                mv[off : off + buf.nbytes] = buf
+        if self.checksum:
+            digests = [_meta_digest(mv, pos, inband_at, end)]
+            digests.extend(xxhash.xxh3_64_intdigest(b) for b in self.buffers)
+            mv[pos:inband_at] = _message.pack_digests(digests)
+        _zero_gaps(mv, end, offsets, lengths)
+        return total
+
+    def _in_target(self, base: int, size: int) -> tuple[dict[int, int], list[tuple[int, int]]]:
+        """Buffers already inside the target: those kept in place and those only reserved."""
+        fixed: dict[int, int] = {}
+        reserved: list[tuple[int, int]] = []
+        taken: list[tuple[int, int]] = []
+        for i, buf in enumerate(self.buffers):
+            start = _address(buf) - base
+            end = start + buf.nbytes
+            if end <= 0 or start >= size:
+                continue
+            if start < 0 or end > size:
+                raise UsageError(
+                    "a buffer straddles the end of the target memory: "
+                    "allocate it wholly inside the frame or wholly outside"
+                )
+            clash = any(start < t_end and t_start < end for t_start, t_end in taken)
+            if (base + start) % _message.ALIGN == 0 and not clash:
+                fixed[i] = start
+                taken.append((start, end))
+            else:
+                reserved.append((start, end))
+        return fixed, reserved
+
+
+def _meta_digest(mv: memoryview, meta_end: int, inband_at: int, inband_end: int) -> int:
+    """xxh3-64 of header + table + in-band bytes (the digest area itself excluded)."""
+    hasher = xxhash.xxh3_64()
+    hasher.update(mv[:meta_end])
+    hasher.update(mv[inband_at:inband_end])
+    return hasher.intdigest()
+
+
+def _zero_gaps(mv: memoryview, start: int, offsets: list[int], lengths: list[int]) -> None:
+    """Zero the alignment padding after the in-band bytes (no stale memory leaks out)."""
+    cursor = start
+    for off, n in sorted(zip(offsets, lengths, strict=True)):
+        if off > cursor and off - cursor < _message.ALIGN:
+            mv[cursor:off] = bytes(off - cursor)
+        cursor = max(cursor, off + n)
+
+
+def _aligned_copy(mv: memoryview, phase: int) -> memoryview:
+    """A read-only copy of `mv` in fresh memory where offset `phase` is ALIGN-aligned."""
+    raw = np.empty(mv.nbytes + _message.ALIGN, dtype=np.uint8)
+    skip = (phase - raw.ctypes.data) % _message.ALIGN
+    dst = raw[skip : skip + mv.nbytes]
+    dst[:] = np.frombuffer(mv, dtype=np.uint8)
+    return dst.data.toreadonly()
+
+
+class _Buffers:
+    """Iterator over out-of-band views that counts how many pyfory consumed."""
+
+    __slots__ = ("_it", "used")
+
+    def __init__(self, views: list[memoryview]) -> None:
+        self._it = iter(views)
+        self.used = 0
+
+    def __iter__(self) -> Iterator[memoryview]:
+        return self
+
+    def __next__(self) -> memoryview:
+        try:
+            view = next(self._it)
+        except StopIteration:
+            raise CorruptMessage(
+                "the serializer wants more out-of-band buffers than the table lists"
+            ) from None
+        self.used += 1
+        return view
+
+
+class Codec:
+    """Encode objects to zcser messages and decode them back as zero-copy views.
+
+    threshold: buffers smaller than this many bytes stay in band (copied); 0-byte ones always.
+    trusted: WARNING, True lets messages build any importable class (like pickle: a malicious
+        message can run code). Only for data from peers you trust. Default strict mode accepts
+        only built-in and registered types.
+    checksum: store xxh3-64 digests of in-band bytes and every buffer, and require them on
+        decode (a corrupted message raises ChecksumMismatch instead of decoding wrongly).
+    ref: track shared references (an object held twice travels once, identity is kept).
+    """
+
+    def __init__(
+        self,
+        threshold: int = DEFAULT_THRESHOLD,
+        trusted: bool = False,
+        checksum: bool = False,
+        ref: bool = False,
+    ) -> None:
+        if threshold < 0:
+            raise UsageError(f"threshold must be >= 0 bytes, got {threshold}")
+        if trusted:
+            warnings.warn(
+                "zcser.Codec(trusted=True) decodes like pickle: a crafted message can run "
+                "arbitrary code. Use it only with peers you trust.",
+                stacklevel=2,
+            )
+        self.threshold = threshold
+        self.trusted = trusted
+        self.checksum = checksum
+        self.ref = ref
+        self._fory = pyfory.Fory(xlang=False, ref=ref, strict=not trusted)
+        self._types: dict[str, str] = {}
+        self._adapters: list[str] = []
+        for module in (_numpy, _buffers):
+            module.install(self._fory)
+            self._adapters.append(module.__name__.rsplit(".", 1)[1].lstrip("_"))
+        for name in _OPTIONAL_ADAPTERS:
+            try:
+                adapter = import_module(name)
+            except ImportError:
+                continue
+            adapter.install(self._fory)
+            self._adapters.append(name.rsplit(".", 1)[1].lstrip("_"))
+
+    def register(self, cls: type, *, name: str | None = None) -> None:
+        """Allow `cls` (dataclass or plain class) in strict mode, on writer and reader alike.
+
+        Types are matched across processes by `name` (default `module.QualName`), so the
+        reader must register the same classes under the same names, in any order.
+        """
+        if not isinstance(cls, type):
+            raise UsageError(f"register() takes a class, got {type(cls).__name__}")
+        name = name or f"{cls.__module__}.{cls.__qualname__}"
+        if name in self._types:
+            raise UsageError(f"a class is already registered under the name {name!r}")
+        self._fory.register(cls, name=name)
+        self._types[name] = f"{cls.__module__}.{cls.__qualname__}"
+
+    def plan(self, obj: Any) -> Plan:
+        """Serialize `obj` once: in-band bytes plus the out-of-band buffers (no data copied)."""
+        buffers: list[memoryview] = []
+        threshold = self.threshold
+
+        def keep_in_band(buffer_object: Any) -> bool:
+            size = buffer_object.total_bytes()
+            if size == 0 or size < threshold:
+                return True
+            buffers.append(_oob.as_bytes_view(buffer_object.getbuffer()))
+            return False
+
+        try:
+            inband = self._fory.serialize(obj, buffer_callback=keep_in_band)
+        except ZcserError:
+            raise
+        except TypeUnregisteredError as exc:
+            raise UnregisteredType(
+                f"{exc}: call codec.register(cls) on the writer and the reader "
+                "(or Codec(trusted=True) for trusted peers only)"
+            ) from exc
+        except Exception as exc:
+            raise UnsupportedType(
+                f"cannot serialize {type(obj).__name__}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return Plan(bytes(inband), buffers, self.checksum)
+
+    def message_size(self, obj: Any) -> int:
+        """Upper bound of the message size of `obj` (serializes it; prefer `plan` to reuse)."""
+        return self.plan(obj).nbytes
+
+    def encode_into(self, obj: Any, target: Any) -> int:
+        """Write one message for `obj` at the start of `target`; returns the bytes used."""
+        return self.plan(obj).write_into(target)
+
+    def decode(self, data: Any, *, copy: bool = False, owner: Any = None) -> Any:
+        """The object in the message at the start of `data`.
+
+        Without copy, arrays/buffers are read-only zero-copy views into `data`; with `owner`,
+        every view keeps `owner` alive (the channel passes its frame lease). If the buffers
+        would be misaligned at this address, the message is first copied to aligned memory.
+        copy=True returns private writable objects.
+        """
+        mv = _byte_view(data)
+        if not mv.readonly:
+            mv = mv.toreadonly()
+        msg = _message.parse(mv)
+        if self.checksum and not msg.checksum:
+            raise CorruptMessage(
+                "this codec requires checksums but the message has none: "
+                "encode with Codec(checksum=True)"
+            )
+        root = mv[: msg.total]
+        if owner is not None and msg.total:
+            root = _owned_view(root, owner)
+        if msg.buffers:
+            phase = msg.buffers[0][0] % _message.ALIGN
+            if (_address(root) + phase) % _message.ALIGN:
+                root = _aligned_copy(root, phase)
+        if msg.digests is not None:
+            _verify(root, msg)
+        views = _Buffers([root[off : off + n] for off, n in msg.buffers])
+        inband = pyfory.Buffer(root[msg.inband_start : msg.inband_end])
+        try:
+            with _oob.copy_mode(copy):
+                obj = self._fory.deserialize(inband, buffers=views)
+        except ZcserError:
+            raise
+        except Exception as exc:
+            raise DecodeError(
+                f"pyfory could not decode the message ({type(exc).__name__}: {exc}); "
+                "the bytes are corrupt or the writer's codec differs (compare codec.schema())"
+            ) from exc
+        if views.used != len(msg.buffers):
+            raise CorruptMessage(
+                f"the table lists {len(msg.buffers)} buffers but {views.used} were used"
+            )
+        if inband.get_reader_index() != msg.inband_end - msg.inband_start:
+            raise CorruptMessage("trailing bytes after the serialized object")
+        return obj
+
+    def schema(self) -> dict[str, Any]:
+        """JSON-able description of what this codec writes, for a stream's metadata."""
+        return {
+            "format": FORMAT_NAME,
+            "format_version": _message.VERSION,
+            "codec": CODEC_NAME,
+            "codec_version": CODEC_VERSION,
+            "pyfory_version": pyfory.__version__,
+            "xlang": False,
+            "ref": self.ref,
+            "strict": not self.trusted,
+            "checksum": self.checksum,
+            "threshold": self.threshold,
+            "alignment": _message.ALIGN,
+            "adapters": list(self._adapters),
+            "types": dict(sorted(self._types.items())),
+        }
+
+    def check_schema(self, other: dict[str, Any]) -> None:
+        """Raise IncompatibleStream unless this codec can decode what `other`'s codec wrote."""
+        mine = self.schema()
+        problems = [
+            f"{key}: writer {other.get(key)!r} vs reader {mine[key]!r}"
+            for key in ("format", "format_version", "pyfory_version", "xlang", "ref", "alignment")
+            if other.get(key) != mine[key]
+        ]
+        missing = set(other.get("adapters", [])) - set(mine["adapters"])
+        if missing:
+            problems.append(f"reader lacks adapters {sorted(missing)}")
+        unknown = set(other.get("types", {})) - set(mine["types"])
+        if unknown:
+            problems.append(f"reader has not registered {sorted(unknown)} (codec.register)")
+        if mine["checksum"] and not other.get("checksum"):
+            problems.append("reader requires checksums, writer does not write them")
+        if problems:
+            raise IncompatibleStream(
+                f"stream written by {other.get('codec')} {other.get('codec_version')} "
+                f"(pyfory {other.get('pyfory_version')}), read by {CODEC_NAME} "
+                f"{CODEC_VERSION} (pyfory {pyfory.__version__}): " + "; ".join(problems)
+            )
+
+
+def _owned_view(root: memoryview, owner: Any) -> memoryview:
+    """The same bytes as `root`, through an Arrow foreign buffer whose base keeps `owner` alive."""
+    import pyarrow as pa
+
+    foreign = pa.foreign_buffer(_address(root), root.nbytes, base=owner)
+    return memoryview(foreign)
+
+
+def _verify(root: memoryview, msg: _message.Message) -> None:
+    """Raise ChecksumMismatch unless every stored digest matches."""
+    assert msg.digests is not None
+    digest_start = msg.meta_end
+    got = _meta_digest(root, digest_start, msg.inband_start, msg.inband_end)
+    if got != msg.digests[0]:
+        raise ChecksumMismatch("header/in-band checksum mismatch: the message was altered")
+    for i, (off, n) in enumerate(msg.buffers, start=1):
+        if xxhash.xxh3_64_intdigest(root[off : off + n]) != msg.digests[i]:
+            raise ChecksumMismatch(f"checksum mismatch in buffer {i - 1}: the data was altered")
+
+
+_default: Codec | None = None
+
+
+def _default_codec() -> Codec:
+    global _default
+    if _default is None:
+        _default = Codec()
+    return _default
+
+
+def dumps(obj: Any) -> bytes:
+    """One message as bytes (default Codec). Buffers are aligned relative to the message start."""
+    plan = _default_codec().plan(obj)
+    out = bytearray(plan.nbytes_at(0))
+    used = plan.write_into(out, base_address=0)
+    return bytes(memoryview(out)[:used])
+
+
+def loads(data: Any, copy: bool = False) -> Any:
+    """The object in a message (default Codec); see Codec.decode."""
+    return _default_codec().decode(data, copy=copy)

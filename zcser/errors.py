@@ -1,0 +1,85 @@
+"""Every exception zcser raises: one base, caller misuse split from bad bytes (h11 style).
+
+`UsageError` means *you* called the API wrongly and can fix the call; `CorruptData` means the
+bytes or the peer are bad and retrying the same input will not help. All are picklable.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BufferTooSmall",
+    "ChecksumMismatch",
+    "Closed",
+    "CorruptData",
+    "CorruptMessage",
+    "CorruptSnapshot",
+    "DecodeError",
+    "IncompatibleStream",
+    "MessageTooLarge",
+    "Timeout",
+    "UnregisteredType",
+    "UnsupportedType",
+    "UnsupportedVersion",
+    "UsageError",
+    "ZcserError",
+]
+
+
+class ZcserError(Exception):
+    """Base class of every zcser error."""
+
+
+class UsageError(ZcserError):
+    """The caller misused the API; the message says which call to change."""
+
+
+class UnregisteredType(UsageError):
+    """A class is not registered: call `codec.register(cls)` on writer and reader."""
+
+
+class UnsupportedType(UsageError):
+    """The object's type cannot be sent; the message says what to convert it to."""
+
+
+class BufferTooSmall(UsageError):
+    """The target memory cannot hold the message; allocate `plan.nbytes` bytes."""
+
+
+class MessageTooLarge(UsageError):
+    """The message exceeds a transport or format limit."""
+
+
+class CorruptData(ZcserError):
+    """The bytes (or the peer that wrote them) are bad."""
+
+
+class CorruptMessage(CorruptData):
+    """The message header, buffer table or a buffer is inconsistent with the memory given."""
+
+
+class ChecksumMismatch(CorruptData):
+    """A checksum stored in the message does not match the data: it was altered after writing."""
+
+
+class DecodeError(CorruptData):
+    """The serializer failed on the in-band bytes; the original error is chained as __cause__."""
+
+
+class IncompatibleStream(CorruptData):
+    """Writer and reader codecs differ in a way that makes decoding unsafe or wrong."""
+
+
+class UnsupportedVersion(CorruptData):
+    """The message uses a format version this zcser cannot read."""
+
+
+class CorruptSnapshot(CorruptData):
+    """A snapshot file is truncated or damaged."""
+
+
+class Closed(ZcserError):
+    """The channel or stream was closed."""
+
+
+class Timeout(ZcserError):
+    """An operation did not complete in the time allowed."""
