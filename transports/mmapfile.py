@@ -1,0 +1,247 @@
+"""Snapshot files on disk: crash-safe streamed writes and whole-file memory maps (POSIX only).
+
+Writes go to a locked temporary file beside the target (mode 0600), are fsynced, renamed over
+the target and the directory is fsynced, so a crash leaves the old file or the new one, never a
+torn one. Reads map the whole file; the mapping lives as long as any view of it does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import mmap
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Literal
+
+from transports.errors import FileSpaceError, SnapshotFileError
+
+__all__ = [
+    "FILE_MODE",
+    "TEMP_MARKER",
+    "AtomicWriter",
+    "MapMode",
+    "is_temp_name",
+    "open_mapping",
+    "remove_stale_temp_files",
+    "stale_temp_files",
+    "temp_path_for",
+    "write_file_atomic",
+]
+
+FILE_MODE = 0o600
+TEMP_MARKER = ".zcser-tmp-"
+_WRITE_CHUNK = 64 << 20
+
+MapMode = Literal["r", "c", "copy"]
+Progress = Callable[[int], None]
+
+
+def temp_path_for(target: str | os.PathLike[str]) -> Path:
+    """A fresh temporary name beside `target`: `.<name>.zcser-tmp-<pid>-<random>` (recognisable)."""
+    path = Path(target)
+    return path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one of our temporary snapshot names."""
+    return name.startswith(".") and TEMP_MARKER in name
+
+
+def _open_locked_temp(target: Path) -> tuple[int, Path]:
+    """Create and flock a new temp file; the lock tells cleaners its writer is alive."""
+    while True:
+        tmp = temp_path_for(target)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            still_linked = os.fstat(fd).st_ino == os.stat(tmp).st_ino
+        except OSError:
+            still_linked = False
+        if still_linked:
+            return fd, tmp
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _reserve(fd: int, size: int, target: Path) -> None:
+    """Set the file size and claim its blocks now, so a full disk fails here and not mid-write."""
+    os.ftruncate(fd, size)
+    if size == 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise FileSpaceError(
+                f"not enough disk space in {target.parent} for a {size}-byte snapshot: "
+                "free some space or save to another filesystem"
+            ) from exc
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+
+
+class AtomicWriter:
+    """A temp file of a fixed size beside `path` that replaces `path` atomically on `commit()`."""
+
+    def __init__(self, path: str | os.PathLike[str], size: int) -> None:
+        if size < 0:
+            raise ValueError(f"file size must be >= 0, got {size}")
+        self.path = Path(path)
+        self.size = size
+        self._fd, self.temp_path = _open_locked_temp(self.path)
+        self._done = False
+        try:
+            _reserve(self._fd, size, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write_at(self, offset: int, data: memoryview, progress: Progress | None = None) -> None:
+        """Write `data` at `offset` straight from its memory (no copy), in chunks for progress."""
+        if self._done:
+            raise ValueError("this AtomicWriter is already committed or aborted")
+        view = data if data.format == "B" and data.ndim == 1 else data.cast("B")
+        end = offset + view.nbytes
+        if offset < 0 or end > self.size:
+            raise ValueError(f"write [{offset}, {end}) outside the file size {self.size}")
+        pos = 0
+        while pos < view.nbytes:
+            try:
+                wrote = os.pwrite(self._fd, view[pos : pos + _WRITE_CHUNK], offset + pos)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise FileSpaceError(
+                        f"disk full while writing {self.path}: free some space and save again"
+                    ) from exc
+                raise
+            pos += wrote
+            if progress is not None:
+                progress(wrote)
+
+    def commit(self) -> None:
+        """fsync the data, rename over the target, fsync the directory."""
+        if self._done:
+            raise ValueError("this AtomicWriter is already committed or aborted")
+        try:
+            os.fsync(self._fd)
+            os.rename(self.temp_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        os.close(self._fd)
+        _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Drop the temp file; the target is untouched. Safe to call more than once."""
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp_path)
+        os.close(self._fd)
+
+    def __enter__(self) -> AtomicWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.abort()
+
+
+def write_file_atomic(
+    path: str | os.PathLike[str],
+    size: int,
+    pieces: Iterable[tuple[int, memoryview]],
+    *,
+    progress: Progress | None = None,
+) -> None:
+    """Write `(offset, bytes)` pieces into a new `size`-byte file that atomically becomes `path`."""
+    with AtomicWriter(path, size) as writer:
+        for offset, data in pieces:
+            writer.write_at(offset, data, progress)
+        writer.commit()
+
+
+def _temp_files(directory: Path) -> Iterator[Path]:
+    for entry in os.scandir(directory):
+        if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
+            yield Path(entry.path)
+
+
+def _writer_alive(path: Path) -> bool:
+    """A temp file's writer holds its flock while alive; if we can take the lock, it is dead."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Temp files in `directory` left by writers that died before renaming (no live lock)."""
+    return sorted(p for p in _temp_files(Path(directory)) if not _writer_alive(p))
+
+
+def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the stale temp files of `directory` and return their paths."""
+    removed = []
+    for path in stale_temp_files(directory):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
+def _read_into(fd: int, size: int, path: Path) -> mmap.mmap:
+    """The file's bytes in private, page-aligned anonymous memory."""
+    memory = mmap.mmap(-1, size)
+    view = memoryview(memory)
+    try:
+        pos = 0
+        while pos < size:
+            got = os.preadv(fd, [view[pos:]], pos)
+            if got == 0:
+                raise SnapshotFileError(f"{path} shrank to {pos} bytes while it was being read")
+            pos += got
+    finally:
+        view.release()
+    return memory
+
+
+def open_mapping(path: str | os.PathLike[str], mode: MapMode = "r") -> mmap.mmap:
+    """The whole file as memory: "r" read-only map, "c" copy-on-write map, "copy" private copy.
+
+    Views into the result keep it alive; it is unmapped when the last of them is collected.
+    """
+    if mode not in ("r", "c", "copy"):
+        raise ValueError(f'mode must be "r", "c" or "copy", got {mode!r}')
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise SnapshotFileError(f"{path} is empty: it is not a snapshot, or its write failed")
+        if mode == "copy":
+            return _read_into(fd, size, path)
+        access = mmap.ACCESS_READ if mode == "r" else mmap.ACCESS_COPY
+        return mmap.mmap(fd, size, access=access)
+    finally:
+        os.close(fd)
