@@ -49,6 +49,8 @@ def as_bytes_view(obj: Any) -> memoryview:
     mv = obj if isinstance(obj, memoryview) else memoryview(obj)
     if not mv.c_contiguous:
         raise ValueError("as_bytes_view needs a C-contiguous buffer")
+    if mv.nbytes == 0:
+        return memoryview(b"")
     if mv.format != "B" or mv.ndim != 1:
         mv = mv.cast("B") if mv.ndim <= 1 else mv.cast("B", (mv.nbytes,))
     return mv

@@ -1,7 +1,7 @@
 """Numeric pyfory type ids of zcser's serializers; writer and reader must agree on them.
 
 Reserved ranges (each adapter adds lines only inside its own range):
-  200-239  numpy and raw buffers (`_numpy.py`, `_buffers.py`)
+  200-239  numpy, raw buffers, Python built-ins (`_numpy.py`, `_buffers.py`, `_pytypes.py`)
   240-269  Arrow (`_arrow.py`)
   270-279  torch (`_torch.py`)
   280-289  pandas (`_pandas.py`)
@@ -17,6 +17,8 @@ BYTEARRAY = 201
 MEMORYVIEW = 202
 NP_MATRIX = 204
 NP_MASKED_ARRAY = 205
+COMPLEX = 206
+FROZENSET = 207
 NP_SCALAR_FIRST = 210  # 210-232: one id per numpy scalar char, see `_numpy.SCALAR_CHARS`
 NP_SCALAR_LAST = 239
 

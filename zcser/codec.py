@@ -7,6 +7,7 @@ header and table first, then hands pyfory zero-copy slices of one read-only root
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterator
 from importlib import import_module
@@ -16,8 +17,9 @@ import numpy as np
 import pyfory
 import xxhash
 from pyfory.error import TypeUnregisteredError
+from pyfory.serializer import ObjectSerializer
 
-from zcser import _buffers, _message, _numpy, _oob
+from zcser import _buffers, _message, _numpy, _oob, _pytypes
 from zcser.errors import (
     ChecksumMismatch,
     CorruptMessage,
@@ -227,19 +229,29 @@ class Codec:
         self.trusted = trusted
         self.checksum = checksum
         self.ref = ref
-        self._fory = pyfory.Fory(xlang=False, ref=ref, strict=not trusted)
-        self._types: dict[str, str] = {}
+        self._types: dict[str, type] = {}
         self._adapters: list[str] = []
-        for module in (_numpy, _buffers):
-            module.install(self._fory)
-            self._adapters.append(module.__name__.rsplit(".", 1)[1].lstrip("_"))
+        self._fory = self._build()
+
+    def _build(self) -> Any:
+        """A configured pyfory.Fory: adapters installed, registered classes replayed."""
+        fory = pyfory.Fory(xlang=False, ref=self.ref, strict=not self.trusted)
+        adapters = []
+        for module in (_pytypes, _numpy, _buffers):
+            module.install(fory)
+            adapters.append(module.__name__.rsplit(".", 1)[1].lstrip("_"))
         for name in _OPTIONAL_ADAPTERS:
             try:
                 adapter = import_module(name)
             except ImportError:
                 continue
-            adapter.install(self._fory)
-            self._adapters.append(name.rsplit(".", 1)[1].lstrip("_"))
+            adapter.install(fory)
+            adapters.append(name.rsplit(".", 1)[1].lstrip("_"))
+        for type_name, cls in self._types.items():
+            _register_class(fory, cls, type_name)
+        self._adapters = adapters
+        self._used = False
+        return fory
 
     def register(self, cls: type, *, name: str | None = None) -> None:
         """Allow `cls` (dataclass or plain class) in strict mode, on writer and reader alike.
@@ -252,8 +264,11 @@ class Codec:
         name = name or f"{cls.__module__}.{cls.__qualname__}"
         if name in self._types:
             raise UsageError(f"a class is already registered under the name {name!r}")
-        self._fory.register(cls, name=name)
-        self._types[name] = f"{cls.__module__}.{cls.__qualname__}"
+        self._types[name] = cls
+        if self._used:
+            self._fory = self._build()
+        else:
+            _register_class(self._fory, cls, name)
 
     def plan(self, obj: Any) -> Plan:
         """Serialize `obj` once: in-band bytes plus the out-of-band buffers (no data copied)."""
@@ -267,6 +282,7 @@ class Codec:
             buffers.append(_oob.as_bytes_view(buffer_object.getbuffer()))
             return False
 
+        self._used = True
         try:
             inband = self._fory.serialize(obj, buffer_callback=keep_in_band)
         except ZcserError:
@@ -318,6 +334,7 @@ class Codec:
             _verify(root, msg)
         views = _Buffers([root[off : off + n] for off, n in msg.buffers])
         inband = pyfory.Buffer(root[msg.inband_start : msg.inband_end])
+        self._used = True
         try:
             with _oob.copy_mode(copy):
                 obj = self._fory.deserialize(inband, buffers=views)
@@ -351,7 +368,7 @@ class Codec:
             "threshold": self.threshold,
             "alignment": _message.ALIGN,
             "adapters": list(self._adapters),
-            "types": dict(sorted(self._types.items())),
+            "types": sorted(self._types),
         }
 
     def check_schema(self, other: dict[str, Any]) -> None:
@@ -365,7 +382,7 @@ class Codec:
         missing = set(other.get("adapters", [])) - set(mine["adapters"])
         if missing:
             problems.append(f"reader lacks adapters {sorted(missing)}")
-        unknown = set(other.get("types", {})) - set(mine["types"])
+        unknown = set(other.get("types", [])) - set(mine["types"])
         if unknown:
             problems.append(f"reader has not registered {sorted(unknown)} (codec.register)")
         if mine["checksum"] and not other.get("checksum"):
@@ -376,6 +393,14 @@ class Codec:
                 f"(pyfory {other.get('pyfory_version')}), read by {CODEC_NAME} "
                 f"{CODEC_VERSION} (pyfory {pyfory.__version__}): " + "; ".join(problems)
             )
+
+
+def _register_class(fory: Any, cls: type, name: str) -> None:
+    """Register by name: dataclasses field by field, other classes through their __dict__."""
+    if dataclasses.is_dataclass(cls):
+        fory.register(cls, name=name)
+    else:
+        fory.register(cls, name=name, serializer=ObjectSerializer(fory.type_resolver, cls))
 
 
 def _owned_view(root: memoryview, owner: Any) -> memoryview:
