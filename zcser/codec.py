@@ -87,6 +87,31 @@ class Plan:
         lengths = [b.nbytes for b in self.buffers]
         return _message.place(address, len(self.inband), lengths, self.checksum)[1]
 
+    def segments(self, base_address: int) -> list[tuple[int, memoryview]]:
+        """The message at absolute `base_address` as (offset, bytes) pieces for streamed writes.
+
+        The first piece (header, table, digests, in-band) is small and private; the others are
+        the source buffers themselves (no copy). Bytes between pieces are zeros. Used by
+        `zcser.snapshot` to write files without building the message in memory.
+        """
+        lengths = [b.nbytes for b in self.buffers]
+        offsets, total = _message.place(base_address, len(self.inband), lengths, self.checksum)
+        count = len(self.buffers)
+        table_end = _message.TABLE_START + _message.ENTRY.size * count
+        inband_at = _message.meta_size(count, self.checksum)
+        head = bytearray(inband_at + len(self.inband))
+        flags = _message.FLAG_CHECKSUM if self.checksum else 0
+        head[: _message.TABLE_START] = _message.pack_header(flags, count, len(self.inband), total)
+        head[_message.TABLE_START : table_end] = _message.pack_table(
+            list(zip(offsets, lengths, strict=True))
+        )
+        head[inband_at:] = self.inband
+        if self.checksum:
+            digests = [_meta_digest(memoryview(head), table_end, inband_at, len(head))]
+            digests.extend(xxhash.xxh3_64_intdigest(b) for b in self.buffers)
+            head[table_end:inband_at] = _message.pack_digests(digests)
+        return [(0, memoryview(head)), *zip(offsets, self.buffers, strict=True)]
+
     def write_into(self, target: Any, base_address: int | None = None) -> int:
         """Write the message at the start of `target`; returns the bytes used.
 

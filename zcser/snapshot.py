@@ -1,0 +1,372 @@
+"""Snapshot files: any object the codec handles, saved crash-safely, loaded as zero-copy views.
+
+A file is a snapshot header (magic, version, the codec's stream schema, per-segment xxh3-64
+digests) followed by one codec message whose buffers sit at 64-byte-aligned file offsets, so a
+page-aligned mmap gives aligned views. Loading maps the file and decodes in time independent of
+its size; the mapping lives until the last view of it is collected. POSIX only (see
+docs/format.md, "Snapshot files").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import xxhash
+
+from transports.errors import SnapshotFileError
+from transports.mmapfile import AtomicWriter, open_mapping
+from zcser import _message
+from zcser.codec import Codec
+from zcser.errors import (
+    CorruptData,
+    CorruptSnapshot,
+    IncompatibleStream,
+    UnsupportedVersion,
+    UsageError,
+)
+
+__all__ = ["load", "save", "snapshot_info"]
+
+MAGIC = b"ZCSNAP\r\n"
+VERSION = 1
+ALIGN = _message.ALIGN
+FLAG_DIGESTS = 0x0001
+KNOWN_FLAGS = FLAG_DIGESTS
+ALGORITHMS = {0: None, 1: "xxh3_64"}
+ALGO_XXH3_64 = 1
+
+# magic, version, flags, header length, message offset, message length, file length,
+# metadata JSON length, segment count, digest algorithm, 7 reserved bytes, header digest
+HEADER = struct.Struct("<8sHHIQQQIIB7xQ")
+OFF_HEADER_DIGEST = 56
+META_START = HEADER.size
+SEGMENT = struct.Struct("<QQQ")
+MAX_META = 16 << 20
+WRITE_CHUNK = 8 << 20
+
+Mode = Literal["r", "c", "copy"]
+MODES = ("r", "c", "copy")
+
+_default: Codec | None = None
+
+
+def _default_codec() -> Codec:
+    global _default
+    if _default is None:
+        _default = Codec()
+    return _default
+
+
+class Segment(NamedTuple):
+    """A checksummed byte range of the file: the message head, or one out-of-band buffer."""
+
+    offset: int
+    length: int
+    digest: int
+
+
+class Header(NamedTuple):
+    """A validated snapshot header."""
+
+    version: int
+    flags: int
+    header_len: int
+    message_offset: int
+    message_len: int
+    file_len: int
+    meta: dict[str, Any]
+    algorithm: str | None
+    segments: list[Segment]
+
+
+def _align(value: int) -> int:
+    return (value + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _header_layout(meta_len: int, count: int) -> tuple[int, int]:
+    """(header length, message offset) for metadata of `meta_len` bytes and `count` segments."""
+    table_at = (META_START + meta_len + 7) // 8 * 8
+    header_len = table_at + SEGMENT.size * count
+    return header_len, _align(header_len)
+
+
+def _header_digest(data: memoryview | bytearray, header_len: int) -> int:
+    """xxh3-64 of the header bytes, the digest field itself excluded."""
+    hasher = xxhash.xxh3_64()
+    hasher.update(data[:OFF_HEADER_DIGEST])
+    hasher.update(data[OFF_HEADER_DIGEST + 8 : header_len])
+    return int(hasher.intdigest())
+
+
+def pack_header(
+    meta: bytes, segments: list[Segment], message_offset: int, message_len: int, digests: bool
+) -> bytes:
+    """The header bytes (fixed part, metadata JSON, segment table), digest filled in."""
+    header_len, expected_offset = _header_layout(len(meta), len(segments))
+    if message_offset != expected_offset:
+        raise ValueError(f"message offset {message_offset} != {expected_offset}")
+    flags = FLAG_DIGESTS if digests else 0
+    algo = ALGO_XXH3_64 if digests else 0
+    out = bytearray(header_len)
+    HEADER.pack_into(
+        out,
+        0,
+        MAGIC,
+        VERSION,
+        flags,
+        header_len,
+        message_offset,
+        message_len,
+        message_offset + message_len,
+        len(meta),
+        len(segments),
+        algo,
+        0,
+    )
+    out[META_START : META_START + len(meta)] = meta
+    table_at = header_len - SEGMENT.size * len(segments)
+    for i, seg in enumerate(segments):
+        SEGMENT.pack_into(out, table_at + i * SEGMENT.size, *seg)
+    struct.pack_into("<Q", out, OFF_HEADER_DIGEST, _header_digest(out, header_len))
+    return bytes(out)
+
+
+def parse_header(mv: memoryview) -> Header:
+    """Validate the header of a whole snapshot file in `mv` (pure; raises CorruptSnapshot)."""
+    size = mv.nbytes
+    if size < HEADER.size or bytes(mv[: len(MAGIC)]) != MAGIC:
+        if bytes(mv[: len(MAGIC)]) == MAGIC[:size]:
+            raise CorruptSnapshot(
+                f"truncated: {size} bytes, shorter than the {HEADER.size}-byte header"
+            )
+        raise CorruptSnapshot(f"not a zcser snapshot (magic {bytes(mv[:8])!r}, want {MAGIC!r})")
+    (_, version, flags, header_len, msg_off, msg_len, file_len, meta_len, count, algo, digest) = (
+        HEADER.unpack_from(mv, 0)
+    )
+    if version != VERSION:
+        raise UnsupportedVersion(
+            f"snapshot format version {version}; this zcser reads version {VERSION}: "
+            "load it with the zcser that wrote it, or upgrade zcser"
+        )
+    if file_len != size:
+        raise CorruptSnapshot(
+            f"truncated or extended: the file has {size} bytes, its header says {file_len}; "
+            "restore it from a good copy"
+        )
+    if meta_len > MAX_META or header_len != _header_layout(meta_len, count)[0]:
+        raise CorruptSnapshot(f"bad header length {header_len} (metadata {meta_len} bytes)")
+    if msg_off != _align(header_len) or msg_off + msg_len != file_len:
+        raise CorruptSnapshot(f"message [{msg_off}, +{msg_len}) does not fit the header/file")
+    if _header_digest(mv, header_len) != digest:
+        raise CorruptSnapshot("header checksum mismatch: the file header was altered")
+    if flags & ~KNOWN_FLAGS or algo not in ALGORITHMS or bool(flags & FLAG_DIGESTS) != bool(algo):
+        raise CorruptSnapshot(f"unknown flags 0x{flags:04x} or digest algorithm {algo}")
+    try:
+        meta = json.loads(bytes(mv[META_START : META_START + meta_len]))
+    except ValueError as exc:
+        raise CorruptSnapshot(f"metadata is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("schema"), dict):
+        raise CorruptSnapshot("metadata lacks the codec schema")
+    table_at = header_len - SEGMENT.size * count
+    segments = [
+        Segment(*SEGMENT.unpack_from(mv, table_at + i * SEGMENT.size)) for i in range(count)
+    ]
+    _check_segments(segments, msg_off, file_len)
+    return Header(
+        version, flags, header_len, msg_off, msg_len, file_len, meta, ALGORITHMS[algo], segments
+    )
+
+
+def _check_segments(segments: list[Segment], msg_off: int, file_len: int) -> None:
+    if not segments or segments[0].offset != msg_off:
+        raise CorruptSnapshot("the segment table does not start at the message")
+    for seg in segments:
+        if seg.offset < msg_off or seg.offset + seg.length > file_len:
+            raise CorruptSnapshot(f"segment [{seg.offset}, +{seg.length}) lies outside the file")
+
+
+def verify_segments(mv: memoryview, header: Header, segments: list[Segment]) -> None:
+    """Raise CorruptSnapshot unless each segment's bytes match its stored digest."""
+    if header.algorithm is None:
+        return
+    for i, seg in enumerate(segments):
+        got = xxhash.xxh3_64_intdigest(mv[seg.offset : seg.offset + seg.length])
+        if got != seg.digest:
+            what = (
+                "message header/in-band bytes"
+                if seg.offset == header.message_offset
+                else "a buffer"
+            )
+            raise CorruptSnapshot(
+                f"checksum mismatch in segment {i} ({what} at file offset {seg.offset}, "
+                f"{seg.length} bytes): the file was altered after it was written"
+            )
+
+
+def _type_name(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _progress_bar(total: int, path: str) -> Any:
+    try:
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise UsageError(
+            "save(progress=True) needs tqdm: pip install 'zcser[progress]' (or tqdm)"
+        ) from exc
+    name = os.path.basename(path)
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"save {name}")
+
+
+def _write_piece(
+    writer: AtomicWriter,
+    offset: int,
+    view: memoryview,
+    digest: bool,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Write one piece straight from its memory, hashing each chunk while it is still cached."""
+    hasher = xxhash.xxh3_64() if digest else None
+    for pos in range(0, view.nbytes, WRITE_CHUNK):
+        chunk = view[pos : pos + WRITE_CHUNK]
+        writer.write_at(offset + pos, chunk, progress)
+        if hasher is not None:
+            hasher.update(chunk)
+    return int(hasher.intdigest()) if hasher is not None else 0
+
+
+def save(
+    obj: Any,
+    path: str | os.PathLike[str],
+    *,
+    codec: Codec | None = None,
+    checksum: bool = True,
+    progress: bool = False,
+) -> None:
+    """Write `obj` to `path` as a snapshot: streamed from the source arrays, atomic, mode 0600.
+
+    A crash at any moment leaves the old file or the new one under `path` (see mmapfile).
+    checksum: store xxh3-64 digests of every segment (the head is checked on each load, every
+    buffer with `load(verify=True)`). progress: show a tqdm bar.
+    """
+    codec = codec or _default_codec()
+    plan = codec.plan(obj)
+    meta = {"schema": codec.schema(), "root_type": _type_name(obj)}
+    meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    _, msg_off = _header_layout(len(meta_bytes), 1 + len(plan.buffers))
+    pieces = [(msg_off + off, view) for off, view in plan.segments(msg_off)]
+    msg_len = plan.nbytes_at(msg_off)
+    path = os.fspath(path)
+    bar = _progress_bar(msg_off + msg_len, path) if progress else None
+    try:
+        with AtomicWriter(path, msg_off + msg_len) as writer:
+            update = bar.update if bar is not None else None
+            segments = [
+                Segment(off, view.nbytes, _write_piece(writer, off, view, checksum, update))
+                for off, view in pieces
+            ]
+            header = pack_header(meta_bytes, segments, msg_off, msg_len, checksum)
+            writer.write_at(0, memoryview(header), update)
+            writer.commit()
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _parse_file(mv: memoryview, path: str) -> Header:
+    try:
+        return parse_header(mv)
+    except CorruptSnapshot as exc:
+        raise CorruptSnapshot(f"{path}: {exc}") from None
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    mode: Mode = "r",
+    verify: bool = False,
+    codec: Codec | None = None,
+) -> Any:
+    """The object saved in `path`, its arrays zero-copy views over a memory map of the file.
+
+    mode "r": read-only views; "c": writable copy-on-write views (writes stay private);
+    "copy": private writable objects, the file is not mapped afterwards.
+    verify: check the digest of every buffer (reads the whole file); the header and in-band
+    bytes are always checked when the file has digests.
+    """
+    if mode not in MODES:
+        raise UsageError(f'mode must be "r", "c" or "copy", got {mode!r}')
+    codec = codec or _default_codec()
+    path = os.fspath(path)
+    try:
+        mm = open_mapping(path, "r" if mode == "copy" else mode)
+    except SnapshotFileError as exc:
+        raise CorruptSnapshot(f"{path}: {exc}") from None
+    obj = _decode(memoryview(mm), path, mode, verify, codec)
+    if mode == "copy":
+        with contextlib.suppress(BufferError):
+            mm.close()
+    return obj
+
+
+def _decode(mv: memoryview, path: str, mode: Mode, verify: bool, codec: Codec) -> Any:
+    header = _parse_file(mv, path)
+    codec.check_schema(header.meta["schema"])
+    try:
+        verify_segments(mv, header, header.segments if verify else header.segments[:1])
+    except CorruptSnapshot as exc:
+        raise CorruptSnapshot(f"{path}: {exc}") from None
+    message = mv[header.message_offset : header.file_len]
+    try:
+        return codec.decode(message, copy=mode == "copy")
+    except (UnsupportedVersion, IncompatibleStream):
+        raise
+    except CorruptData as exc:
+        raise CorruptSnapshot(f"{path}: {type(exc).__name__}: {exc}") from exc
+
+
+def snapshot_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a snapshot holds, read from its headers without decoding: versions, sizes, layout."""
+    path = os.fspath(path)
+    try:
+        mm = open_mapping(path, "r")
+    except SnapshotFileError as exc:
+        raise CorruptSnapshot(f"{path}: {exc}") from None
+    mv = memoryview(mm)
+    try:
+        header = _parse_file(mv, path)
+        message = mv[header.message_offset : header.file_len]
+        try:
+            msg = _message.parse(message)
+        except CorruptData as exc:
+            raise CorruptSnapshot(f"{path}: {exc}") from exc
+        finally:
+            message.release()
+    finally:
+        mv.release()
+        mm.close()
+    base = header.message_offset
+    return {
+        "path": path,
+        "format_version": header.version,
+        "file_size": header.file_len,
+        "header_size": header.header_len,
+        "message_offset": base,
+        "message_size": header.message_len,
+        "message_format_version": _message.VERSION,
+        "inband_size": msg.inband_end - msg.inband_start,
+        "root_type": header.meta.get("root_type"),
+        "schema": header.meta["schema"],
+        "buffers": [{"offset": base + off, "length": n} for off, n in msg.buffers],
+        "checksum": {
+            "algorithm": header.algorithm,
+            "segments": len(header.segments) if header.algorithm else 0,
+            "message_digests": msg.checksum,
+        },
+    }
