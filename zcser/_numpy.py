@@ -16,7 +16,7 @@ import numpy as np
 from pyfory.serializer import Serializer
 
 from zcser import _typeids
-from zcser._oob import copy_requested, read_raw, write_raw
+from zcser._oob import copy_requested, read_raw, writable_requested, write_raw
 from zcser.errors import CorruptMessage, UnsupportedType
 
 # Array encodings (first in-band byte of an ndarray)
@@ -145,7 +145,7 @@ def _write_shape(write_context: Any, shape: tuple[int, ...]) -> None:
 
 def _finish(array: np.ndarray) -> np.ndarray:
     """Arrays decoded without copy=True are read-only, including private in-band ones."""
-    if not copy_requested():
+    if not copy_requested() and not writable_requested():
         array.flags.writeable = False
     return array
 

@@ -18,6 +18,7 @@ from pyfory._fory import BufferObject
 from zcser.errors import CorruptMessage
 
 _COPY: ContextVar[bool] = ContextVar("zcser_copy", default=False)
+_WRITABLE: ContextVar[bool] = ContextVar("zcser_writable", default=False)
 
 
 class RawBuffer(BufferObject):
@@ -66,6 +67,21 @@ def copy_mode(copy: bool) -> Iterator[None]:
         _COPY.reset(token)
 
 
+@contextmanager
+def writable_mode(writable: bool) -> Iterator[None]:
+    """While active, views over writable memory stay writable (snapshot copy-on-write maps)."""
+    token = _WRITABLE.set(writable)
+    try:
+        yield
+    finally:
+        _WRITABLE.reset(token)
+
+
+def writable_requested() -> bool:
+    """True while the codec decodes with `writable=True`: do not mark results read-only."""
+    return _WRITABLE.get()
+
+
 def copy_requested() -> bool:
     """True while the codec decodes with `copy=True`: adapters must return private objects."""
     return _COPY.get()
@@ -97,7 +113,7 @@ def read_raw_view(read_context: Any, nbytes: int | None = None) -> tuple[memoryv
             f"a buffer holds {mv.nbytes} bytes where its metadata says {nbytes}: "
             "the message is corrupt"
         )
-    return (mv if mv.readonly else mv.toreadonly()), out_of_band
+    return (mv if mv.readonly or _WRITABLE.get() else mv.toreadonly()), out_of_band
 
 
 def read_raw(read_context: Any, nbytes: int | None = None) -> memoryview:

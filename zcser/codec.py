@@ -331,16 +331,21 @@ class Codec:
         """Write one message for `obj` at the start of `target`; returns the bytes used."""
         return self.plan(obj).write_into(target)
 
-    def decode(self, data: Any, *, copy: bool = False, owner: Any = None) -> Any:
+    def decode(
+        self, data: Any, *, copy: bool = False, owner: Any = None, writable: bool = False
+    ) -> Any:
         """The object in the message at the start of `data`.
 
         Without copy, arrays/buffers are read-only zero-copy views into `data`; with `owner`,
         every view keeps `owner` alive (the channel passes its frame lease). If the buffers
         would be misaligned at this address, the message is first copied to aligned memory.
-        copy=True returns private writable objects.
+        copy=True returns private writable objects. writable=True keeps zero-copy views over
+        writable `data` writable (snapshot copy-on-write maps; no `owner`: views keep `data`).
         """
+        if writable and owner is not None:
+            raise UsageError("decode(writable=True) keeps `data` alive itself: pass no owner")
         mv = _byte_view(data)
-        if not mv.readonly:
+        if not mv.readonly and not writable:
             mv = mv.toreadonly()
         msg = _message.parse(mv)
         if self.checksum and not msg.checksum:
@@ -361,7 +366,7 @@ class Codec:
         inband = pyfory.Buffer(root[msg.inband_start : msg.inband_end])
         self._used = True
         try:
-            with _oob.copy_mode(copy):
+            with _oob.copy_mode(copy), _oob.writable_mode(writable):
                 obj = self._fory.deserialize(inband, buffers=views)
         except ZcserError:
             raise

@@ -9,7 +9,6 @@ docs/format.md, "Snapshot files").
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import struct
@@ -295,8 +294,10 @@ def load(
 ) -> Any:
     """The object saved in `path`, its arrays zero-copy views over a memory map of the file.
 
-    mode "r": read-only views; "c": writable copy-on-write views (writes stay private);
-    "copy": private writable objects, the file is not mapped afterwards.
+    mode "r": read-only views of a shared read-only map; "c": writable views of a private
+    copy-on-write map (writes never reach the file); "copy": writable views of a private
+    in-memory copy of the file, which is closed (not mapped) on return. All modes give the
+    same types; the memory lives until the last view is collected.
     verify: check the digest of every buffer (reads the whole file); the header and in-band
     bytes are always checked when the file has digests.
     """
@@ -305,14 +306,10 @@ def load(
     codec = codec or _default_codec()
     path = os.fspath(path)
     try:
-        mm = open_mapping(path, "r" if mode == "copy" else mode)
+        mm = open_mapping(path, mode)
     except SnapshotFileError as exc:
         raise CorruptSnapshot(f"{path}: {exc}") from None
-    obj = _decode(memoryview(mm), path, mode, verify, codec)
-    if mode == "copy":
-        with contextlib.suppress(BufferError):
-            mm.close()
-    return obj
+    return _decode(memoryview(mm), path, mode, verify, codec)
 
 
 def _decode(mv: memoryview, path: str, mode: Mode, verify: bool, codec: Codec) -> Any:
@@ -324,7 +321,7 @@ def _decode(mv: memoryview, path: str, mode: Mode, verify: bool, codec: Codec) -
         raise CorruptSnapshot(f"{path}: {exc}") from None
     message = mv[header.message_offset : header.file_len]
     try:
-        return codec.decode(message, copy=mode == "copy")
+        return codec.decode(message, writable=mode != "r")
     except (UnsupportedVersion, IncompatibleStream):
         raise
     except CorruptData as exc:
