@@ -18,6 +18,7 @@ import sys
 import warnings
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from pyfory.serializer import Serializer
 
@@ -85,12 +86,27 @@ def _to_table(frame: Any) -> pa.Table:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return pa.Table.from_pandas(plain, preserve_index=None)
+            table = pa.Table.from_pandas(plain, preserve_index=None)
     except (pa.ArrowException, TypeError, ValueError) as exc:
         raise UnsupportedType(
             f"this pandas data cannot be sent ({exc}); give each object column a single type, "
             "e.g. df[col].astype(str)"
         ) from exc
+    return _keep_nan(plain, table)
+
+
+def _keep_nan(frame: Any, table: pa.Table) -> pa.Table:
+    """Float columns with NaN as plain values, not Arrow nulls, so they come back zero-copy."""
+    for i in range(frame.shape[1]):
+        column = frame.iloc[:, i]
+        if (
+            column.dtype.kind == "f"
+            and isinstance(column.dtype, np.dtype)
+            and table.column(i).null_count
+        ):
+            values = pa.array(column.to_numpy(), from_pandas=False)
+            table = table.set_column(i, table.field(i), values)
+    return table
 
 
 def _from_table(table: pa.Table) -> Any:
