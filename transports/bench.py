@@ -1,0 +1,305 @@
+"""Transport benchmark: our ZeroBuffer against the reference `zerobuffer-ipc`, same run, two processes.
+
+`python -m transports.bench [--quick] [--json] [--runs N]` prints medians and ratios:
+1 KiB frames/s one way, 8 MiB frames GB/s (copying `write`, copying `reserve`+fill, and
+zero-copy `reserve` with no fill), and single-process `np.copyto` GB/s as the copy ceiling.
+Numbers are noisy on a shared machine; only ratios measured in the same run mean much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+import posix_ipc
+
+import transports.zerobuffer as ours
+
+reference: Any
+try:
+    import zerobuffer as reference
+except ImportError:  # the reference is a test-only dependency
+    reference = None
+
+KIB = 1 << 10
+MIB = 1 << 20
+SMALL = KIB
+BIG = 8 * MIB
+HUGE = 100_000_000
+READ_TIMEOUT = 30.0
+_names = itertools.count()
+_prefix = [f"zcbench{os.getpid()}x"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work one run does (full or --quick)."""
+
+    runs: int
+    small_ours: int
+    small_ref: int
+    big_frames: int
+    memcpy_repeats: int
+
+
+FULL = Sizes(runs=5, small_ours=50_000, small_ref=10_000, big_frames=48, memcpy_repeats=8)
+QUICK = Sizes(runs=3, small_ours=3_000, small_ref=600, big_frames=6, memcpy_repeats=2)
+
+
+def _name() -> str:
+    return f"{_prefix[0]}{next(_names)}"
+
+
+def _unlink_reference_semaphores(name: str) -> None:
+    """The reference's Reader.close() leaves both semaphores behind (its bug 5)."""
+    for sem in (f"/sem-w-{name}", f"/sem-r-{name}"):
+        with contextlib.suppress(posix_ipc.ExistentialError):
+            posix_ipc.unlink_semaphore(sem)
+
+
+# ---------------------------------------------------------------- reader process
+
+
+def _reader_main(
+    impl: str, name: str, payload: int, runs: int, count: int, conn: Connection
+) -> None:
+    """Read and release `count` frames per run, telling the writer after each run."""
+    if impl == "ours":
+        r = ours.Reader(name, ours.BufferConfig(metadata_size=0, payload_size=payload))
+        conn.send("ready")
+        for _ in range(runs):
+            for _ in range(count):
+                r.read(timeout=READ_TIMEOUT).release()
+            conn.send("done")
+        r.close()
+        return
+    assert reference is not None
+    rr = reference.Reader(name, reference.BufferConfig(64, payload))
+    conn.send("ready")
+    try:
+        for _ in range(runs):
+            for _ in range(count):
+                frame = rr.read_frame(READ_TIMEOUT)
+                if frame is None:
+                    raise TimeoutError("reference reader got no frame")
+                rr.release_frame(frame)
+            conn.send("done")
+    finally:
+        rr.close()
+        _unlink_reference_semaphores(name)
+
+
+# ---------------------------------------------------------------- writer side, timed
+
+
+WriteOne = Callable[[Any], None]
+
+
+def _ours_write(src: np.ndarray) -> WriteOne:
+    return lambda w: w.write(src, timeout=READ_TIMEOUT)
+
+
+def _ours_reserve_fill(src: np.ndarray) -> WriteOne:
+    def one(w: Any) -> None:
+        buf = w.reserve(len(src), timeout=READ_TIMEOUT)
+        np.copyto(np.frombuffer(buf, np.uint8), src)
+        del buf
+        w.commit()
+
+    return one
+
+
+def _ours_reserve_only(n: int) -> WriteOne:
+    def one(w: Any) -> None:
+        buf = w.reserve(n, timeout=READ_TIMEOUT)
+        buf[0] = 1
+        del buf
+        w.commit()
+
+    return one
+
+
+def _ref_write(src: np.ndarray) -> WriteOne:
+    return lambda w: w.write_frame(src)
+
+
+def _ref_reserve_fill(src: np.ndarray) -> WriteOne:
+    def one(w: Any) -> None:
+        np.copyto(np.frombuffer(w.get_frame_buffer(len(src)), np.uint8), src)
+        w.commit_frame()
+
+    return one
+
+
+def _ref_reserve_only(n: int) -> WriteOne:
+    def one(w: Any) -> None:
+        w.get_frame_buffer(n)[0] = 1
+        w.commit_frame()
+
+    return one
+
+
+def _timed_runs(impl: str, payload: int, runs: int, count: int, write_one: WriteOne) -> list[float]:
+    """Seconds per run for `count` frames, from the first write to the reader having released all.
+    One untimed warm-up run first: it faults in the writer's mapping of the ring."""
+    name = _name()
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_reader_main, args=(impl, name, payload, runs + 1, count, child))
+    proc.start()
+    try:
+        if not parent.poll(60) or parent.recv() != "ready":
+            raise RuntimeError(f"{impl} reader did not start")
+        writer: Any = ours.Writer(name) if impl == "ours" else reference.Writer(name)
+        times = []
+        try:
+            for _ in range(runs + 1):
+                start = time.perf_counter()
+                for _ in range(count):
+                    write_one(writer)
+                if not parent.poll(120) or parent.recv() != "done":
+                    raise RuntimeError(f"{impl} reader did not finish a run")
+                times.append(time.perf_counter() - start)
+        finally:
+            writer.close()
+        return times[1:]
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def _memcpy_seconds(nbytes: int, runs: int, repeats: int) -> list[float]:
+    """Seconds per single np.copyto of `nbytes`, one value (the mean of `repeats`) per run."""
+    src = np.ones(nbytes, np.uint8)
+    dst = np.zeros(nbytes, np.uint8)
+    np.copyto(dst, src)
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            np.copyto(dst, src)
+        out.append((time.perf_counter() - start) / repeats)
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+
+def _median_rate(times: list[float], amount: float) -> float:
+    return amount / statistics.median(times)
+
+
+def run(sizes: Sizes) -> dict[str, Any]:
+    """Measure everything; return medians (frames/s or GB/s) and ratios."""
+    have_ref = reference is not None
+    big_src = np.ones(BIG, np.uint8)
+    small_src = np.ones(SMALL, np.uint8)
+    small_payload = 1 * MIB
+    big_payload = 64 * MIB
+    r = sizes.runs
+    out: dict[str, Any] = {"runs": r, "reference": have_ref}
+
+    rows: dict[str, dict[str, float | None]] = {}
+    t = _timed_runs("ours", small_payload, r, sizes.small_ours, _ours_write(small_src))
+    rows["1 KiB frames, frames/s"] = {"ours": _median_rate(t, sizes.small_ours)}
+    big = [
+        ("8 MiB write (copy), GB/s", _ours_write(big_src), _ref_write(big_src)),
+        (
+            "8 MiB reserve+fill (copy), GB/s",
+            _ours_reserve_fill(big_src),
+            _ref_reserve_fill(big_src),
+        ),
+        (
+            "8 MiB reserve, no fill (zero-copy), GB/s",
+            _ours_reserve_only(BIG),
+            _ref_reserve_only(BIG),
+        ),
+    ]
+    for label, ours_one, _ in big:
+        t = _timed_runs("ours", big_payload, r, sizes.big_frames, ours_one)
+        rows[label] = {"ours": _median_rate(t, sizes.big_frames * BIG / 1e9)}
+    if have_ref:
+        t = _timed_runs("ref", small_payload, r, sizes.small_ref, _ref_write(small_src))
+        rows["1 KiB frames, frames/s"]["ref"] = _median_rate(t, sizes.small_ref)
+        for label, _, ref_one in big:
+            t = _timed_runs("ref", big_payload, r, sizes.big_frames, ref_one)
+            rows[label]["ref"] = _median_rate(t, sizes.big_frames * BIG / 1e9)
+    for label in (f"np.copyto {BIG // MIB} MiB, GB/s", f"np.copyto {HUGE // 1_000_000} MB, GB/s"):
+        nbytes = BIG if "MiB" in label else HUGE
+        t = _memcpy_seconds(nbytes, r, sizes.memcpy_repeats)
+        rows[label] = {"memcpy": _median_rate(t, nbytes / 1e9)}
+    for row in rows.values():
+        if row.get("ref"):
+            row["ours/ref"] = row["ours"] / row["ref"]  # type: ignore[operator]
+    memcpy_big = rows[f"np.copyto {BIG // MIB} MiB, GB/s"]["memcpy"]
+    assert memcpy_big is not None
+    out["rows"] = rows
+    out["ours write / memcpy 8 MiB"] = rows["8 MiB write (copy), GB/s"]["ours"] / memcpy_big  # type: ignore[operator]
+    out["ours reserve+fill / memcpy 8 MiB"] = (
+        rows["8 MiB reserve+fill (copy), GB/s"]["ours"] / memcpy_big  # type: ignore[operator]
+    )
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.2f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The result as a small fixed-width table."""
+    head = f"{'case':44} {'ours':>12} {'reference':>12} {'memcpy':>10} {'ours/ref':>9}"
+    lines = [f"transport benchmark: 2 processes, median of {result['runs']} runs", head]
+    lines.append("-" * len(head))
+    for label, row in result["rows"].items():
+        cells = [_fmt(row.get(k)) for k in ("ours", "ref", "memcpy", "ours/ref")]
+        lines.append(f"{label:44} {cells[0]:>12} {cells[1]:>12} {cells[2]:>10} {cells[3]:>9}")
+    lines.append("-" * len(head))
+    for key in ("ours write / memcpy 8 MiB", "ours reserve+fill / memcpy 8 MiB"):
+        lines.append(f"{key:44} {result[key]:>12.2f}")
+    if not result["reference"]:
+        lines.append("reference zerobuffer-ipc not installed: no reference columns")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry: print the table (or JSON)."""
+    parser = argparse.ArgumentParser(prog="python -m transports.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny runs (a few seconds)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--runs", type=int, default=None, help="runs per measurement")
+    parser.add_argument("--prefix", default=None, help="prefix for the buffer names it creates")
+    args = parser.parse_args(argv)
+    if args.prefix:
+        _prefix[0] = args.prefix
+    sizes = QUICK if args.quick else FULL
+    if args.runs:
+        sizes = Sizes(
+            args.runs,
+            *(
+                getattr(sizes, f)
+                for f in ("small_ours", "small_ref", "big_frames", "memcpy_repeats")
+            ),
+        )
+    result = run(sizes)
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
