@@ -190,16 +190,18 @@ def without_pids(image: bytes) -> bytes:
     return bytes(out)
 
 
-def count_wraps(sizes: list[int], ring: int) -> int:
-    """How many times a writer following the protocol goes back to offset 0 for these sizes."""
-    pos = wraps = 0
+def wrap_tails(sizes: list[int], ring: int) -> list[int]:
+    """The tail wasted at each wrap a protocol-following writer makes for these sizes."""
+    pos = 0
+    tails = []
     for n in sizes:
         total = HEADER + n
         if ring - pos >= total:
             pos += total
         else:
-            pos, wraps = total, wraps + 1
-    return wraps
+            tails.append(ring - pos)
+            pos = total
+    return tails
 
 
 def unlink_reference_leftovers(name: str) -> None:

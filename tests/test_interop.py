@@ -22,7 +22,6 @@ from _peers import (
     OIEB_FIELDS,
     OIEB_FORMAT,
     Side,
-    count_wraps,
     frame_sizes,
     oieb,
     oieb_bytes,
@@ -31,6 +30,7 @@ from _peers import (
     resources_of,
     unlink_reference_leftovers,
     without_pids,
+    wrap_tails,
 )
 from conftest import unique_name
 
@@ -61,9 +61,11 @@ def _stream(
     max_total: int,
     count: int,
     seed: int,
+    ring_safe: bool = True,
 ) -> dict[str, Any]:
     """Run a reader and a writer process over NAME; return the reader's report after checks."""
-    common = dict(name=name, seed=seed, count=count, max_total=max_total, ring=payload_size)
+    ring = payload_size if ring_safe else None
+    common = dict(name=name, seed=seed, count=count, max_total=max_total, ring=ring)
     with (
         cleaned(name),
         peer(
@@ -92,7 +94,7 @@ def test_stream_with_thousands_of_wraps(writer_impl: str, reader_impl: str) -> N
     count, max_total, seed = 12_000, SMALL_RING // 2, 20251121
     sizes = frame_sizes(seed, count, max_total, SMALL_RING)
     assert min(sizes) == 1
-    assert count_wraps(sizes, SMALL_RING) > 1000
+    assert len(wrap_tails(sizes, SMALL_RING)) > 1000
     _stream(
         writer_impl,
         reader_impl,
@@ -101,6 +103,25 @@ def test_stream_with_thousands_of_wraps(writer_impl: str, reader_impl: str) -> N
         max_total=max_total,
         count=count,
         seed=seed,
+    )
+
+
+def test_ours_to_ours_stream_with_short_and_zero_tails() -> None:
+    """The same harness without the reference's limits: tails under 16 bytes and exact fills."""
+    count, max_total, seed = 12_000, SMALL_RING // 2, 11
+    tails = wrap_tails(frame_sizes(seed, count, max_total), SMALL_RING)
+    assert len(tails) > 1000
+    assert any(0 < t < 16 for t in tails)
+    assert 0 in tails
+    _stream(
+        "ours",
+        "ours",
+        unique_name(),
+        payload_size=SMALL_RING,
+        max_total=max_total,
+        count=count,
+        seed=seed,
+        ring_safe=False,
     )
 
 

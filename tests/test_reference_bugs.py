@@ -19,6 +19,7 @@ import pytest
 import zerobuffer as ref
 from _peers import (
     HEADER,
+    Side,
     oieb,
     pattern,
     peer,
@@ -331,3 +332,66 @@ def ref_reader(name: str) -> Iterator[Any]:
             yield r
     finally:
         unlink_reference_leftovers(name)
+
+
+# ---------------------------------------------------------------- 7. (found here) zero-tail wrap counts
+#
+# When frames end exactly at the end of the ring, the reference writer counts a "wrap" in
+# payload_written_count before its next frame although nothing is written and its reader never
+# counts one. Its reader's graceful-close test (written_count <= read_count) then never holds
+# again: after the writer closes, read_frame() times out for ever instead of raising
+# WriterDeadException. Our writer counts only wraps that waste bytes; our reader does not rely on
+# the counts.
+
+
+def _zero_tail_then_close(ws: Any, rs: Any, name: str) -> Any:
+    """Fill the ring exactly, read one frame, write one more (zero tail), close the writer, read
+    everything; return the reader for a final read()."""
+    reader = rs.reader(name, 64, RING)
+    writer = ws.writer(name)
+    for seq in range(1, 5):
+        ws.write(writer, pattern(seq, FILL), zero_copy=False)
+    rs.release(reader, rs.read(reader, 1.0))
+    ws.write(writer, pattern(5, 100), zero_copy=False)
+    writer.close()
+    for seq in range(2, 6):
+        frame = rs.read(reader, 1.0)
+        assert frame.sequence == seq
+        rs.release(reader, frame)
+    return reader
+
+
+@pytest.mark.parametrize(("writer_impl", "reader_impl"), [("ours", "ours"), ("ours", "ref")])
+def test_writer_close_after_zero_tail_wrap_is_seen(
+    shm_name: str, writer_impl: str, reader_impl: str
+) -> None:
+    try:
+        reader = _zero_tail_then_close(Side(writer_impl), Side(reader_impl), shm_name)
+        try:
+            dead = errors.WriterDead if reader_impl == "ours" else ref.WriterDeadException
+            with pytest.raises(dead):
+                Side(reader_impl).read(reader, 0.3)
+        finally:
+            reader.close()
+    finally:
+        unlink_reference_leftovers(shm_name)
+
+
+def test_ours_sees_reference_writer_close_after_zero_tail_wrap(shm_name: str) -> None:
+    try:
+        reader = _zero_tail_then_close(Side("ref"), Side("ours"), shm_name)
+        with reader, pytest.raises(errors.WriterDead):
+            reader.read(timeout=0.3)
+    finally:
+        unlink_reference_leftovers(shm_name)
+
+
+def test_REFERENCE_BUG_7_zero_tail_wrap_hides_writer_close(shm_name: str) -> None:
+    try:
+        reader = _zero_tail_then_close(Side("ref"), Side("ref"), shm_name)
+        state = oieb(shm_name)
+        assert state["payload_written_count"] == state["payload_read_count"] + 1
+        assert reader.read_frame(0.3) is None  # a timeout, though the writer is gone
+        reader.close()
+    finally:
+        unlink_reference_leftovers(shm_name)
