@@ -3,5 +3,17 @@
 from zcser import errors
 from zcser.codec import CODEC_VERSION as __version__
 from zcser.codec import DEFAULT_THRESHOLD, Codec, Plan, dumps, loads
+from zcser.snapshot import load, save, snapshot_info
 
-__all__ = ["DEFAULT_THRESHOLD", "Codec", "Plan", "__version__", "dumps", "errors", "loads"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "Codec",
+    "Plan",
+    "__version__",
+    "dumps",
+    "errors",
+    "load",
+    "loads",
+    "save",
+    "snapshot_info",
+]
