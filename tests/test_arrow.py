@@ -386,3 +386,11 @@ def test_a_separate_process_decodes_a_table_zero_copy(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_a_huge_null_array_round_trips_without_allocating() -> None:
+    rows = 1 << 40
+    arr = pa.Array.from_buffers(pa.null(), rows, [None], null_count=rows)
+    out, mem = roundtrip(arr)
+    assert (len(out), out.null_count, out.type) == (rows, rows, pa.null())
+    assert mem.nbytes < 4096

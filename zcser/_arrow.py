@@ -10,6 +10,7 @@ Rebuilt arrays are fully validated, so bad offsets raise `CorruptMessage`, never
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -199,7 +200,7 @@ def _read_node(ctx: Any, t: pa.DataType) -> pa.Array:
     kind = _kind(t)
     n = ctx.read_var_uint64()
     if kind == _NULL:
-        return pa.nulls(n, type=t)
+        return pa.Array.from_buffers(t, n, [None], null_count=n)
     if kind == _DICTIONARY:
         indices = _read_node(ctx, t.index_type)
         dictionary = _read_node(ctx, t.value_type)
@@ -410,7 +411,7 @@ def _read_tensor(ctx: Any) -> pa.Tensor:
         raise CorruptMessage(
             f"Arrow tensor dtype {dtype_str!r} / order {order} is invalid: the message is damaged"
         )
-    count = int(np.prod(shape, dtype=np.uint64)) if shape else 1
+    count = math.prod(shape)
     if raw.nbytes != count * dtype.itemsize or (names and len(names) != len(shape)):
         raise CorruptMessage(
             f"Arrow tensor of shape {shape} {dtype} needs {count * dtype.itemsize} bytes, "

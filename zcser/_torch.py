@@ -16,6 +16,7 @@ shared memory); decode with `copy=True` or call `.clone()` before writing.
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from typing import Any
 
@@ -126,7 +127,7 @@ def _read_tensor(ctx: Any) -> Any:
     raw = read_raw(ctx)
     shape = tuple(size for size, _ in dims)
     strides = tuple(stride for _, stride in dims)
-    numel = int(np.prod(shape, dtype=np.uint64)) if shape else 1
+    numel = math.prod(shape)
     itemsize = dtype.itemsize
     if flags & ~(_FLAG_REQUIRES_GRAD | _FLAG_PARAMETER) or raw.nbytes != numel * itemsize:
         raise CorruptMessage(
