@@ -495,3 +495,45 @@ def test_plan_segments_match_write_into(checksum: bool) -> None:
 def test_decode_writable_refuses_an_owner() -> None:
     with pytest.raises(UsageError, match="pass no owner"):
         Codec().decode(bytearray(zcser.dumps(1)), writable=True, owner=object())
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zcser", "snapshot", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
+
+
+def test_cli_info_verify_and_clean(path: Path) -> None:
+    zcser.save({"a": np.ones(BIG)}, path)
+    done = _cli("info", str(path), "--verify")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["checksum"]["verified"] is True
+    assert info["buffers"] == zcser.snapshot_info(path)["buffers"]
+    data = bytearray(path.read_bytes())
+    data[info["buffers"][0]["offset"]] ^= 1
+    path.write_bytes(bytes(data))
+    assert _cli("info", str(path)).returncode == 0
+    failed = _cli("info", str(path), "--verify")
+    assert failed.returncode == 1
+    assert "checksum mismatch" in failed.stderr
+    stale = path.with_name(f".{path.name}.zcser-tmp-999999-0000")
+    stale.write_bytes(b"partial")
+    cleaned = _cli("clean", str(path.parent))
+    assert cleaned.returncode == 0 and str(stale) in cleaned.stdout
+    assert not stale.exists() and path.exists()
+
+
+def test_verify_file_needs_digests(path: Path) -> None:
+    zcser.save({"a": np.ones(BIG)}, path, checksum=False)
+    with pytest.raises(CorruptSnapshot, match="nothing to verify"):
+        snapshot.verify_file(path)
+    zcser.save({"a": np.ones(BIG)}, path)
+    snapshot.verify_file(path)

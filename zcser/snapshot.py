@@ -9,16 +9,18 @@ docs/format.md, "Snapshot files").
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import xxhash
 
 from transports.errors import SnapshotFileError
-from transports.mmapfile import AtomicWriter, open_mapping
+from transports.mmapfile import AtomicWriter, open_mapping, remove_stale_temp_files
 from zcser import _message
 from zcser.codec import Codec
 from zcser.errors import (
@@ -27,9 +29,10 @@ from zcser.errors import (
     IncompatibleStream,
     UnsupportedVersion,
     UsageError,
+    ZcserError,
 )
 
-__all__ = ["load", "save", "snapshot_info"]
+__all__ = ["add_cli", "load", "save", "snapshot_info", "verify_file"]
 
 MAGIC = b"ZCSNAP\r\n"
 VERSION = 1
@@ -367,3 +370,51 @@ def snapshot_info(path: str | os.PathLike[str]) -> dict[str, Any]:
             "message_digests": msg.checksum,
         },
     }
+
+
+def verify_file(path: str | os.PathLike[str]) -> None:
+    """Check the header and every segment digest of a snapshot without decoding it."""
+    path = os.fspath(path)
+    try:
+        mm = open_mapping(path, "r")
+    except SnapshotFileError as exc:
+        raise CorruptSnapshot(f"{path}: {exc}") from None
+    mv = memoryview(mm)
+    try:
+        header = _parse_file(mv, path)
+        if header.algorithm is None:
+            raise CorruptSnapshot(f"{path}: saved with checksum=False, nothing to verify")
+        try:
+            verify_segments(mv, header, header.segments)
+        except CorruptSnapshot as exc:
+            raise CorruptSnapshot(f"{path}: {exc}") from None
+    finally:
+        mv.release()
+        mm.close()
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    """`snapshot info PATH [--verify]` prints JSON; `snapshot clean DIR` removes stale temps."""
+    if args.action == "clean":
+        for stale in remove_stale_temp_files(args.path):
+            print(f"removed {stale}")
+        return 0
+    try:
+        info = snapshot_info(args.path)
+        if args.verify:
+            verify_file(args.path)
+            info["checksum"]["verified"] = True
+    except (ZcserError, OSError) as exc:
+        print(f"zcser snapshot: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction[Any]) -> None:
+    """Register `python -m zcser snapshot {info,clean}` on the main parser's subcommands."""
+    parser = sub.add_parser("snapshot", help="inspect snapshot files, clean stale temp files")
+    parser.add_argument("action", choices=["info", "clean"], help="info PATH | clean DIR")
+    parser.add_argument("path", help="snapshot file (info) or directory (clean)")
+    parser.add_argument("--verify", action="store_true", help="info: check every digest too")
+    parser.set_defaults(func=_cmd)
