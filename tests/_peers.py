@@ -286,17 +286,24 @@ def _run_writer(a: dict[str, Any]) -> None:
 
 
 def _run_fill(a: dict[str, Any]) -> None:
-    """Fill the ring with 100-byte frames until a write times out; report how it failed."""
+    """Attach, then fill the ring with 100-byte frames until a write times out; report how
+    it failed (attaching may fail too: then `written` is -1)."""
     side = Side(a["impl"])
-    writer = side.writer(a["name"])
+    timeout = a.get("timeout", 0.5)
+    written = -1
+    try:
+        writer = side.writer(a["name"])
+    except Exception as exc:
+        _emit(event="done", error=type(exc).__name__, message=str(exc), written=written)
+        return
     if a["impl"] == "ref":
-        writer.write_timeout = timedelta(seconds=a.get("timeout", 0.5))
+        writer.write_timeout = timedelta(seconds=timeout)
     written = 0
     try:
         while True:
             data = pattern(written + 1, 100)
             if a["impl"] == "ours":
-                writer.write(data, timeout=a.get("timeout", 0.5))
+                writer.write(data, timeout=timeout)
             else:
                 writer.write_frame(data)
             written += 1
@@ -331,11 +338,13 @@ class PeerFailed(AssertionError):
 class Peer:
     """One peer child process; events are JSON lines read with a timeout."""
 
-    def __init__(self, user: int | None = None, **args: Any) -> None:
+    def __init__(
+        self, user: int | None = None, launcher: tuple[str, ...] = (), **args: Any
+    ) -> None:
         self.args = args
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by peer())
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        command = [sys.executable, __file__, json.dumps(args)]
+        command = [*launcher, sys.executable, __file__, json.dumps(args)]
         if user is not None:  # setpriv drops every capability, so EPERM is real
             command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
         self.proc = subprocess.Popen(
@@ -414,9 +423,9 @@ class Peer:
 
 
 @contextlib.contextmanager
-def peer(user: int | None = None, **args: Any) -> Iterator[Peer]:
+def peer(user: int | None = None, launcher: tuple[str, ...] = (), **args: Any) -> Iterator[Peer]:
     """A Peer that is always killed and reaped when the block ends."""
-    p = Peer(user=user, **args)
+    p = Peer(user=user, launcher=launcher, **args)
     try:
         yield p
     finally:

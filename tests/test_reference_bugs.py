@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -281,7 +282,8 @@ def test_REFERENCE_BUG_5_reader_close_leaves_both_semaphores(shm_name: str) -> N
 # the reader is alive but cannot be signalled. The buffer's files are opened up to 0666 for the
 # test only (ours are 0600 by design). PID reuse (a dead peer's PID taken by a new process) and
 # PID namespaces (a PID from another namespace) cannot be told apart from a live peer by PID
-# alone; neither implementation handles them, and no test here pretends otherwise.
+# alone; neither implementation handles them. PID reuse is not tested; the namespace case is
+# shown by test_LIMITATION_writer_in_another_pid_namespace.
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -322,6 +324,50 @@ def test_nobody_really_gets_eperm_for_our_pid() -> None:
     with peer(user=NOBODY, role="probe", pid=os.getpid()) as p:
         assert p.expect("done")["errno"] == "EPERM"
         p.finish()
+
+
+needs_unshare = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare to start a peer in a new PID namespace",
+)
+NEW_PID_NAMESPACE = ("unshare", "--pid", "--fork", "--kill-child")
+
+
+def _children(pid: int) -> list[int]:
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, f"process {pid} still exists"
+        time.sleep(0.01)
+
+
+@needs_unshare
+def test_LIMITATION_writer_in_another_pid_namespace(shm_name: str) -> None:
+    """Documents what PID-only liveness gets wrong across PID namespaces (both implementations):
+    our writer there cannot see the reader and refuses to attach, and a reference writer there
+    records PID 1, so its death goes unseen (Timeout, where WriterDead would be right)."""
+    with Reader(shm_name, BufferConfig(metadata_size=64, payload_size=RING)) as r:
+        with peer(launcher=NEW_PID_NAMESPACE, role="fill", impl="ours", name=shm_name) as p:
+            result = p.expect("done")
+            assert (result["error"], result["written"]) == ("ReaderDead", -1)
+            p.finish()
+        with peer(
+            launcher=NEW_PID_NAMESPACE, role="writer", impl="ref", name=shm_name, idle=True
+        ) as w:
+            assert w.expect("ready")["pid"] == 1
+            assert oieb(shm_name)["writer_pid"] == 1
+            (host_pid,) = _children(w.pid)
+            w.kill()
+            _wait_gone(host_pid)
+            with pytest.raises(errors.Timeout):
+                r.read(timeout=0.3)
 
 
 @contextlib.contextmanager
