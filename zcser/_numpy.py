@@ -16,19 +16,30 @@ import numpy as np
 from pyfory.serializer import Serializer
 
 from zcser import _typeids
-from zcser._oob import copy_requested, read_raw, writable_requested, write_raw
+from zcser._oob import (
+    copy_requested,
+    inline_limit,
+    read_inline,
+    read_raw,
+    writable_requested,
+    write_inline,
+    write_raw,
+)
 from zcser.errors import CorruptMessage, UnsupportedType
 
-# Array encodings (first in-band byte of an ndarray)
+# Array encodings (first in-band byte of an ndarray): a kind plus flag bits
 _TAG_PLAIN_C = 0
-_TAG_PLAIN_F = 1
-_TAG_DESCR_C = 2
-_TAG_DESCR_F = 3
-_TAG_OBJECT = 4
+_TAG_DESCR_C = 2  # dtype as a JSON description (structured / subarray)
+_TAG_OBJECT = 4  # object dtype, elements through pyfory
+_FLAG_FORTRAN = 1  # data in Fortran order
+_FLAG_INLINE = 8  # small: data in band right here (bypasses the buffer callback)
 
 MAX_NDIM = 64
 MAX_DESCR_DEPTH = 16
 MAX_DTYPE_STR = 64
+MAX_CACHED_DTYPES = 512
+_PLAIN_CACHE: dict[str, np.dtype] = {}
+_STR_OF: dict[np.dtype, str] = {}
 
 # One type id per scalar char, in this fixed order: ids are NP_SCALAR_FIRST + index.
 SCALAR_CHARS = "?bBhHiIlLqQefdgFDGMmSUV"
@@ -103,10 +114,24 @@ def _checked_dtype(spec: Any, align: bool = False) -> np.dtype:
 
 
 def _plain_dtype(text: str) -> np.dtype:
-    """A non-structured dtype from its `dtype.str` form."""
+    """A non-structured dtype from its `dtype.str` form (validated ones cached)."""
+    dtype = _PLAIN_CACHE.get(text)
+    if dtype is not None:
+        return dtype
     if len(text) > MAX_DTYPE_STR or not text.isascii() or not text.isprintable():
         raise CorruptMessage(f"bad dtype string {text[:MAX_DTYPE_STR]!r}")
-    return _checked_dtype(text)
+    dtype = _checked_dtype(text)
+    if len(_PLAIN_CACHE) < MAX_CACHED_DTYPES:
+        _PLAIN_CACHE[text] = dtype
+    return dtype
+
+
+def _cache_str(dtype: np.dtype) -> str:
+    """`dtype.str` of a plain dtype, remembered (it costs about a microsecond)."""
+    text = dtype.str
+    if len(_STR_OF) < MAX_CACHED_DTYPES:
+        _STR_OF[dtype] = text
+    return text
 
 
 def _write_dtype(write_context: Any, dtype: np.dtype) -> bool:
@@ -132,6 +157,8 @@ def _read_dtype(read_context: Any, described: bool) -> np.dtype:
 
 def _read_shape(read_context: Any) -> tuple[int, ...]:
     ndim = read_context.read_var_uint32()
+    if ndim == 1:
+        return (read_context.read_var_uint64(),)
     if ndim > MAX_NDIM:
         raise CorruptMessage(f"array with {ndim} dimensions (numpy allows {MAX_NDIM})")
     return tuple(read_context.read_var_uint64() for _ in range(ndim))
@@ -139,6 +166,9 @@ def _read_shape(read_context: Any) -> tuple[int, ...]:
 
 def _write_shape(write_context: Any, shape: tuple[int, ...]) -> None:
     write_context.write_var_uint32(len(shape))
+    if len(shape) == 1:
+        write_context.write_var_uint64(shape[0])
+        return
     for dim in shape:
         write_context.write_var_uint64(dim)
 
@@ -158,17 +188,35 @@ class NDArraySerializer(Serializer):
         if dtype.hasobject:
             self._write_objects(write_context, value)
             return
-        fortran = not value.flags.c_contiguous and value.flags.f_contiguous
-        if not (value.flags.c_contiguous or fortran):
+        flags = value.flags
+        fortran = not flags.c_contiguous and flags.f_contiguous
+        if not (flags.c_contiguous or fortran):
             value = np.ascontiguousarray(value)
-        described = dtype.names is not None or dtype.subdtype is not None
-        tag = (_TAG_DESCR_C if described else _TAG_PLAIN_C) + (1 if fortran else 0)
+        plain = _STR_OF.get(dtype)
+        if plain is None and dtype.names is None and dtype.subdtype is None:
+            plain = _cache_str(dtype)
+        nbytes = value.nbytes
+        inline = 0 < nbytes < inline_limit()
+        tag = (
+            (_TAG_PLAIN_C if plain is not None else _TAG_DESCR_C)
+            | (_FLAG_FORTRAN if fortran else 0)
+            | (_FLAG_INLINE if inline else 0)
+        )
         write_context.write_uint8(tag)
-        _write_dtype(write_context, dtype)
+        if plain is not None:
+            write_context.write_string(plain)
+        else:
+            _write_dtype(write_context, dtype)
         _write_shape(write_context, value.shape)
-        if value.nbytes:
-            flat = (value.T if fortran else value).reshape(-1)
-            write_raw(write_context, flat.view(np.uint8))
+        if not nbytes:
+            return
+        data = value.T if fortran else value
+        if plain is None or dtype.kind in "mM":  # no (reliable) buffer export: use bytes
+            data = data.reshape(-1).view(np.uint8)
+        if inline:
+            write_inline(write_context, data)
+        else:
+            write_raw(write_context, data)
 
     def _write_objects(self, write_context: Any, value: np.ndarray) -> None:
         if value.dtype != np.dtype(object):
@@ -185,22 +233,32 @@ class NDArraySerializer(Serializer):
         tag = read_context.read_uint8()
         if tag == _TAG_OBJECT:
             return self._read_objects(read_context)
-        if tag > _TAG_DESCR_F:
+        if tag & ~(_TAG_DESCR_C | _FLAG_FORTRAN | _FLAG_INLINE):
             raise CorruptMessage(f"unknown ndarray encoding tag {tag}")
-        dtype = _read_dtype(read_context, described=tag >= _TAG_DESCR_C)
+        if tag & _TAG_DESCR_C:
+            dtype = _read_dtype(read_context, described=True)
+        else:
+            text = read_context.read_string()
+            dtype = _PLAIN_CACHE.get(text) or _plain_dtype(text)
         shape = _read_shape(read_context)
-        fortran = tag in (_TAG_PLAIN_F, _TAG_DESCR_F)
-        count = math.prod(shape)
+        fortran = bool(tag & _FLAG_FORTRAN)
+        count = shape[0] if len(shape) == 1 else math.prod(shape)
         nbytes = count * dtype.itemsize
         if nbytes == 0:
             try:
                 return _finish(np.empty(shape, dtype, order="F" if fortran else "C"))
             except (ValueError, MemoryError) as exc:
                 raise CorruptMessage(f"impossible empty array shape {shape}") from exc
-        data = read_raw(read_context, nbytes)
-        flat = np.frombuffer(data, dtype=dtype, count=count)
-        array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
-        return _finish(array)
+        if tag & _FLAG_INLINE:
+            flat = np.frombuffer(read_inline(read_context, nbytes), dtype=dtype, count=count)
+            if copy_requested() or writable_requested():
+                flat = flat.copy()
+        else:
+            flat = np.frombuffer(read_raw(read_context, nbytes), dtype=dtype, count=count)
+            flat = _finish(flat)
+        if len(shape) == 1:
+            return flat
+        return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
 
     def _read_objects(self, read_context: Any) -> np.ndarray:
         shape = _read_shape(read_context)

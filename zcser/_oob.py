@@ -19,6 +19,7 @@ from zcser.errors import CorruptMessage
 
 _COPY: ContextVar[bool] = ContextVar("zcser_copy", default=False)
 _WRITABLE: ContextVar[bool] = ContextVar("zcser_writable", default=False)
+_INLINE_BELOW: ContextVar[int] = ContextVar("zcser_inline_below", default=0)
 
 
 class RawBuffer(BufferObject):
@@ -82,6 +83,59 @@ def writable_requested() -> bool:
     return _WRITABLE.get()
 
 
+@contextmanager
+def inline_below(threshold: int) -> Iterator[None]:
+    """While active, `write_raw` writes regions under `threshold` bytes in band directly.
+
+    Same bytes as pyfory's in-band buffer object (flag, size, data), minus the per-region
+    buffer object and Python callback: the codec's encode path for many small arrays.
+    """
+    token = _INLINE_BELOW.set(threshold)
+    try:
+        yield
+    finally:
+        _INLINE_BELOW.reset(token)
+
+
+class read_modes:
+    """Set copy and writable modes for one decode (a plain class: no generator per call)."""
+
+    __slots__ = ("_copy", "_tokens", "_writable")
+
+    def __init__(self, copy: bool, writable: bool) -> None:
+        self._copy = copy
+        self._writable = writable
+
+    def __enter__(self) -> None:
+        self._tokens = (_COPY.set(self._copy), _WRITABLE.set(self._writable))
+
+    def __exit__(self, *exc: object) -> None:
+        _COPY.reset(self._tokens[0])
+        _WRITABLE.reset(self._tokens[1])
+
+
+def inline_limit() -> int:
+    """Regions smaller than this go in band via `write_inline` (0 outside a codec encode)."""
+    return _INLINE_BELOW.get()
+
+
+def write_inline(write_context: Any, data: Any) -> None:
+    """Write a small C-contiguous buffer in band as (size, bytes); read with `read_inline`."""
+    write_context.write_var_uint32(data.nbytes)
+    write_context.buffer.write_buffer(data)
+
+
+def read_inline(read_context: Any, nbytes: int) -> bytes:
+    """A region written by `write_inline` (a private bytes copy), checked against `nbytes`."""
+    data: bytes = read_context.read_bytes_and_size()
+    if len(data) != nbytes:
+        raise CorruptMessage(
+            f"an in-band region holds {len(data)} bytes where its metadata says {nbytes}: "
+            "the message is corrupt"
+        )
+    return data
+
+
 def copy_requested() -> bool:
     """True while the codec decodes with `copy=True`: adapters must return private objects."""
     return _COPY.get()
@@ -89,7 +143,12 @@ def copy_requested() -> bool:
 
 def write_raw(write_context: Any, data: Any) -> None:
     """Hand one contiguous region to pyfory; the codec's callback keeps it in band or not."""
-    write_context.write_buffer_object(RawBuffer(as_bytes_view(data)))
+    view = as_bytes_view(data)
+    if view.nbytes < _INLINE_BELOW.get() and write_context.buffer_callback is not None:
+        write_context.write_bool(True)
+        write_inline(write_context, view)
+        return
+    write_context.write_buffer_object(RawBuffer(view))
 
 
 def read_raw_view(read_context: Any, nbytes: int | None = None) -> tuple[memoryview, bool]:

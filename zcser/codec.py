@@ -14,6 +14,7 @@ from importlib import import_module
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyfory
 import xxhash
 from pyfory.error import TypeUnregisteredError
@@ -47,7 +48,7 @@ def _address(mv: memoryview) -> int:
     """Absolute address of the first byte of a (read-only or writable) buffer."""
     if mv.nbytes == 0:
         return 0
-    return int(np.frombuffer(mv, dtype=np.uint8).ctypes.data)
+    return int(pa.py_buffer(mv).address)
 
 
 def _byte_view(data: Any) -> memoryview:
@@ -309,7 +310,8 @@ class Codec:
 
         self._used = True
         try:
-            inband = self._fory.serialize(obj, buffer_callback=keep_in_band)
+            with _oob.inline_below(threshold):
+                inband = self._fory.serialize(obj, buffer_callback=keep_in_band)
         except ZcserError:
             raise
         except TypeUnregisteredError as exc:
@@ -366,7 +368,7 @@ class Codec:
         inband = pyfory.Buffer(root[msg.inband_start : msg.inband_end])
         self._used = True
         try:
-            with _oob.copy_mode(copy), _oob.writable_mode(writable):
+            with _oob.read_modes(copy, writable):
                 obj = self._fory.deserialize(inband, buffers=views)
         except ZcserError:
             raise
@@ -435,8 +437,6 @@ def _register_class(fory: Any, cls: type, name: str) -> None:
 
 def _owned_view(root: memoryview, owner: Any) -> memoryview:
     """The same bytes as `root`, through an Arrow foreign buffer whose base keeps `owner` alive."""
-    import pyarrow as pa
-
     foreign = pa.foreign_buffer(_address(root), root.nbytes, base=owner)
     return memoryview(foreign)
 
