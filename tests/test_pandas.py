@@ -62,7 +62,7 @@ def test_dataframe_round_trips_with_dtypes_index_and_names() -> None:
     assert (out.index.name, out.columns.name) == ("key", "fields")
 
 
-@pytest.mark.parametrize("column", ["f64", "i32", "u8", "naive", "delta", "float_nan"])
+@pytest.mark.parametrize("column", ["f64", "i32", "u8", "bool", "naive", "delta", "float_nan"])
 def test_numeric_and_datetime_columns_are_zero_copy(column: str) -> None:
     out, mem = roundtrip(frame())
     values = out[column].to_numpy()
