@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import warnings
 from typing import Any
 
 import numpy as np
@@ -76,9 +75,7 @@ def _write_values(ctx: Any, values: Any) -> None:
         return
     frame = _pd().DataFrame({_ARROW_COLUMN: values}, copy=False)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
+        table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
     except (pa.ArrowException, TypeError, ValueError) as exc:
         raise UnsupportedType(
             f"pandas values of dtype {dtype} cannot be sent ({exc}); give an object column a "

@@ -10,7 +10,8 @@ its raw bytes plus strides, zero-copy on both sides; a tensor with gaps or overl
 an `expand`) is copied to contiguous order on the writer. The reader builds the tensor with
 `torch.from_dlpack` over the read-only message memory (no warning, no copy). torch has no
 read-only tensors: writing through a received tensor is undefined (it may change or fault the
-shared memory); decode with `copy=True` or call `.clone()` before writing.
+shared memory); decode with `copy=True` or call `.clone()` before writing. Autograd history is
+not sent: a tensor that requires grad arrives as a leaf that requires grad.
 """
 
 from __future__ import annotations
