@@ -28,6 +28,7 @@ def test_quick_bench_prints_the_table() -> None:
         "8 MiB reserve+fill (copy), GB/s",
         "8 MiB reserve, no fill (zero-copy), GB/s",
         "np.copyto 8 MiB, GB/s",
+        "np.copyto 8 MiB into 64 MiB, GB/s",
         "np.copyto 100 MB, GB/s",
         "ours write / memcpy 8 MiB",
     ):

@@ -54,7 +54,7 @@ class Sizes:
     memcpy_repeats: int
 
 
-FULL = Sizes(runs=5, small_ours=50_000, small_ref=10_000, big_frames=48, memcpy_repeats=8)
+FULL = Sizes(runs=5, small_ours=50_000, small_ref=10_000, big_frames=48, memcpy_repeats=16)
 QUICK = Sizes(runs=3, small_ours=3_000, small_ref=600, big_frames=6, memcpy_repeats=2)
 
 
@@ -151,6 +151,19 @@ def _ref_reserve_only(n: int) -> WriteOne:
     return one
 
 
+def _expect(conn: Connection, proc: Any, word: str, timeout: float) -> None:
+    """Wait for the reader's `word`; fail fast if the reader process dies instead."""
+    deadline = time.monotonic() + timeout
+    while not conn.poll(0.05):
+        if not proc.is_alive():
+            raise RuntimeError(f"reader process exited ({proc.exitcode}) before saying {word!r}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"reader did not say {word!r} within {timeout} s")
+    got = conn.recv()
+    if got != word:
+        raise RuntimeError(f"reader said {got!r}, expected {word!r}")
+
+
 def _timed_runs(impl: str, payload: int, runs: int, count: int, write_one: WriteOne) -> list[float]:
     """Seconds per run for `count` frames, from the first write to the reader having released all.
     One untimed warm-up run first: it faults in the writer's mapping of the ring."""
@@ -160,8 +173,7 @@ def _timed_runs(impl: str, payload: int, runs: int, count: int, write_one: Write
     proc = ctx.Process(target=_reader_main, args=(impl, name, payload, runs + 1, count, child))
     proc.start()
     try:
-        if not parent.poll(60) or parent.recv() != "ready":
-            raise RuntimeError(f"{impl} reader did not start")
+        _expect(parent, proc, "ready", 60)
         writer: Any = ours.Writer(name) if impl == "ours" else reference.Writer(name)
         times = []
         try:
@@ -169,8 +181,7 @@ def _timed_runs(impl: str, payload: int, runs: int, count: int, write_one: Write
                 start = time.perf_counter()
                 for _ in range(count):
                     write_one(writer)
-                if not parent.poll(120) or parent.recv() != "done":
-                    raise RuntimeError(f"{impl} reader did not finish a run")
+                _expect(parent, proc, "done", 120)
                 times.append(time.perf_counter() - start)
         finally:
             writer.close()
@@ -182,21 +193,39 @@ def _timed_runs(impl: str, payload: int, runs: int, count: int, write_one: Write
             proc.join()
 
 
-def _memcpy_seconds(nbytes: int, runs: int, repeats: int) -> list[float]:
-    """Seconds per single np.copyto of `nbytes`, one value (the mean of `repeats`) per run."""
+def _memcpy_seconds(nbytes: int, runs: int, repeats: int, ring: int = 0) -> list[float]:
+    """Seconds per single np.copyto of `nbytes`, one value (the mean of `repeats`) per run.
+    With `ring`, each copy goes to the next slot of a `ring`-byte destination, as frames do."""
     src = np.ones(nbytes, np.uint8)
-    dst = np.zeros(nbytes, np.uint8)
-    np.copyto(dst, src)
+    dst = np.zeros(max(ring, nbytes), np.uint8)
+    slots = len(dst) // nbytes
+    views = [dst[i * nbytes : (i + 1) * nbytes] for i in range(slots)]
+    for view in views:
+        np.copyto(view, src)
     out = []
     for _ in range(runs):
         start = time.perf_counter()
-        for _ in range(repeats):
-            np.copyto(dst, src)
+        for i in range(repeats):
+            np.copyto(views[i % slots], src)
         out.append((time.perf_counter() - start) / repeats)
     return out
 
 
 # ---------------------------------------------------------------- report
+
+SMALL_ROW = "1 KiB frames, frames/s"
+WRITE_ROW = "8 MiB write (copy), GB/s"
+FILL_ROW = "8 MiB reserve+fill (copy), GB/s"
+ZERO_ROW = "8 MiB reserve, no fill (zero-copy), GB/s"
+MEMCPY_HOT = "np.copyto 8 MiB, GB/s"
+MEMCPY_RING = "np.copyto 8 MiB into 64 MiB, GB/s"
+MEMCPY_HUGE = "np.copyto 100 MB, GB/s"
+RATIOS = (
+    ("ours write / memcpy 8 MiB", WRITE_ROW, MEMCPY_HOT),
+    ("ours reserve+fill / memcpy 8 MiB", FILL_ROW, MEMCPY_HOT),
+    ("ours write / memcpy 8 MiB into 64 MiB", WRITE_ROW, MEMCPY_RING),
+    ("ours reserve+fill / memcpy 8 MiB into 64 MiB", FILL_ROW, MEMCPY_RING),
+)
 
 
 def _median_rate(times: list[float], amount: float) -> float:
@@ -204,58 +233,42 @@ def _median_rate(times: list[float], amount: float) -> float:
 
 
 def run(sizes: Sizes) -> dict[str, Any]:
-    """Measure everything; return medians (frames/s or GB/s) and ratios."""
-    have_ref = reference is not None
+    """Measure everything; return medians (frames/s or GB/s) and ratios. Ours and the reference
+    run back to back per case, so machine noise hits both alike."""
     big_src = np.ones(BIG, np.uint8)
     small_src = np.ones(SMALL, np.uint8)
-    small_payload = 1 * MIB
     big_payload = 64 * MIB
     r = sizes.runs
-    out: dict[str, Any] = {"runs": r, "reference": have_ref}
-
-    rows: dict[str, dict[str, float | None]] = {}
-    t = _timed_runs("ours", small_payload, r, sizes.small_ours, _ours_write(small_src))
-    rows["1 KiB frames, frames/s"] = {"ours": _median_rate(t, sizes.small_ours)}
-    big = [
-        ("8 MiB write (copy), GB/s", _ours_write(big_src), _ref_write(big_src)),
-        (
-            "8 MiB reserve+fill (copy), GB/s",
-            _ours_reserve_fill(big_src),
-            _ref_reserve_fill(big_src),
-        ),
-        (
-            "8 MiB reserve, no fill (zero-copy), GB/s",
-            _ours_reserve_only(BIG),
-            _ref_reserve_only(BIG),
-        ),
-    ]
-    for label, ours_one, _ in big:
-        t = _timed_runs("ours", big_payload, r, sizes.big_frames, ours_one)
-        rows[label] = {"ours": _median_rate(t, sizes.big_frames * BIG / 1e9)}
-    if have_ref:
-        t = _timed_runs("ref", small_payload, r, sizes.small_ref, _ref_write(small_src))
-        rows["1 KiB frames, frames/s"]["ref"] = _median_rate(t, sizes.small_ref)
-        for label, _, ref_one in big:
-            t = _timed_runs("ref", big_payload, r, sizes.big_frames, ref_one)
-            rows[label]["ref"] = _median_rate(t, sizes.big_frames * BIG / 1e9)
-    for label in (f"np.copyto {BIG // MIB} MiB, GB/s", f"np.copyto {HUGE // 1_000_000} MB, GB/s"):
-        nbytes = BIG if "MiB" in label else HUGE
-        t = _memcpy_seconds(nbytes, r, sizes.memcpy_repeats)
+    gb = sizes.big_frames * BIG / 1e9
+    cases: list[tuple[str, int, int, float, WriteOne, WriteOne]] = [
+        (SMALL_ROW, MIB, sizes.small_ours, sizes.small_ref, _ours_write(small_src), _ref_write(small_src)),
+        (WRITE_ROW, big_payload, sizes.big_frames, gb, _ours_write(big_src), _ref_write(big_src)),
+        (FILL_ROW, big_payload, sizes.big_frames, gb, _ours_reserve_fill(big_src), _ref_reserve_fill(big_src)),
+        (ZERO_ROW, big_payload, sizes.big_frames, gb, _ours_reserve_only(BIG), _ref_reserve_only(BIG)),
+    ]  # fmt: skip
+    rows: dict[str, dict[str, float]] = {}
+    for label, payload, count, ref_amount, ours_one, ref_one in cases:
+        small = label == SMALL_ROW
+        t = _timed_runs("ours", payload, r, count, ours_one)
+        row = rows[label] = {"ours": _median_rate(t, count if small else gb)}
+        if reference is not None:
+            ref_count = sizes.small_ref if small else count
+            t = _timed_runs("ref", payload, r, ref_count, ref_one)
+            row["ref"] = _median_rate(t, ref_amount)
+            row["ours/ref"] = row["ours"] / row["ref"]
+    for label, nbytes, ring in (
+        (MEMCPY_HOT, BIG, 0),
+        (MEMCPY_RING, BIG, big_payload),
+        (MEMCPY_HUGE, HUGE, 0),
+    ):
+        t = _memcpy_seconds(nbytes, r, sizes.memcpy_repeats, ring)
         rows[label] = {"memcpy": _median_rate(t, nbytes / 1e9)}
-    for row in rows.values():
-        if row.get("ref"):
-            row["ours/ref"] = row["ours"] / row["ref"]  # type: ignore[operator]
-    memcpy_big = rows[f"np.copyto {BIG // MIB} MiB, GB/s"]["memcpy"]
-    assert memcpy_big is not None
-    out["rows"] = rows
-    out["ours write / memcpy 8 MiB"] = rows["8 MiB write (copy), GB/s"]["ours"] / memcpy_big  # type: ignore[operator]
-    out["ours reserve+fill / memcpy 8 MiB"] = (
-        rows["8 MiB reserve+fill (copy), GB/s"]["ours"] / memcpy_big  # type: ignore[operator]
-    )
-    return out
+    ratios = {key: rows[a]["ours"] / rows[b]["memcpy"] for key, a, b in RATIOS}
+    return {"runs": r, "reference": reference is not None, "rows": rows, "ratios": ratios}
 
 
 def _fmt(value: float | None) -> str:
+    """Thousands separators for rates, two decimals for GB/s and ratios, '-' for n/a."""
     if value is None:
         return "-"
     return f"{value:,.0f}" if value >= 1000 else f"{value:.2f}"
@@ -270,8 +283,8 @@ def table(result: dict[str, Any]) -> str:
         cells = [_fmt(row.get(k)) for k in ("ours", "ref", "memcpy", "ours/ref")]
         lines.append(f"{label:44} {cells[0]:>12} {cells[1]:>12} {cells[2]:>10} {cells[3]:>9}")
     lines.append("-" * len(head))
-    for key in ("ours write / memcpy 8 MiB", "ours reserve+fill / memcpy 8 MiB"):
-        lines.append(f"{key:44} {result[key]:>12.2f}")
+    for key, value in result["ratios"].items():
+        lines.append(f"{key:44} {value:>12.2f}")
     if not result["reference"]:
         lines.append("reference zerobuffer-ipc not installed: no reference columns")
     return "\n".join(lines)
