@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import zcser
 from zcser.errors import CorruptData, CorruptMessage, UnsupportedType, ZcserError
@@ -126,6 +128,18 @@ def test_sliced_array_round_trips(name: str, start: int, length: int) -> None:
     out, _ = roundtrip(piece)
     assert out.type == piece.type
     assert out.equals(piece)
+    assert out.to_pylist() == piece.to_pylist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(["bool", "string", "large_list", "struct", "dictionary", "fixed_list"]),
+    start=st.integers(0, N),
+    length=st.integers(0, N),
+)
+def test_any_slice_round_trips(name: str, start: int, length: int) -> None:
+    piece = ARRAYS[name].slice(start, length)
+    out, _ = roundtrip(piece)
     assert out.to_pylist() == piece.to_pylist()
 
 
