@@ -228,12 +228,13 @@ def _read_node(ctx: Any, t: pa.DataType) -> pa.Array:
     return pa.Array.from_buffers(t, n, bufs, null_count=null_count, offset=shift, children=children)
 
 
-def _checked(build: Any, *args: Any) -> Any:
-    """Run an Arrow rebuild step, turning Arrow's complaints about bad data into CorruptMessage."""
+def _checked(build: Any, *args: Any, full: bool = False) -> Any:
+    """Run an Arrow rebuild step and validate the result (`full`: every offset and index too),
+    turning Arrow's complaints about bad data into CorruptMessage."""
     try:
         result = build(*args)
         if hasattr(result, "validate"):
-            result.validate(full=True)
+            result.validate(full=full)
         return result
     except (pa.ArrowException, ValueError, TypeError, IndexError, OverflowError) as exc:
         raise CorruptMessage(
@@ -281,7 +282,7 @@ def _write_column(ctx: Any, chunks: list[pa.Array]) -> None:
 
 def _read_array_body(ctx: Any, t: pa.DataType) -> pa.Array:
     """One node tree of type `t`, validated in full."""
-    return _checked(_read_node, ctx, t)
+    return _checked(_read_node, ctx, t, full=True)
 
 
 class ArraySerializer(Serializer):
@@ -324,7 +325,17 @@ class RecordBatchSerializer(Serializer):
         columns = [_read_array_body(read_context, f.type) for f in schema]
         if not columns:
             return _checked(_empty_batch, schema, num_rows)
-        return _checked(pa.RecordBatch.from_arrays, columns, None, schema)
+        return _with_rows(_checked(pa.RecordBatch.from_arrays, columns, None, schema), num_rows)
+
+
+def _with_rows(result: Any, num_rows: int) -> Any:
+    """`result` if it has the row count the writer recorded, else CorruptMessage."""
+    if result.num_rows != num_rows:
+        raise CorruptMessage(
+            f"Arrow data has {result.num_rows} rows where the message says {num_rows}: "
+            "the message is damaged"
+        )
+    return result
 
 
 def _empty_batch(schema: pa.Schema, num_rows: int) -> pa.RecordBatch:
@@ -348,7 +359,7 @@ def read_table(ctx: Any) -> pa.Table:
     columns = [pa.chunked_array(_read_column(ctx, f.type), f.type) for f in schema]
     if not columns:
         return _checked(_empty_table, schema, num_rows)
-    return _checked(pa.Table.from_arrays, columns, None, schema)
+    return _with_rows(_checked(pa.Table.from_arrays, columns, None, schema), num_rows)
 
 
 class TableSerializer(Serializer):
