@@ -282,6 +282,8 @@ def _run_writer(a: dict[str, Any]) -> None:
         side.write(writer, data, zero_copy)
         digest_update(h, i + 1, data)
     _emit(event="done", count=a["count"], digest=h.hexdigest())
+    if a.get("linger"):
+        _wait_for_stdin()
     writer.close()
 
 

@@ -287,6 +287,57 @@ def test_ours_does_not_call_a_live_reference_reader_dead() -> None:
             _fill(w, timeout=0.3)
 
 
+# ---------------------------------------------------------------- one writer at a time, takeover
+
+
+def test_one_live_writer_across_implementations() -> None:
+    """A live writer of either implementation makes the other refuse to attach."""
+    name = unique_name()
+    with (
+        cleaned(name),
+        Reader(name, BufferConfig(metadata_size=64, payload_size=SMALL_RING)),
+    ):
+        with Writer(name), pytest.raises(ref.WriterAlreadyConnectedException):
+            ref.Writer(name)
+        with peer(role="writer", impl="ref", name=name, idle=True) as w:
+            w.expect("ready")
+            with pytest.raises(errors.WriterAlreadyConnected):
+                Writer(name)
+
+
+@pytest.mark.parametrize("new_writer", ["ours", "ref"])
+def test_writer_takes_over_from_killed_reference_writer(new_writer: str) -> None:
+    """After the reference writer is SIGKILLed mid-stream, a new writer (sequence restarting
+    at 1) is taken into our reader without losing or repeating a byte."""
+    name = unique_name()
+    args = dict(name=name, seed=5, count=20, max_total=4096, ring=SMALL_RING)
+    with (
+        cleaned(name),
+        Reader(name, BufferConfig(metadata_size=64, payload_size=SMALL_RING)) as r,
+    ):
+        with peer(role="writer", impl="ref", linger=True, **args) as w:
+            w.expect("ready")
+            w.expect("done")
+            assert oieb(name)["writer_pid"] == w.pid
+            w.kill()
+        sizes = frame_sizes(5, 20, 4096, SMALL_RING)
+        for seq, n in enumerate(sizes, start=1):
+            with r.read(timeout=2.0) as f:
+                assert f.sequence == seq
+                assert np.array_equal(np.frombuffer(f.data, np.uint8), pattern(seq, n))
+        side = Side(new_writer)
+        w2 = side.writer(name)
+        try:
+            for seq in (1, 2, 3):
+                side.write(w2, pattern(seq, 1000 + seq), zero_copy=seq == 2)
+            for seq in (1, 2, 3):
+                with r.read(timeout=2.0) as f:
+                    assert f.sequence == seq
+                    assert bytes(f.data) == pattern(seq, 1000 + seq).tobytes()
+        finally:
+            w2.close()
+
+
 # ---------------------------------------------------------------- stale cleanup across implementations
 
 

@@ -301,6 +301,7 @@ def _fill_as_nobody(impl: str, name: str) -> str:
     with peer(user=NOBODY, role="fill", impl=impl, name=name) as p:
         result = p.expect("done", timeout=20)
         p.finish()
+    assert result["written"] == RING // (HEADER + 100), result  # attached and filled the ring
     return str(result["error"])
 
 
