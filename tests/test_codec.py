@@ -159,9 +159,12 @@ def test_default_codec_refuses_payload_built_to_run_code(tmp_path: Path) -> None
     assert not marker.exists()
 
 
-def test_trusted_codec_warns() -> None:
+def test_trusted_codec_warns_and_takes_unregistered_classes() -> None:
     with pytest.warns(UserWarning, match="arbitrary code"):
-        zcser.Codec(trusted=True)
+        codec = zcser.Codec(trusted=True)
+    got = codec.decode(_encode(codec, Plain(1, np.arange(50_000))))
+    assert isinstance(got, Plain) and got.a == 1
+    np.testing.assert_array_equal(got.b, np.arange(50_000))
 
 
 def test_ref_true_sends_shared_array_once_and_keeps_identity() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from functools import lru_cache
 from itertools import pairwise
 from typing import NamedTuple
 
@@ -89,8 +90,16 @@ def place(
     `reserved` lists [start, end) offsets that must not be written (in-target sources).
     Other buffers go after the in-band bytes and every fixed/reserved region, ALIGN-aligned.
     """
-    fixed = fixed or {}
     head = meta_size(len(lengths), checksum) + inband_len
+    if not fixed and not reserved:
+        offsets: list[int] = []
+        cursor = head
+        for n in lengths:
+            off = (base + cursor + ALIGN - 1) // ALIGN * ALIGN - base
+            offsets.append(off)
+            cursor = off + n
+        return offsets, cursor
+    fixed = fixed or {}
     taken = list(reserved) + [(off, off + lengths[i]) for i, off in fixed.items()]
     for start, _ in taken:
         if start < head:
@@ -100,7 +109,7 @@ def place(
                 "at the start of the target"
             )
     cursor = max([head, *(end for _, end in taken)])
-    offsets: list[int] = []
+    offsets = []
     for i, n in enumerate(lengths):
         if i in fixed:
             offsets.append(fixed[i])
@@ -111,6 +120,27 @@ def place(
     return offsets, cursor
 
 
+@lru_cache(maxsize=256)
+def _u64s(count: int) -> struct.Struct:
+    """A Struct for `count` little-endian u64 (cached: building one costs a microsecond)."""
+    return struct.Struct(f"<{count}Q")
+
+
+@lru_cache(maxsize=256)
+def _meta_struct(count: int) -> struct.Struct:
+    """Header plus a `count`-entry table as one Struct."""
+    return struct.Struct(HEADER.format + f"{2 * count}Q")
+
+
+def pack_meta(
+    flags: int, inband_len: int, total: int, offsets: list[int], lengths: list[int]
+) -> bytes:
+    """Header and buffer table in one call (the encode hot path)."""
+    count = len(offsets)
+    flat = [v for pair in zip(offsets, lengths, strict=True) for v in pair]
+    return _meta_struct(count).pack(MAGIC, VERSION, flags, count, 0, inband_len, total, *flat)
+
+
 def pack_header(flags: int, count: int, inband_len: int, total: int) -> bytes:
     """The fixed 32-byte header."""
     return HEADER.pack(MAGIC, VERSION, flags, count, 0, inband_len, total)
@@ -119,12 +149,12 @@ def pack_header(flags: int, count: int, inband_len: int, total: int) -> bytes:
 def pack_table(entries: Sequence[tuple[int, int]]) -> bytes:
     """The buffer table: (offset, length) per buffer."""
     flat = [v for entry in entries for v in entry]
-    return struct.pack(f"<{len(flat)}Q", *flat)
+    return _u64s(len(flat)).pack(*flat)
 
 
 def pack_digests(digests: Sequence[int]) -> bytes:
     """The digest array (metadata+in-band first, then one per buffer)."""
-    return struct.pack(f"<{len(digests)}Q", *digests)
+    return _u64s(len(digests)).pack(*digests)
 
 
 def check_room(total: int, available: int) -> None:
@@ -161,18 +191,25 @@ def parse(mv: memoryview) -> Message:
             f"in-band end {inband_end} / total length {total} inconsistent with the "
             f"{size} bytes given (truncated message?)"
         )
-    flat = struct.unpack_from(f"<{2 * count}Q", mv, TABLE_START)
+    flat = _u64s(2 * count).unpack_from(mv, TABLE_START)
     buffers = list(zip(flat[0::2], flat[1::2], strict=True))
     _check_buffers(buffers, inband_end, total)
     digests = None
     if checksum:
         start = TABLE_START + ENTRY.size * count
-        digests = list(struct.unpack_from(f"<{count + 1}Q", mv, start))
+        digests = list(_u64s(count + 1).unpack_from(mv, start))
     return Message(flags, inband_start, inband_end, buffers, digests, total)
 
 
 def _check_buffers(buffers: list[tuple[int, int]], inband_end: int, total: int) -> None:
     """Buffers lie in [inband_end, total), do not overlap and share one alignment base."""
+    if len(buffers) == 1:
+        off, n = buffers[0]
+        if off < inband_end or off + n > total:
+            raise CorruptMessage(
+                f"buffer [{off}, {off + n}) lies outside the data area [{inband_end}, {total})"
+            )
+        return
     phase = None
     for off, n in buffers:
         if off < inband_end or off + n > total:

@@ -83,18 +83,23 @@ def writable_requested() -> bool:
     return _WRITABLE.get()
 
 
-@contextmanager
-def inline_below(threshold: int) -> Iterator[None]:
+class inline_below:
     """While active, `write_raw` writes regions under `threshold` bytes in band directly.
 
     Same bytes as pyfory's in-band buffer object (flag, size, data), minus the per-region
     buffer object and Python callback: the codec's encode path for many small arrays.
     """
-    token = _INLINE_BELOW.set(threshold)
-    try:
-        yield
-    finally:
-        _INLINE_BELOW.reset(token)
+
+    __slots__ = ("_threshold", "_token")
+
+    def __init__(self, threshold: int) -> None:
+        self._threshold = threshold
+
+    def __enter__(self) -> None:
+        self._token = _INLINE_BELOW.set(self._threshold)
+
+    def __exit__(self, *exc: object) -> None:
+        _INLINE_BELOW.reset(self._token)
 
 
 class read_modes:

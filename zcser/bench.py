@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from zcser import _message
+from zcser._bench_snapshot import bench_snapshot
 from zcser.codec import DEFAULT_THRESHOLD, Codec, Plan
 
 Row = dict[str, Any]
@@ -202,7 +203,9 @@ def bench_threshold(quick: bool) -> list[Row]:
     """Round trip of 64 arrays of each size, all out of band vs all in band: picks the default."""
     rows = []
     sizes = (
-        [1024, 16 * 1024, 64 * 1024] if quick else [1024, 4096, 16 * 1024, 64 * 1024, 256 * 1024]
+        [1024, 16 * 1024, 64 * 1024]
+        if quick
+        else [1024, 4096, 16 * 1024, 32 * 1024, 64 * 1024, 256 * 1024]
     )
     for size in sizes:
         obj = [np.ones(size, np.uint8) for _ in range(64)]
@@ -233,6 +236,7 @@ SECTIONS: dict[str, Callable[[bool], list[Row]]] = {
     "codec-decode-size": bench_decode_size,
     "codec-many-small": bench_many_small,
     "codec-threshold": bench_threshold,
+    "snapshot": bench_snapshot,
 }
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterator
 from importlib import import_module
+from operator import length_hint
 from typing import Any
 
 import numpy as np
@@ -133,11 +133,9 @@ class Plan:
         _message.check_room(total, mv.nbytes)
         count = len(self.buffers)
         flags = _message.FLAG_CHECKSUM if self.checksum else 0
-        pos = _message.TABLE_START
-        mv[:pos] = _message.pack_header(flags, count, len(self.inband), total)
-        table = _message.pack_table(list(zip(offsets, lengths, strict=True)))
-        mv[pos : pos + len(table)] = table
-        pos += len(table)
+        meta = _message.pack_meta(flags, len(self.inband), total, offsets, lengths)
+        pos = len(meta)
+        mv[:pos] = meta
         inband_at = _message.meta_size(count, self.checksum)
         end = inband_at + len(self.inband)
         mv[inband_at:end] = self.inband
@@ -186,42 +184,23 @@ def _meta_digest(mv: memoryview, meta_end: int, inband_at: int, inband_end: int)
 def _zero_gaps(mv: memoryview, start: int, offsets: list[int], lengths: list[int]) -> None:
     """Zero the alignment padding after the in-band bytes (no stale memory leaks out)."""
     cursor = start
-    for off, n in sorted(zip(offsets, lengths, strict=True)):
-        if off > cursor and off - cursor < _message.ALIGN:
-            mv[cursor:off] = bytes(off - cursor)
+    pairs = zip(offsets, lengths, strict=True)
+    for off, n in pairs if offsets == sorted(offsets) else sorted(pairs):
+        if cursor < off < cursor + _message.ALIGN:
+            mv[cursor:off] = _ZEROS[: off - cursor]
         cursor = max(cursor, off + n)
 
 
-def _aligned_copy(mv: memoryview, phase: int) -> memoryview:
-    """A read-only copy of `mv` in fresh memory where offset `phase` is ALIGN-aligned."""
+_ZEROS = bytes(_message.ALIGN)
+
+
+def _aligned_copy(mv: memoryview, phase: int, writable: bool = False) -> memoryview:
+    """A copy of `mv` in fresh memory where offset `phase` is aligned; read-only unless asked."""
     raw = np.empty(mv.nbytes + _message.ALIGN, dtype=np.uint8)
     skip = (phase - raw.ctypes.data) % _message.ALIGN
     dst = raw[skip : skip + mv.nbytes]
     dst[:] = np.frombuffer(mv, dtype=np.uint8)
-    return dst.data.toreadonly()
-
-
-class _Buffers:
-    """Iterator over out-of-band views that counts how many pyfory consumed."""
-
-    __slots__ = ("_it", "used")
-
-    def __init__(self, views: list[memoryview]) -> None:
-        self._it = iter(views)
-        self.used = 0
-
-    def __iter__(self) -> Iterator[memoryview]:
-        return self
-
-    def __next__(self) -> memoryview:
-        try:
-            view = next(self._it)
-        except StopIteration:
-            raise CorruptMessage(
-                "the serializer wants more out-of-band buffers than the table lists"
-            ) from None
-        self.used += 1
-        return view
+    return dst.data if writable else dst.data.toreadonly()
 
 
 class Codec:
@@ -234,6 +213,7 @@ class Codec:
     checksum: store xxh3-64 digests of in-band bytes and every buffer, and require them on
         decode (a corrupted message raises ChecksumMismatch instead of decoding wrongly).
     ref: track shared references (an object held twice travels once, identity is kept).
+    A Codec is not thread-safe (it holds one pyfory.Fory): use one per thread.
     """
 
     def __init__(
@@ -361,10 +341,10 @@ class Codec:
         if msg.buffers:
             phase = msg.buffers[0][0] % _message.ALIGN
             if (_address(root) + phase) % _message.ALIGN:
-                root = _aligned_copy(root, phase)
+                root = _aligned_copy(root, phase, writable)
         if msg.digests is not None:
             _verify(root, msg)
-        views = _Buffers([root[off : off + n] for off, n in msg.buffers])
+        views = iter([root[off : off + n] for off, n in msg.buffers])
         inband = pyfory.Buffer(root[msg.inband_start : msg.inband_end])
         self._used = True
         try:
@@ -377,9 +357,11 @@ class Codec:
                 f"pyfory could not decode the message ({type(exc).__name__}: {exc}); "
                 "the bytes are corrupt or the writer's codec differs (compare codec.schema())"
             ) from exc
-        if views.used != len(msg.buffers):
+        unused = length_hint(views)
+        if unused:
             raise CorruptMessage(
-                f"the table lists {len(msg.buffers)} buffers but {views.used} were used"
+                f"the table lists {len(msg.buffers)} buffers but {len(msg.buffers) - unused} "
+                "were used"
             )
         if inband.get_reader_index() != msg.inband_end - msg.inband_start:
             raise CorruptMessage("trailing bytes after the serialized object")
