@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,60 @@ def test_REFERENCE_BUG_3_releasing_two_held_frames_leaks_space(shm_name: str) ->
         r.release_frame(f1)
         r.release_frame(f2)
         assert oieb(shm_name)["payload_free_bytes"] == RING - (HEADER + 100)
+
+
+# A held frame before a wrap: the wasted tail after it may only go back to the writer with it.
+# Ring of 4096: A (1000 ring bytes), X (2500) end at 3500; C (1000) wraps over a 596-byte tail.
+# With X held and C read, the writer must not get the tail: a 596-byte frame D would land on X.
+WIDE = 4096
+A_N, X_N, C_N, D_N = 1000 - HEADER, 2500 - HEADER, 1000 - HEADER, 596 - HEADER
+
+
+def _hold_x_across_a_wrap(w: Any, write: Any, read: Any, release: Any) -> tuple[Any, Any]:
+    write(w, pattern(1, A_N))
+    write(w, pattern(2, X_N))
+    release(read())
+    x = read()
+    write(w, pattern(3, C_N))
+    c = read()
+    assert (x.sequence, c.sequence) == (2, 3)
+    return x, c
+
+
+def test_ours_keeps_a_held_frame_safe_across_a_wrap_from_reference_writer(shm_name: str) -> None:
+    try:
+        config = BufferConfig(metadata_size=64, payload_size=WIDE)
+        with Reader(shm_name, config) as r, ref.Writer(shm_name) as w:
+            w.write_timeout = timedelta(seconds=0.3)
+            x, c = _hold_x_across_a_wrap(
+                w,
+                lambda w, d: w.write_frame(d),
+                lambda: r.read(timeout=1.0),
+                lambda f: f.release(),
+            )
+            with pytest.raises(ref.BufferFullException):
+                w.write_frame(pattern(4, D_N))
+            assert np.array_equal(np.frombuffer(x.data, np.uint8), pattern(2, X_N))
+            x.release()
+            c.release()
+            w.write_frame(pattern(4, D_N))
+            assert oieb(shm_name)["payload_free_bytes"] == WIDE - 596
+    finally:
+        unlink_reference_leftovers(shm_name)
+
+
+def test_REFERENCE_BUG_3b_tail_returned_early_lets_writer_overwrite_held_frame(
+    shm_name: str,
+) -> None:
+    with ref_pair(shm_name, payload_size=WIDE) as (r, w):
+        x, _ = _hold_x_across_a_wrap(
+            w,
+            lambda w, d: w.write_frame(d),
+            lambda: r.read_frame(1.0),
+            r.release_frame,
+        )
+        w.write_frame(pattern(4, D_N))  # accepted at once: the reader gave the tail back
+        assert not np.array_equal(np.frombuffer(x.data, np.uint8), pattern(2, X_N))
 
 
 # ---------------------------------------------------------------- 4. empty metadata, metadata_size = 0
