@@ -83,3 +83,33 @@ class Closed(ZcserError):
 
 class Timeout(ZcserError):
     """An operation did not complete in the time allowed."""
+
+
+# --- channels (zcser.channel): the peer process and the shared ring ---------------------------
+
+
+class PeerDead(ZcserError):
+    """The process on the other side of a channel is gone."""
+
+
+class WriterDead(PeerDead):
+    """The sender died (or detached without closing) and every message it sent has been read."""
+
+
+class ReaderDead(PeerDead):
+    """The receiver closed or died; messages can no longer be delivered. Start a new Receiver."""
+
+
+class BufferFull(Timeout):
+    """The ring stayed full for the whole timeout: the receiver is slow or holds its messages."""
+
+
+class ChannelError(ZcserError):
+    """The shared buffer cannot be created or joined (name taken or missing, /dev/shm full)."""
+
+
+class CorruptStream(CorruptData):
+    """The shared ring holds values no correct peer writes (bad header, lost frames)."""
+
+
+__all__ += ["BufferFull", "ChannelError", "CorruptStream", "PeerDead", "ReaderDead", "WriterDead"]
