@@ -22,7 +22,7 @@ import xxhash
 from transports.errors import SnapshotFileError
 from transports.mmapfile import AtomicWriter, open_mapping, remove_stale_temp_files
 from zcser import _message
-from zcser.codec import Codec
+from zcser.codec import Codec, _default_codec
 from zcser.errors import (
     CorruptData,
     CorruptSnapshot,
@@ -53,16 +53,6 @@ WRITE_CHUNK = 8 << 20
 
 Mode = Literal["r", "c", "copy"]
 MODES = ("r", "c", "copy")
-
-_default: Codec | None = None
-
-
-def _default_codec() -> Codec:
-    global _default
-    if _default is None:
-        _default = Codec()
-    return _default
-
 
 class Segment(NamedTuple):
     """A checksummed byte range of the file: the message head, or one out-of-band buffer."""
