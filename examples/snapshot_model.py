@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
+from _shm_check import check, inside
 
 import zcser
 
@@ -34,27 +34,6 @@ def build_state(hidden: int) -> dict[str, object]:
         "rng": np.random.default_rng(0).integers(0, 2**32, 624, dtype=np.uint32),
         "notes": "epoch 3, before warm restart",
     }
-
-
-def file_mapping(path: str) -> tuple[int, int] | None:
-    """(start, end) of the memory mapping of `path` in this process (Linux only), else None."""
-    if not os.path.exists("/proc/self/maps"):
-        return None
-    real = os.path.realpath(path)
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split()
-            if len(fields) >= 6 and fields[5] == real:
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                return start, end
-    return None
-
-
-def check(condition: bool, what: str) -> None:
-    """Print one verified claim, or exit non-zero."""
-    if not condition:
-        sys.exit(f"FAILED: {what}")
-    print(f"  ok: {what}")
 
 
 def timed(fn: object, *args: object, **kwargs: object) -> tuple[object, float]:
@@ -90,10 +69,9 @@ def main() -> int:
         check(loaded["step"] == 1200 and loaded["notes"] == state["notes"], "plain fields")
         check(bool(np.array_equal(loaded["rng"], state["rng"])), "numpy array round-trips")
         check(not loaded["rng"].flags.writeable, 'mode "r" gives read-only arrays')
-        span = file_mapping(path)
-        if span is not None:
-            ptr = loaded["model"]["0.weight"].data_ptr()
-            check(span[0] <= ptr < span[1], "the loaded tensor lives in the file's memory map")
+        where = inside(loaded["model"]["0.weight"].data_ptr(), path)
+        if where is not None:
+            check(where, "the loaded tensor lives in the file's memory map (by address)")
 
         # Mode "c": copy-on-write views, so a model can train on them without touching the file.
         model = torch.nn.Sequential(
