@@ -45,7 +45,8 @@ _prefix = [f"zcbench{os.getpid()}x"]
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much work one run does (full or --quick)."""
+    """How much work one run does (full or --quick). A batch of 8 MiB frames should exceed the
+    64 MiB ring, so the untimed warm-up batch faults every page of the mapping in."""
 
     runs: int
     small_ours: int
@@ -55,7 +56,7 @@ class Sizes:
 
 
 FULL = Sizes(runs=5, small_ours=50_000, small_ref=10_000, big_frames=48, memcpy_repeats=16)
-QUICK = Sizes(runs=3, small_ours=3_000, small_ref=600, big_frames=6, memcpy_repeats=2)
+QUICK = Sizes(runs=3, small_ours=3_000, small_ref=600, big_frames=9, memcpy_repeats=2)
 
 
 def _name() -> str:
@@ -164,33 +165,41 @@ def _expect(conn: Connection, proc: Any, word: str, timeout: float) -> None:
         raise RuntimeError(f"reader said {got!r}, expected {word!r}")
 
 
-def _timed_runs(impl: str, payload: int, runs: int, count: int, write_one: WriteOne) -> list[float]:
-    """Seconds per run for `count` frames, from the first write to the reader having released all.
-    One untimed warm-up run first: it faults in the writer's mapping of the ring."""
-    name = _name()
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_reader_main, args=(impl, name, payload, runs + 1, count, child))
-    proc.start()
-    try:
-        _expect(parent, proc, "ready", 60)
-        writer: Any = ours.Writer(name) if impl == "ours" else reference.Writer(name)
-        times = []
+class _Lane:
+    """One reader process plus the writer feeding it; `run()` times one batch of frames."""
+
+    def __init__(self, impl: str, payload: int, batches: int, count: int) -> None:
+        self.impl = impl
+        self.count = count
+        name = _name()
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        args = (impl, name, payload, batches, count, child)
+        self.proc = ctx.Process(target=_reader_main, args=args)
+        self.proc.start()
+        self.writer: Any = None
         try:
-            for _ in range(runs + 1):
-                start = time.perf_counter()
-                for _ in range(count):
-                    write_one(writer)
-                _expect(parent, proc, "done", 120)
-                times.append(time.perf_counter() - start)
-        finally:
-            writer.close()
-        return times[1:]
-    finally:
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+            _expect(self.conn, self.proc, "ready", 60)
+            self.writer = ours.Writer(name) if impl == "ours" else reference.Writer(name)
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, write_one: WriteOne) -> float:
+        """Seconds from the first write to the reader having released the batch's last frame."""
+        start = time.perf_counter()
+        for _ in range(self.count):
+            write_one(self.writer)
+        _expect(self.conn, self.proc, "done", 120)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
 
 
 def _memcpy_seconds(nbytes: int, runs: int, repeats: int, ring: int = 0) -> list[float]:
@@ -220,51 +229,79 @@ ZERO_ROW = "8 MiB reserve, no fill (zero-copy), GB/s"
 MEMCPY_HOT = "np.copyto 8 MiB, GB/s"
 MEMCPY_RING = "np.copyto 8 MiB into 64 MiB, GB/s"
 MEMCPY_HUGE = "np.copyto 100 MB, GB/s"
-RATIOS = (
-    ("ours write / memcpy 8 MiB", WRITE_ROW, MEMCPY_HOT),
-    ("ours reserve+fill / memcpy 8 MiB", FILL_ROW, MEMCPY_HOT),
-    ("ours write / memcpy 8 MiB into 64 MiB", WRITE_ROW, MEMCPY_RING),
-    ("ours reserve+fill / memcpy 8 MiB into 64 MiB", FILL_ROW, MEMCPY_RING),
-)
+COPY_ROWS = {WRITE_ROW: "write", FILL_ROW: "reserve+fill"}
 
 
-def _median_rate(times: list[float], amount: float) -> float:
-    return amount / statistics.median(times)
+def _case(
+    sizes: Sizes, payload: int, counts: tuple[int, int], ones: tuple[WriteOne, WriteOne], copy: bool
+) -> dict[str, list[float]]:
+    """Seconds per batch for ours, the reference and (for copying cases) a same-sized memcpy
+    into a ring-sized array, taken in turn within each run so drifting load hits all alike.
+    The first (warm-up) batch of each lane faults its mapping in and is dropped."""
+    have_ref = reference is not None
+    out: dict[str, list[float]] = {"ours": [], "ref": [], "memcpy": []}
+    lane = _Lane("ours", payload, sizes.runs + 1, counts[0])
+    ref_lane = _Lane("ref", payload, sizes.runs + 1, counts[1]) if have_ref else None
+    try:
+        lane.run(ones[0])
+        if ref_lane is not None:
+            ref_lane.run(ones[1])
+        for _ in range(sizes.runs):
+            out["ours"].append(lane.run(ones[0]))
+            if ref_lane is not None:
+                out["ref"].append(ref_lane.run(ones[1]))
+            if copy:
+                per_copy = _memcpy_seconds(BIG, 1, counts[0], payload)[0]
+                out["memcpy"].append(per_copy * counts[0])
+    finally:
+        lane.close()
+        if ref_lane is not None:
+            ref_lane.close()
+    return out
 
 
 def run(sizes: Sizes) -> dict[str, Any]:
-    """Measure everything; return medians (frames/s or GB/s) and ratios. Ours and the reference
-    run back to back per case, so machine noise hits both alike."""
+    """Measure everything; return medians (frames/s or GB/s) and medians of per-run ratios."""
     big_src = np.ones(BIG, np.uint8)
     small_src = np.ones(SMALL, np.uint8)
     big_payload = 64 * MIB
     r = sizes.runs
-    gb = sizes.big_frames * BIG / 1e9
-    cases: list[tuple[str, int, int, float, WriteOne, WriteOne]] = [
-        (SMALL_ROW, MIB, sizes.small_ours, sizes.small_ref, _ours_write(small_src), _ref_write(small_src)),
-        (WRITE_ROW, big_payload, sizes.big_frames, gb, _ours_write(big_src), _ref_write(big_src)),
-        (FILL_ROW, big_payload, sizes.big_frames, gb, _ours_reserve_fill(big_src), _ref_reserve_fill(big_src)),
-        (ZERO_ROW, big_payload, sizes.big_frames, gb, _ours_reserve_only(BIG), _ref_reserve_only(BIG)),
+    big = (sizes.big_frames, sizes.big_frames)
+    cases: list[tuple[str, int, tuple[int, int], tuple[WriteOne, WriteOne]]] = [
+        (SMALL_ROW, MIB, (sizes.small_ours, sizes.small_ref), (_ours_write(small_src), _ref_write(small_src))),
+        (WRITE_ROW, big_payload, big, (_ours_write(big_src), _ref_write(big_src))),
+        (FILL_ROW, big_payload, big, (_ours_reserve_fill(big_src), _ref_reserve_fill(big_src))),
+        (ZERO_ROW, big_payload, big, (_ours_reserve_only(BIG), _ref_reserve_only(BIG))),
     ]  # fmt: skip
     rows: dict[str, dict[str, float]] = {}
-    for label, payload, count, ref_amount, ours_one, ref_one in cases:
-        small = label == SMALL_ROW
-        t = _timed_runs("ours", payload, r, count, ours_one)
-        row = rows[label] = {"ours": _median_rate(t, count if small else gb)}
-        if reference is not None:
-            ref_count = sizes.small_ref if small else count
-            t = _timed_runs("ref", payload, r, ref_count, ref_one)
-            row["ref"] = _median_rate(t, ref_amount)
-            row["ours/ref"] = row["ours"] / row["ref"]
+    ratios: dict[str, float] = {}
+    for label, payload, counts, ones in cases:
+        t = _case(sizes, payload, counts, ones, copy=label in COPY_ROWS)
+        amount = [float(c) if label == SMALL_ROW else c * BIG / 1e9 for c in counts]
+        rate = {k: [a / x for x in t[k]] for k, a in (("ours", amount[0]), ("ref", amount[1]))}
+        row = rows[label] = {"ours": statistics.median(rate["ours"])}
+        if t["ref"]:
+            row["ref"] = statistics.median(rate["ref"])
+            pairs = zip(rate["ours"], rate["ref"], strict=True)
+            row["ours/ref"] = statistics.median(o / f for o, f in pairs)
+        if t["memcpy"]:
+            pairs = zip(t["ours"], t["memcpy"], strict=True)
+            key = f"ours {COPY_ROWS[label]} / memcpy 8 MiB into 64 MiB, per run"
+            ratios[key] = statistics.median(m / o for o, m in pairs)
     for label, nbytes, ring in (
         (MEMCPY_HOT, BIG, 0),
         (MEMCPY_RING, BIG, big_payload),
         (MEMCPY_HUGE, HUGE, 0),
     ):
-        t = _memcpy_seconds(nbytes, r, sizes.memcpy_repeats, ring)
-        rows[label] = {"memcpy": _median_rate(t, nbytes / 1e9)}
-    ratios = {key: rows[a]["ours"] / rows[b]["memcpy"] for key, a, b in RATIOS}
+        t1 = _memcpy_seconds(nbytes, r, sizes.memcpy_repeats, ring)
+        rows[label] = {"memcpy": _median_rate(t1, nbytes / 1e9)}
+    for label, short in COPY_ROWS.items():
+        ratios[f"ours {short} / memcpy 8 MiB"] = rows[label]["ours"] / rows[MEMCPY_HOT]["memcpy"]
     return {"runs": r, "reference": reference is not None, "rows": rows, "ratios": ratios}
+
+
+def _median_rate(times: list[float], amount: float) -> float:
+    return amount / statistics.median(times)
 
 
 def _fmt(value: float | None) -> str:
@@ -284,7 +321,7 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"{label:44} {cells[0]:>12} {cells[1]:>12} {cells[2]:>10} {cells[3]:>9}")
     lines.append("-" * len(head))
     for key, value in result["ratios"].items():
-        lines.append(f"{key:44} {value:>12.2f}")
+        lines.append(f"{key:52} {value:>4.2f}")
     if not result["reference"]:
         lines.append("reference zerobuffer-ipc not installed: no reference columns")
     return "\n".join(lines)
