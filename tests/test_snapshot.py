@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
@@ -71,6 +72,9 @@ def _family() -> dict[str, Any]:
         "nested": {"list": [1, "two", 3.0, None, [b"x" * 10]], "tuple": (1, 2)},
         "table": pa.table({"x": np.arange(BIG), "s": [str(i) for i in range(BIG)]}),
         "tensor": torch.arange(BIG, dtype=torch.float32).reshape(256, 256),
+        "frame": pd.DataFrame(
+            {"x": np.arange(BIG, dtype=np.float64), "k": ["a", "b"] * (BIG // 2)}
+        ),
     }
 
 
@@ -85,6 +89,7 @@ def _assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:
     assert got["nested"] == want["nested"]
     assert got["table"].equals(want["table"])
     assert torch.equal(got["tensor"], want["tensor"])
+    pd.testing.assert_frame_equal(got["frame"], want["frame"])
 
 
 @pytest.fixture
@@ -221,6 +226,41 @@ def test_progress_bar_reports_the_bytes_written(
     err = capsys.readouterr().err
     assert f"save {path.name}" in err
     assert "100%" in err
+
+
+def test_progress_without_tqdm_says_what_to_install(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    with pytest.raises(UsageError, match=r"zcser\[progress\]"):
+        zcser.save({"a": 1}, path, progress=True)
+    assert not path.exists()
+
+
+def test_save_streams_without_a_whole_file_copy_in_memory(path: Path) -> None:
+    """Peak RSS grows by far less than the 256 MiB written (the page cache is not RSS)."""
+    code = textwrap.dedent(
+        """
+        import resource, sys
+        import numpy as np
+        import zcser
+        data = {"a": np.ones(16 << 20), "b": np.ones(16 << 20)}
+        zcser.save({"warm": np.ones(4)}, sys.argv[1])
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        zcser.save(data, sys.argv[1])
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) < 32 << 20, f"peak RSS grew by {int(done.stdout)} bytes"
+    assert path.stat().st_size > 256 << 20
 
 
 def test_unsupported_object_leaves_no_file_and_keeps_the_old_one(path: Path) -> None:
