@@ -343,6 +343,25 @@ def test_checksum_round_trip_and_detects_any_changed_byte() -> None:
         zcser.Codec().decode(bad)
 
 
+def test_plan_buffers_are_views_of_the_sources() -> None:
+    arr = np.arange(100_000, dtype=np.int32)
+    blob = b"q" * 100_000
+    plan = zcser.Codec().plan({"a": arr, "b": blob})
+    assert [b.nbytes for b in plan.buffers] == [arr.nbytes, len(blob)]
+    assert np.shares_memory(np.frombuffer(plan.buffers[0], np.uint8), arr)
+    assert _address(plan.buffers[1]) == _address(blob)
+
+
+def test_pyfory_failures_become_decode_error_with_cause() -> None:
+    codec = zcser.Codec()
+    msg = _encode(codec, {"a": 1})
+    parsed = _message.parse(memoryview(msg))
+    msg[parsed.inband_start] = 0xFF
+    with pytest.raises(errors.DecodeError, match="pyfory could not decode") as info:
+        codec.decode(msg)
+    assert info.value.__cause__ is not None
+
+
 def test_checksum_codec_requires_checksummed_messages() -> None:
     msg = _encode(zcser.Codec(), [1, 2])
     with pytest.raises(errors.CorruptMessage, match="requires checksums"):

@@ -191,9 +191,13 @@ def parse(mv: memoryview) -> Message:
             f"in-band end {inband_end} / total length {total} inconsistent with the "
             f"{size} bytes given (truncated message?)"
         )
-    flat = _u64s(2 * count).unpack_from(mv, TABLE_START)
-    buffers = list(zip(flat[0::2], flat[1::2], strict=True))
-    _check_buffers(buffers, inband_end, total)
+    if count == 1:
+        buffers = [ENTRY.unpack_from(mv, TABLE_START)]
+    else:
+        flat = _u64s(2 * count).unpack_from(mv, TABLE_START)
+        buffers = list(zip(flat[0::2], flat[1::2], strict=True))
+    if buffers:
+        _check_buffers(buffers, inband_end, total)
     digests = None
     if checksum:
         start = TABLE_START + ENTRY.size * count

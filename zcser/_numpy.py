@@ -253,9 +253,8 @@ class NDArraySerializer(Serializer):
             flat = np.frombuffer(read_inline(read_context, nbytes), dtype=dtype, count=count)
             if copy_requested() or writable_requested():
                 flat = flat.copy()
-        else:
+        else:  # read-only unless copy/writable was asked, like the view it comes from
             flat = np.frombuffer(read_raw(read_context, nbytes), dtype=dtype, count=count)
-            flat = _finish(flat)
         if len(shape) == 1:
             return flat
         return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
