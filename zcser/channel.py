@@ -208,6 +208,7 @@ class Sender:
         self._bytes = 0
         self._zero_copy = 0
         self._fallbacks = 0
+        self._next_addr = 0  # where the next frame's data will most likely start
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -226,25 +227,43 @@ class Sender:
         self._bytes += used
 
     def _send_copy(self, plan: Plan, timeout: float | None) -> int:
-        """Reserve a frame for the plan's upper bound, write the message into it, publish."""
-        n = plan.nbytes
-        if n + _FRAME_HEADER > self._capacity:
-            raise _too_large(n, self._capacity)
+        """Reserve exactly the message's size where the frame will land (its buffers' padding
+        depends on the address), write the message into the frame, publish."""
         w = self._w
+        guess = self._next_addr
+        n = plan.nbytes_at(guess) if guess else plan.nbytes
+        for _ in range(2):
+            view = self._reserve_frame(n, timeout)
+            address = w.reserved_address
+            if address == guess or plan.nbytes_at(address) <= n:
+                break
+            w.abort()  # the frame wrapped: re-reserve from the same position, a little larger
+            guess, n = address, plan.nbytes_at(address)
+        else:
+            view = self._reserve_frame(plan.nbytes, timeout)
+            address = w.reserved_address
         try:
-            view = w.reserve(n, timeout)
-        except terr.TransportError as exc:
-            raise _translate(exc) from exc
-        try:
-            used = plan.write_into(view, w.reserved_address)
+            used = plan.write_into(view, address)
         except BaseException:
             w.abort()
             raise
+        self._commit(used, address)
+        return used
+
+    def _reserve_frame(self, n: int, timeout: float | None) -> memoryview:
+        if n + _FRAME_HEADER > self._capacity:
+            raise _too_large(n, self._capacity)
         try:
-            w.commit(used)
+            return self._w.reserve(n, timeout)
         except terr.TransportError as exc:
             raise _translate(exc) from exc
-        return used
+
+    def _commit(self, used: int, address: int) -> None:
+        try:
+            self._w.commit(used)
+        except terr.TransportError as exc:
+            raise _translate(exc) from exc
+        self._next_addr = address + used + _FRAME_HEADER
 
     def _send_reserved(self, plan: Plan, timeout: float | None) -> int:
         """Write the message around the empty() arrays already in the reserved frame."""
@@ -270,13 +289,10 @@ class Sender:
         if need > self._res_n and not self._grow(need, timeout):
             return self._send_fallback(plan, timeout)
         assert self._res is not None
-        w = self._w
-        used = plan.write_into(self._res, self._res_addr)
+        address = self._res_addr
+        used = plan.write_into(self._res, address)
         self._finish_reservation()
-        try:
-            w.commit(used)
-        except terr.TransportError as exc:
-            raise _translate(exc) from exc
+        self._commit(used, address)
         self._zero_copy += 1
         return used
 
@@ -339,12 +355,7 @@ class Sender:
         return array
 
     def _reserve(self, n: int, timeout: float | None) -> None:
-        if n + _FRAME_HEADER > self._capacity:
-            raise _too_large(n, self._capacity)
-        try:
-            view = self._w.reserve(n, timeout)
-        except terr.TransportError as exc:
-            raise _translate(exc) from exc
+        view = self._reserve_frame(n, timeout)
         self._res = view
         self._res_n = n
         self._res_addr = addr = self._w.reserved_address

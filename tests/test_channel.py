@@ -1,0 +1,404 @@
+"""zcser.Sender / zcser.Receiver: real processes, real shared memory, addresses not just values."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import pickle
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+from conftest import unique_name
+
+import zcser
+from transports.zerobuffer import Writer
+from zcser import errors
+from zcser.channel import stream_schema
+
+WAIT = 30.0  # seconds: a bug fails the test instead of hanging it
+MIB = 1 << 20
+
+
+def shm_span(name: str) -> tuple[int, int]:
+    """(start, end) of this process's mapping of the channel's shm, from /proc/self/maps."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if line.rstrip().endswith(f"/dev/shm/{name}"):
+                lo, hi = line.split()[0].split("-")
+                return int(lo, 16), int(hi, 16)
+    raise AssertionError(f"{name} is not mapped in this process")
+
+
+def inside(array: np.ndarray, span: tuple[int, int]) -> bool:
+    start = array.ctypes.data
+    return span[0] <= start and start + array.nbytes <= span[1]
+
+
+@contextmanager
+def child(
+    target: Callable[..., None], *args: Any, method: str = "fork"
+) -> Iterator[tuple[mp.process.BaseProcess, Any]]:
+    """Run target(queue, *args) in a real process; yields (process, queue); always reaped."""
+    ctx = mp.get_context(method)
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(queue, *args), daemon=True)
+    proc.start()
+    try:
+        yield proc, queue
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        proc.join(WAIT)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(WAIT)
+            raise AssertionError("child process did not finish")
+        queue.close()
+
+
+# --- child processes -----------------------------------------------------------------------------
+
+
+def _send_three(queue: Any, make_tx: zcser.SenderFactory) -> None:
+    with make_tx() as tx:
+        for i in range(3):
+            tx.send({"i": i, "a": np.full(100_000, i, np.float64), "s": "x" * i})
+        arr = tx.empty((256, 256), np.uint16)
+        arr[:] = 7
+        tx.send({"e": arr})
+    queue.put("done")
+
+
+def _send_empty_offset(queue: Any, name: str) -> None:
+    with zcser.Sender(name) as tx:
+        a = tx.empty((512, 512), np.float32)
+        b = tx.empty(70_000, np.int64)
+        c = tx.empty((3, 5000), np.complex64)
+        a[:] = 1.5
+        b[:] = np.arange(70_000)
+        c[:] = 2 + 3j
+        lo, _ = shm_span(name)
+        queue.put([x.ctypes.data - lo for x in (a, b, c)])
+        tx.send({"a": a, "b": b, "c": c, "t": 0.25})
+        queue.put([x.flags.writeable for x in (a, b, c)])
+        try:
+            tx.send({"again": a})
+        except errors.UsageError as exc:
+            queue.put(str(exc))
+
+
+def _send_big_then_wait(queue: Any, name: str, mib: int) -> None:
+    with zcser.Sender(name) as tx:
+        tx.send({"big": np.ones(mib * MIB // 8, np.float64), "k": "v"})
+        queue.put("sent")
+        queue.get(timeout=WAIT)  # stay alive (mapped) until the reader has measured
+
+
+def _reserve_and_hang(queue: Any, name: str) -> None:
+    tx = zcser.Sender(name)
+    tx.send({"n": 1, "a": np.zeros(50_000)})
+    tx.send({"n": 2, "a": np.zeros(50_000)})
+    arr = tx.empty(200_000, np.float64)
+    arr[:100_000] = 9.0  # half filled: a message under construction
+    queue.put("reserved")
+    signal.pause()
+
+
+def _receiver_then_hang(queue: Any, name: str) -> None:
+    rx = zcser.Receiver(name, capacity=MIB)
+    queue.put("ready")
+    signal.pause()
+    rx.close()  # pragma: no cover - killed before
+
+
+def _send_with_codec(queue: Any, name: str, ref: bool) -> None:
+    try:
+        with zcser.Sender(name, zcser.Codec(ref=ref)) as tx:
+            tx.send({"x": 1})
+    except Exception as exc:  # pragma: no cover - reported to the test
+        queue.put(repr(exc))
+    queue.put("sent")
+
+
+# --- start methods and zero-copy -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])
+def test_every_start_method_via_channel(method: str) -> None:
+    make_tx, rx = zcser.channel(unique_name("m"), capacity=8 * MIB)
+    with rx, child(_send_three, make_tx, method=method) as (_, queue):
+        got = [rx.recv(timeout=WAIT) for _ in range(4)]
+        span = shm_span(rx.name)
+        for i, msg in enumerate(got[:3]):
+            assert msg["i"] == i and msg["s"] == "x" * i
+            np.testing.assert_array_equal(msg["a"], np.full(100_000, i, np.float64))
+            assert inside(msg["a"], span) and not msg["a"].flags.writeable
+        assert inside(got[3]["e"], span) and (got[3]["e"] == 7).all()
+        assert rx.stats().frames_pinned == 4
+        with pytest.raises(errors.Closed):
+            rx.recv(timeout=WAIT)
+        assert queue.get(timeout=WAIT) == "done"
+        del got, msg
+        assert rx.stats().frames_pinned == 0
+
+
+def test_empty_arrays_are_sent_in_place(shm_name: str) -> None:
+    with (
+        zcser.Receiver(shm_name, capacity=16 * MIB) as rx,
+        child(_send_empty_offset, shm_name) as (_, queue),
+    ):
+        msg = rx.recv(timeout=WAIT)
+        writer_offsets = queue.get(timeout=WAIT)
+        lo, _ = shm_span(shm_name)
+        arrays = [msg["a"], msg["b"], msg["c"]]
+        assert [x.ctypes.data - lo for x in arrays] == writer_offsets
+        assert all(x.ctypes.data % 64 == 0 for x in arrays)
+        assert (msg["a"] == 1.5).all() and (msg["c"] == 2 + 3j).all()
+        np.testing.assert_array_equal(msg["b"], np.arange(70_000))
+        assert msg["t"] == 0.25
+        assert queue.get(timeout=WAIT) == [False, False, False]
+        assert "already sent" in queue.get(timeout=WAIT)
+
+
+def test_reader_private_memory_holding_100mib(shm_name: str) -> None:
+    with (
+        zcser.Receiver(shm_name, capacity=256 * MIB) as rx,
+        child(_send_big_then_wait, shm_name, 100) as (_, queue),
+    ):
+        assert queue.get(timeout=WAIT) == "sent"
+        me = psutil.Process()
+        before = me.memory_full_info().uss
+        msg = rx.recv(timeout=WAIT)
+        assert float(msg["big"].sum()) == 100 * MIB // 8  # touches every page
+        grown = me.memory_full_info().uss - before
+        queue.put("measured")
+        assert inside(msg["big"], shm_span(shm_name))
+        assert grown < MIB, f"reader private memory grew by {grown} bytes"
+
+
+# --- lifetimes -----------------------------------------------------------------------------------
+
+
+def test_dropping_views_frees_the_frame(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        tx.send({"a": np.arange(20_000), "b": np.ones(30_000)})
+        msg = rx.recv(timeout=WAIT)
+        a = msg["a"][::2]  # a view of a view still pins
+        del msg
+        assert rx.stats().frames_pinned == 1
+        del a
+        stats = rx.stats()
+        assert stats.frames_pinned == 0 and stats.used == 0
+
+
+def test_held_views_block_the_writer_then_buffer_full(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        held = []
+        payload = {"a": np.ones(40_000)}  # 320 KB: three fit in 1 MiB
+        for _ in range(3):
+            tx.send(payload, timeout=WAIT)
+            held.append(rx.recv(timeout=WAIT))
+        with pytest.raises(errors.BufferFull, match="not read or released"):
+            tx.send(payload, timeout=0.2)
+        with pytest.raises(errors.BufferFull):
+            tx.send(payload, timeout=0)  # the non-blocking try: drop it
+        assert rx.stats().frames_pinned == 3
+        held.pop(0)
+        tx.send(payload, timeout=0)
+        assert (rx.recv(timeout=WAIT)["a"] == 1).all()
+
+
+def test_release_with_live_views_raises_and_keeps_the_frame(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        tx.send({"a": np.arange(50_000)})
+        msg = rx.recv_message(timeout=WAIT)
+        view = msg.value["a"]
+        with pytest.raises(BufferError, match="still in use"):
+            msg.release()
+        assert rx.stats().frames_pinned == 1 and msg.pinned
+        with pytest.raises(errors.UsageError):
+            msg.value  # noqa: B018
+        tx.send({"a": np.zeros(50_000)})  # the writer never overwrites the held frame
+        other = rx.recv(timeout=WAIT)
+        np.testing.assert_array_equal(view, np.arange(50_000))
+        del view
+        assert rx.stats().frames_pinned == 1  # only `other` now
+        del other
+        assert rx.stats().frames_pinned == 0
+
+
+def test_with_block_releases_at_once(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        tx.send({"a": np.arange(50_000), "n": 3})
+        with rx.recv_message(timeout=WAIT) as msg:
+            assert int(msg.value["a"].sum()) == sum(range(50_000)) and msg.value["n"] == 3
+            assert rx.stats().frames_pinned == 1
+        assert msg.released and rx.stats().frames_pinned == 0
+        tx.send({"a": np.arange(50_000)})
+        with pytest.raises(BufferError), rx.recv_message(timeout=WAIT) as msg:
+            kept = msg.value["a"]
+        assert rx.stats().frames_pinned == 1
+        del kept
+        assert rx.stats().frames_pinned == 0
+
+
+def test_copy_true_gives_private_writable_arrays(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        tx.send({"a": np.arange(50_000)})
+        got = rx.recv(timeout=WAIT, copy=True)
+        assert got["a"].flags.writeable and not inside(got["a"], shm_span(shm_name))
+        assert rx.stats().frames_pinned == 0
+
+
+# --- sizes, fallbacks, misuse --------------------------------------------------------------------
+
+
+def test_message_too_large_at_once(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        with pytest.raises(errors.MessageTooLarge, match="capacity >="):
+            tx.send({"a": np.zeros(2 * MIB, np.uint8)}, timeout=None)
+        with pytest.raises(errors.MessageTooLarge):
+            tx.empty(2 * MIB, np.uint8)
+        tx.send({"ok": 1})
+        assert rx.recv(timeout=WAIT) == {"ok": 1}
+
+
+def test_inband_beyond_headroom_falls_back_to_copy(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name, headroom=64) as tx:
+        arr = tx.empty(40_000, np.float32)
+        arr[:] = 4.0
+        tx.send({"arr": arr, "note": "n" * 5000})
+        got = rx.recv(timeout=WAIT)
+        assert (got["arr"] == 4.0).all() and got["note"] == "n" * 5000
+        assert tx.stats().copy_fallbacks == 1 and tx.stats().zero_copy == 0
+        assert not arr.flags.writeable
+
+
+def test_empty_near_the_ring_end_falls_back_without_corruption(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        tx.send({"pad": np.zeros(600_000, np.uint8)})
+        del rx.recv(timeout=WAIT)["pad"]  # released: the write position stays near 600 KB
+        a = tx.empty(100_000, np.uint8)  # fits before the ring end
+        b = tx.empty(400_000, np.uint8)  # would cross it: private memory instead
+        a[:] = 1
+        b[:] = 2
+        tx.send({"a": a, "b": b})
+        got = rx.recv(timeout=WAIT)
+        assert (got["a"] == 1).all() and (got["b"] == 2).all()
+        assert tx.stats().copy_fallbacks >= 1
+
+
+def test_empty_array_left_out_is_discarded(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        arr = tx.empty(50_000, np.uint8)
+        tx.send({"other": np.arange(30_000)})
+        np.testing.assert_array_equal(rx.recv(timeout=WAIT)["other"], np.arange(30_000))
+        assert not arr.flags.writeable
+        with pytest.raises(errors.UsageError, match="already sent"):
+            tx.send(arr)
+
+
+def test_closed_objects_and_pickling(shm_name: str) -> None:
+    codec = zcser.Codec(threshold=1024, checksum=True)
+    make_tx, rx = zcser.channel(shm_name, capacity=MIB, codec=codec)
+    with rx:
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(rx)
+        clone = pickle.loads(pickle.dumps(make_tx))
+        assert clone.codec().schema() == codec.schema()
+        tx = clone()
+        tx.send({"x": np.arange(1000)})
+        tx.close()
+        with pytest.raises(errors.Closed):
+            tx.send(1)
+        np.testing.assert_array_equal(rx.recv(timeout=WAIT)["x"], np.arange(1000))
+        with pytest.raises(errors.Closed):
+            rx.recv(timeout=WAIT)
+        with pytest.raises(errors.UsageError, match="one Sender"):
+            make_tx()
+    with pytest.raises(errors.Closed):
+        rx.recv(timeout=0)
+
+
+def test_recv_timeout(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx:
+        with pytest.raises(errors.Timeout, match="no frame"):
+            rx.recv(timeout=0.05)
+        with pytest.raises(errors.Timeout):
+            rx.recv(timeout=0)
+
+
+# --- schema --------------------------------------------------------------------------------------
+
+
+def test_schema_mismatch_names_both_sides(shm_name: str) -> None:
+    with (
+        zcser.Receiver(shm_name, capacity=MIB) as rx,
+        child(_send_with_codec, shm_name, True) as (_, queue),
+    ):
+        assert queue.get(timeout=WAIT) == "sent"
+        with pytest.raises(errors.IncompatibleStream, match="ref: writer True vs reader False"):
+            rx.recv(timeout=WAIT)
+
+
+def test_schema_versions_are_named(shm_name: str) -> None:
+    schema = stream_schema(zcser.Codec()) | {
+        "pyfory_version": "0.0.1",
+        "codec_version": "9.9.9",
+    }
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, Writer(shm_name) as raw:
+        raw.set_metadata(json.dumps(schema).encode())
+        raw.write(zcser.dumps({"x": 1}))
+        with pytest.raises(errors.IncompatibleStream) as info:
+            rx.recv(timeout=WAIT)
+    text = str(info.value)
+    assert "9.9.9" in text and "0.0.1" in text and zcser.__version__ in text
+
+
+def test_raw_writer_without_schema_is_refused(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, Writer(shm_name) as raw:
+        raw.write(zcser.dumps({"x": 1}))
+        with pytest.raises(errors.IncompatibleStream, match=r"not a zcser\.Sender"):
+            rx.recv(timeout=WAIT)
+
+
+# --- dead peers ----------------------------------------------------------------------------------
+
+
+def test_sender_killed_while_reserved_never_delivers_a_partial_message(shm_name: str) -> None:
+    with (
+        zcser.Receiver(shm_name, capacity=4 * MIB) as rx,
+        child(_reserve_and_hang, shm_name) as (
+            proc,
+            queue,
+        ),
+    ):
+        assert queue.get(timeout=WAIT) == "reserved"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(WAIT)
+        assert [rx.recv(timeout=WAIT)["n"] for _ in range(2)] == [1, 2]
+        with pytest.raises(errors.WriterDead, match="died"):
+            rx.recv(timeout=WAIT)
+
+
+def test_receiver_killed_unblocks_sender_with_reader_dead(shm_name: str) -> None:
+    with child(_receiver_then_hang, shm_name) as (proc, queue):
+        assert queue.get(timeout=WAIT) == "ready"
+        tx = zcser.Sender(shm_name)
+        payload = {"a": np.ones(30_000)}
+        with pytest.raises(errors.BufferFull):
+            for _ in range(10):
+                tx.send(payload, timeout=0)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(WAIT)
+        with pytest.raises(errors.ReaderDead, match="died"):
+            tx.send(payload, timeout=WAIT)
+        tx.close(timeout=0)
+    zcser.Receiver(shm_name, capacity=MIB).close()  # replaces the dead reader's ring, unlinks it
