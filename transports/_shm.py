@@ -15,6 +15,7 @@ import fcntl
 import mmap
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -159,15 +160,39 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
+_LOCK_GRACE = 0.25
+"""Seconds a new reader retries a held lock: another process's stale-resource sweep holds a dead
+reader's lock for a moment while it removes the leftovers; a live reader holds it for good."""
+
+
+def _flock_patiently(fd: int) -> None:
+    """flock(LOCK_EX | LOCK_NB), retried for _LOCK_GRACE; BlockingIOError if still held."""
+    deadline = time.monotonic() + _LOCK_GRACE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
 def acquire_lock(name: str) -> int:
     """Create and flock NAME's lock file; returns the descriptor (keep it open for the reader's
     lifetime). Raises BufferExists when a live process holds it."""
     path = L.lock_path(name)
-    L.LOCK_DIR.mkdir(parents=True, exist_ok=True)
     for _ in range(20):
-        fd = os.open(path, _LOCK_FLAGS | os.O_CREAT, L.FILE_MODE)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            L.LOCK_DIR.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, _LOCK_FLAGS | os.O_CREAT, L.FILE_MODE)
+        except OSError as exc:
+            raise TransportEnvironmentError(
+                f"cannot create the lock file {path} ({exc}); {L.LOCK_DIR} must be a directory "
+                "this user can write (all ZeroBuffer users of a machine share it)"
+            ) from exc
+        try:
+            _flock_patiently(fd)
         except BlockingIOError:
             os.close(fd)
             raise BufferExists(

@@ -367,6 +367,8 @@ class _ReaderCore:
         # The writer posts before it detaches, so a post seen now is a frame still to read.
         if _shm.try_acquire(self.sem_w, 0):
             return True
+        if pid and _U64.unpack_from(mm, L.OFF_WRITTEN_COUNT)[0] != self.ring.count:
+            return True  # killed between publishing a frame in the OIEB and posting it
         raise WriterDead(
             f"buffer {self.name!r}: {why} and every frame it published has been read. "
             "A new Writer may connect to the same buffer; read() again to wait for it."
@@ -419,7 +421,8 @@ class _ReaderCore:
                 # A lost or repeated frame. Skip it (its space goes back) and resynchronise.
                 freed += ring.release(token)
                 self.expected = seq + 1
-                self.give_back(freed)
+                if freed:
+                    self.give_back(freed)
                 raise SequenceError(
                     f"buffer {self.name!r}: expected frame {expected}, got {seq}; frames were "
                     "lost or repeated. That frame was skipped; reading continues after it.",
@@ -941,9 +944,11 @@ class Writer:
         _HEADER.pack_into(mm, base + pos, n, self._seq)
         self._seq += 1
         self._written = (self._written + entries) & _U64_MAX  # a counter, wraps like C
+        # Free space first (PROTOCOL.md order): a writer killed between these steps then leaks
+        # the frame's bytes at worst, instead of leaving space counted free twice.
+        _shm.atomic_sub(self._free_addr, skip + total)
         _U64.pack_into(mm, L.OFF_WRITE_POS, ring.write_pos)
         _U64.pack_into(mm, L.OFF_WRITTEN_COUNT, self._written)
-        _shm.atomic_sub(self._free_addr, skip + total)
         _shm.post(self._sem_w)
         self._frames += 1
         self._bytes += n
