@@ -254,3 +254,29 @@ def test_concurrent_gc_removes_every_stale_buffer_once_and_no_live_one() -> None
         with r.read() as frame:
             assert bytes(frame.data) == b"still works"
     _gc_all([live_child, stopped])
+
+
+def test_a_reader_starting_during_another_process_sweep_of_its_name_still_starts() -> None:
+    """Regression (found by the kill loop): a sweep (gc, or any new Reader's stale cleanup)
+    holds a dead reader's lock for a moment; a new reader of that name used to fail at once
+    with BufferExists instead of waiting for the sweep to finish."""
+    name = unique_name("sw")
+    _stale([name])
+    with script(
+        f"""
+        import fcntl
+        fd = os.open({str(L.lock_path(name))!r}, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        say("holding")
+        time.sleep(0.05)
+        os.unlink({str(L.lock_path(name))!r})
+        os.close(fd)
+        say("done")
+        """
+    ) as sweeper:
+        sweeper.expect("holding")
+        with Reader(name, BufferConfig(0, 256)) as r, Writer(name) as w:
+            w.write(b"started")
+            with r.read() as frame:
+                assert bytes(frame.data) == b"started"
+        sweeper.expect("done")
