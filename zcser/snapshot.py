@@ -54,6 +54,7 @@ WRITE_CHUNK = 8 << 20
 Mode = Literal["r", "c", "copy"]
 MODES = ("r", "c", "copy")
 
+
 class Segment(NamedTuple):
     """A checksummed byte range of the file: the message head, or one out-of-band buffer."""
 
