@@ -35,6 +35,7 @@ __all__ = [
 FILE_MODE = 0o600
 TEMP_MARKER = ".zcser-tmp-"
 _WRITE_CHUNK = 64 << 20
+_TEMP_ATTEMPTS = 100
 
 MapMode = Literal["r", "c", "copy"]
 Progress = Callable[[int], None]
@@ -53,17 +54,24 @@ def is_temp_name(name: str) -> bool:
 
 def _open_locked_temp(target: Path) -> tuple[int, Path]:
     """Create and flock a new temp file; the lock tells cleaners its writer is alive."""
-    while True:
+    for _ in range(_TEMP_ATTEMPTS):
         tmp = temp_path_for(target)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            still_linked = os.fstat(fd).st_ino == os.stat(tmp).st_ino
+        except BlockingIOError:
+            os.close(fd)
+            continue
         except OSError:
-            still_linked = False
-        if still_linked:
+            pass
+        try:
+            linked = os.fstat(fd).st_ino == os.stat(tmp).st_ino
+        except FileNotFoundError:
+            linked = False
+        if linked:
             return fd, tmp
         os.close(fd)
+    raise FileExistsError(f"could not create a temp file beside {target}: a cleaner keeps racing")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -78,7 +86,7 @@ def _fsync_dir(directory: Path) -> None:
 def _reserve(fd: int, size: int, target: Path) -> None:
     """Set the file size and claim its blocks now, so a full disk fails here and not mid-write."""
     os.ftruncate(fd, size)
-    if size == 0:
+    if size == 0 or not hasattr(os, "posix_fallocate"):
         return
     try:
         os.posix_fallocate(fd, 0, size)
@@ -181,14 +189,17 @@ def _temp_files(directory: Path) -> Iterator[Path]:
 
 
 def _writer_alive(path: Path) -> bool:
-    """A temp file's writer holds its flock while alive; if we can take the lock, it is dead."""
+    """A temp file's writer holds its flock while alive; if we can take the lock, it is dead.
+
+    Where flock is unavailable (some network filesystems) every temp file counts as alive.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError:
         return True
     finally:
         os.close(fd)
