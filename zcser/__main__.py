@@ -105,10 +105,25 @@ def _add_buffers(sub: argparse._SubParsersAction) -> None:
         parser.set_defaults(func=func)
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Two processes, 8 MiB and 100 MiB objects: checks and a table against Queue and pickle5."""
+    from zcser import _demo
+
+    return _demo.run(quick=args.quick, prefix=args.prefix)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo", help="zero-copy channel demo with peers (exit 1 on failure)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--prefix", default=None, help="name prefix of the shared memory used")
+    parser.set_defaults(func=_cmd_demo)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_bench,
     _add_snapshot,
     _add_buffers,
+    _add_demo,
 ]
 
 
