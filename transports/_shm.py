@@ -374,6 +374,10 @@ def create_semaphore(os_name: str) -> posix_ipc.Semaphore:
             )
         except posix_ipc.ExistentialError:
             unlink_semaphore(os_name)
+        except OSError as exc:  # a semaphore is a page in /dev/shm: full after the shm fit
+            if exc.errno in (errno.ENOSPC, errno.ENOMEM):
+                raise _shm_full(os_name.lstrip("/"), mmap.PAGESIZE, shm_available()) from exc
+            raise
     raise FileExistsError(errno.EEXIST, "semaphore keeps reappearing", os_name)
 
 
