@@ -1,5 +1,6 @@
 """Every blocking call returns or raises within its timeout (plus a generous margin) when the
-peer is dead, stopped (SIGSTOP) or never came: read, write and reserve on the transport.
+peer is dead, stopped (SIGSTOP) or never came: read, write and reserve on the transport,
+recv and send on the channel.
 
 test_zerobuffer.py covers the basic killed-writer / killed-reader cases; this is the full
 matrix, including `timeout=None` (wait while the peer lives) against a peer that dies during
@@ -9,6 +10,7 @@ Each blocking call runs under a watchdog thread, so a hang fails the test instea
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -22,9 +24,11 @@ import pytest
 from conftest import unique_name
 from fixtures import roles
 
+import zcser
 from transports import _layout as L
 from transports import errors as E
 from transports.zerobuffer import BufferConfig, Reader, Writer
+from zcser import errors as ZE
 
 CTX = multiprocessing.get_context("fork")
 RING = 4096
@@ -220,3 +224,72 @@ def test_writer_to_a_reader_that_died_before_attach(name: str) -> None:
     exc, _ = _within(lambda: Writer(name), MARGIN)
     assert isinstance(exc, E.ReaderDead)
     Reader(name, BufferConfig(0, 64)).close()
+
+
+# --- the channel: recv and send ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", [TIMEOUT, None])
+def test_recv_while_the_sender_is_killed(name: str, timeout: float | None) -> None:
+    with zcser.Receiver(name, capacity=RING) as rx:
+        peer = _Peer(roles.idle_sender, name, 1)
+        assert rx.recv(timeout=0) == {"i": 0}
+        timer = _kill_later(peer, 0.2)
+        exc, _ = _within(lambda: rx.recv(timeout=timeout), (timeout or 0) + MARGIN)
+        timer.join()
+        if timeout is None or not isinstance(exc, ZE.Timeout):
+            assert isinstance(exc, ZE.WriterDead), exc
+        exc, _ = _within(lambda: rx.recv(timeout=timeout), (timeout or 0) + MARGIN)
+        assert isinstance(exc, ZE.WriterDead), exc
+
+
+def test_recv_from_a_stopped_sender_times_out(name: str) -> None:
+    with zcser.Receiver(name, capacity=RING) as rx:
+        peer = _Peer(roles.idle_sender, name, 0)
+        try:
+            peer.stop()
+            exc, took = _within(lambda: rx.recv(timeout=TIMEOUT), TIMEOUT + MARGIN)
+            assert type(exc) is ZE.Timeout and took >= TIMEOUT
+        finally:
+            peer.kill()
+
+
+def test_recv_with_no_sender_ever_times_out(name: str) -> None:
+    with zcser.Receiver(name, capacity=RING) as rx:
+        exc, took = _within(lambda: rx.recv(timeout=TIMEOUT), TIMEOUT + MARGIN)
+        assert type(exc) is ZE.Timeout and took >= TIMEOUT
+
+
+def _fill_channel(tx: zcser.Sender) -> None:
+    with contextlib.suppress(ZE.BufferFull):
+        for _ in range(RING):
+            tx.send(b"z" * 100, timeout=0)
+
+
+def test_send_blocked_forever_while_the_receiver_is_killed(name: str) -> None:
+    peer = _Peer(roles.idle_receiver, name, RING)
+    with zcser.Sender(name) as tx:
+        _fill_channel(tx)
+        timer = _kill_later(peer, 0.2)
+        exc, _ = _within(lambda: tx.send(b"z" * 100, timeout=None), MARGIN)
+        timer.join()
+        assert isinstance(exc, ZE.ReaderDead), exc
+    zcser.Receiver(name, capacity=RING).close()
+
+
+def test_send_to_a_stopped_receiver_is_buffer_full(name: str) -> None:
+    peer = _Peer(roles.idle_receiver, name, RING)
+    try:
+        with zcser.Sender(name) as tx:
+            _fill_channel(tx)
+            peer.stop()
+            exc, took = _within(lambda: tx.send(b"z" * 100, timeout=TIMEOUT), TIMEOUT + MARGIN)
+            assert type(exc) is ZE.BufferFull and took >= TIMEOUT
+    finally:
+        peer.kill()
+    zcser.Receiver(name, capacity=RING).close()
+
+
+def test_sender_with_no_receiver_fails_at_once(name: str) -> None:
+    exc, _ = _within(lambda: zcser.Sender(name), MARGIN)
+    assert isinstance(exc, ZE.ZcserError) and "start the reader first" in str(exc)
