@@ -1,31 +1,115 @@
-"""Command line: `python -m zcser <subcommand>`; each subcommand is one `_cmd_*` function."""
+"""Command line: `python -m zcser <subcommand>` (or `zcser`); each subcommand is one `_cmd_*`."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from zcser.snapshot import add_cli as _add_snapshot
 
+_DESCRIPTION = """\
+zcser moves Python objects holding big arrays (numpy, Arrow, torch, bytes) between processes
+through shared memory, and into snapshot files, without copying the arrays."""
+
+_EPILOG = """\
+examples:
+  zcser demo                       two processes: checks and timings against multiprocessing
+  zcser bench --quick --plot b.png benchmarks against peers measured in the same run
+  zcser ls                         shared-memory buffers on this machine, their peers and use
+  zcser inspect NAME               one buffer in detail (--json for scripts)
+  zcser gc                         remove buffers left behind by dead processes
+  zcser snapshot info FILE         what a snapshot file holds (JSON; --verify checks digests)
+
+docs: docs/ in the source tree (build with `make docs`); every subcommand has --help."""
+
+_SNAPSHOT_DESCRIPTION = """\
+info PATH: print what a snapshot file (zcser.save) holds as JSON: format version, sizes, the
+buffer table, root type and codec schema; --verify also checks every digest (exit 1 on damage).
+clean DIR: remove temporary files left in DIR by killed snapshot writers (live ones are kept)."""
+
+
+def _progress(names: list[str]) -> Iterable[str]:
+    """`names`, with a progress bar on stderr when tqdm is installed and stderr is a terminal."""
+    try:
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+    except ImportError:
+        return names
+    bar: Iterable[str] = tqdm(names, desc="bench", unit="section", file=sys.stderr, disable=None)
+    return bar
+
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark sections and print medians and ratios against pickle protocol 5."""
+    """Run the benchmark sections; print medians and ratios, optionally plot them to a PNG."""
     from zcser import bench
 
-    bench.run(args.section or None, quick=args.quick, as_json=args.json)
+    if args.plot:
+        from zcser._plot import plot  # fail before measuring if matplotlib is missing
+
+        _require_matplotlib()
+    results: dict[str, list[dict[str, Any]]] = {}
+    names = args.section or list(bench.SECTIONS)
+    bar = _progress(names)
+    for name in bar:
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(name)
+        if args.json:
+            results[name] = bench.SECTIONS[name](args.quick)
+        else:
+            results.update(bench.run([name], quick=args.quick))
+    if args.json:
+        print(json.dumps(results, indent=1))
+    if args.plot:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        machine = f"{platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}"
+        mode = "--quick, " if args.quick else ""
+        plot(results, args.plot, subtitle=f"{when}, {mode}{machine}")
+        print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
 
 
-def _add_bench(sub: argparse._SubParsersAction) -> None:
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SystemExit("zcser bench --plot needs matplotlib: pip install 'zcser[plot]'") from None
+
+
+def _add_bench(sub: argparse._SubParsersAction[Any]) -> None:
     from zcser.bench import SECTIONS
 
-    parser = sub.add_parser("bench", help="benchmarks against pickle protocol 5 (medians, ratios)")
+    parser = sub.add_parser(
+        "bench",
+        help="benchmarks against peers measured in the same run (medians, ratios)",
+        description="Run benchmark sections; every zcser number is printed next to peers "
+        "(pickle 5, multiprocessing, npy, Arrow IPC, ...) measured in the same run, so ratios "
+        "mean something on a noisy machine. A full run takes minutes: try --quick first.",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="small sizes, few repeats (smoke test)"
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument(
-        "--section", action="append", choices=sorted(SECTIONS), help="run only this section"
+        "--json", action="store_true", help="print one JSON document instead of text"
+    )
+    parser.add_argument(
+        "--section",
+        action="append",
+        choices=sorted(SECTIONS),
+        metavar="NAME",
+        help=f"run only this section (repeatable): {', '.join(sorted(SECTIONS))}",
+    )
+    parser.add_argument(
+        "--plot", metavar="PATH", help="also draw the results as a PNG (needs zcser[plot])"
     )
     parser.set_defaults(func=_cmd_bench)
 
@@ -36,8 +120,6 @@ def _pid(pid: int, alive: bool) -> str:
 
 def _cmd_ls(args: argparse.Namespace) -> int:
     """List ZeroBuffer buffers (lock files and /dev/shm) with peers, sizes and utilisation."""
-    import json
-
     from transports.inspect import list_buffers
 
     infos = list_buffers(args.prefix)
@@ -55,8 +137,6 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     """Print one buffer's OIEB fields, utilisation band, peers and pinned bytes (1: not found)."""
-    import json
-
     from transports.inspect import inspect_buffer
 
     info = inspect_buffer(args.name)
@@ -76,8 +156,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_gc(args: argparse.Namespace) -> int:
     """Remove buffers whose owners are provably dead; print what was removed."""
-    import json
-
     from transports.inspect import collect_garbage
 
     removed = collect_garbage(args.prefix)
@@ -90,7 +168,7 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_buffers(sub: argparse._SubParsersAction) -> None:
+def _add_buffers(sub: argparse._SubParsersAction[Any]) -> None:
     for name, func, text in (
         ("ls", _cmd_ls, "list ZeroBuffer buffers with peers, sizes, utilisation"),
         ("inspect", _cmd_inspect, "show one buffer's OIEB, health and peers"),
@@ -112,14 +190,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _demo.run(quick=args.quick, prefix=args.prefix)
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("demo", help="zero-copy channel demo with peers (exit 1 on failure)")
+def _add_demo(sub: argparse._SubParsersAction[Any]) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="zero-copy channel demo with peers (exit 1 on failure)",
+        description=_cmd_demo.__doc__,
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--prefix", default=None, help="name prefix of the shared memory used")
     parser.set_defaults(func=_cmd_demo)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[Any]], None]] = [
     _add_bench,
     _add_snapshot,
     _add_buffers,
@@ -129,10 +211,21 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` and run the chosen subcommand."""
-    parser = argparse.ArgumentParser(prog="zcser", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from zcser import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="zcser",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"zcser {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
+    snapshot = sub.choices["snapshot"]
+    snapshot.description = _SNAPSHOT_DESCRIPTION
+    snapshot.formatter_class = argparse.RawDescriptionHelpFormatter
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
