@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,23 @@ def test_demo_exits_nonzero_when_a_check_fails(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(_harness, "one_way", broken)
     monkeypatch.setattr(_demo, "SIZES", (1 << 20,))
     assert _demo.run(quick=True, prefix=unique_name("demo")) == 1
+
+
+def test_channel_bench_section_quick_json() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "zcser", "bench", "--quick", "--section", "channel", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["channel"]
+    peers = {(row["case"], row["peer"]) for row in rows}
+    assert ("1 KiB message round trip", "mp.Pipe") in peers
+    assert ("~100-byte dict messages per second, one way", "mp.Queue") in peers
+    for row in rows:
+        if "zcser_us" in row:
+            assert row["ratio"] == row["zcser_us"] / row["peer_us"] > 0
+        else:
+            assert row["ratio"] == row["zcser_per_s"] / row["peer_per_s"] > 0

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from zcser import _message
+from zcser._bench_channel import bench_channel
 from zcser._bench_snapshot import bench_snapshot
 from zcser.codec import DEFAULT_THRESHOLD, Codec, Plan
 
@@ -237,6 +238,7 @@ SECTIONS: dict[str, Callable[[bool], list[Row]]] = {
     "codec-many-small": bench_many_small,
     "codec-threshold": bench_threshold,
     "snapshot": bench_snapshot,
+    "channel": bench_channel,
 }
 
 
