@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import unique_name
 
-from transports.errors import SnapshotFileError
+from transports.errors import FileSpaceError, SnapshotFileError
 from transports.mmapfile import (
     TEMP_MARKER,
     AtomicWriter,
@@ -93,6 +93,15 @@ def test_failure_inside_the_writer_keeps_the_old_file_and_removes_the_temp(
         raise RuntimeError("boom")
     assert target.read_bytes() == b"old"
     assert _temps(tmp_path) == []
+
+
+def test_file_larger_than_the_free_space_is_refused_before_writing(tmp_path: Path) -> None:
+    target = tmp_path / unique_name("f")
+    free = os.statvfs(tmp_path)
+    too_big = free.f_bavail * free.f_frsize + (1 << 30)
+    with pytest.raises(FileSpaceError, match="not enough disk space"):
+        AtomicWriter(target, too_big)
+    assert os.listdir(tmp_path) == []
 
 
 def test_committed_writer_refuses_more_writes(tmp_path: Path) -> None:

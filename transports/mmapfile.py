@@ -36,6 +36,7 @@ FILE_MODE = 0o600
 TEMP_MARKER = ".zcser-tmp-"
 _WRITE_CHUNK = 64 << 20
 _TEMP_ATTEMPTS = 100
+_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 MapMode = Literal["r", "c", "copy"]
 Progress = Callable[[int], None]
@@ -83,21 +84,32 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _no_space(target: Path, size: int) -> FileSpaceError:
+    return FileSpaceError(
+        f"not enough disk space in {target.parent} for a {size}-byte file: "
+        "free some space or save to another filesystem"
+    )
+
+
 def _reserve(fd: int, size: int, target: Path) -> None:
-    """Set the file size and claim its blocks now, so a full disk fails here and not mid-write."""
+    """Set the file size, refusing up front when the filesystem lacks the free space.
+
+    A free-space check rather than posix_fallocate: allocating unwritten extents first made
+    1 GB saves measurably slower on ext4, and ENOSPC during the writes is still caught.
+    """
+    stats = os.fstatvfs(fd)
+    if stats.f_bavail * stats.f_frsize < size:
+        raise _no_space(target, size)
     os.ftruncate(fd, size)
-    if size == 0 or not hasattr(os, "posix_fallocate"):
-        return
+
+
+def _fsync_file(fd: int, target: Path, size: int) -> None:
     try:
-        os.posix_fallocate(fd, 0, size)
+        os.fsync(fd)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise FileSpaceError(
-                f"not enough disk space in {target.parent} for a {size}-byte snapshot: "
-                "free some space or save to another filesystem"
-            ) from exc
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-            raise
+        if exc.errno in _SPACE_ERRNOS:
+            raise _no_space(target, size) from exc
+        raise
 
 
 class AtomicWriter:
@@ -129,21 +141,23 @@ class AtomicWriter:
             try:
                 wrote = os.pwrite(self._fd, view[pos : pos + _WRITE_CHUNK], offset + pos)
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise FileSpaceError(
-                        f"disk full while writing {self.path}: free some space and save again"
-                    ) from exc
+                if exc.errno in _SPACE_ERRNOS:
+                    raise _no_space(self.path, self.size) from exc
                 raise
             pos += wrote
             if progress is not None:
                 progress(wrote)
+
+    def sync(self) -> None:
+        """fsync what is written so far; callers may run it in a thread to overlap the flush."""
+        _fsync_file(self._fd, self.path, self.size)
 
     def commit(self) -> None:
         """fsync the data, rename over the target, fsync the directory."""
         if self._done:
             raise ValueError("this AtomicWriter is already committed or aborted")
         try:
-            os.fsync(self._fd)
+            _fsync_file(self._fd, self.path, self.size)
             os.rename(self.temp_path, self.path)
         except BaseException:
             self.abort()

@@ -14,7 +14,7 @@ import json
 import os
 import struct
 import sys
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 
 import xxhash
@@ -49,7 +49,6 @@ OFF_HEADER_DIGEST = 56
 META_START = HEADER.size
 SEGMENT = struct.Struct("<QQQ")
 MAX_META = 16 << 20
-WRITE_CHUNK = 8 << 20
 
 Mode = Literal["r", "c", "copy"]
 MODES = ("r", "c", "copy")
@@ -217,21 +216,15 @@ def _progress_bar(total: int, path: str) -> Any:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"save {name}")
 
 
-def _write_piece(
-    writer: AtomicWriter,
-    offset: int,
-    view: memoryview,
-    digest: bool,
-    progress: Callable[[int], None] | None,
-) -> int:
-    """Write one piece straight from its memory, hashing each chunk while it is still cached."""
-    hasher = xxhash.xxh3_64() if digest else None
-    for pos in range(0, view.nbytes, WRITE_CHUNK):
-        chunk = view[pos : pos + WRITE_CHUNK]
-        writer.write_at(offset + pos, chunk, progress)
-        if hasher is not None:
-            hasher.update(chunk)
-    return int(hasher.intdigest()) if hasher is not None else 0
+def _digests_while_flushing(
+    writer: AtomicWriter, pieces: list[tuple[int, memoryview]]
+) -> list[int]:
+    """xxh3-64 of every piece, computed while another thread flushes the written data to disk."""
+    with ThreadPoolExecutor(1) as pool:
+        flushed = pool.submit(writer.sync)
+        digests = [xxhash.xxh3_64_intdigest(view) for _, view in pieces]
+        flushed.result()
+    return digests
 
 
 def save(
@@ -260,9 +253,12 @@ def save(
     try:
         with AtomicWriter(path, msg_off + msg_len) as writer:
             update = bar.update if bar is not None else None
+            for off, view in pieces:
+                writer.write_at(off, view, update)
+            digests = _digests_while_flushing(writer, pieces) if checksum else [0] * len(pieces)
             segments = [
-                Segment(off, view.nbytes, _write_piece(writer, off, view, checksum, update))
-                for off, view in pieces
+                Segment(off, view.nbytes, digest)
+                for (off, view), digest in zip(pieces, digests, strict=True)
             ]
             header = pack_header(meta_bytes, segments, msg_off, msg_len, checksum)
             writer.write_at(0, memoryview(header), update)
