@@ -74,3 +74,20 @@ def test_channel_bench_section_quick_json() -> None:
             assert row["ratio"] == row["zcser_us"] / row["peer_us"] > 0
         else:
             assert row["ratio"] == row["zcser_per_s"] / row["peer_per_s"] > 0
+
+
+@pytest.mark.parametrize(
+    "script", [["quickstart.py"], ["producer_pool.py", "--producers", "2", "--batches", "3"]]
+)
+def test_channel_examples_run_and_clean_up(script: list[str]) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / script[0]), *script[1:]],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert "Traceback" not in err
+    assert not _harness.leftovers(f"zcser-{proc.pid}-")
