@@ -509,6 +509,9 @@ class Receiver:
         if not self._checked:
             try:
                 check_stream(self.codec, self._r.metadata)
+            except terr.TransportError as exc:  # a corrupt metadata block
+                frame.release()
+                raise _translate(exc) from None
             except BaseException:
                 frame.release()
                 raise
