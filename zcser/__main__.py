@@ -209,8 +209,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[Any]], None]] = [
 ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse `argv` and run the chosen subcommand."""
+def build_parser() -> argparse.ArgumentParser:
+    """The `zcser` argument parser with every subcommand registered."""
     from zcser import __version__
 
     parser = argparse.ArgumentParser(
@@ -226,7 +226,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     snapshot = sub.choices["snapshot"]
     snapshot.description = _SNAPSHOT_DESCRIPTION
     snapshot.formatter_class = argparse.RawDescriptionHelpFormatter
-    args = parser.parse_args(argv)
+    return parser
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers of `parser`, by name (for help checks and docs)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` and run the chosen subcommand."""
+    args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
 
