@@ -577,3 +577,15 @@ def test_verify_file_needs_digests(path: Path) -> None:
         snapshot.verify_file(path)
     zcser.save({"a": np.ones(BIG)}, path)
     snapshot.verify_file(path)
+
+
+def test_quick_snapshot_bench_rows_have_every_peer() -> None:
+    from zcser._bench_snapshot import bench_snapshot
+
+    rows = bench_snapshot(quick=True)
+    loads, saves = rows[:-1], rows[-1]
+    assert len(loads) == 2 and all(r["zcser"] > 0 and r["npy"] > 0 for r in loads)
+    for peer in ("npy", "pickle5", "arrow_ipc"):
+        assert saves[peer] > 0 and saves[f"{peer}_sync"] > 0
+    best = max(v for k, v in saves.items() if k.endswith("_sync"))
+    assert saves["ratio_vs_best_sync"] == saves["zcser"] / best
