@@ -54,7 +54,8 @@ class ByteArraySerializer(Serializer):
 
 def _cast(view: memoryview, fmt: str, shape: tuple[int, ...]) -> memoryview:
     """`view.cast(fmt, shape)` for a format known only at run time."""
-    return view.cast(fmt, shape)  # type: ignore[call-overload]
+    cast: memoryview = view.cast(fmt, shape)  # type: ignore[call-overload]
+    return cast
 
 
 def _empty_view(fmt: str, shape: tuple[int, ...]) -> memoryview:

@@ -105,7 +105,7 @@ def _parse_descr(descr: Any, depth: int = 0) -> np.dtype:
 def _checked_dtype(spec: Any, align: bool = False) -> np.dtype:
     """np.dtype(spec) with numpy's errors turned into CorruptMessage; object dtypes refused."""
     try:
-        dtype = np.dtype(spec, align=align)
+        dtype: np.dtype = np.dtype(spec, align=align)
     except (TypeError, ValueError, KeyError, OverflowError) as exc:
         raise CorruptMessage(f"invalid dtype in message: {exc}") from exc
     if dtype.hasobject:
@@ -286,7 +286,8 @@ class ScalarSerializer(Serializer):
             raise CorruptMessage(f"scalar of {len(data)} bytes for dtype {dtype}")
         if dtype.type is not self.type_:
             raise CorruptMessage(f"scalar dtype {dtype} does not match type {self.type_}")
-        return np.frombuffer(data, dtype=dtype)[0]
+        scalar: np.generic = np.frombuffer(data, dtype=dtype)[0]
+        return scalar
 
 
 class MatrixSerializer(Serializer):
