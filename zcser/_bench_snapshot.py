@@ -145,7 +145,7 @@ def _save_row(obj: dict[str, np.ndarray], total: int, tmp: Path, repeat: int) ->
     row: Row = {"case": f"save dict of {ARRAYS} float32 arrays, {total / MB:,.0f} MB (GB/s)"}
     row.update({name: total / statistics.median(t) / 1e9 for name, t in times.items()})
     best = max(v for k, v in row.items() if k.endswith("_sync"))
-    row["ratio_vs_best_sync"] = row["zcser"] / best
+    row["ratio_vs_best_synced_peer"] = row["zcser"] / best
     row["note"] = "zcser always fsyncs; *_sync = peer + fsync, bare peer names = no fsync"
     return row
 
