@@ -402,3 +402,72 @@ def test_receiver_killed_unblocks_sender_with_reader_dead(shm_name: str) -> None
             tx.send(payload, timeout=WAIT)
         tx.close(timeout=0)
     zcser.Receiver(shm_name, capacity=MIB).close()  # replaces the dead reader's ring, unlinks it
+
+
+# --- randomized: wraps, growth, fallbacks, held frames never overwritten -------------------------
+
+
+def _fill(array: np.ndarray, seed: int) -> None:
+    flat = array.reshape(-1).view(np.uint8)
+    flat[:] = (np.arange(flat.size, dtype=np.uint32) * 7 + seed) % 251
+
+
+def _expected(nbytes: int, seed: int) -> np.ndarray:
+    return ((np.arange(nbytes, dtype=np.uint32) * 7 + seed) % 251).astype(np.uint8)
+
+
+def _check_arrays(got: dict[str, Any], count: int) -> None:
+    for i in range(count):
+        raw = got[f"a{i}"].reshape(-1).view(np.uint8)
+        np.testing.assert_array_equal(raw, _expected(raw.size, got["step"] + i))
+
+
+def _random_traffic(name: str, steps: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    dtypes = [np.uint8, np.int16, np.float32, np.float64, np.complex64]
+    with zcser.Receiver(name, capacity=MIB) as rx, zcser.Sender(name, headroom=256) as tx:
+        held: list[tuple[dict[str, Any], list[int]]] = []
+        for step in range(steps):
+            sizes = [int(rng.integers(1, 15_000)) for _ in range(int(rng.integers(0, 4)))]
+            message: dict[str, Any] = {"step": step, "note": "n" * int(rng.choice([1, 400]))}
+            use_empty = bool(rng.integers(0, 2))
+            for i, count in enumerate(sizes):
+                dtype = dtypes[int(rng.integers(0, len(dtypes)))]
+                while True:
+                    try:
+                        arr = (
+                            tx.empty(count, dtype, timeout=0)
+                            if use_empty
+                            else np.empty(count, dtype)
+                        )
+                        break
+                    except errors.BufferFull:
+                        held.pop(0)
+                _fill(arr, step + i)
+                message[f"a{i}"] = arr
+            while True:
+                try:
+                    tx.send(message, timeout=0)
+                    break
+                except errors.BufferFull:
+                    held.pop(0)
+            got = rx.recv(timeout=WAIT)
+            assert got["step"] == step and got["note"] == message["note"]
+            _check_arrays(got, len(sizes))
+            if rng.random() < 0.5:
+                held.append((got, sizes))
+            del got, message
+        for got, sizes in held:  # still intact: the writer never wrote over a held frame
+            _check_arrays(got, len(sizes))
+        stats = tx.stats()
+        assert stats.zero_copy > 0 and stats.messages == steps
+
+
+def test_random_traffic_keeps_every_message_intact(shm_name: str) -> None:
+    _random_traffic(shm_name, 400, seed=1)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("seed", range(5))
+def test_random_traffic_soak(shm_name: str, seed: int) -> None:
+    _random_traffic(shm_name, 20_000, seed)

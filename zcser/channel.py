@@ -126,6 +126,15 @@ def _address(buf: memoryview) -> int:
     return int(pa.py_buffer(buf).address)
 
 
+def _is_url(name: object) -> bool:
+    """tcp:// and ipc:// names select the network transport (zcser._net)."""
+    return isinstance(name, str) and name.startswith(("tcp://", "ipc://"))
+
+
+def _shm_name(name: str) -> str:
+    return name[len("shm://") :] if name.startswith("shm://") else name
+
+
 def _align_up(value: int) -> int:
     return (value + _ALIGN - 1) // _ALIGN * _ALIGN
 
@@ -162,7 +171,16 @@ class Sender:
     `codec` must match the receiver's (same registered classes, same mode): the receiver checks
     the stream schema this writes. `headroom`: bytes kept before `empty()` arrays for the
     message's header and in-band part; if they do not fit there, that send copies.
+    NAME `tcp://HOST:PORT` or `ipc:///PATH` builds a network sender (`zcser._net.NetSender`);
+    `shm://NAME` is the same as NAME.
     """
+
+    def __new__(cls, name: str, *args: Any, **kwargs: Any) -> Any:
+        if _is_url(name):
+            from zcser._net import NetSender
+
+            return NetSender(name, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -173,6 +191,7 @@ class Sender:
         spin: int = DEFAULT_SPIN,
     ) -> None:
         self._closed = True
+        name = _shm_name(name)
         self.name = name
         self.codec = codec if codec is not None else Codec()
         if headroom < _message.TABLE_START:
@@ -195,6 +214,7 @@ class Sender:
             self._w.close()
             raise _translate(exc) from exc
         self._closed = False
+        self._pid = os.getpid()
         self._capacity = self._w.stats().capacity
         self._res: memoryview | None = None  # the reserved frame empty() arrays live in
         self._res_n = 0
@@ -297,15 +317,30 @@ class Sender:
         return used
 
     def _send_fallback(self, plan: Plan, timeout: float | None) -> int:
-        """Copy the arrays out of the reserved frame, give it back, and send by copy."""
+        """Copy the arrays out of the reserved frame, give it back, and send by copy. If that
+        send fails (full ring, timeout), the frame is reserved again at the same place, so the
+        empty() arrays stay valid and the same send can be retried."""
         base, end = self._res_addr, self._res_addr + self._res_n
         for i, buf in enumerate(plan.buffers):
             if base <= _address(buf) < end:
                 plan.buffers[i] = memoryview(bytearray(buf))
+        n = self._res_n
         self._w.abort()
+        try:
+            used = self._send_copy(plan, timeout)
+        except BaseException:
+            self._restore(n)
+            if self._res_addr != base:
+                self._w.abort()
+                self._finish_reservation()
+                raise errors.UsageError(
+                    "the empty() frame could not be reserved again at its place: allocate the "
+                    "arrays again"
+                ) from None
+            raise
         self._finish_reservation()
         self._fallbacks += 1
-        return self._send_copy(plan, timeout)
+        return used
 
     def _refuse_sent(self, plan: Plan) -> None:
         lo, hi = self._ring_lo, self._ring_hi
@@ -429,6 +464,8 @@ class Sender:
         if self._closed:
             return
         self._closed = True
+        if os.getpid() != self._pid:
+            return  # a forked child's copy: the stream belongs to the parent
         if self._res is not None:
             self._w.abort()
             self._finish_reservation()
@@ -444,6 +481,16 @@ class Sender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close(timeout=0)
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a Sender is connected to its ring and cannot be pickled: pass the SenderFactory "
+            "from zcser.channel() (or the channel name) to the process that sends"
+        )
 
     def __repr__(self) -> str:
         return f"<Sender {self.name!r} {'closed' if self._closed else 'open'}>"
@@ -468,7 +515,16 @@ class ReceiverStats:
 
 class Receiver:
     """The reading end of channel NAME: creates the shared ring (`capacity` bytes; the largest
-    message is half of it). Decodes with `codec`, which must match the sender's."""
+    message is half of it). Decodes with `codec`, which must match the sender's.
+    NAME `tcp://HOST:PORT` or `ipc:///PATH` builds a network receiver (`zcser._net.NetReceiver`,
+    it binds; `tcp://127.0.0.1:0` picks a free port, read it from `.name`)."""
+
+    def __new__(cls, name: str, *args: Any, **kwargs: Any) -> Any:
+        if _is_url(name):
+            from zcser._net import NetReceiver
+
+            return NetReceiver(name, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -479,6 +535,7 @@ class Receiver:
         metadata_size: int = METADATA_SIZE,
         spin: int = DEFAULT_SPIN,
     ) -> None:
+        name = _shm_name(name)
         self.name = name
         self.codec = codec if codec is not None else Codec()
         try:
@@ -647,4 +704,4 @@ def channel(
     if name is None:
         name = f"zcser-{os.getpid()}-{secrets.token_hex(4)}"
     receiver = Receiver(name, capacity, codec)
-    return SenderFactory(name, codec, **sender_options), receiver
+    return SenderFactory(receiver.name, codec, **sender_options), receiver
