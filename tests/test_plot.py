@@ -33,6 +33,22 @@ def test_panels_group_by_section_and_unit_and_skip_derived_values() -> None:
     assert charts["snapshot (GB/s)"].metrics == ["zcser", "npy"]
 
 
+def test_rows_naming_their_peer_merge_into_one_group_per_case() -> None:
+    results = {
+        "channel": [
+            {"case": "rtt", "zcser_us": 9.0, "peer": "mp.Pipe", "peer_us": 80.0, "ratio": 0.1},
+            {"case": "rtt", "zcser_us": 9.0, "peer": "mp.Queue", "peer_us": 120.0, "ratio": 0.1},
+            {"case": "rate", "zcser_per_s": 9e4, "peer": "mp.Pipe", "peer_per_s": 2e4},
+        ]
+    }
+    charts = {p.title: p for p in panels(results)}
+    assert charts["channel (µs)"].bars == {
+        "rtt": {"zcser": 9.0, "mp.Pipe": 80.0, "mp.Queue": 120.0}
+    }
+    assert charts["channel (per s)"].bars == {"rate": {"zcser": 9e4, "mp.Pipe": 2e4}}
+    assert charts["channel (per s)"].higher_is_better
+
+
 def test_panels_ignore_rows_without_numbers() -> None:
     assert panels({"empty": [{"case": "nothing", "note": "n/a"}]}) == []
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from zcser.errors import UsageError
 
-_TIME_SUFFIXES = {"_us": "µs", "_ms": "ms", "_s": "s"}
+_SUFFIXES = {"_per_s": "per s", "_us": "µs", "_ms": "ms", "_s": "s"}
 _UNIT_IN_CASE = re.compile(r"\(([^()]*?/s|us|µs|ms|s)\)\s*$")
-_SKIP = ("case", "note")
+_SKIP = ("case", "note", "peer")
 
 
 @dataclass
@@ -39,8 +39,9 @@ class Panel:
 
 
 def _metric(key: str) -> tuple[str, str | None]:
-    """("zcser", "µs") for "zcser_us"; (key, None) when the key names no unit."""
-    for suffix, unit in _TIME_SUFFIXES.items():
+    """("zcser", "µs") for "zcser_us", ("zcser", "per s") for "zcser_per_s"; (key, None) when
+    the key names no unit."""
+    for suffix, unit in _SUFFIXES.items():
         if key.endswith(suffix):
             return key[: -len(suffix)], unit
     return key, None
@@ -56,7 +57,8 @@ def _row_unit(case: str) -> str | None:
 
 
 def panels(results: dict[str, list[dict[str, Any]]]) -> list[Panel]:
-    """Group benchmark rows into charts. Ratios and notes are left out (they are derived)."""
+    """Group benchmark rows into charts. Ratios and notes are left out (they are derived); rows
+    naming their peer ({"peer": "mp.Pipe", "peer_us": ...}) merge by case, one bar per peer."""
     out: dict[tuple[str, str], Panel] = {}
     for section, rows in results.items():
         for row in rows:
@@ -69,10 +71,13 @@ def panels(results: dict[str, list[dict[str, Any]]]) -> list[Panel]:
                 if not isinstance(value, (int, float)):
                     continue
                 metric, unit = _metric(key)
+                if metric == "peer" and isinstance(row.get("peer"), str):
+                    metric = row["peer"]  # {"peer": "mp.Pipe", "peer_us": 80.0}
                 unit = unit or case_unit or "value"
                 panel = out.get((section, unit))
                 if panel is None:
-                    panel = Panel(f"{section} ({unit})", unit, unit.endswith("/s"))
+                    faster = unit.endswith("/s") or unit == "per s"
+                    panel = Panel(f"{section} ({unit})", unit, faster)
                     out[(section, unit)] = panel
                 panel.bars.setdefault(label, {})[metric] = float(value)
     return [p for p in out.values() if p.bars]
