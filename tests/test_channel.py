@@ -101,6 +101,19 @@ def _send_big_then_wait(queue: Any, name: str, mib: int) -> None:
         queue.get(timeout=WAIT)  # stay alive (mapped) until the reader has measured
 
 
+def _send_until_full(queue: Any, name: str) -> None:
+    with zcser.Sender(name) as tx:
+        payload = {"a": np.ones(40_000)}  # 320 KB: three fit in 1 MiB
+        for _ in range(3):
+            tx.send(payload, timeout=WAIT)
+        try:
+            tx.send(payload, timeout=0.3)
+        except errors.BufferFull as exc:
+            queue.put(type(exc).__name__)
+        tx.send(payload, timeout=WAIT)  # blocks until the reader drops a message
+        queue.put("sent")
+
+
 def _reserve_and_hang(queue: Any, name: str) -> None:
     tx = zcser.Sender(name)
     tx.send({"n": 1, "a": np.zeros(50_000)})
@@ -212,6 +225,22 @@ def test_held_views_block_the_writer_then_buffer_full(shm_name: str) -> None:
         assert rx.stats().frames_pinned == 3
         held.pop(0)
         tx.send(payload, timeout=0)
+        assert (rx.recv(timeout=WAIT)["a"] == 1).all()
+
+
+def test_held_views_block_a_writer_process(shm_name: str) -> None:
+    with (
+        zcser.Receiver(shm_name, capacity=MIB) as rx,
+        child(_send_until_full, shm_name) as (
+            _,
+            queue,
+        ),
+    ):
+        held = [rx.recv(timeout=WAIT) for _ in range(3)]
+        assert queue.get(timeout=WAIT) == "BufferFull"
+        assert rx.stats().frames_pinned == 3
+        del held[0]
+        assert queue.get(timeout=WAIT) == "sent"
         assert (rx.recv(timeout=WAIT)["a"] == 1).all()
 
 
