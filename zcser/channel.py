@@ -141,9 +141,9 @@ def _align_up(value: int) -> int:
 
 def _too_large(nbytes: int, capacity: int) -> errors.MessageTooLarge:
     return errors.MessageTooLarge(
-        f"a message of {nbytes} bytes does not fit the channel's {capacity}-byte ring; create "
-        f"the Receiver with capacity >= {2 * (nbytes + _FRAME_HEADER)} (twice the largest "
-        "message) or send the object in parts"
+        f"a message of {nbytes} bytes is larger than half the channel's {capacity}-byte ring "
+        f"(the most that always fits while the previous message is still held); create the "
+        f"Receiver with capacity >= {2 * (nbytes + _FRAME_HEADER)} or send the object in parts"
     )
 
 
@@ -271,7 +271,7 @@ class Sender:
         return used
 
     def _reserve_frame(self, n: int, timeout: float | None) -> memoryview:
-        if n + _FRAME_HEADER > self._capacity:
+        if n + _FRAME_HEADER > self._capacity // 2:
             raise _too_large(n, self._capacity)
         try:
             return self._w.reserve(n, timeout)
