@@ -121,12 +121,12 @@ def plot(results: dict[str, list[dict[str, Any]]], path: str, subtitle: str = ""
         figsize=(11, sum(heights) + 1),
         gridspec_kw={"height_ratios": heights},
         squeeze=False,
+        layout="constrained",
     )
     for ax, panel in zip(axes[:, 0], charts, strict=True):
         _draw(ax, panel, colours)
     title = "zcser benchmarks, peers measured in the same run"
-    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=11)
-    fig.tight_layout()
+    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
