@@ -24,7 +24,7 @@ from _shm_check import check, inside
 
 import zcser
 
-TIMEOUT = 30.0
+TIMEOUT = 60.0
 CITIES = ["Lisbon", "Oslo", "Quito", "Hanoi", "Accra", "Perth"]
 
 

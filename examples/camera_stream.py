@@ -26,7 +26,7 @@ import zcser
 
 SHAPE = (1080, 1920, 4)
 FPS = 60
-TIMEOUT = 10.0
+TIMEOUT = 60.0
 
 
 def camera(make_tx: zcser.SenderFactory, seconds: float, conn: Connection) -> None:

@@ -26,7 +26,7 @@ import zcser
 from transports.zerobuffer import Writer
 
 SHAPE = (480, 640, 3)
-TIMEOUT = 20.0
+TIMEOUT = 60.0
 
 
 def make(i: int) -> dict[str, object]:
