@@ -338,6 +338,18 @@ def test_empty_array_left_out_is_discarded(shm_name: str) -> None:
             tx.send(arr)
 
 
+def test_empty_misuse_is_a_usage_error(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        for shape, dtype in (((-1, 3), np.uint8), ((2.5,), np.uint8), (4, object)):
+            with pytest.raises(errors.UsageError):
+                tx.empty(shape, dtype)
+        assert tx.empty((0, 3), np.float32).shape == (0, 3)  # nothing to share: plain memory
+        with pytest.raises(TypeError, match="SenderFactory"):
+            pickle.dumps(tx)
+        tx.send({"ok": True})
+        assert rx.recv(timeout=WAIT) == {"ok": True}
+
+
 def test_closed_objects_and_pickling(shm_name: str) -> None:
     codec = zcser.Codec(threshold=1024, checksum=True)
     make_tx, rx = zcser.channel(shm_name, capacity=MIB, codec=codec)

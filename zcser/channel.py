@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import operator
 import os
 import secrets
 import warnings
@@ -139,6 +140,20 @@ def _align_up(value: int) -> int:
     return (value + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+def _shape(shape: Any) -> tuple[int, ...]:
+    """`shape` as a tuple of sizes >= 0 (UsageError otherwise)."""
+    try:
+        if isinstance(shape, (tuple, list)):
+            dims = tuple(operator.index(d) for d in shape)
+        else:
+            dims = (operator.index(shape),)
+    except TypeError:
+        raise errors.UsageError(f"empty() needs a shape of ints, not {shape!r}") from None
+    if any(d < 0 for d in dims):
+        raise errors.UsageError(f"empty() needs sizes >= 0, not {dims}")
+    return dims
+
+
 def _too_large(nbytes: int, capacity: int) -> errors.MessageTooLarge:
     return errors.MessageTooLarge(
         f"a message of {nbytes} bytes is larger than half the channel's {capacity}-byte ring "
@@ -166,7 +181,8 @@ class SenderStats:
 
 
 class Sender:
-    """The writing end of channel NAME (the Receiver must exist). One Sender per Receiver.
+    """The writing end of channel NAME (the Receiver must exist). One Sender per Receiver; use
+    it from one thread at a time.
 
     `codec` must match the receiver's (same registered classes, same mode): the receiver checks
     the stream schema this writes. `headroom`: bytes kept before `empty()` arrays for the
@@ -368,7 +384,7 @@ class Sender:
             raise errors.UsageError(
                 f"empty() needs a plain dtype, not {dt} (objects hold pointers)"
             )
-        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        dims = _shape(shape)
         count = math.prod(dims)
         nbytes = count * dt.itemsize
         if nbytes == 0:
