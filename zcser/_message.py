@@ -168,6 +168,27 @@ def check_room(total: int, available: int) -> None:
 
 def parse(mv: memoryview) -> Message:
     """Validate header, table and digest area against `mv` (a byte memoryview) before any use."""
+    return _parse(mv, whole=True)
+
+
+def parse_head(mv: memoryview) -> Message:
+    """Validate a message head sent apart from its buffers (network frames): `mv` holds exactly
+    header, table, digests and in-band bytes; offsets are checked as if the message were whole."""
+    return _parse(mv, whole=False)
+
+
+def check_parts(msg: Message, lengths: Sequence[int]) -> None:
+    """Raise CorruptMessage unless the separate buffers match the table in number and size."""
+    if len(lengths) != len(msg.buffers):
+        raise CorruptMessage(
+            f"the table lists {len(msg.buffers)} buffers but {len(lengths)} were received"
+        )
+    for i, ((_, n), got) in enumerate(zip(msg.buffers, lengths, strict=True)):
+        if n != got:
+            raise CorruptMessage(f"buffer {i} has {got} bytes, the table says {n}")
+
+
+def _parse(mv: memoryview, whole: bool) -> Message:
     size = mv.nbytes
     if size < HEADER.size:
         raise CorruptMessage(f"{size} bytes is shorter than the {HEADER.size}-byte header")
@@ -186,7 +207,8 @@ def parse(mv: memoryview) -> Message:
         raise CorruptMessage(f"buffer count {count} does not fit in {size} bytes")
     inband_start = meta_size(count, checksum)
     inband_end = inband_start + inband_len
-    if not inband_end <= total <= size:
+    fits = total <= size if whole else inband_end == size
+    if not (inband_end <= total and fits):
         raise CorruptMessage(
             f"in-band end {inband_end} / total length {total} inconsistent with the "
             f"{size} bytes given (truncated message?)"

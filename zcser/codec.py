@@ -40,6 +40,7 @@ CODEC_VERSION = "0.1.0"
 # cost of going out of band (table entry, alignment padding, one memoryview slice and pyfory's
 # callback on each side) exceeds the cost of copying the bytes in band.
 DEFAULT_THRESHOLD = 16 * 1024
+"""Bytes: smaller buffers are copied in band, larger ones travel out of band (zero-copy)."""
 
 _OPTIONAL_ADAPTERS = ("zcser._arrow", "zcser._torch", "zcser._pandas")
 
@@ -330,11 +331,7 @@ class Codec:
         if not mv.readonly and not writable:
             mv = mv.toreadonly()
         msg = _message.parse(mv)
-        if self.checksum and not msg.checksum:
-            raise CorruptMessage(
-                "this codec requires checksums but the message has none: "
-                "encode with Codec(checksum=True)"
-            )
+        self._check_checksum_flag(msg)
         root = mv[: msg.total]
         if owner is not None and msg.total:
             root = _owned_view(root, owner)
@@ -342,10 +339,59 @@ class Codec:
             phase = msg.buffers[0][0] % _message.ALIGN
             if (_address(root) + phase) % _message.ALIGN:
                 root = _aligned_copy(root, phase, writable)
+        views = [root[off : off + n] for off, n in msg.buffers]
+        return self._deserialize(msg, root, views, copy, writable)
+
+    def decode_parts(
+        self,
+        head: Any,
+        buffers: list[Any],
+        *,
+        copy: bool = False,
+        owner: Any = None,
+        align: int = _message.ALIGN,
+    ) -> Any:
+        """The object of a message received in parts (network frames), without reassembling it.
+
+        `head` holds exactly header, table, digests and in-band bytes; `buffers` one bytes-like
+        per table entry. Validated like `decode`. A buffer whose address is not a multiple of
+        `align` is copied once to aligned memory, the others become read-only views (each
+        keeping `owner` alive when given).
+        """
+        mv = _byte_view(head).toreadonly()
+        msg = _message.parse_head(mv)
+        parts = [_byte_view(b).toreadonly() for b in buffers]
+        _message.check_parts(msg, [p.nbytes for p in parts])
+        self._check_checksum_flag(msg)
+        views = []
+        for part in parts:
+            if _address(part) % align:
+                views.append(_aligned_copy(part, 0))
+            else:
+                views.append(_owned_view(part, owner) if owner is not None else part)
+        return self._deserialize(msg, mv, views, copy, False)
+
+    def _check_checksum_flag(self, msg: _message.Message) -> None:
+        if self.checksum and not msg.checksum:
+            raise CorruptMessage(
+                "this codec requires checksums but the message has none: "
+                "encode with Codec(checksum=True)"
+            )
+
+    def _deserialize(
+        self,
+        msg: _message.Message,
+        head: memoryview,
+        buffers: list[memoryview],
+        copy: bool,
+        writable: bool,
+    ) -> Any:
+        """Verify digests, run pyfory over the in-band bytes of `head` with `buffers`, check
+        that both were consumed exactly."""
         if msg.digests is not None:
-            _verify(root, msg)
-        views = iter([root[off : off + n] for off, n in msg.buffers])
-        inband = pyfory.Buffer(root[msg.inband_start : msg.inband_end])
+            _verify(head, msg, buffers)
+        views = iter(buffers)
+        inband = pyfory.Buffer(head[msg.inband_start : msg.inband_end])
         self._used = True
         try:
             with _oob.read_modes(copy, writable):
@@ -423,15 +469,15 @@ def _owned_view(root: memoryview, owner: Any) -> memoryview:
     return memoryview(foreign)
 
 
-def _verify(root: memoryview, msg: _message.Message) -> None:
-    """Raise ChecksumMismatch unless every stored digest matches."""
+def _verify(head: memoryview, msg: _message.Message, buffers: list[memoryview]) -> None:
+    """Raise ChecksumMismatch unless every stored digest matches (`head` starts the message)."""
     assert msg.digests is not None
     digest_start = msg.meta_end
-    got = _meta_digest(root, digest_start, msg.inband_start, msg.inband_end)
+    got = _meta_digest(head, digest_start, msg.inband_start, msg.inband_end)
     if got != msg.digests[0]:
         raise ChecksumMismatch("header/in-band checksum mismatch: the message was altered")
-    for i, (off, n) in enumerate(msg.buffers, start=1):
-        if xxhash.xxh3_64_intdigest(root[off : off + n]) != msg.digests[i]:
+    for i, buf in enumerate(buffers, start=1):
+        if xxhash.xxh3_64_intdigest(buf) != msg.digests[i]:
             raise ChecksumMismatch(f"checksum mismatch in buffer {i - 1}: the data was altered")
 
 

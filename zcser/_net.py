@@ -1,0 +1,361 @@
+"""Channels over ZeroMQ: the same Sender/Receiver API and messages, between hosts.
+
+`zcser.Sender("tcp://host:port")` / `zcser.Receiver("tcp://0.0.0.0:port")` (or `ipc:///path`)
+build these (needs `pip install zcser[net]`). A message is one multipart ZeroMQ message: the
+codec's head (header, table, in-band bytes) in the first frame after a transport envelope and
+the stream schema, then one frame per out-of-band buffer, sent without copying.
+
+Receiving: buffers are ZeroMQ's own memory; libzmq places a received frame 8 bytes past a 16-byte
+boundary, so with the default `min_align=64` (the message format's alignment) each buffer is
+copied once to aligned memory (counted in `stats().aligned_copies`); `min_align=8` keeps them as
+zero-copy read-only views (numpy, torch and Arrow accept 8-byte alignment for every dtype up to
+8 bytes wide; 16-byte types such as complex128 are then flagged unaligned, still correct).
+
+The stream schema rides in every message (a few hundred bytes) and is checked once per distinct
+schema, so late subscribers, several senders and reconnections are all verified; PUSH/PULL and
+PUB/SUB hide which connection a message came from, so "first message of a connection" cannot
+be told apart reliably.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from transports import errors as terr
+from zcser import _message, errors
+from zcser._lease import Lease, Message
+from zcser.channel import DEFAULT_CAPACITY, METADATA_SIZE, _translate, check_stream, stream_schema
+from zcser.codec import Codec, _address
+
+try:
+    from transports import zmq as tzmq
+except ImportError as _exc:  # pragma: no cover - exercised only without pyzmq
+    tzmq = None  # type: ignore[assignment]
+    _MISSING: ImportError | None = _exc
+else:
+    _MISSING = None
+
+__all__ = ["NetReceiver", "NetReceiverStats", "NetSender", "NetSenderStats"]
+
+
+def _transport() -> Any:
+    if tzmq is None:
+        raise errors.UsageError(
+            f"tcp:// and ipc:// channels need pyzmq: pip install 'zcser[net]' ({_MISSING})"
+        )
+    return tzmq
+
+
+def _schema_bytes(codec: Codec) -> bytes:
+    return json.dumps(stream_schema(codec), sort_keys=True).encode()
+
+
+# --- sending -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetSenderStats:
+    """A network sender's counters. `zero_copy` buffers were sent from the caller's memory."""
+
+    messages: int
+    bytes: int
+    zero_copy: int
+    copy_fallbacks: int  # buffers under pyzmq's copy threshold (64 KiB), copied on purpose
+    peers: int  # connections open now
+    blocked_seconds: float
+
+
+class NetSender:
+    """The writing end of a tcp:// or ipc:// channel (`zcser.Sender(url)` builds one).
+
+    pattern "push" (default: connects; each message goes to one receiver, blocks at the
+    high-water mark) or "pub" (binds; fan-out, never blocks: a subscriber whose queue is full
+    misses messages, counted in its `stats().lost`). `hwm`: messages queued per receiver.
+    `headroom` and `spin` are accepted for code written for shm channels and unused here.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        codec: Codec | None = None,
+        *,
+        pattern: str = "push",
+        bind: bool | None = None,
+        hwm: int | None = None,
+        heartbeat: float | None = None,
+        headroom: int | None = None,
+        spin: int | None = None,
+    ) -> None:
+        self._closed = True
+        t = _transport()
+        self.codec = codec if codec is not None else Codec()
+        try:
+            self._w = t.ZmqWriter(
+                name,
+                pattern=pattern,
+                bind=bind,
+                hwm=t.DEFAULT_HWM if hwm is None else hwm,
+                heartbeat=t.DEFAULT_HEARTBEAT if heartbeat is None else heartbeat,
+                metadata=_schema_bytes(self.codec),
+            )
+        except terr.TransportError as exc:
+            raise _translate(exc) from None
+        self.name: str = self._w.url
+        self._closed = False
+
+    def send(self, obj: Any, timeout: float | None = None) -> None:
+        """Send `obj` as one message; returns once ZeroMQ no longer needs its arrays (they may
+        be modified then). Blocks while receivers' queues are full: `timeout` s (None: while
+        a receiver lives; 0: one try) then BufferFull; ReaderDead if every receiver left."""
+        self._check_open()
+        plan = self.codec.plan(obj)
+        head = plan.segments(0)[0][1]
+        try:
+            self._w.send(head, plan.buffers, timeout)
+        except terr.TransportError as exc:
+            raise _translate(exc) from None
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until ZeroMQ has released the arrays of every message sent (only needed after
+        a send raised Timeout: the message was queued and may still be delivered)."""
+        self._check_open()
+        try:
+            self._w.flush(timeout)
+        except terr.TransportError as exc:
+            raise _translate(exc) from None
+
+    def empty(
+        self, shape: int | tuple[int, ...], dtype: Any = float, *, timeout: float | None = None
+    ) -> np.ndarray:
+        """A new uninitialised 64-byte-aligned array; on the network every array is sent without
+        a copy, so this is only an aligned allocation (API parity with shm channels)."""
+        self._check_open()
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise errors.UsageError(
+                f"empty() needs a plain dtype, not {dt} (objects hold pointers)"
+            )
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        nbytes = int(np.prod(dims, dtype=np.int64)) * dt.itemsize
+        raw = np.empty(nbytes + _message.ALIGN, np.uint8)
+        skip = -raw.ctypes.data % _message.ALIGN
+        return raw[skip : skip + nbytes].view(dt).reshape(dims)
+
+    def stats(self) -> NetSenderStats:
+        """Counters (see NetSenderStats)."""
+        ws = self._w.stats()
+        return NetSenderStats(
+            messages=ws.messages,
+            bytes=ws.bytes,
+            zero_copy=ws.zero_copy_frames,
+            copy_fallbacks=ws.copied_frames,
+            peers=ws.peers,
+            blocked_seconds=ws.blocked_seconds,
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.Closed(f"sender of {self.name!r} is closed; create a new Sender")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Mark the end of the stream (receivers then get Closed after the last message),
+        waiting at most `timeout` s for it to be written, and close the socket."""
+        if not self._closed:
+            self._closed = True
+            self._w.close(timeout)
+
+    def __enter__(self) -> NetSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Sender {self.name!r} {'closed' if self._closed else 'open'}>"
+
+
+# --- receiving -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetReceiverStats:
+    """A network receiver's counters; `lost`: messages missing from senders' sequences (pub/sub
+    drops, or a push queue dropped on disconnect); `aligned_copies`: buffers copied to align."""
+
+    max_message: int
+    messages: int
+    bytes: int
+    frames_pinned: int  # received messages still held by live views
+    bytes_pinned: int
+    aligned_copies: int
+    lost: int
+    senders: int
+    peers: int
+    blocked_seconds: float
+
+
+class _Frames:
+    """The ZeroMQ frames of one message, held by its lease while views of them live."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: list[Any]) -> None:
+        self.frames: list[Any] | None = frames
+
+    def release(self) -> None:
+        self.frames = None
+
+
+class NetReceiver:
+    """The reading end of a tcp:// or ipc:// channel (`zcser.Receiver(url)` builds one).
+
+    pattern "pull" (default: binds; tcp://HOST:0 picks a free port, see `.name`) or "sub"
+    (connects to a "pub" sender). The largest message is `capacity // 2` bytes, as for shm
+    channels; larger ones raise MessageTooLarge. `min_align`: see the module docstring.
+    `metadata_size` and `spin` are accepted for shm-channel code and unused.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        capacity: int = DEFAULT_CAPACITY,
+        codec: Codec | None = None,
+        *,
+        pattern: str = "pull",
+        bind: bool | None = None,
+        hwm: int | None = None,
+        heartbeat: float | None = None,
+        min_align: int = _message.ALIGN,
+        metadata_size: int | None = None,
+        spin: int | None = None,
+    ) -> None:
+        self._r: Any = None
+        t = _transport()
+        if min_align < 1 or min_align & (min_align - 1) or min_align > _message.ALIGN:
+            raise errors.UsageError(f"min_align must be a power of two <= {_message.ALIGN}")
+        self.codec = codec if codec is not None else Codec()
+        self.max_message = capacity // 2
+        self.min_align = min_align
+        try:
+            self._r = t.ZmqReader(
+                name,
+                pattern=pattern,
+                bind=bind,
+                hwm=t.DEFAULT_HWM if hwm is None else hwm,
+                heartbeat=t.DEFAULT_HEARTBEAT if heartbeat is None else heartbeat,
+                max_frame=self.max_message + METADATA_SIZE,
+            )
+        except terr.TransportError as exc:
+            raise _translate(exc) from None
+        self.name: str = self._r.url
+        self._checked: set[bytes] = set()
+        self._pinned: weakref.WeakKeyDictionary[Lease, int] = weakref.WeakKeyDictionary()
+        self._copies = 0
+
+    def _next(self, timeout: float | None) -> Any:
+        """The next data message; Closed once every sender ended its stream."""
+        while True:
+            try:
+                rec = self._r.recv(timeout)
+            except terr.WriterDead as exc:
+                if self._r.writers.ended:
+                    raise errors.Closed(
+                        f"channel {self.name!r}: every sender closed and every message was read"
+                    ) from None
+                raise errors.WriterDead(str(exc)) from None
+            except terr.TransportError as exc:
+                raise _translate(exc) from None
+            if not rec.end:
+                break
+            if self._r.writers.ended:
+                raise errors.Closed(
+                    f"channel {self.name!r}: the sender closed and every message has been read"
+                )
+        size = rec.nbytes - rec.metadata.nbytes
+        if size > self.max_message:
+            raise errors.MessageTooLarge(
+                f"a {size}-byte message arrived on {self.name!r}, over this receiver's limit "
+                f"of {self.max_message} bytes; it was dropped. Create the Receiver with "
+                f"capacity >= {2 * size} or send smaller objects"
+            )
+        meta = bytes(rec.metadata)
+        if meta not in self._checked:
+            check_stream(self.codec, meta)
+            self._checked.add(meta)
+        return rec
+
+    def _aligned(self, buffers: list[memoryview]) -> int:
+        """How many buffers the codec will copy because of their address."""
+        return sum(1 for b in buffers if b.nbytes and _address(b) % self.min_align)
+
+    def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
+        """The next object. Blocks up to `timeout` s (None: while a sender is connected).
+        Arrays are read-only (views of the received frames, or aligned copies, see min_align);
+        copy=True gives private writable objects."""
+        rec = self._next(timeout)
+        if copy:
+            return self.codec.decode_parts(rec.head, rec.buffers, copy=True)
+        return self._decode(rec)[0]
+
+    def recv_message(self, timeout: float | None = None) -> Message:
+        """The next message with an explicit lifetime: `with rx.recv_message() as msg:`."""
+        rec = self._next(timeout)
+        value, lease = self._decode(rec)
+        return Message(value, lease, rec.sequence, rec.nbytes)
+
+    def _decode(self, rec: Any) -> tuple[Any, Lease]:
+        lease = Lease(_Frames(rec.frames))
+        self._copies += self._aligned(rec.buffers)
+        value = self.codec.decode_parts(rec.head, rec.buffers, owner=lease, align=self.min_align)
+        self._pinned[lease] = rec.nbytes
+        return value, lease
+
+    def stats(self) -> NetReceiverStats:
+        """Counters (see NetReceiverStats)."""
+        rs = self._r.stats()
+        pinned = list(self._pinned.values())
+        return NetReceiverStats(
+            max_message=self.max_message,
+            messages=rs.messages,
+            bytes=rs.bytes,
+            frames_pinned=len(pinned),
+            bytes_pinned=sum(pinned),
+            aligned_copies=self._copies,
+            lost=rs.lost,
+            senders=rs.writers,
+            peers=rs.peers,
+            blocked_seconds=rs.blocked_seconds,
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._r is None or bool(self._r.closed)
+
+    def close(self) -> None:
+        """Stop listening (the port or ipc file is released). Views alive stay valid."""
+        if self._r is not None:
+            self._r.close()
+
+    def __enter__(self) -> NetReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a Receiver owns its socket and cannot be pickled: create it in the reading process "
+            "and pass its name (the URL) to the writer"
+        )
+
+    def __repr__(self) -> str:
+        return f"<Receiver {self.name!r} {'closed' if self.closed else 'open'}>"
