@@ -582,7 +582,7 @@ def test_1203_rapid_create_destroy_with_a_writer_connecting_meanwhile(mode: str)
         seen = results.get(timeout=WAIT)
         runner.join(WAIT)
     assert not [k for k in seen if k.startswith("BAD")], seen
-    assert seen.get("ok", 0) > 0 and seen.get("BufferNotFound", 0) > 0, seen
+    assert seen.get("ok", 0) > 0 and sum(seen.values()) > seen["ok"], seen  # saw transitions
     assert not any(RUN_TOKEN in n for n in os.listdir("/dev/shm") if name in n)
 
 
