@@ -58,12 +58,23 @@ def _readers_code(names: list[str], payload: int = 64) -> str:
         """
 
 
-def _stale(names: list[str]) -> None:
-    """Leave NAMES as a SIGKILLed reader leaves them: shm, semaphores, unheld lock files."""
-    with script(_readers_code(names)) as child:
+def _stale(names: list[str], locks: bool = True) -> None:
+    """Leave NAMES as a SIGKILLed reader leaves them: shm, semaphores, unheld lock files.
+
+    Any Reader created on this machine meanwhile (other test runs) sweeps stale buffers that
+    have lock files, so those may vanish at any time. Without `locks` the reader deletes its
+    lock files before it is killed: only gc finds such leftovers (no lock file to sweep)."""
+    code = _readers_code(names)
+    if not locks:
+        code = code.replace(
+            'say("ready"',
+            f"[os.unlink('/tmp/zerobuffer/' + n + '.lock') for n in {names!r}]\n        say(\"ready\"",
+        )
+    with script(code) as child:
         child.expect("ready")
-    for name in names:
-        assert all(_exists(name).values()), name
+    if not locks:
+        for name in names:
+            assert _exists(name) == {"shm": True, "sem-w": True, "sem-r": True, "lock": False}
 
 
 def test_health_bands_follow_zerobuffer_guidance() -> None:
@@ -207,7 +218,9 @@ def test_gc_removes_semaphores_left_without_lock_or_shm() -> None:
 
 
 def test_concurrent_gc_removes_every_stale_buffer_once_and_no_live_one() -> None:
-    stale = [unique_name("gs") for _ in range(24)]
+    locked = [unique_name("gs") for _ in range(12)]
+    lockless = [unique_name("gn") for _ in range(12)]
+    stale = locked + lockless
     live_here = unique_name("lh")
     live_child = unique_name("lc")
     stopped = unique_name("ls")
@@ -220,7 +233,8 @@ def test_concurrent_gc_removes_every_stale_buffer_once_and_no_live_one() -> None
         child.expect("ready")
         frozen.expect("ready")
         frozen.signal(19)  # SIGSTOP: stopped is not dead
-        _stale(stale)  # after the live readers: creating a Reader sweeps stale buffers
+        _stale(locked)  # after the live readers: creating a Reader sweeps stale buffers
+        _stale(lockless, locks=False)
         gc_code = f"""
             import json
             from transports.inspect import collect_garbage
@@ -245,7 +259,7 @@ def test_concurrent_gc_removes_every_stale_buffer_once_and_no_live_one() -> None
             frozen.signal(18)  # SIGCONT
         assert len(set(removed)) == len(removed)  # each removed once, by one of the four
         assert set(removed) <= set(stale)
-        assert len(removed) > len(stale) // 2  # (other test runs' Readers may sweep a few)
+        assert set(lockless) <= set(removed)  # only gc finds these: no foreign sweep interferes
         for name in stale:
             assert not any(_exists(name).values()), name
         for name in (live_here, live_child, stopped):
@@ -261,11 +275,10 @@ def test_a_reader_starting_during_another_process_sweep_of_its_name_still_starts
     holds a dead reader's lock for a moment; a new reader of that name used to fail at once
     with BufferExists instead of waiting for the sweep to finish."""
     name = unique_name("sw")
-    _stale([name])
     with script(
         f"""
         import fcntl
-        fd = os.open({str(L.lock_path(name))!r}, os.O_RDWR)
+        fd = os.open({str(L.lock_path(name))!r}, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         say("holding")
         time.sleep(0.05)
