@@ -644,6 +644,7 @@ class Reader:
         return core.ro[start : start + length]
 
     def stats(self) -> ReaderStats:
+        """Ring usage and counters now, including frames held (pinning ring space)."""
         core = self._core
         if core.orphans and not core.closed:
             core.retry_orphans()
@@ -960,6 +961,7 @@ class Writer:
             raise TransportClosed(f"writer of {self.name!r} is closed; create a new Writer")
 
     def stats(self) -> WriterStats:
+        """Ring usage and counters now, including frames the reader has not read yet."""
         P = self._P
         if self._closed:
             free, unread = P, 0
