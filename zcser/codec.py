@@ -8,6 +8,7 @@ header and table first, then hands pyfory zero-copy slices of one read-only root
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
 from importlib import import_module
 from operator import length_hint
@@ -204,6 +205,13 @@ def _aligned_copy(mv: memoryview, phase: int, writable: bool = False) -> memoryv
     return dst.data if writable else dst.data.toreadonly()
 
 
+_LAZY_MODULES = ("torch", "pandas")
+
+
+def _lazy_modules_imported() -> frozenset[str]:
+    return frozenset(m for m in _LAZY_MODULES if m in sys.modules)
+
+
 class Codec:
     """Encode objects to zcser messages and decode them back as zero-copy views.
 
@@ -257,8 +265,17 @@ class Codec:
         for type_name, cls in self._types.items():
             _register_class(fory, cls, type_name)
         self._adapters = adapters
+        self._lazy_seen = _lazy_modules_imported()
         self._used = False
         return fory
+
+    def _late_imports(self) -> bool:
+        """Rebuild if torch/pandas were imported after this codec was made (their real classes
+        can only be aliased once imported); True when that happened and a retry makes sense."""
+        if _lazy_modules_imported() == self._lazy_seen:
+            return False
+        self._fory = self._build()
+        return True
 
     def register(self, cls: type, *, name: str | None = None) -> None:
         """Allow `cls` (dataclass or plain class) in strict mode, on writer and reader alike.
@@ -296,6 +313,8 @@ class Codec:
         except ZcserError:
             raise
         except TypeUnregisteredError as exc:
+            if self._late_imports():
+                return self.plan(obj)
             raise UnregisteredType(
                 f"{exc}: call codec.register(cls) on the writer and the reader "
                 "(or Codec(trusted=True) for trusted peers only)"
