@@ -115,6 +115,24 @@ class Plan:
             head[table_end:inband_at] = _message.pack_digests(digests)
         return [(0, memoryview(head)), *zip(offsets, self.buffers, strict=True)]
 
+    def packed(self) -> bytes:
+        """The whole message as bytes, for plans without out-of-band buffers (whose layout does
+        not depend on the address): the channel's small-message path, one copy into the frame."""
+        if self.buffers:
+            raise UsageError("packed() needs a plan without out-of-band buffers: use write_into")
+        inband = self.inband
+        n = len(inband)
+        if not self.checksum:
+            return _message.HEADER.pack(
+                _message.MAGIC, _message.VERSION, 0, 0, 0, n, _message.TABLE_START + n
+            ) + inband
+        head = _message.pack_header(
+            _message.FLAG_CHECKSUM, 0, n, _message.TABLE_START + _message.DIGEST.size + n
+        )
+        hasher = xxhash.xxh3_64(head)
+        hasher.update(inband)
+        return head + _message.DIGEST.pack(hasher.intdigest()) + inband
+
     def write_into(self, target: Any, base_address: int | None = None) -> int:
         """Write the message at the start of `target`; returns the bytes used.
 
@@ -351,6 +369,8 @@ class Codec:
             mv = mv.toreadonly()
         msg = _message.parse(mv)
         self._check_checksum_flag(msg)
+        if not msg.buffers:
+            return self._deserialize(msg, mv, [], copy, writable)
         root = mv[: msg.total]
         if owner is not None and msg.total:
             root = _owned_view(root, owner)
@@ -374,8 +394,8 @@ class Codec:
 
         `head` holds exactly header, table, digests and in-band bytes; `buffers` one bytes-like
         per table entry. Validated like `decode`. A buffer whose address is not a multiple of
-        `align` is copied once to aligned memory, the others become read-only views (each
-        keeping `owner` alive when given).
+        `align` is copied once to aligned memory, the others become read-only views. With
+        `owner` (which must keep the buffers' memory alive), views hold `owner` instead.
         """
         mv = _byte_view(head).toreadonly()
         msg = _message.parse_head(mv)
