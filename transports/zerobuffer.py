@@ -368,7 +368,9 @@ class _ReaderCore:
         if _shm.try_acquire(self.sem_w, 0):
             return True
         if pid and _U64.unpack_from(mm, L.OFF_WRITTEN_COUNT)[0] != self.ring.count:
-            return True  # killed between publishing a frame in the OIEB and posting it
+            # Killed between publishing a frame in the OIEB and posting it: read that frame,
+            # unless a new writer took over meanwhile (its frames come with their posts).
+            return bool(_U64.unpack_from(mm, L.OFF_WRITER_PID)[0] == pid)
         raise WriterDead(
             f"buffer {self.name!r}: {why} and every frame it published has been read. "
             "A new Writer may connect to the same buffer; read() again to wait for it."
