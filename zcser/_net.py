@@ -302,8 +302,8 @@ class NetReceiver:
         Arrays are read-only (views of the received frames, or aligned copies, see min_align);
         copy=True gives private writable objects."""
         rec = self._next(timeout)
-        if copy:
-            return self.codec.decode_parts(rec.head, rec.buffers, copy=True)
+        if copy or not rec.buffers:  # in-band values are private copies anyway: no lease
+            return self.codec.decode_parts(rec.head, rec.buffers, copy=copy)
         return self._decode(rec)[0]
 
     def recv_message(self, timeout: float | None = None) -> Message:

@@ -19,6 +19,7 @@ import numpy as np
 
 from zcser import _message
 from zcser._bench_channel import bench_channel
+from zcser._bench_net import bench_net
 from zcser._bench_snapshot import bench_snapshot
 from zcser.codec import DEFAULT_THRESHOLD, Codec, Plan
 
@@ -238,6 +239,7 @@ SECTIONS: dict[str, Callable[[bool], list[Row]]] = {
     "codec-many-small": bench_many_small,
     "codec-threshold": bench_threshold,
     "snapshot": bench_snapshot,
+    "net": bench_net,
     "channel": bench_channel,
 }
 
