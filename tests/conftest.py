@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import uuid
@@ -28,10 +29,8 @@ def ours() -> set[str]:
     """Everything in /dev/shm and the lock directory that this test run created and left."""
     found: set[str] = set()
     for folder in (SHM_DIR, LOCK_DIR):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             found.update(str(folder / n) for n in os.listdir(folder) if RUN_TOKEN in n)
-        except FileNotFoundError:
-            pass
     return found
 
 
@@ -47,8 +46,6 @@ def no_leaks() -> Iterator[None]:
     yield
     left = ours() - before
     for path in left:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass
     assert not left, f"test left resources behind: {sorted(left)}"
