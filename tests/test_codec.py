@@ -12,6 +12,7 @@ import sys
 import textwrap
 import warnings
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,15 @@ def test_containers_round_trip() -> None:
         "tuple": (1, ("nested", b"bytes")),
         "set": {1, 2, 3},
         "frozenset": frozenset({"a", 1}),
+        "ordered": OrderedDict([("z", 1), ("a", [2]), (3, "three")]),
         "dict": {1: "int key", ("t", 1): "tuple key"},
         "complex": 1 + 2j,
         "int64": -(2**63),
     }
     codec = zcser.Codec()
-    assert codec.decode(_encode(codec, source)) == source
+    got = codec.decode(_encode(codec, source))
+    assert got == source
+    assert type(got["ordered"]) is OrderedDict and list(got["ordered"]) == ["z", "a", 3]
 
 
 def test_dataclass_and_plain_class_after_register() -> None:

@@ -126,6 +126,20 @@ def test_tensors_with_gaps_or_overlaps_are_copied_contiguous_on_write(make: Any)
     assert inside(out, mem)
 
 
+def test_module_state_dict_round_trips_zero_copy_in_order() -> None:
+    """state_dict() is an OrderedDict: it must travel as one, keys in order, tensors zero-copy."""
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    state = model.state_dict()
+    out, mem = roundtrip(state)
+    assert type(out) is type(state) and list(out) == list(state)
+    for key, tensor in state.items():
+        assert same_bytes(out[key], tensor)
+        assert inside(out[key], mem) == (tensor.nbytes >= THRESHOLD)
+    restored = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    restored.load_state_dict(out)
+    assert torch.equal(restored[0].weight, model[0].weight)
+
+
 def test_zero_dim_and_empty_tensors() -> None:
     scalar = torch.tensor(2.5, dtype=torch.float64)
     obj = {
