@@ -516,3 +516,28 @@ def test_random_traffic_keeps_every_message_intact(shm_name: str) -> None:
 @pytest.mark.parametrize("seed", range(5))
 def test_random_traffic_soak(shm_name: str, seed: int) -> None:
     _random_traffic(shm_name, 20_000, seed)
+
+
+# --- small messages ------------------------------------------------------------------------------
+
+
+def test_messages_without_buffers_free_their_frame_at_once(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        small = {"id": 7, "payload": b"x" * 1024, "tags": [1, 2], "small": np.arange(10)}
+        tx.send(small)
+        got = rx.recv(timeout=WAIT)
+        stats = rx.stats()
+        assert stats.frames_pinned == 0 and stats.used == 0  # the value is alive, the frame free
+        for i in range(3000):  # ~3.4 MB through a 1 MiB ring: the old frame is overwritten
+            tx.send({"id": i, "payload": b"y" * 1024, "tags": [], "small": np.zeros(10, int)})
+            assert rx.recv(timeout=WAIT)["id"] == i
+        assert got["id"] == 7 and got["payload"] == small["payload"] and got["tags"] == [1, 2]
+        np.testing.assert_array_equal(got["small"], small["small"])
+        tx.send(small)
+        with rx.recv_message(timeout=WAIT) as msg:
+            assert not msg.pinned and msg.value["id"] == 7
+        tx.send({"a": np.arange(50_000), "n": 1})  # out of band: pinned while the view lives
+        big = rx.recv(timeout=WAIT)
+        assert rx.stats().frames_pinned == 1
+        del big
+        assert rx.stats().frames_pinned == 0

@@ -486,3 +486,43 @@ def test_random_nested_objects_round_trip(tree: Any, threshold: int, shift: int)
     used = plan.write_into(target)
     assert _same(codec.decode(target[:used]), tree)
     assert _same(codec.decode(target[:used], copy=True), tree)
+
+
+# --- the packed (no out-of-band buffer) path -----------------------------------------------------
+
+
+@pytest.mark.parametrize("checksum", [False, True])
+@settings(max_examples=40, deadline=None)
+@given(
+    obj=st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text() | st.binary(),
+        lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(), kids, max_size=4),
+        max_leaves=12,
+    )
+)
+def test_packed_is_the_message_write_into_writes(checksum: bool, obj: Any) -> None:
+    codec = zcser.Codec(checksum=checksum)
+    plan = codec.plan(obj)
+    assert not plan.buffers
+    packed = plan.packed()
+    assert packed == bytes(_encode(codec, obj))
+    assert codec.decode(packed) == obj
+
+
+def test_packed_refuses_plans_with_buffers() -> None:
+    plan = zcser.Codec().plan({"a": np.zeros(1 << 16)})
+    with pytest.raises(errors.UsageError, match="write_into"):
+        plan.packed()
+
+
+def test_packed_message_corruption_raises_zcser_errors() -> None:
+    codec = zcser.Codec(checksum=True)
+    packed = codec.plan({"id": 1, "name": "x" * 40}).packed()
+    for i in range(len(packed)):
+        broken = bytearray(packed)
+        broken[i] ^= 0x5A
+        with pytest.raises(errors.ZcserError):
+            codec.decode(broken)
+    for end in range(len(packed)):
+        with pytest.raises(errors.ZcserError):
+            codec.decode(packed[:end])

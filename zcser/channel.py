@@ -27,6 +27,7 @@ import math
 import operator
 import os
 import secrets
+import struct
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,8 @@ _EOS = b"ZCSREOS\x00"
 """End-of-stream frame written by Sender.close(); shorter than any message header."""
 
 _ALIGN = _message.ALIGN
+_COUNT = struct.Struct("<I")
+_OFF_COUNT = _message.OFF_COUNT
 
 
 # --- errors and schema ---------------------------------------------------------------------------
@@ -255,12 +258,27 @@ class Sender:
         plan = self.codec.plan(obj)
         if self._res is not None:
             used = self._send_reserved(plan, timeout)
+        elif not plan.buffers:
+            used = self._send_packed(plan.packed(), timeout)
         else:
             if self._ring_hi:
                 self._refuse_sent(plan)
             used = self._send_copy(plan, timeout)
         self._messages += 1
         self._bytes += used
+
+    def _send_packed(self, message: bytes, timeout: float | None) -> int:
+        """A message without out-of-band buffers: its bytes do not depend on the frame's
+        address, so one transport write copies them in (no reservation round)."""
+        n = len(message)
+        if n + _FRAME_HEADER > self._capacity // 2:
+            raise _too_large(n, self._capacity)
+        try:
+            self._w.write(message, timeout)
+        except terr.TransportError as exc:
+            raise _translate(exc) from exc
+        self._next_addr = 0
+        return n
 
     def _send_copy(self, plan: Plan, timeout: float | None) -> int:
         """Reserve exactly the message's size where the frame will land (its buffers' padding
@@ -611,7 +629,16 @@ class Receiver:
         value, lease = self._decode(frame)
         return Message(value, lease, frame.sequence, frame.size)
 
-    def _decode(self, frame: Frame) -> tuple[Any, Lease]:
+    def _decode(self, frame: Frame) -> tuple[Any, Lease | None]:
+        data = frame.data
+        if frame.size >= _message.TABLE_START and not _COUNT.unpack_from(data, _OFF_COUNT)[0]:
+            # No out-of-band buffers: nothing decoded refers to the frame (in-band bytes are
+            # copied), so it goes back at once; if anything did, release() refuses and the
+            # frame's own garbage collection frees it later.
+            try:
+                return self.codec.decode(data), None
+            finally:
+                _release_quietly(frame)
         lease = Lease(frame)
         try:
             return self.codec.decode(frame.data, owner=lease), lease

@@ -123,9 +123,12 @@ class Plan:
         inband = self.inband
         n = len(inband)
         if not self.checksum:
-            return _message.HEADER.pack(
-                _message.MAGIC, _message.VERSION, 0, 0, 0, n, _message.TABLE_START + n
-            ) + inband
+            return (
+                _message.HEADER.pack(
+                    _message.MAGIC, _message.VERSION, 0, 0, 0, n, _message.TABLE_START + n
+                )
+                + inband
+            )
         head = _message.pack_header(
             _message.FLAG_CHECKSUM, 0, n, _message.TABLE_START + _message.DIGEST.size + n
         )
