@@ -91,11 +91,16 @@ def parse_envelope(first: memoryview, frames: int) -> Envelope:
 
 
 class Writers:
-    """What a reader knows about each writer it heard from: next sequence, ended or not."""
+    """What a reader knows about each writer it heard from: next sequence, ended or not.
 
-    def __init__(self) -> None:
+    `count_gaps`: add sequence gaps to `lost` (subscribers; a pull reader sharing a push
+    writer with other readers sees gaps that are other readers' messages, not losses).
+    """
+
+    def __init__(self, count_gaps: bool = True) -> None:
         self._next: dict[int, int] = {}
         self._ended: set[int] = set()
+        self._count_gaps = count_gaps
         self.lost = 0
 
     def see(self, env: Envelope) -> int:
@@ -107,7 +112,8 @@ class Writers:
             self._ended.add(env.writer)
         else:
             self._ended.discard(env.writer)
-        self.lost += gap
+        if self._count_gaps:
+            self.lost += gap
         return gap
 
     @property

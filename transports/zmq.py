@@ -128,6 +128,7 @@ class _Socket:
         self.pattern = pattern
         self.binds = binds if bind is None else bind
         self.peers = wire.Peers()
+        self._pid = os.getpid()
         self._ipc_inode: tuple[str, int] | None = None
         ctx: Any = zmq.Context.instance()
         self.sock = ctx.socket(kind)
@@ -183,6 +184,14 @@ class _Socket:
             os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
             self._ipc_inode = (path, os.stat(path).st_ino)
         return str(self.sock.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    def check_process(self) -> None:
+        """ZeroMQ sockets do not survive fork: refuse use from a child process."""
+        if os.getpid() != self._pid:
+            raise errors.TransportUsageError(
+                f"this socket for {self.url} was created in process {self._pid}: create the "
+                "sender/receiver in the process that uses it (pass the URL, or a SenderFactory)"
+            )
 
     def events(self) -> None:
         """Apply every pending monitor event to the connection count."""
@@ -398,11 +407,15 @@ class ZmqWriter:
             self._blocked += time.monotonic() - start
 
     def end(self, timeout: float | None = 1.0) -> None:
-        """Send the end-of-stream mark and wait until it (hence every message) was written."""
+        """Send the end-of-stream mark and wait until it (hence every message) was written.
+        push hands each message to one reader in turn, so the mark goes once per connection."""
         self._check_open()
-        first = zmq.Frame(self._first(wire.KIND_END, 0, b""), track=True)
         deadline = _deadline(timeout)
-        self._pending.append(self._send([first], deadline, timeout))
+        self._s.events()
+        copies = max(1, self._s.peers.connected) if self.pattern == "push" else 1
+        for _ in range(copies):
+            first = zmq.Frame(self._first(wire.KIND_END, 0, b""), track=True)
+            self._pending.append(self._send([first], deadline, timeout))
         self._flush(deadline, timeout)
 
     def stats(self) -> ZmqWriterStats:
@@ -419,6 +432,7 @@ class ZmqWriter:
     def _check_open(self) -> None:
         if self._closed:
             raise errors.TransportClosed(f"the writer of {self.url} is closed")
+        self._s.check_process()
 
     @property
     def closed(self) -> bool:
@@ -467,7 +481,7 @@ class Received(NamedTuple):
 
 @dataclass(frozen=True)
 class ZmqReaderStats:
-    """A reader's counters; `lost` are messages skipped in writers' sequences (pub/sub drops)."""
+    """A reader's counters; `lost`: messages missing from writers' sequences (sub only)."""
 
     messages: int
     bytes: int
@@ -501,7 +515,7 @@ class ZmqReader:
             self._s.sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
         self.url = self._s.url
         self.pattern = pattern
-        self.writers = wire.Writers()
+        self.writers = wire.Writers(count_gaps=pattern == "sub")
         self._spin = spin
         self._messages = 0
         self._bytes = 0
@@ -515,6 +529,7 @@ class ZmqReader:
         if self._closed:
             raise errors.TransportClosed(f"the reader of {self.url} is closed")
         s = self._s
+        s.check_process()
         sock = s.sock
         if sock.getsockopt(zmq.EVENTS) & _POLLIN:
             return self._parse(sock.recv_multipart(copy=False))
