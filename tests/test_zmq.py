@@ -331,3 +331,19 @@ def test_pub_sub_fans_out_and_drops_for_a_stalled_subscriber() -> None:
         assert seqs == sorted(seqs)
         assert len(seqs) + lost == span  # every message was received or counted as lost
     assert results[1][3] > 0  # the stalled subscriber missed messages and knows how many
+
+
+def test_a_non_blocking_send_copies_instead_of_waiting() -> None:
+    with (
+        child(_reader, LOOPBACK, "wait-after-first") as (_, up, down),
+        ZmqWriter(up.get(timeout=WAIT)) as w,
+    ):
+        w.send(b"first", timeout=WAIT)
+        assert up.get(timeout=WAIT) == "ready"
+        data = np.full(MIB, 1, np.uint8)
+        w.send(b"copied", [data], timeout=0)
+        data[:] = 2  # the message already holds its own copy
+        stats = w.stats()
+        down.put("go")
+    assert up.get(timeout=WAIT) == [(1, b"copied", [crc(np.full(MIB, 1, np.uint8))])]
+    assert stats.zero_copy_frames == 0 and stats.copied_frames == 1

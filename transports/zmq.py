@@ -13,7 +13,8 @@ side of push/pull and the writing side of pub/sub bind, the other side connects.
 Copies: push sends every buffer of 64 KiB or more (pyzmq's copy threshold) straight from the
 caller's memory and waits for ZeroMQ to release it. pub copies each buffer once: a stalled
 subscriber's queue would otherwise hold the publisher's arrays (and so the publisher) until it
-reads again, which is the opposite of fan-out's drop policy.
+reads again, which is the opposite of fan-out's drop policy. A send with timeout=0 (never
+block, drop when full) copies too, since waiting for ZeroMQ to finish is a block.
 
 Peer death: ZeroMQ reconnects silently, so each socket counts its connections from monitor
 events. A process that dies (even by SIGKILL) has its connections closed by the kernel, seen at
@@ -292,9 +293,9 @@ class ZmqWriter:
         """Send one message: `head` bytes then one frame per buffer (not copied).
 
         Blocks while the readers' queues are full (push), at most `timeout` s (None: while a
-        reader lives; 0: one try), then BufferFull (nothing was sent). Returns once ZeroMQ has
-        released the buffers; if that takes longer than `timeout`, raises Timeout with the
-        message still queued (do not modify its buffers until `flush` returns).
+        reader lives; 0: one try, buffers copied), then BufferFull (nothing was sent). Returns
+        once ZeroMQ has released the buffers; if that takes longer than `timeout`, raises
+        Timeout with the message still queued (do not modify its buffers until `flush` returns).
         """
         self._check_open()
         first = self._first(wire.KIND_DATA, len(buffers), head)
@@ -329,7 +330,8 @@ class ZmqWriter:
             first = self._send_blocked(frames[0], flags, deadline, timeout)
         if tracked:
             trackers.append(first)
-        threshold = s.sock.copy_threshold if self.pattern == "push" else 1 << 62
+        blocking = timeout is None or timeout > 0
+        threshold = s.sock.copy_threshold if self.pattern == "push" and blocking else 1 << 62
         for i, buf in enumerate(frames[1:], start=1):
             zero_copy = memoryview(buf).nbytes >= threshold
             self._zero_copy += zero_copy

@@ -111,7 +111,9 @@ class NetSender:
     def send(self, obj: Any, timeout: float | None = None) -> None:
         """Send `obj` as one message; returns once ZeroMQ no longer needs its arrays (they may
         be modified then). Blocks while receivers' queues are full: `timeout` s (None: while
-        a receiver lives; 0: one try) then BufferFull; ReaderDead if every receiver left."""
+        a receiver lives; 0: one try, arrays copied) then BufferFull (not sent); ReaderDead if
+        every receiver left. Timeout if the message was queued but not transmitted in time
+        (it may still arrive; call flush() before modifying its arrays)."""
         self._check_open()
         plan = self.codec.plan(obj)
         head = plan.segments(0)[0][1]
