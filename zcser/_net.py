@@ -5,11 +5,17 @@ build these (needs `pip install zcser[net]`). A message is one multipart ZeroMQ 
 codec's head (header, table, in-band bytes) in the first frame after a transport envelope and
 the stream schema, then one frame per out-of-band buffer, sent without copying.
 
-Receiving: buffers are ZeroMQ's own memory; libzmq places a received frame 8 bytes past a 16-byte
-boundary, so with the default `min_align=64` (the message format's alignment) each buffer is
-copied once to aligned memory (counted in `stats().aligned_copies`); `min_align=8` keeps them as
-zero-copy read-only views (numpy, torch and Arrow accept 8-byte alignment for every dtype up to
-8 bytes wide; 16-byte types such as complex128 are then flagged unaligned, still correct).
+Receiving: buffers are ZeroMQ's own memory. libzmq 4.3 puts a received frame over 8 KiB 40 bytes
+into its own malloc block, i.e. 8 bytes past a 16-byte boundary (measured), so with the default
+`min_align=64` (the message format's alignment) each buffer is copied once to aligned memory
+(counted in `stats().aligned_copies`); `min_align=8` keeps them as zero-copy read-only views
+(numpy, torch and Arrow accept 8-byte alignment for every dtype up to 8 bytes wide; 16-byte
+types such as complex128 are then flagged unaligned, still correct). Any buffer below the
+chosen alignment is copied, whatever the setting.
+
+Security: no authentication or encryption (ZeroMQ CURVE is not wired in). Bind to 127.0.0.1,
+an ipc:// path (created mode 0600) or a private network; strict decoding (the default codec)
+keeps a hostile peer from running code, and `capacity` bounds what one message may hold.
 
 The stream schema rides in every message (a few hundred bytes) and is checked once per distinct
 schema, so late subscribers, several senders and reconnections are all verified; PUSH/PULL and
