@@ -347,3 +347,14 @@ def test_a_non_blocking_send_copies_instead_of_waiting() -> None:
         down.put("go")
     assert up.get(timeout=WAIT) == [(1, b"copied", [crc(np.full(MIB, 1, np.uint8))])]
     assert stats.zero_copy_frames == 0 and stats.copied_frames == 1
+
+
+def test_a_stale_ipc_file_of_a_dead_reader_is_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "stale"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))
+    dead.close()  # the file stays, nobody listens: what a killed reader leaves
+    with ZmqReader(f"ipc://{path}") as r, ZmqWriter(r.url) as w:
+        w.send(b"hi", timeout=WAIT)
+        assert bytes(r.recv(WAIT).head) == b"hi"
+    assert not path.exists()
