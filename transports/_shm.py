@@ -69,11 +69,45 @@ def _load_atomics() -> tuple[AtomicOp | None, AtomicOp | None, CasOp | None, str
             ctypes.c_int,
         ]
         cas.restype = ctypes.c_bool
+        global _LIBATOMIC
+        _LIBATOMIC = candidate
         return add, sub, cas, ""
     return None, None, None, problem
 
 
+_LIBATOMIC = ""
 fetch_add, fetch_sub, _cas, _ATOMICS_PROBLEM = _load_atomics()
+
+
+class AtomicWord:
+    """One u64 in shared memory with atomic add/subtract, for the per-frame hot path.
+
+    The ctypes arguments are built once and the library is entered without dropping the GIL
+    (an atomic add takes nanoseconds): about half the cost of `atomic_add` (~0.3 vs ~0.6 µs
+    here). Not thread-safe: callers serialise (the reader under its lock, the one writer).
+    """
+
+    __slots__ = ("_add", "_arg", "_order", "_ptr", "_sub")
+
+    def __init__(self, address: int) -> None:
+        require_atomics()
+        lib = ctypes.PyDLL(_LIBATOMIC)
+        self._add = lib["__atomic_fetch_add_8"]  # not lib.__x: that name would be mangled
+        self._sub = lib["__atomic_fetch_sub_8"]
+        self._add.restype = self._sub.restype = None
+        self._ptr = ctypes.c_void_p(address)
+        self._arg = ctypes.c_uint64(0)
+        self._order = ctypes.c_int(_SEQ_CST)
+
+    def add(self, value: int) -> None:
+        """Atomically add `value` (0 <= value < 2**64)."""
+        self._arg.value = value
+        self._add(self._ptr, self._arg, self._order)
+
+    def sub(self, value: int) -> None:
+        """Atomically subtract `value` (0 <= value < 2**64)."""
+        self._arg.value = value
+        self._sub(self._ptr, self._arg, self._order)
 
 
 def require_atomics() -> None:

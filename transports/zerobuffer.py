@@ -305,6 +305,7 @@ class _ReaderCore:
             undo.append(lambda: _close_unlink(self.sem_r, L.sem_r_name(name)))
             self.addr = _shm.address_of(self.mm)
             self.free_addr = self.addr + L.OFF_PAYLOAD_FREE
+            self.free = _shm.AtomicWord(self.free_addr)
             self.ro = memoryview(self.mm).toreadonly()
             # Publishing our PID last says "ready" to a connecting writer.
             _U64.pack_into(self.mm, L.OFF_READER_PID, self.pid)
@@ -459,7 +460,7 @@ class _ReaderCore:
         """Return ring bytes to the writer and wake it. Called with the lock held."""
         if self.closed:
             return
-        _shm.atomic_add(self.free_addr, freed)
+        self.free.add(freed)
         sem = self.sem_r
         # The writer waits on sem-r only when short of space and re-tests after every wake, so
         # one pending post is enough; capping the count keeps it far from SEM_VALUE_MAX.
@@ -735,6 +736,7 @@ class Writer:
         self._rw = memoryview(mm)
         self._addr = addr
         self._free_addr = addr + L.OFF_PAYLOAD_FREE
+        self._free = _shm.AtomicWord(self._free_addr)
         self._sem_w, self._sem_r = sems
         self._M = M
         self._P = P
@@ -959,7 +961,7 @@ class Writer:
         self._written = (self._written + entries) & _U64_MAX  # a counter, wraps like C
         # Free space first (PROTOCOL.md order): a writer killed between these steps then leaks
         # the frame's bytes at worst, instead of leaving space counted free twice.
-        _shm.atomic_sub(self._free_addr, skip + total)
+        self._free.sub(skip + total)
         _U64.pack_into(mm, L.OFF_WRITE_POS, ring.write_pos)
         _U64.pack_into(mm, L.OFF_WRITTEN_COUNT, self._written)
         _shm.post(self._sem_w)

@@ -38,6 +38,11 @@ OFF_INBAND_LEN = 16
 OFF_TOTAL_LEN = 24
 TABLE_START = HEADER.size
 
+_HEADER_SIZE = HEADER.size
+_ENTRY_SIZE = ENTRY.size
+_DIGEST_SIZE = DIGEST.size
+_unpack_header = HEADER.unpack_from
+
 
 class Message(NamedTuple):
     """A validated message: where each part lies inside the memory it was parsed from."""
@@ -190,9 +195,9 @@ def check_parts(msg: Message, lengths: Sequence[int]) -> None:
 
 def _parse(mv: memoryview, whole: bool) -> Message:
     size = mv.nbytes
-    if size < HEADER.size:
-        raise CorruptMessage(f"{size} bytes is shorter than the {HEADER.size}-byte header")
-    magic, version, flags, count, reserved, inband_len, total = HEADER.unpack_from(mv, 0)
+    if size < _HEADER_SIZE:
+        raise CorruptMessage(f"{size} bytes is shorter than the {_HEADER_SIZE}-byte header")
+    magic, version, flags, count, reserved, inband_len, total = _unpack_header(mv, 0)
     if magic != MAGIC:
         raise CorruptMessage(f"bad magic {bytes(magic)!r} (expected {MAGIC!r}): not a message")
     if version != VERSION:
@@ -202,10 +207,11 @@ def _parse(mv: memoryview, whole: bool) -> Message:
         )
     if flags & ~KNOWN_FLAGS or reserved:
         raise CorruptMessage(f"unknown flags 0x{flags:04x} or reserved field {reserved} set")
-    checksum = bool(flags & FLAG_CHECKSUM)
-    if count > (size - HEADER.size) // ENTRY.size:
+    checksum = flags & FLAG_CHECKSUM
+    if count > (size - _HEADER_SIZE) // _ENTRY_SIZE:
         raise CorruptMessage(f"buffer count {count} does not fit in {size} bytes")
-    inband_start = meta_size(count, checksum)
+    table_end = TABLE_START + _ENTRY_SIZE * count
+    inband_start = table_end + _DIGEST_SIZE * (count + 1) if checksum else table_end
     inband_end = inband_start + inband_len
     fits = total <= size if whole else inband_end == size
     if not (inband_end <= total and fits):
@@ -213,17 +219,17 @@ def _parse(mv: memoryview, whole: bool) -> Message:
             f"in-band end {inband_end} / total length {total} inconsistent with the "
             f"{size} bytes given (truncated message?)"
         )
-    if count == 1:
+    buffers: list[tuple[int, int]]
+    if count == 0:
+        buffers = []
+    elif count == 1:
         buffers = [ENTRY.unpack_from(mv, TABLE_START)]
+        _check_buffers(buffers, inband_end, total)
     else:
         flat = _u64s(2 * count).unpack_from(mv, TABLE_START)
         buffers = list(zip(flat[0::2], flat[1::2], strict=True))
-    if buffers:
         _check_buffers(buffers, inband_end, total)
-    digests = None
-    if checksum:
-        start = TABLE_START + ENTRY.size * count
-        digests = list(_u64s(count + 1).unpack_from(mv, start))
+    digests = list(_u64s(count + 1).unpack_from(mv, table_end)) if checksum else None
     return Message(flags, inband_start, inband_end, buffers, digests, total)
 
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from pyfory._fory import BufferObject
 
 from zcser.errors import CorruptMessage
 
-_COPY: ContextVar[bool] = ContextVar("zcser_copy", default=False)
-_WRITABLE: ContextVar[bool] = ContextVar("zcser_writable", default=False)
+_PLAIN = (False, False)
+_MODES: ContextVar[tuple[bool, bool]] = ContextVar("zcser_read_modes", default=_PLAIN)
+"""(copy, writable) of the decode in progress: one variable, so a decode sets it once."""
 _INLINE_BELOW: ContextVar[int] = ContextVar("zcser_inline_below", default=0)
 
 
@@ -61,26 +62,26 @@ def as_bytes_view(obj: Any) -> memoryview:
 @contextmanager
 def copy_mode(copy: bool) -> Iterator[None]:
     """While active, `read_raw` returns private writable copies (the codec's `copy=True`)."""
-    token = _COPY.set(copy)
+    token = _MODES.set((copy, _MODES.get()[1]))
     try:
         yield
     finally:
-        _COPY.reset(token)
+        _MODES.reset(token)
 
 
 @contextmanager
 def writable_mode(writable: bool) -> Iterator[None]:
     """While active, views over writable memory stay writable (snapshot copy-on-write maps)."""
-    token = _WRITABLE.set(writable)
+    token = _MODES.set((_MODES.get()[0], writable))
     try:
         yield
     finally:
-        _WRITABLE.reset(token)
+        _MODES.reset(token)
 
 
 def writable_requested() -> bool:
     """True while the codec decodes with `writable=True`: do not mark results read-only."""
-    return _WRITABLE.get()
+    return _MODES.get()[1]
 
 
 class inline_below:
@@ -102,21 +103,17 @@ class inline_below:
         _INLINE_BELOW.reset(self._token)
 
 
-class read_modes:
-    """Set copy and writable modes for one decode (a plain class: no generator per call)."""
+def enter_read_modes(copy: bool, writable: bool) -> Token[tuple[bool, bool]] | None:
+    """Set copy and writable modes for one decode; pass the result to `exit_read_modes`. The
+    usual plain decode, outside any other, finds them set already and touches nothing."""
+    modes = (copy, writable) if copy or writable else _PLAIN
+    return None if _MODES.get() is modes else _MODES.set(modes)
 
-    __slots__ = ("_copy", "_tokens", "_writable")
 
-    def __init__(self, copy: bool, writable: bool) -> None:
-        self._copy = copy
-        self._writable = writable
-
-    def __enter__(self) -> None:
-        self._tokens = (_COPY.set(self._copy), _WRITABLE.set(self._writable))
-
-    def __exit__(self, *exc: object) -> None:
-        _COPY.reset(self._tokens[0])
-        _WRITABLE.reset(self._tokens[1])
+def exit_read_modes(token: Token[tuple[bool, bool]] | None) -> None:
+    """Undo `enter_read_modes`."""
+    if token is not None:
+        _MODES.reset(token)
 
 
 def inline_limit() -> int:
@@ -143,7 +140,7 @@ def read_inline(read_context: Any, nbytes: int) -> bytes:
 
 def copy_requested() -> bool:
     """True while the codec decodes with `copy=True`: adapters must return private objects."""
-    return _COPY.get()
+    return _MODES.get()[0]
 
 
 def write_raw(write_context: Any, data: Any) -> None:
@@ -177,12 +174,12 @@ def read_raw_view(read_context: Any, nbytes: int | None = None) -> tuple[memoryv
             f"a buffer holds {mv.nbytes} bytes where its metadata says {nbytes}: "
             "the message is corrupt"
         )
-    return (mv if mv.readonly or _WRITABLE.get() else mv.toreadonly()), out_of_band
+    return (mv if mv.readonly or _MODES.get()[1] else mv.toreadonly()), out_of_band
 
 
 def read_raw(read_context: Any, nbytes: int | None = None) -> memoryview:
     """The region written by `write_raw`: read-only zero-copy view, or private copy if copying."""
     mv, _ = read_raw_view(read_context, nbytes)
-    if _COPY.get():
+    if _MODES.get()[0]:
         return memoryview(bytearray(mv))
     return mv

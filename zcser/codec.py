@@ -321,6 +321,12 @@ class Codec:
         threshold = self.threshold
 
         def keep_in_band(buffer_object: Any) -> bool:
+            if type(buffer_object) is _oob.RawBuffer:  # our adapters': already a byte view
+                view = buffer_object.view
+                if view.nbytes < threshold or not view.nbytes:
+                    return True
+                buffers.append(view)
+                return False
             size = buffer_object.total_bytes()
             if size == 0 or size < threshold:
                 return True
@@ -371,7 +377,8 @@ class Codec:
         if not mv.readonly and not writable:
             mv = mv.toreadonly()
         msg = _message.parse(mv)
-        self._check_checksum_flag(msg)
+        if self.checksum:
+            self._check_checksum_flag(msg)
         if not msg.buffers:
             return self._deserialize(msg, mv, [], copy, writable)
         root = mv[: msg.total]
@@ -435,9 +442,9 @@ class Codec:
         views = iter(buffers)
         inband = pyfory.Buffer(head[msg.inband_start : msg.inband_end])
         self._used = True
+        modes = _oob.enter_read_modes(copy, writable)
         try:
-            with _oob.read_modes(copy, writable):
-                obj = self._fory.deserialize(inband, buffers=views)
+            obj = self._fory.deserialize(inband, buffers=views)
         except ZcserError:
             raise
         except Exception as exc:
@@ -445,6 +452,8 @@ class Codec:
                 f"pyfory could not decode the message ({type(exc).__name__}: {exc}); "
                 "the bytes are corrupt or the writer's codec differs (compare codec.schema())"
             ) from exc
+        finally:
+            _oob.exit_read_modes(modes)
         unused = length_hint(views)
         if unused:
             raise CorruptMessage(
