@@ -529,3 +529,19 @@ def test_a_socket_is_refused_in_a_forked_child() -> None:
 
     with zcser.Receiver(LOOPBACK) as rx, child(use, rx) as (_, queue):
         assert "created in process" in queue.get(timeout=WAIT)
+
+
+def test_a_frame_over_the_limit_cuts_its_sender_off_without_allocating_it() -> None:
+    with zcser.Receiver(LOOPBACK, capacity=MIB) as rx:
+        raw = zmq.Context.instance().socket(zmq.PUSH)
+        raw.connect(rx.name)
+        try:
+            raw.send(bytes(2 * MIB))
+            with pytest.raises(errors.WriterDead):
+                rx.recv(timeout=WAIT)
+            assert rx.stats().messages == 0
+        finally:
+            raw.close(linger=0)
+        with zcser.Sender(rx.name) as tx:
+            tx.send({"ok": True}, timeout=WAIT)
+            assert rx.recv(timeout=WAIT) == {"ok": True}

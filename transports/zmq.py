@@ -117,7 +117,14 @@ class _Socket:
     """A configured ZeroMQ socket with its monitor and connection count."""
 
     def __init__(
-        self, url: str, pattern: str, bind: bool | None, hwm: int, heartbeat: float, sending: bool
+        self,
+        url: str,
+        pattern: str,
+        bind: bool | None,
+        hwm: int,
+        heartbeat: float,
+        sending: bool,
+        max_frame: int = -1,
     ) -> None:
         _check_url(url)
         if pattern not in PATTERNS or PATTERNS[pattern][1] != sending:
@@ -134,7 +141,7 @@ class _Socket:
         ctx: Any = zmq.Context.instance()
         self.sock = ctx.socket(kind)
         try:
-            self._configure(hwm, heartbeat)
+            self._configure(hwm, heartbeat, max_frame)
             self.monitor = self.sock.get_monitor_socket(
                 zmq.EVENT_CONNECTED | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
             )
@@ -143,9 +150,12 @@ class _Socket:
             self.sock.close(linger=0)
             raise
 
-    def _configure(self, hwm: int, heartbeat: float) -> None:
+    def _configure(self, hwm: int, heartbeat: float, max_frame: int) -> None:
+        """Options before bind/connect: listeners copy them when created."""
         s = self.sock
         s.setsockopt(zmq.LINGER, 0)
+        if max_frame > 0:
+            s.setsockopt(zmq.MAXMSGSIZE, max_frame)
         s.setsockopt(zmq.SNDHWM, hwm)
         s.setsockopt(zmq.RCVHWM, hwm)
         if heartbeat > 0:
@@ -497,7 +507,8 @@ class ZmqReaderStats:
 class ZmqReader:
     """The receiving end: "pull" (binds by default) or "sub" (connects by default).
 
-    `max_frame` bytes: ZeroMQ drops a larger frame and the connection that sent it.
+    `max_frame` bytes: ZeroMQ drops a larger frame and the connection that sent it (the
+    reader sees that writer disconnect; the writer reconnects by itself).
     """
 
     def __init__(
@@ -512,9 +523,7 @@ class ZmqReader:
         spin: int = DEFAULT_SPIN,
     ) -> None:
         self._closed = True
-        self._s = _Socket(url, pattern, bind, hwm, heartbeat, sending=False)
-        if max_frame > 0:
-            self._s.sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+        self._s = _Socket(url, pattern, bind, hwm, heartbeat, sending=False, max_frame=max_frame)
         self.url = self._s.url
         self.pattern = pattern
         self.writers = wire.Writers(count_gaps=pattern == "sub")

@@ -228,7 +228,10 @@ class NetReceiver:
 
     pattern "pull" (default: binds; tcp://HOST:0 picks a free port, see `.name`) or "sub"
     (connects to a "pub" sender). The largest message is `capacity // 2` bytes, as for shm
-    channels; larger ones raise MessageTooLarge. `min_align`: see the module docstring.
+    channels; larger ones raise MessageTooLarge. A single frame larger than that plus the
+    metadata block is never allocated: ZeroMQ closes that sender's connection for good, and
+    the receiver sees it gone (WriterDead if it was the only one). `min_align`: see the module
+    docstring.
     `metadata_size` and `spin` are accepted for shm-channel code and unused.
     """
 
