@@ -61,8 +61,8 @@ def _zcser_reader(up: Any, down: Any, count: int, min_align: int, capacity: int)
         up.put(rx.stats().aligned_copies)
 
 
-def _zcser_big(nbytes: int, repeat: int, min_align: int) -> tuple[float, int]:
-    """Median one-way time (s) of a big object, sender start to receiver decoded; copies."""
+def _zcser_big(nbytes: int, repeat: int, min_align: int) -> tuple[list[float], int]:
+    """One-way times (s) of a big object, sender start to receiver decoded; copies made."""
     import zcser
 
     obj = _big(nbytes)
@@ -74,7 +74,7 @@ def _zcser_big(nbytes: int, repeat: int, min_align: int) -> tuple[float, int]:
                 tx.send(obj, timeout=WAIT)
                 times.append(up.get(timeout=WAIT) - start)
         copies = up.get(timeout=WAIT)
-    return statistics.median(times), copies
+    return times, copies
 
 
 def _zcser_small_reader(up: Any, down: Any, count: int) -> None:
@@ -156,7 +156,7 @@ def _pickle_send(conn: socket.socket, obj: Any) -> None:
         conn.sendall(raw)
 
 
-def _pickle_big(nbytes: int, repeat: int) -> float:
+def _pickle_big(nbytes: int, repeat: int) -> list[float]:
     obj = _big(nbytes)
     with (
         _child(_pickle_reader, repeat, False) as (up, _down),
@@ -167,7 +167,7 @@ def _pickle_big(nbytes: int, repeat: int) -> float:
             start = time.perf_counter()
             _pickle_send(conn, obj)
             times.append(up.get(timeout=WAIT) - start)
-    return statistics.median(times)
+    return times
 
 
 def _pickle_rate(count: int) -> float:
@@ -202,14 +202,25 @@ def _row(case: str, zcser_us: float, peer: str, peer_us: float, note: str = "") 
 def bench_net(quick: bool) -> list[Row]:
     """100 MB object one way over loopback TCP, and small-object messages per second."""
     nbytes = 16 * MB if quick else 100 * MB
-    repeat = 3 if quick else 9
+    rounds, repeat = (1, 3) if quick else (3, 3)  # rounds interleave the cases: load drifts
     count = 2000 if quick else 20_000
     size = f"{nbytes // MB} MB object over loopback TCP, one way"
-    p5 = _pickle_big(nbytes, repeat) * 1e6
+    p5_times: list[float] = []
+    zc_times: dict[int, list[float]] = {64: [], 8: []}
+    copies = dict.fromkeys(zc_times, 0)
+    zc_rates, p5_rates = [], []
+    for _ in range(rounds):
+        p5_times += _pickle_big(nbytes, repeat)
+        for min_align in zc_times:
+            times, made = _zcser_big(nbytes, repeat, min_align)
+            zc_times[min_align] += times
+            copies[min_align] += made
+        zc_rates.append(_zcser_rate(count))
+        p5_rates.append(_pickle_rate(count))
+    p5 = statistics.median(p5_times) * 1e6
     rows = []
     for min_align, what in ((64, "aligned copy on receive"), (8, "zero-copy receive")):
-        us, copies = _zcser_big(nbytes, repeat, min_align)
-        us *= 1e6
+        us = statistics.median(zc_times[min_align]) * 1e6
         rows.append(
             _row(
                 f"{size}, min_align={min_align} ({what})",
@@ -217,12 +228,12 @@ def bench_net(quick: bool) -> list[Row]:
                 "pickle5+socket",
                 p5,
                 f"zcser {nbytes / us / 1e3:.2f} GB/s, peer {nbytes / p5 / 1e3:.2f} GB/s, "
-                f"{copies} receive-side copies in {repeat} messages",
+                f"{copies[min_align]} receive-side copies in {rounds * repeat} messages",
             )
         )
     if importlib.util.find_spec("ray") is None:
         rows.append({"case": f"{size} vs Ray", "note": "ray is not installed: not measured"})
-    zc_rate, p5_rate = _zcser_rate(count), _pickle_rate(count)
+    zc_rate, p5_rate = statistics.median(zc_rates), statistics.median(p5_rates)
     rows.append(
         {
             "case": f"small dict, {count} messages, loopback TCP",
