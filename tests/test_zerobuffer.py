@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import gc
 import mmap
+import multiprocessing as mp
 import os
 import queue
 import random
@@ -1224,3 +1225,38 @@ def test_pid_liveness() -> None:
         threading.Event().wait(0.001)
     assert not _shm.pid_alive(zombie.pid)
     zombie.wait()
+
+
+def _add_many(address_holder: str, count: int) -> None:
+    """Child: map the shared word and add 1 `count` times, then subtract 0 once."""
+    mm = _shm.open_shm(address_holder)
+    try:
+        word = _shm.AtomicWord(_shm.address_of(mm))
+        for _ in range(count):
+            word.add(1)
+        word.sub(0)
+    finally:
+        mm.close()
+
+
+def test_atomic_word_adds_exactly_across_processes(shm_name: str) -> None:
+    mm = _shm.create_shm(shm_name, 4096)
+    try:
+        word = _shm.AtomicWord(_shm.address_of(mm))
+        word.add(10**6)
+        word.sub(1)
+        ctx = mp.get_context("fork")
+        procs = [ctx.Process(target=_add_many, args=(shm_name, 20_000)) for _ in range(2)]
+        for proc in procs:
+            proc.start()
+        for _ in range(20_000):
+            word.sub(1)
+        for proc in procs:
+            proc.join(60)
+            assert proc.exitcode == 0
+        assert L.U64.unpack_from(mm, 0)[0] == 10**6 - 1 + 20_000
+        word.sub(2**64 - 1)  # wraps like the C counter
+        assert L.U64.unpack_from(mm, 0)[0] == 10**6 + 20_000
+    finally:
+        mm.close()
+        _shm.unlink_shm(shm_name)

@@ -105,21 +105,25 @@ def place(
             cursor = off + n
         return offsets, cursor
     fixed = fixed or {}
-    taken = list(reserved) + [(off, off + lengths[i]) for i, off in fixed.items()]
-    for start, _ in taken:
+    taken = list(reserved)
+    taken.extend((off, off + lengths[i]) for i, off in fixed.items())
+    cursor = head
+    for start, end in taken:
         if start < head:
             raise UsageError(
                 f"memory already inside the target starts at offset {start}, inside the "
                 f"{head}-byte header and in-band area: leave at least {head} bytes free "
                 "at the start of the target"
             )
-    cursor = max([head, *(end for _, end in taken)])
+        if end > cursor:
+            cursor = end
     offsets = []
     for i, n in enumerate(lengths):
-        if i in fixed:
-            offsets.append(fixed[i])
+        kept = fixed.get(i)
+        if kept is not None:
+            offsets.append(kept)
             continue
-        off = align_up(base + cursor) - base
+        off = (base + cursor + ALIGN - 1) // ALIGN * ALIGN - base
         offsets.append(off)
         cursor = off + n
     return offsets, cursor
@@ -137,12 +141,21 @@ def _meta_struct(count: int) -> struct.Struct:
     return struct.Struct(HEADER.format + f"{2 * count}Q")
 
 
+_META_ONE = _meta_struct(1)
+
+
 def pack_meta(
     flags: int, inband_len: int, total: int, offsets: list[int], lengths: list[int]
 ) -> bytes:
     """Header and buffer table in one call (the encode hot path)."""
     count = len(offsets)
-    flat = [v for pair in zip(offsets, lengths, strict=True) for v in pair]
+    if count == 1:
+        return _META_ONE.pack(
+            MAGIC, VERSION, flags, 1, 0, inband_len, total, offsets[0], lengths[0]
+        )
+    flat = [0] * (2 * count)
+    flat[0::2] = offsets
+    flat[1::2] = lengths
     return _meta_struct(count).pack(MAGIC, VERSION, flags, count, 0, inband_len, total, *flat)
 
 

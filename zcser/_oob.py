@@ -84,23 +84,16 @@ def writable_requested() -> bool:
     return _MODES.get()[1]
 
 
-class inline_below:
-    """While active, `write_raw` writes regions under `threshold` bytes in band directly.
+def enter_inline_below(threshold: int) -> Token[int]:
+    """Until `exit_inline_below(token)`, `write_raw` writes regions under `threshold` bytes in
+    band directly: the same bytes as pyfory's in-band buffer object (flag, size, data), minus
+    the per-region buffer object and Python callback (the codec's path for many small arrays)."""
+    return _INLINE_BELOW.set(threshold)
 
-    Same bytes as pyfory's in-band buffer object (flag, size, data), minus the per-region
-    buffer object and Python callback: the codec's encode path for many small arrays.
-    """
 
-    __slots__ = ("_threshold", "_token")
-
-    def __init__(self, threshold: int) -> None:
-        self._threshold = threshold
-
-    def __enter__(self) -> None:
-        self._token = _INLINE_BELOW.set(self._threshold)
-
-    def __exit__(self, *exc: object) -> None:
-        _INLINE_BELOW.reset(self._token)
+def exit_inline_below(token: Token[int]) -> None:
+    """Undo `enter_inline_below`."""
+    _INLINE_BELOW.reset(token)
 
 
 def enter_read_modes(copy: bool, writable: bool) -> Token[tuple[bool, bool]] | None:

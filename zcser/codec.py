@@ -187,7 +187,11 @@ class Plan:
                     "a buffer straddles the end of the target memory: "
                     "allocate it wholly inside the frame or wholly outside"
                 )
-            clash = any(start < t_end and t_start < end for t_start, t_end in taken)
+            clash = False
+            for t_start, t_end in taken:
+                if start < t_end and t_start < end:
+                    clash = True
+                    break
             if (base + start) % _message.ALIGN == 0 and not clash:
                 fixed[i] = start
                 taken.append((start, end))
@@ -206,6 +210,11 @@ def _meta_digest(mv: memoryview, meta_end: int, inband_at: int, inband_end: int)
 
 def _zero_gaps(mv: memoryview, start: int, offsets: list[int], lengths: list[int]) -> None:
     """Zero the alignment padding after the in-band bytes (no stale memory leaks out)."""
+    if len(offsets) == 1:
+        off = offsets[0]
+        if start < off < start + _message.ALIGN:
+            mv[start:off] = _ZEROS[: off - start]
+        return
     cursor = start
     pairs = zip(offsets, lengths, strict=True)
     for off, n in pairs if offsets == sorted(offsets) else sorted(pairs):
@@ -334,9 +343,9 @@ class Codec:
             return False
 
         self._used = True
+        inline = _oob.enter_inline_below(threshold)
         try:
-            with _oob.inline_below(threshold):
-                inband = self._fory.serialize(obj, buffer_callback=keep_in_band)
+            inband = self._fory.serialize(obj, buffer_callback=keep_in_band)
         except ZcserError:
             raise
         except TypeUnregisteredError as exc:
@@ -350,6 +359,8 @@ class Codec:
             raise UnsupportedType(
                 f"cannot serialize {type(obj).__name__}: {type(exc).__name__}: {exc}"
             ) from exc
+        finally:
+            _oob.exit_inline_below(inline)
         return Plan(bytes(inband), buffers, self.checksum)
 
     def message_size(self, obj: Any) -> int:
