@@ -249,6 +249,8 @@ def test_channel_factory_carries_the_bound_port_to_another_process() -> None:
 def test_receiver_cannot_be_pickled_and_options_are_checked() -> None:
     with zcser.Receiver(LOOPBACK) as rx, pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(rx)
+    with zcser.Sender(LOOPBACK) as tx, pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(tx)
     with pytest.raises(errors.UsageError, match="min_align"):
         zcser.Receiver(LOOPBACK, min_align=3)
     with pytest.raises(errors.UsageError, match="pattern"):
@@ -520,15 +522,25 @@ def test_push_to_a_pool_of_workers_each_gets_the_end_mark() -> None:
     assert sorted(first + second) == list(range(40)) and first and second
 
 
-def test_a_socket_is_refused_in_a_forked_child() -> None:
-    def use(queue: Any, rx: Any) -> None:
+def test_a_socket_is_refused_in_a_forked_child_and_its_copies_left_alone() -> None:
+    def use(queue: Any, rx: Any, tx: Any) -> None:
         try:
             rx.recv(timeout=0)
         except errors.UsageError as exc:
             queue.put(str(exc))
+        tx.close()  # the child's copy: must not end the parent's stream
+        del tx
+        gc.collect()
 
-    with zcser.Receiver(LOOPBACK) as rx, child(use, rx) as (_, queue):
+    with (
+        zcser.Receiver(LOOPBACK) as rx,
+        zcser.Sender(rx.name) as tx,
+        child(use, rx, tx) as (proc, queue),
+    ):
         assert "created in process" in queue.get(timeout=WAIT)
+        proc.join(WAIT)
+        tx.send({"still": "open"}, timeout=WAIT)
+        assert rx.recv(timeout=WAIT) == {"still": "open"}
 
 
 def test_a_frame_over_the_limit_cuts_its_sender_off_without_allocating_it() -> None:

@@ -25,6 +25,7 @@ be told apart reliably.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import weakref
 from dataclasses import dataclass
@@ -186,6 +187,16 @@ class NetSender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close(timeout=0)
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a Sender owns its ZeroMQ socket and cannot be pickled: pass the URL (or the "
+            "SenderFactory from zcser.channel()) to the process that sends"
+        )
 
     def __repr__(self) -> str:
         return f"<Sender {self.name!r} {'closed' if self._closed else 'open'}>"
