@@ -123,7 +123,7 @@ class NetSender:
         (it may still arrive; call flush() before modifying its arrays)."""
         self._check_open()
         plan = self.codec.plan(obj)
-        head = plan.segments(0)[0][1]
+        head = plan.segments(0)[0][1] if plan.buffers else plan.packed()
         try:
             self._w.send(head, plan.buffers, timeout)
         except terr.TransportError as exc:
