@@ -275,13 +275,16 @@ def _send_families(queue: Any, url: str) -> None:
 def test_every_type_family_between_processes(scheme: str, tmp_path: Path) -> None:
     url = LOOPBACK if scheme == "tcp" else f"ipc://{tmp_path}/chan"
     want = families()
-    with zcser.Receiver(url) as rx, child(_send_families, rx.name, method="spawn") as (_, queue):
+    with (
+        zcser.Receiver(url, min_align=64) as rx,
+        child(_send_families, rx.name, method="spawn") as (_, queue),
+    ):
         for obj in want.values():
             got = rx.recv(timeout=WAIT)
             assert_same(got, obj)
         everything = rx.recv(timeout=WAIT)
         assert_same(everything, want)
-        assert everything["float32"].ctypes.data % 64 == 0  # aligned copies by default
+        assert everything["float32"].ctypes.data % 64 == 0  # aligned copies when asked
         assert everything["torch"].data_ptr() % 64 == 0
         with pytest.raises(errors.Closed):
             rx.recv(timeout=WAIT)
