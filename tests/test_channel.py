@@ -313,6 +313,20 @@ def test_inband_beyond_headroom_falls_back_to_copy(shm_name: str) -> None:
         assert not arr.flags.writeable
 
 
+def test_small_empty_array_copied_in_band_is_not_counted_zero_copy(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        small = tx.empty(100, np.float32)  # 400 bytes: under the codec threshold, sent in band
+        small[:] = 1.0
+        tx.send({"small": small})
+        assert (rx.recv(timeout=WAIT)["small"] == 1.0).all()
+        assert tx.stats().zero_copy == 0
+        big = tx.empty(40_000, np.float32)
+        big[:] = 2.0
+        tx.send({"big": big})
+        assert (rx.recv(timeout=WAIT)["big"] == 2.0).all()
+        assert tx.stats().zero_copy == 1
+
+
 def test_empty_near_the_ring_end_falls_back_without_corruption(shm_name: str) -> None:
     with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
         for _ in range(2):
@@ -429,8 +443,10 @@ def test_sender_killed_while_reserved_never_delivers_a_partial_message(shm_name:
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(WAIT)
         assert [rx.recv(timeout=WAIT)["n"] for _ in range(2)] == [1, 2]
-        with pytest.raises(errors.WriterDead, match="died"):
+        with pytest.raises(errors.WriterDead, match="died") as info:
             rx.recv(timeout=WAIT)
+        advice = str(info.value)
+        assert "make a new Receiver" in advice and "new Writer" not in advice
 
 
 def test_receiver_killed_unblocks_sender_with_reader_dead(shm_name: str) -> None:

@@ -97,6 +97,16 @@ def _translate(exc: terr.TransportError) -> errors.ZcserError:
     return errors.ChannelError(str(exc))
 
 
+def _sender_dead(name: str, exc: terr.WriterDead) -> errors.WriterDead:
+    """WriterDead with the channel's advice: a Receiver takes one Sender for its lifetime, so the
+    transport's "a new Writer may connect" does not apply."""
+    what = str(exc).partition(". A new Writer")[0].rstrip(".")
+    return errors.WriterDead(
+        f"channel {name!r}: the sender is gone ({what}). A Receiver takes one Sender for its "
+        "lifetime: make a new Receiver (a new name) and restart the sender against it."
+    )
+
+
 def stream_schema(codec: Codec) -> dict[str, Any]:
     """What a Sender writes into the ring's metadata block: stream format plus codec schema."""
     return {"stream": STREAM_FORMAT, "stream_version": STREAM_VERSION, **codec.schema()}
@@ -347,7 +357,7 @@ class Sender:
         used = plan.write_into(self._res, address)
         self._finish_reservation()
         self._commit(used, address)
-        self._zero_copy += 1
+        self._zero_copy += bool(placed)
         return used
 
     def _send_fallback(self, plan: Plan, timeout: float | None) -> int:
@@ -588,7 +598,7 @@ class Receiver:
         except terr.WriterDead as exc:
             if self._ended:
                 raise errors.Closed(f"channel {self.name!r}: the sender closed") from None
-            raise errors.WriterDead(str(exc)) from None
+            raise _sender_dead(self.name, exc) from None
         except terr.TransportError as exc:
             raise _translate(exc) from None
         if frame.size == len(_EOS) and frame.data == _EOS:
