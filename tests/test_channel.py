@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -557,3 +558,15 @@ def test_messages_without_buffers_free_their_frame_at_once(shm_name: str) -> Non
         assert rx.stats().frames_pinned == 1
         del big
         assert rx.stats().frames_pinned == 0
+
+
+def test_channel_module_names_are_reachable_from_the_top_level(shm_name: str) -> None:
+    """`zcser.channel` is the helper function (it hides the module): the module's public names
+    are re-exported from `zcser`."""
+    module = sys.modules["zcser.channel"]
+    assert callable(zcser.channel) and zcser.channel is module.channel
+    assert zcser.DEFAULT_CAPACITY == module.DEFAULT_CAPACITY
+    assert zcser.DEFAULT_HEADROOM == module.DEFAULT_HEADROOM
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        assert isinstance(tx.stats(), zcser.SenderStats)
+        assert isinstance(rx.stats(), zcser.ReceiverStats)
