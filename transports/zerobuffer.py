@@ -95,6 +95,14 @@ _HDR = L.HEADER_SIZE
 _U64 = L.U64
 _HEADER = L.HEADER
 _U64_MAX = (1 << 64) - 1
+_pack_u64 = _U64.pack_into
+_unpack_u64 = _U64.unpack_from
+_OFF_READ_POS = L.OFF_READ_POS
+_OFF_READ_COUNT = L.OFF_READ_COUNT
+_OFF_WRITE_POS = L.OFF_WRITE_POS
+_OFF_WRITTEN_COUNT = L.OFF_WRITTEN_COUNT
+_OFF_READER_PID = L.OFF_READER_PID
+_OFF_PAYLOAD_FREE = L.OFF_PAYLOAD_FREE
 
 
 class _Unset(enum.Enum):
@@ -425,8 +433,8 @@ class _ReaderCore:
                     self.give_back(freed)
                 raise
             token = ring.push(_HDR + n)
-            _U64.pack_into(mm, L.OFF_READ_POS, ring.read_pos)
-            _U64.pack_into(mm, L.OFF_READ_COUNT, ring.count)
+            _pack_u64(mm, _OFF_READ_POS, ring.read_pos)
+            _pack_u64(mm, _OFF_READ_COUNT, ring.count)
             expected = self.expected
             if seq != expected and seq != 1:
                 # A lost or repeated frame. Skip it (its space goes back) and resynchronise.
@@ -876,11 +884,11 @@ class Writer:
                 capacity=P,
             )
         mm = self._mm
-        if not _U64.unpack_from(mm, L.OFF_READER_PID)[0]:
+        if not _unpack_u64(mm, _OFF_READER_PID)[0]:
             raise ReaderDead(
                 f"buffer {self.name!r}: the reader closed. Start a new reader, then a new writer."
             )
-        free = _U64.unpack_from(mm, L.OFF_PAYLOAD_FREE)[0]
+        free = _unpack_u64(mm, _OFF_PAYLOAD_FREE)[0]
         if free < required:
             self._wait_space(required, timeout)
         elif free > P:
@@ -962,8 +970,8 @@ class Writer:
         # Free space first (PROTOCOL.md order): a writer killed between these steps then leaks
         # the frame's bytes at worst, instead of leaving space counted free twice.
         self._free.sub(skip + total)
-        _U64.pack_into(mm, L.OFF_WRITE_POS, ring.write_pos)
-        _U64.pack_into(mm, L.OFF_WRITTEN_COUNT, self._written)
+        _pack_u64(mm, _OFF_WRITE_POS, ring.write_pos)
+        _pack_u64(mm, _OFF_WRITTEN_COUNT, self._written)
         _shm.post(self._sem_w)
         self._frames += 1
         self._bytes += n
