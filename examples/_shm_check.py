@@ -25,11 +25,12 @@ def mapping_of(path: str) -> tuple[int, int] | None:
 
 
 def inside(address: int, path: str) -> bool | None:
-    """True if `address` lies in this process's mapping of `path`; None if that cannot be told."""
-    span = mapping_of(path)
-    if span is None:
+    """True if `address` lies in this process's mapping of `path`, False if not (or if `path` is
+    not mapped at all); None without /proc (macOS), where it cannot be told."""
+    if not os.path.exists("/proc/self/maps"):
         return None
-    return span[0] <= address < span[1]
+    span = mapping_of(path)
+    return span is not None and span[0] <= address < span[1]
 
 
 def check(condition: bool, what: str) -> None:

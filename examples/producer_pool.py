@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import torch
+from _shm_check import check, inside
 
 import zcser
 
@@ -38,6 +39,8 @@ def consume(receivers: list[zcser.Receiver], batches: int) -> int:
     """Round-robin over the producers' channels until every one has closed; returns the count."""
     live = list(receivers)
     seen = 0
+    bad = 0
+    outside = 0
     while live:
         for rx in list(live):
             try:
@@ -46,16 +49,19 @@ def consume(receivers: list[zcser.Receiver], batches: int) -> int:
                 live.remove(rx)
                 continue
             x, rank = msg["x"], msg["rank"]
-            assert isinstance(x, torch.Tensor) and x.shape == (BATCH, CHANNELS, SIDE, SIDE)
-            assert float(x.min()) == float(x.max()) == rank * 1000 + msg["batch"]
-            assert bool((msg["y"] == rank).all())
+            ok = isinstance(x, torch.Tensor) and x.shape == (BATCH, CHANNELS, SIDE, SIDE)
+            ok = ok and float(x.min()) == float(x.max()) == rank * 1000 + msg["batch"]
+            bad += not (ok and bool((msg["y"] == rank).all()))
+            outside += inside(x.data_ptr(), f"/dev/shm/{rx.name}") is False
             seen += 1
             del msg, x  # the frame goes back to the producer here
-    assert seen == len(receivers) * batches, (seen, len(receivers), batches)
+    check(bad == 0, "every batch holds the values its producer wrote")
+    check(outside == 0, "every batch is read in place, inside its channel's shared memory")
+    check(seen == len(receivers) * batches, f"all {len(receivers) * batches} batches arrived")
     return seen
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--producers", type=int, default=3)
     parser.add_argument("--batches", type=int, default=20)
@@ -87,7 +93,9 @@ def main() -> None:
                 proc.kill()
         for rx in receivers:
             rx.close()
+    check(all(proc.exitcode == 0 for proc in procs), "every producer exited cleanly")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

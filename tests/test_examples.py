@@ -36,10 +36,6 @@ def _scripts() -> list[str]:
     return sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 
 
-# Scripts without options (they take no --help).
-NO_OPTIONS = {"quickstart.py"}
-
-
 def run_example(script: str, args: list[str]) -> subprocess.CompletedProcess[str]:
     """Run `python examples/SCRIPT ARGS` from the repository root, as the docs say; then check
     that channels it named itself (`zcser.channel()`: zcser-PID-...) left nothing behind."""
@@ -78,7 +74,7 @@ def test_example_runs_and_passes_its_checks(script: str) -> None:
     assert "Traceback" not in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("script", sorted(set(_scripts()) - NO_OPTIONS))
+@pytest.mark.parametrize("script", _scripts())
 def test_example_help_describes_it(script: str) -> None:
     result = run_example(script, ["--help"])
     assert result.returncode == 0, result.stderr
@@ -114,5 +110,6 @@ def test_address_check_tells_inside_from_outside(tmp_path: Path) -> None:
             assert inside(address, str(path)) is True
             assert inside(address + mmap.PAGESIZE, str(path)) is False
             assert inside(id(path), str(path)) is False
+            assert inside(address, str(tmp_path / "not-mapped")) is False
     finally:
         sys.path.remove(str(EXAMPLES))
