@@ -194,3 +194,10 @@ def test_getting_started_example_runs_and_prints_what_it_says(tmp_path: Path) ->
     result = _run_snippet(code, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["0 0.0 False", "1 1.0 False", "2 2.0 False"]
+
+
+def test_network_example_runs_and_prints_what_it_says(tmp_path: Path) -> None:
+    code = _python_blocks(REPO / "docs" / "network.md")[0]
+    result = _run_snippet(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["1 (10000000,) False"]

@@ -245,8 +245,9 @@ class NetReceiver:
     (connects to a "pub" sender). The largest message is `capacity // 2` bytes, as for shm
     channels; larger ones raise MessageTooLarge. A single frame larger than that plus the
     metadata block is never allocated: ZeroMQ closes that sender's connection for good, and
-    the receiver sees it gone (WriterDead if it was the only one). `min_align`: see the module
-    docstring.
+    the receiver sees it gone (WriterDead if it was the only one). `min_align`: a buffer whose
+    address is not a multiple of it is copied once; 8 (default) keeps libzmq's frames zero-copy,
+    64 (the format's alignment) copies every buffer (docs/network.md).
     `metadata_size` and `spin` are accepted for shm-channel code and unused.
     """
 
