@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-Row = dict[str, Any]
+from zcser._bench_channel import Row, _row
+
 MB = 10**6
 WAIT = 120.0
 SMALL = {"id": 12345, "t": 1.5, "name": "sensor-01", "ok": True, "tags": [1, 2, 3]}
@@ -186,17 +187,6 @@ def _pickle_rate(count: int) -> float:
 
 
 # --- the section ---------------------------------------------------------------------------------
-
-
-def _row(case: str, zcser_us: float, peer: str, peer_us: float, note: str = "") -> Row:
-    return {
-        "case": case,
-        "zcser_us": zcser_us,
-        "peer": peer,
-        "peer_us": peer_us,
-        "ratio": zcser_us / peer_us,
-        "note": note,
-    }
 
 
 def bench_net(quick: bool) -> list[Row]:
