@@ -42,6 +42,7 @@ _HEADER_SIZE = HEADER.size
 _ENTRY_SIZE = ENTRY.size
 _DIGEST_SIZE = DIGEST.size
 _unpack_header = HEADER.unpack_from
+_unpack_entry = ENTRY.unpack_from
 
 
 class Message(NamedTuple):
@@ -106,7 +107,8 @@ def place(
         return offsets, cursor
     fixed = fixed or {}
     taken = list(reserved)
-    taken.extend((off, off + lengths[i]) for i, off in fixed.items())
+    for i, off in fixed.items():
+        taken.append((off, off + lengths[i]))
     cursor = head
     for start, end in taken:
         if start < head:
@@ -236,8 +238,10 @@ def _parse(mv: memoryview, whole: bool) -> Message:
     if count == 0:
         buffers = []
     elif count == 1:
-        buffers = [ENTRY.unpack_from(mv, TABLE_START)]
-        _check_buffers(buffers, inband_end, total)
+        off, n = _unpack_entry(mv, TABLE_START)
+        if off < inband_end or off + n > total:
+            raise _outside(off, n, inband_end, total)
+        buffers = [(off, n)]
     else:
         flat = _u64s(2 * count).unpack_from(mv, TABLE_START)
         buffers = list(zip(flat[0::2], flat[1::2], strict=True))
@@ -246,21 +250,18 @@ def _parse(mv: memoryview, whole: bool) -> Message:
     return Message(flags, inband_start, inband_end, buffers, digests, total)
 
 
+def _outside(off: int, n: int, inband_end: int, total: int) -> CorruptMessage:
+    return CorruptMessage(
+        f"buffer [{off}, {off + n}) lies outside the data area [{inband_end}, {total})"
+    )
+
+
 def _check_buffers(buffers: list[tuple[int, int]], inband_end: int, total: int) -> None:
     """Buffers lie in [inband_end, total), do not overlap and share one alignment base."""
-    if len(buffers) == 1:
-        off, n = buffers[0]
-        if off < inband_end or off + n > total:
-            raise CorruptMessage(
-                f"buffer [{off}, {off + n}) lies outside the data area [{inband_end}, {total})"
-            )
-        return
     phase = None
     for off, n in buffers:
         if off < inband_end or off + n > total:
-            raise CorruptMessage(
-                f"buffer [{off}, {off + n}) lies outside the data area [{inband_end}, {total})"
-            )
+            raise _outside(off, n, inband_end, total)
         if phase is None:
             phase = off % ALIGN
         elif off % ALIGN != phase:

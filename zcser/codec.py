@@ -399,7 +399,9 @@ class Codec:
             phase = msg.buffers[0][0] % _message.ALIGN
             if (_address(root) + phase) % _message.ALIGN:
                 root = _aligned_copy(root, phase, writable)
-        views = [root[off : off + n] for off, n in msg.buffers]
+        views = []
+        for off, n in msg.buffers:
+            views.append(root[off : off + n])
         return self._deserialize(msg, root, views, copy, writable)
 
     def decode_parts(
