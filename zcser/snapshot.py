@@ -10,10 +10,12 @@ docs/format.md, "Snapshot files").
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import struct
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 
@@ -295,20 +297,41 @@ def load(
         raise UsageError(f'mode must be "r", "c" or "copy", got {mode!r}')
     codec = codec or _default_codec()
     path = os.fspath(path)
+    return _decode(memoryview(_open(path, mode)), path, mode, verify, codec)
+
+
+def _open(path: str, mode: Mode) -> Any:
+    """The file's mapping (or private copy); its errors become CorruptSnapshot naming the file."""
     try:
-        mm = open_mapping(path, mode)
+        return open_mapping(path, mode)
     except SnapshotFileError as exc:
         raise CorruptSnapshot(f"{path}: {exc}") from None
-    return _decode(memoryview(mm), path, mode, verify, codec)
+
+
+@contextlib.contextmanager
+def _mapped(path: str) -> Iterator[tuple[memoryview, Header]]:
+    """The file mapped read-only with its parsed header, for inspection; unmapped at the end."""
+    mm = _open(path, "r")
+    mv = memoryview(mm)
+    try:
+        yield mv, _parse_file(mv, path)
+    finally:
+        mv.release()
+        mm.close()
+
+
+def _verify(mv: memoryview, header: Header, segments: list[Segment], path: str) -> None:
+    """verify_segments, with the file named in the error."""
+    try:
+        verify_segments(mv, header, segments)
+    except CorruptSnapshot as exc:
+        raise CorruptSnapshot(f"{path}: {exc}") from None
 
 
 def _decode(mv: memoryview, path: str, mode: Mode, verify: bool, codec: Codec) -> Any:
     header = _parse_file(mv, path)
     codec.check_schema(header.meta["schema"])
-    try:
-        verify_segments(mv, header, header.segments if verify else header.segments[:1])
-    except CorruptSnapshot as exc:
-        raise CorruptSnapshot(f"{path}: {exc}") from None
+    _verify(mv, header, header.segments if verify else header.segments[:1], path)
     message = mv[header.message_offset : header.file_len]
     try:
         return codec.decode(message, writable=mode != "r")
@@ -321,13 +344,7 @@ def _decode(mv: memoryview, path: str, mode: Mode, verify: bool, codec: Codec) -
 def snapshot_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What a snapshot holds, read from its headers without decoding: versions, sizes, layout."""
     path = os.fspath(path)
-    try:
-        mm = open_mapping(path, "r")
-    except SnapshotFileError as exc:
-        raise CorruptSnapshot(f"{path}: {exc}") from None
-    mv = memoryview(mm)
-    try:
-        header = _parse_file(mv, path)
+    with _mapped(path) as (mv, header):
         message = mv[header.message_offset : header.file_len]
         try:
             msg = _message.parse(message)
@@ -335,9 +352,6 @@ def snapshot_info(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise CorruptSnapshot(f"{path}: {exc}") from exc
         finally:
             message.release()
-    finally:
-        mv.release()
-        mm.close()
     base = header.message_offset
     return {
         "path": path,
@@ -362,22 +376,10 @@ def snapshot_info(path: str | os.PathLike[str]) -> dict[str, Any]:
 def verify_file(path: str | os.PathLike[str]) -> None:
     """Check the header and every segment digest of a snapshot without decoding it."""
     path = os.fspath(path)
-    try:
-        mm = open_mapping(path, "r")
-    except SnapshotFileError as exc:
-        raise CorruptSnapshot(f"{path}: {exc}") from None
-    mv = memoryview(mm)
-    try:
-        header = _parse_file(mv, path)
+    with _mapped(path) as (mv, header):
         if header.algorithm is None:
             raise CorruptSnapshot(f"{path}: saved with checksum=False, nothing to verify")
-        try:
-            verify_segments(mv, header, header.segments)
-        except CorruptSnapshot as exc:
-            raise CorruptSnapshot(f"{path}: {exc}") from None
-    finally:
-        mv.release()
-        mm.close()
+        _verify(mv, header, header.segments, path)
 
 
 def _cmd(args: argparse.Namespace) -> int:
