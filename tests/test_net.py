@@ -259,6 +259,23 @@ def test_receiver_cannot_be_pickled_and_options_are_checked() -> None:
         NetSender("udp://127.0.0.1:9")
 
 
+def test_empty_is_an_aligned_array_and_refuses_what_shm_channels_refuse() -> None:
+    with zcser.Receiver(LOOPBACK) as rx, zcser.Sender(rx.name) as tx:
+        arr = tx.empty((3, 5000), np.complex64)
+        assert arr.shape == (3, 5000) and arr.dtype == np.complex64
+        assert arr.ctypes.data % _message.ALIGN == 0 and arr.flags.writeable
+        arr[:] = 2 + 1j
+        tx.send({"arr": arr})
+        np.testing.assert_array_equal(rx.recv(timeout=WAIT)["arr"], np.full((3, 5000), 2 + 1j))
+        for shape, dtype, words in [
+            (-1, np.uint8, "sizes >= 0"),
+            ((2, "x"), np.uint8, "shape of ints"),
+            (4, object, "plain dtype"),
+        ]:
+            with pytest.raises(errors.UsageError, match=words):
+                tx.empty(shape, dtype)
+
+
 # --- between processes -------------------------------------------------------------------------------
 
 

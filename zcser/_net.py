@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,15 @@ import numpy as np
 from transports import errors as terr
 from zcser import _message, errors
 from zcser._lease import Lease, Message
-from zcser.channel import DEFAULT_CAPACITY, METADATA_SIZE, _translate, check_stream, stream_schema
+from zcser.channel import (
+    DEFAULT_CAPACITY,
+    METADATA_SIZE,
+    _plain_dtype,
+    _shape,
+    _translate,
+    check_stream,
+    stream_schema,
+)
 from zcser.codec import Codec, _address
 
 try:
@@ -144,16 +153,13 @@ class NetSender:
         """A new uninitialised 64-byte-aligned array; on the network every array is sent without
         a copy, so this is only an aligned allocation (API parity with shm channels)."""
         self._check_open()
-        dt = np.dtype(dtype)
-        if dt.hasobject:
-            raise errors.UsageError(
-                f"empty() needs a plain dtype, not {dt} (objects hold pointers)"
-            )
-        dims = (shape,) if isinstance(shape, int) else tuple(shape)
-        nbytes = int(np.prod(dims, dtype=np.int64)) * dt.itemsize
+        dt = _plain_dtype(dtype)
+        dims = _shape(shape)
+        nbytes = math.prod(dims) * dt.itemsize
         raw = np.empty(nbytes + _message.ALIGN, np.uint8)
         skip = -raw.ctypes.data % _message.ALIGN
-        return raw[skip : skip + nbytes].view(dt).reshape(dims)
+        array: np.ndarray = raw[skip : skip + nbytes].view(dt).reshape(dims)
+        return array
 
     def stats(self) -> NetSenderStats:
         """Counters (see NetSenderStats)."""

@@ -167,6 +167,15 @@ def _shape(shape: Any) -> tuple[int, ...]:
     return dims
 
 
+def _plain_dtype(dtype: Any) -> np.dtype[Any]:
+    """`dtype` as a numpy dtype without Python objects (UsageError otherwise): empty() memory
+    is sent as bytes, and object pointers mean nothing in another process."""
+    dt: np.dtype[Any] = np.dtype(dtype)
+    if dt.hasobject:
+        raise errors.UsageError(f"empty() needs a plain dtype, not {dt} (objects hold pointers)")
+    return dt
+
+
 def _too_large(nbytes: int, capacity: int) -> errors.MessageTooLarge:
     return errors.MessageTooLarge(
         f"a message of {nbytes} bytes is larger than half the channel's {capacity}-byte ring "
@@ -407,11 +416,7 @@ class Sender:
         message, with no copy. Several arrays (any dtypes) may go into one message. Blocks for
         ring space like send(). After that send the array is read-only."""
         self._check_open()
-        dt = np.dtype(dtype)
-        if dt.hasobject:
-            raise errors.UsageError(
-                f"empty() needs a plain dtype, not {dt} (objects hold pointers)"
-            )
+        dt = _plain_dtype(dtype)
         dims = _shape(shape)
         count = math.prod(dims)
         nbytes = count * dt.itemsize
