@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import importlib
 import io
-import os
 import re
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import griffe
 import pytest
+from fixtures.procs import run_python
 
 from zcser.__main__ import build_parser, main, subcommands
 
@@ -153,24 +153,7 @@ def _python_blocks(path: Path) -> list[str]:
 def _run_snippet(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "snippet.py"
     script.write_text(code)
-    with subprocess.Popen(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            pytest.fail(f"snippet did not finish:\n{out}\n{err}")
-    auto = f"zcser-{proc.pid}-"
-    left = [n for d in ("/dev/shm", "/tmp/zerobuffer") if os.path.isdir(d) for n in os.listdir(d)]
-    assert not [n for n in left if auto in n], "the snippet left its channel behind"
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run_python([str(script)], tmp_path, TIMEOUT)
 
 
 def test_readme_starts_with_the_two_commands() -> None:

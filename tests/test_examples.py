@@ -8,13 +8,13 @@ sees anything an example leaves behind.
 from __future__ import annotations
 
 import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import unique_name
+from fixtures.procs import run_python
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -37,27 +37,9 @@ def _scripts() -> list[str]:
 
 
 def run_example(script: str, args: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run `python examples/SCRIPT ARGS` from the repository root, as the docs say; then check
-    that channels it named itself (`zcser.channel()`: zcser-PID-...) left nothing behind."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "error::ResourceWarning"}
-    with subprocess.Popen(
-        [sys.executable, str(EXAMPLES / script), *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            pytest.fail(f"{script} did not finish in {TIMEOUT} s:\n{out}\n{err}")
-    auto = f"zcser-{proc.pid}-"
-    left = [n for d in ("/dev/shm", "/tmp/zerobuffer") if os.path.isdir(d) for n in os.listdir(d)]
-    assert not [n for n in left if auto in n], f"{script} left {auto}* behind"
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    """Run `python examples/SCRIPT ARGS` from the repository root, as the docs say."""
+    warnings = {"PYTHONWARNINGS": "error::ResourceWarning"}
+    return run_python([str(EXAMPLES / script), *args], REPO, TIMEOUT, warnings)
 
 
 def test_every_example_has_quick_arguments() -> None:
