@@ -384,14 +384,29 @@ class _ReaderCore:
         # The writer posts before it detaches, so a post seen now is a frame still to read.
         if _shm.try_acquire(self.sem_w, 0):
             return True
-        if pid and _U64.unpack_from(mm, L.OFF_WRITTEN_COUNT)[0] != self.ring.count:
-            # Killed between publishing a frame in the OIEB and posting it: read that frame,
-            # unless a new writer took over meanwhile (its frames come with their posts).
+        if self.published_unread():
+            # Killed after moving write_pos past a complete frame but before posting it: read
+            # that frame, unless a new writer took over meanwhile (its frames come with posts).
             return bool(_U64.unpack_from(mm, L.OFF_WRITER_PID)[0] == pid)
         raise WriterDead(
             f"buffer {self.name!r}: {why} and every frame it published has been read. "
             "A new Writer may connect to the same buffer; read() again to wait for it."
         )
+
+    def published_unread(self) -> bool:
+        """Whether the OIEB's write_pos is past our read position: a complete frame is there.
+        Positions, not counters: the counter is stored after write_pos, so a writer killed
+        between the two leaves counters that would later point at stale bytes."""
+        size = self.ring.size
+        write_pos = _U64.unpack_from(self.mm, L.OFF_WRITE_POS)[0]
+        read_pos = self.ring.read_pos
+        if write_pos > size:
+            return False
+        if size - write_pos < _HDR:
+            write_pos = 0
+        if size - read_pos < _HDR:
+            read_pos = 0
+        return write_pos != read_pos
 
     def no_frame(self, timeout: float | None) -> None:
         pid = _U64.unpack_from(self.mm, L.OFF_WRITER_PID)[0]
@@ -1041,9 +1056,11 @@ class Writer:
 
 def _check_attach(name: str, mm: mmap.mmap) -> tuple[int, int]:
     """PROTOCOL.md writer attach checks. Returns (M, P)."""
-    oieb_size, major, _minor, _patch, _ = L.HEAD.unpack_from(mm, 0)
+    # reader_pid first: the reader stores it last, so once it is set the rest is complete;
+    # while it is 0 a half-written OIEB means the buffer is still being created.
     reader_pid = _U64.unpack_from(mm, L.OFF_READER_PID)[0]
-    if oieb_size == 0 and reader_pid == 0:
+    oieb_size, major, _minor, _patch, _ = L.HEAD.unpack_from(mm, 0)
+    if reader_pid == 0 and (oieb_size, major) != (L.OIEB_SIZE, L.VERSION[0]):
         raise BufferNotFound(f"buffer {name!r} is still being created; retry in a moment")
     if oieb_size != L.OIEB_SIZE:
         raise IncompatibleBuffer(
