@@ -1260,3 +1260,49 @@ def test_atomic_word_adds_exactly_across_processes(shm_name: str) -> None:
     finally:
         mm.close()
         _shm.unlink_shm(shm_name)
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has exited and been reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("posted_count", [False, True])
+def test_writer_killed_after_moving_write_pos_but_before_posting(
+    shm_name: str, posted_count: bool
+) -> None:
+    """The kill windows between 'write_pos stored' and 'sem-w posted': the complete frame is read,
+    then WriterDead; a new writer's first frame comes next (nothing stale, nothing lost)."""
+    with Reader(shm_name, BufferConfig(0, 4096), timeout=1.0) as r:
+        w = Writer(shm_name, timeout=1.0)
+        w.write(b"first")
+        with r.read() as f:
+            assert bytes(f.data) == b"first"
+        raw = open(f"/dev/shm/{shm_name}", "r+b")
+        view = mmap.mmap(raw.fileno(), 0)
+        try:
+            base = L.OIEB_SIZE
+            pos = L.U64.unpack_from(view, L.OFF_WRITE_POS)[0]
+            free = L.U64.unpack_from(view, L.OFF_PAYLOAD_FREE)[0]
+            L.U64.pack_into(view, L.OFF_PAYLOAD_FREE, free - L.HEADER_SIZE - 6)
+            L.HEADER.pack_into(view, base + pos, 6, 2)
+            view[base + pos + L.HEADER_SIZE : base + pos + L.HEADER_SIZE + 6] = b"second"
+            L.U64.pack_into(view, L.OFF_WRITE_POS, pos + L.HEADER_SIZE + 6)
+            if posted_count:
+                count = L.U64.unpack_from(view, L.OFF_WRITTEN_COUNT)[0]
+                L.U64.pack_into(view, L.OFF_WRITTEN_COUNT, count + 1)
+            w._closed = True  # the process "died": no close(), no post
+            L.U64.pack_into(view, L.OFF_WRITER_PID, _dead_pid())
+        finally:
+            view.close()
+            raw.close()
+        with r.read() as f:
+            assert bytes(f.data) == b"second" and f.sequence == 2
+        with pytest.raises(E.WriterDead):
+            r.read()
+        with Writer(shm_name, timeout=1.0) as w2:
+            w2.write(b"third")
+            with r.read() as f:
+                assert bytes(f.data) == b"third" and f.sequence == 1
