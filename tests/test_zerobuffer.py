@@ -1280,9 +1280,10 @@ def test_writer_killed_after_moving_write_pos_but_before_posting(
         w.write(b"first")
         with r.read() as f:
             assert bytes(f.data) == b"first"
-        raw = open(f"/dev/shm/{shm_name}", "r+b")
-        view = mmap.mmap(raw.fileno(), 0)
-        try:
+        with (
+            open(f"/dev/shm/{shm_name}", "r+b") as raw,
+            mmap.mmap(raw.fileno(), 0) as view,
+        ):
             base = L.OIEB_SIZE
             pos = L.U64.unpack_from(view, L.OFF_WRITE_POS)[0]
             free = L.U64.unpack_from(view, L.OFF_PAYLOAD_FREE)[0]
@@ -1295,9 +1296,6 @@ def test_writer_killed_after_moving_write_pos_but_before_posting(
                 L.U64.pack_into(view, L.OFF_WRITTEN_COUNT, count + 1)
             w._closed = True  # the process "died": no close(), no post
             L.U64.pack_into(view, L.OFF_WRITER_PID, _dead_pid())
-        finally:
-            view.close()
-            raw.close()
         with r.read() as f:
             assert bytes(f.data) == b"second" and f.sequence == 2
         with pytest.raises(E.WriterDead):
