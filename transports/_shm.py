@@ -323,6 +323,12 @@ def check_space(name: str, needed: int) -> None:
         raise _shm_full(name, needed, available)
 
 
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+"""Map every page up front (Linux): the ring's pages are then zeroed and mapped at creation and
+attach, not one fault per 4 KiB during the first lap of sends (measured: an 8 MiB copy into
+fresh pages 3.9 ms, into populated ones 0.9 ms; populating 256 MiB costs ~125 ms once)."""
+
+
 def create_shm(name: str, size: int) -> mmap.mmap:
     """Create shm NAME exclusively (mode 0600), reserve its pages and map it. Raises
     FileExistsError if it exists, ShmFullError if the pages cannot be reserved. On failure
@@ -344,7 +350,7 @@ def create_shm(name: str, size: int) -> mmap.mmap:
                 raise
         else:  # pragma: no cover - macOS
             os.ftruncate(shm.fd, size)
-        return mmap.mmap(shm.fd, size)
+        return mmap.mmap(shm.fd, size, flags=_MAP_FLAGS)
     except BaseException:
         with contextlib.suppress(posix_ipc.Error):
             shm.unlink()
@@ -374,7 +380,7 @@ def open_shm(name: str) -> mmap.mmap:
                 f"buffer {name!r} is {size} bytes, smaller than its 128-byte header; it is "
                 "being created or is not a ZeroBuffer. Retry, or remove it."
             )
-        return mmap.mmap(shm.fd, size)
+        return mmap.mmap(shm.fd, size, flags=_MAP_FLAGS)
     finally:
         with contextlib.suppress(posix_ipc.Error, OSError):
             shm.close_fd()
