@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import pickle
 import signal
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import psutil
 import pytest
 from conftest import unique_name
+from fixtures.maps import shm_span
+from fixtures.procs import child
 
 import zcser
 from transports.zerobuffer import Writer
@@ -26,42 +25,9 @@ WAIT = 30.0  # seconds: a bug fails the test instead of hanging it
 MIB = 1 << 20
 
 
-def shm_span(name: str) -> tuple[int, int]:
-    """(start, end) of this process's mapping of the channel's shm, from /proc/self/maps."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if line.rstrip().endswith(f"/dev/shm/{name}"):
-                lo, hi = line.split()[0].split("-")
-                return int(lo, 16), int(hi, 16)
-    raise AssertionError(f"{name} is not mapped in this process")
-
-
 def inside(array: np.ndarray, span: tuple[int, int]) -> bool:
     start = array.ctypes.data
     return span[0] <= start and start + array.nbytes <= span[1]
-
-
-@contextmanager
-def child(
-    target: Callable[..., None], *args: Any, method: str = "fork"
-) -> Iterator[tuple[mp.process.BaseProcess, Any]]:
-    """Run target(queue, *args) in a real process; yields (process, queue); always reaped."""
-    ctx = mp.get_context(method)
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(queue, *args), daemon=True)
-    proc.start()
-    try:
-        yield proc, queue
-    except BaseException:
-        proc.kill()
-        raise
-    finally:
-        proc.join(WAIT)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(WAIT)
-            raise AssertionError("child process did not finish")
-        queue.close()
 
 
 # --- child processes -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 import torch
 from conftest import unique_name
+from fixtures.maps import shm_span
 
 import zcser
 
@@ -96,15 +97,6 @@ def _producer(queue: Any, make_tx: zcser.SenderFactory) -> None:
     queue.put("done")
 
 
-def shm_span(name: str) -> tuple[int, int]:
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if line.rstrip().endswith(f"/dev/shm/{name}"):
-                lo, hi = line.split()[0].split("-")
-                return int(lo, 16), int(hi, 16)
-    raise AssertionError(f"{name} is not mapped")
-
-
 def check(family: str, want: Any, got: Any, span: tuple[int, int]) -> None:
     """Equal values, and the big data parts inside the shm mapping (zero-copy)."""
 
@@ -143,7 +135,7 @@ def check(family: str, want: Any, got: Any, span: tuple[int, int]) -> None:
 
 def test_every_type_family_across_processes() -> None:
     make_tx, rx = zcser.channel(unique_name("t"), capacity=32 * MIB, codec=make_codec())
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fork hangs once an earlier test ran torch's thread pool
     queue = ctx.Queue()
     proc = ctx.Process(target=_producer, args=(queue, make_tx), daemon=True)
     proc.start()

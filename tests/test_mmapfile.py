@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import unique_name
+from fixtures.maps import mappings
 
 from transports.errors import FileSpaceError, SnapshotFileError
 from transports.mmapfile import (
@@ -31,13 +32,6 @@ from transports.mmapfile import (
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT = 60
-
-
-def _mapped(path: Path) -> bool:
-    """Whether this process has `path` mapped (read from /proc/self/maps)."""
-    name = str(path.resolve())
-    with open("/proc/self/maps") as maps:
-        return any(line.rstrip("\n").endswith(name) for line in maps)
 
 
 def _open_files() -> set[str]:
@@ -275,7 +269,7 @@ def test_copy_on_write_mapping_is_writable_but_private(sample: Path) -> None:
 def test_copy_mode_reads_into_private_memory_and_closes_the_file(sample: Path) -> None:
     expected = sample.read_bytes()
     mm = open_mapping(sample, "copy")
-    assert not _mapped(sample)
+    assert not mappings(sample)
     assert str(sample) not in _open_files()
     sample.unlink()
     assert mm[:] == expected
@@ -288,11 +282,11 @@ def test_mapping_lives_while_a_view_lives_and_unmaps_after(sample: Path) -> None
     view = memoryview(mm)[mmap.PAGESIZE :]
     del mm
     gc.collect()
-    assert _mapped(sample)
+    assert mappings(sample)
     assert bytes(view[:6]) == (b"abc" * mmap.PAGESIZE)[mmap.PAGESIZE : mmap.PAGESIZE + 6]
     del view
     gc.collect()
-    assert not _mapped(sample)
+    assert not mappings(sample)
 
 
 def test_unknown_mode_and_empty_file_are_refused(tmp_path: Path, sample: Path) -> None:

@@ -6,14 +6,11 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import multiprocessing as mp
 import os
 import pickle
 import signal
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ import pyarrow as pa
 import pytest
 import torch
 import zmq
+from fixtures.procs import child
 
 import zcser
 from transports import _zmqwire as wire
@@ -33,26 +31,6 @@ from zcser.channel import stream_schema
 WAIT = 30.0
 MIB = 1 << 20
 LOOPBACK = "tcp://127.0.0.1:0"
-
-
-@contextmanager
-def child(
-    target: Callable[..., None], *args: Any, method: str = "fork"
-) -> Iterator[tuple[Any, Any]]:
-    """target(queue, *args) in a real process; yields (process, queue); always reaped.
-    Use "spawn" once this process has run torch (its thread pool does not survive fork)."""
-    ctx = mp.get_context(method)
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(queue, *args), daemon=True)
-    proc.start()
-    try:
-        yield proc, queue
-    finally:
-        proc.join(WAIT)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(WAIT)
-            raise AssertionError("child process did not finish")
 
 
 def families() -> dict[str, Any]:

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pytest
 import torch
 from conftest import unique_name
+from fixtures.maps import mappings
 
 import zcser
 from transports.mmapfile import remove_stale_temp_files
@@ -37,18 +38,6 @@ from zcser.errors import (
 REPO = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT = 60
 BIG = 1 << 16
-
-
-def _maps(path: Path) -> list[tuple[int, int]]:
-    """Address ranges of this process's mappings of `path` (from /proc/self/maps)."""
-    name = str(path.resolve())
-    ranges = []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if line.rstrip("\n").endswith(name):
-                start, end = line.split()[0].split("-")
-                ranges.append((int(start, 16), int(end, 16)))
-    return ranges
 
 
 def _inside(address: int, nbytes: int, ranges: list[tuple[int, int]]) -> bool:
@@ -109,7 +98,7 @@ def test_round_trip_every_type_family_zero_copy_into_the_mapping(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     got = zcser.load(path)
     _assert_same(got, family)
-    ranges = _maps(path)
+    ranges = mappings(path)
     assert ranges
     for key in ("f64", "i8", "bool", "c128", "f16_fortran", "structured"):
         arr = got[key]
@@ -151,7 +140,7 @@ def test_snapshot_info_describes_the_file(path: Path) -> None:
     json.dumps(info)
     zcser.save(obj, path, checksum=False)
     assert zcser.snapshot_info(path)["checksum"]["algorithm"] is None
-    assert not _maps(path)
+    assert not mappings(path)
 
 
 def test_read_only_mode_refuses_writes(path: Path) -> None:
@@ -165,7 +154,7 @@ def test_copy_on_write_mode_is_writable_and_never_reaches_the_file(path: Path) -
     zcser.save({"a": np.zeros(BIG), "t": torch.zeros(BIG), "b": bytes(BIG)}, path)
     before = path.read_bytes()
     got = zcser.load(path, mode="c")
-    ranges = _maps(path)
+    ranges = mappings(path)
     assert _inside(got["a"].ctypes.data, got["a"].nbytes, ranges)
     got["a"][:] = 7.0
     got["t"][:] = 3.0
@@ -180,7 +169,7 @@ def test_copy_mode_closes_the_file_and_survives_its_deletion(path: Path) -> None
     obj = {"a": np.arange(BIG, dtype=np.float64), "table": pa.table({"x": np.arange(BIG)})}
     zcser.save(obj, path)
     got = zcser.load(path, mode="copy", verify=True)
-    assert not _maps(path)
+    assert not mappings(path)
     path.unlink()
     gc.collect()
     np.testing.assert_array_equal(got["a"], obj["a"])
@@ -195,11 +184,11 @@ def test_mapping_lives_while_a_view_lives_then_the_file_can_be_replaced(path: Pa
     keep = got["b"][10:20]
     del got
     gc.collect()
-    assert _maps(path), "unmapped while a view is alive"
+    assert mappings(path), "unmapped while a view is alive"
     assert keep[0] == 2.0
     del keep
     gc.collect()
-    assert not _maps(path), "still mapped after the last view died"
+    assert not mappings(path), "still mapped after the last view died"
     zcser.save({"a": np.full(BIG, 5.0)}, path)
     assert zcser.load(path)["a"][0] == 5.0
 
@@ -208,7 +197,7 @@ def test_object_without_buffers_does_not_keep_the_file_mapped(path: Path) -> Non
     zcser.save({"x": [1, 2, 3], "s": "text"}, path)
     assert zcser.load(path) == {"x": [1, 2, 3], "s": "text"}
     gc.collect()
-    assert not _maps(path)
+    assert not mappings(path)
 
 
 def test_overwrite_while_old_snapshot_is_loaded_keeps_old_views_intact(path: Path) -> None:
