@@ -398,7 +398,7 @@ class _ReaderCore:
         Positions, not counters: the counter is stored after write_pos, so a writer killed
         between the two leaves counters that would later point at stale bytes."""
         size = self.ring.size
-        write_pos = _U64.unpack_from(self.mm, L.OFF_WRITE_POS)[0]
+        write_pos: int = _U64.unpack_from(self.mm, L.OFF_WRITE_POS)[0]
         read_pos = self.ring.read_pos
         if write_pos > size:
             return False
