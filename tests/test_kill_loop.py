@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import random
+import re
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -167,6 +170,26 @@ def _loop(once: Any, iterations: int, seed: int) -> dict[str, int]:
             raise
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return outcomes
+
+
+_GLIBC_TEMP = re.compile(r"^sem\.[A-Za-z0-9]{6}$")
+
+
+def _glibc_temps() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if _GLIBC_TEMP.match(n)}
+
+
+@pytest.fixture(autouse=True)
+def _remove_orphaned_sem_temps() -> Iterator[None]:
+    """glibc's sem_open builds a semaphore under a random `sem.XXXXXX` name and links it to the
+    real one; a child SIGKILLed inside that call leaves the temp file behind (nothing of ours
+    names it, so no stale cleanup can tell it from another program's). Killing children in the
+    middle of creation is this module's point, so it removes the orphans its kills made."""
+    before = _glibc_temps()
+    yield
+    for orphan in _glibc_temps() - before:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/dev/shm/{orphan}")
 
 
 def test_kill_writer_loop() -> None:
