@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --strict zcser/__init__.py zcser/channel.py zcser/codec.py zcser/snapshot.py transports/zerobuffer.py
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not soak"
