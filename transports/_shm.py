@@ -282,10 +282,15 @@ def cleanup_stale(is_orphan: Callable[[str], bool]) -> list[str]:
             if not _same_file(fd, Path(entry.path)):
                 continue
             if L.NAME_RE.fullmatch(name) and is_orphan(name):
-                unlink_shm(name)
-                unlink_semaphore(L.sem_w_name(name))
-                unlink_semaphore(L.sem_r_name(name))
-                cleaned.append(name)
+                # Count it only if something was there: a concurrent sweep may have removed
+                # the leftovers and a third process re-created the lock file meanwhile.
+                found = [
+                    unlink_shm(name),
+                    unlink_semaphore(L.sem_w_name(name)),
+                    unlink_semaphore(L.sem_r_name(name)),
+                ]
+                if any(found):
+                    cleaned.append(name)
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
         finally:
@@ -386,9 +391,13 @@ def open_shm(name: str) -> mmap.mmap:
             shm.close_fd()
 
 
-def unlink_shm(name: str) -> None:
-    with contextlib.suppress(posix_ipc.ExistentialError):
+def unlink_shm(name: str) -> bool:
+    """Unlink NAME's shm; False if it was already gone."""
+    try:
         posix_ipc.unlink_shared_memory(L.shm_name(name))
+    except posix_ipc.ExistentialError:
+        return False
+    return True
 
 
 def shm_exists(name: str) -> bool:
@@ -431,9 +440,13 @@ def open_semaphore(os_name: str) -> posix_ipc.Semaphore:
         ) from None
 
 
-def unlink_semaphore(os_name: str) -> None:
-    with contextlib.suppress(posix_ipc.ExistentialError):
+def unlink_semaphore(os_name: str) -> bool:
+    """Unlink a named semaphore; False if it was already gone."""
+    try:
         posix_ipc.unlink_semaphore(os_name)
+    except posix_ipc.ExistentialError:
+        return False
+    return True
 
 
 def close_semaphore(sem: posix_ipc.Semaphore) -> None:
