@@ -126,7 +126,12 @@ def _synced(saver: Callable[..., list[Path]], obj: dict[str, np.ndarray], path: 
 
 
 def _save_row(obj: dict[str, np.ndarray], total: int, tmp: Path, repeat: int) -> Row:
-    """Rounds interleave every variant once, so a burst of machine noise hits all of them."""
+    """Rounds interleave every variant once, so a burst of machine noise hits all of them.
+
+    Each variant starts from a clean page cache (`os.sync()` untimed): otherwise the variants
+    without fsync leave a gigabyte of dirty pages that the next variant's fsync pays for. The
+    order rotates each round so no variant always follows the same one.
+    """
     target = tmp / "snap.zcs"
     variants: dict[str, Callable[[], Any]] = {
         "zcser": partial(save, obj, target),
@@ -137,11 +142,14 @@ def _save_row(obj: dict[str, np.ndarray], total: int, tmp: Path, repeat: int) ->
         variants[f"{name}_sync"] = partial(_synced, saver, obj, path)
         variants[name] = partial(saver, obj, path)
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeat):
-        for name, fn in variants.items():
+    names = list(variants)
+    for round_ in range(repeat):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            os.sync()
             start = time.perf_counter()
-            fn()
+            variants[name]()
             times[name].append(time.perf_counter() - start)
+    os.sync()
     row: Row = {"case": f"save dict of {ARRAYS} float32 arrays, {total / MB:,.0f} MB (GB/s)"}
     row.update({name: total / statistics.median(t) / 1e9 for name, t in times.items()})
     best = max(v for k, v in row.items() if k.endswith("_sync"))
