@@ -178,6 +178,84 @@ def test_single_process_round_trip_every_byte(pair: tuple[Reader, Writer]) -> No
     assert field(r.name, L.OFF_WRITTEN_COUNT) == field(r.name, L.OFF_READ_COUNT)
 
 
+@pytest.mark.parametrize("backend", [_shm.COMPILED, _shm.LIBATOMIC])
+def test_read_small_copies_out_small_frames_and_keeps_ring_order(
+    shm_name: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small frames come back as bytes with their space already released, large ones as
+    Frames; held Frames keep every later small frame's space from going back (ring order),
+    wraps and withheld bytes included. At the end everything is free again."""
+    if backend == _shm.LIBATOMIC:
+        monkeypatch.setattr(_shm, "_compiled", None)
+    limit = 40
+    rng = random.Random(7)
+    with Reader(shm_name, BufferConfig(0, P_SMALL), timeout=2.0) as r, Writer(shm_name) as w:
+        held: list[Frame] = []
+        seq = 0
+        for _ in range(3000):
+            if held and (rng.random() < 0.3 or r.stats().free < P_SMALL // 2):
+                frame = held.pop(rng.randrange(len(held)))
+                frame.release()
+                continue
+            published = []
+            for _ in range(rng.randint(1, 3)):
+                n = rng.choice([1, 15, 16, limit, limit + 1, rng.randint(1, 120)])
+                if r.stats().free - sum(p + HDR for p in published) < 2 * (n + HDR) + 120:
+                    break
+                seq += 1
+                w.write(pattern(seq, n))
+                published.append(n)
+            for i, n in enumerate(published, start=seq - len(published) + 1):
+                got = r.read_small(limit)
+                if n <= limit:
+                    assert got == pattern(i, n)
+                else:
+                    assert isinstance(got, Frame)
+                    assert got.sequence == i
+                    assert bytes(got.data) == pattern(i, n)
+                    held.append(got)
+            if not held:
+                assert r.stats().free == P_SMALL  # nothing published: nothing withheld
+            else:
+                assert r.stats().free <= P_SMALL - sum(f.size + HDR for f in held)
+        for frame in held:
+            frame.release()
+        assert r.stats().free == P_SMALL
+        assert r.stats().frames_held == 0
+        assert seq > 1000
+
+
+def test_read_small_withholds_only_while_more_is_published(shm_name: str) -> None:
+    size = 64 * 1024  # withholds up to size // 64 bytes
+    with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:
+        for i in range(1, 6):
+            w.write(pattern(i, 20))
+        for i in range(1, 5):
+            assert r.read_small(64) == pattern(i, 20)
+            assert r.stats().free == size - 5 * (20 + HDR)  # withheld: more to read
+        assert r.read_small(64) == pattern(5, 20)
+        assert r.stats().free == size  # the last one gives everything back
+        for i in range(6, 6 + 40):
+            w.write(pattern(i, 20))
+        for i in range(6, 6 + 39):
+            assert r.read_small(64) == pattern(i, 20)
+            assert size - r.stats().free <= 40 * (20 + HDR)
+            assert size - r.stats().free - (6 + 39 - i) * (20 + HDR) < size // 64  # bounded
+        w.write(pattern(46, 20))
+        assert r.read_small(64) == pattern(45, 20)
+        assert 0 < size - r.stats().free - (20 + HDR) < size // 64  # 46 unread, some withheld
+        assert r.read_small(64) == pattern(46, 20)
+        assert r.stats().free == size
+        w.write(pattern(47, 20))
+        w.write(pattern(48, 20))
+        assert r.read_small(64) == pattern(47, 20)
+        assert r.stats().free == size - 2 * (20 + HDR)
+        assert r.read_small(64) == pattern(48, 20)
+        with pytest.raises(E.Timeout):
+            r.read_small(64, timeout=0)
+        assert r.stats().free == size
+
+
 def test_write_accepts_any_contiguous_buffer(pair: tuple[Reader, Writer]) -> None:
     r, w = pair
     arr = np.arange(10, dtype=np.float64)
@@ -1189,13 +1267,61 @@ def test_paths() -> None:
     )
 
 
-def test_missing_libatomic_is_a_clear_error(shm_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_atomics_is_a_clear_error(shm_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_shm, "_compiled", None)
     monkeypatch.setattr(_shm, "fetch_add", None)
+    assert _shm.atomics_backend() == ""
     with pytest.raises(E.AtomicsUnavailable, match="apt-get install libatomic1"):
         Reader(shm_name)
     with pytest.raises(E.AtomicsUnavailable):
         Writer(shm_name)
     assert not any(resources(shm_name).values())
+
+
+def test_compiled_atomics_are_built() -> None:
+    """The install compiles transports/_atomics.c (the fast path the benchmarks measure); if this
+    fails, the build could not find a C compiler and the ring runs on libatomic via ctypes."""
+    assert _shm.atomics_backend() == _shm.COMPILED
+    mm = mmap.mmap(-1, 64)
+    assert _shm.AtomicWord(_shm.address_of(mm)).backend == _shm.COMPILED
+    mm.close()
+
+
+def test_libatomic_fallback_when_not_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_shm, "_compiled", None)
+    assert _shm.atomics_backend() == _shm.LIBATOMIC
+    test_atomics_on_shared_memory()
+    mm = mmap.mmap(-1, 64)
+    word = _shm.AtomicWord(_shm.address_of(mm))
+    assert word.backend == _shm.LIBATOMIC
+    word.add(7)
+    word.sub(2)
+    assert L.U64.unpack_from(mm, 0)[0] == 5
+    del word
+    mm.close()
+
+
+def test_atomic_word_rejects_unknown_or_missing_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="unknown atomics backend"):
+        _shm.AtomicWord(8, backend="magic")
+    monkeypatch.setattr(_shm, "_compiled", None)
+    with pytest.raises(E.AtomicsUnavailable, match="not built"):
+        _shm.AtomicWord(8, backend=_shm.COMPILED)
+
+
+def test_compiled_atomics_check_their_arguments() -> None:
+    from transports import _atomics
+
+    with pytest.raises(ValueError, match="multiple of 8"):
+        _atomics.fetch_add(0, 1)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        _atomics.fetch_sub(12, 1)
+    with pytest.raises(TypeError, match="takes 2 arguments"):
+        _atomics.fetch_add(8)  # type: ignore[call-arg]
+    with pytest.raises(OverflowError):
+        _atomics.fetch_add(8, -1)
+    with pytest.raises(TypeError, match="takes 3 arguments"):
+        _atomics.compare_exchange(8, 1)  # type: ignore[call-arg]
 
 
 def test_atomics_on_shared_memory() -> None:
@@ -1227,11 +1353,11 @@ def test_pid_liveness() -> None:
     zombie.wait()
 
 
-def _add_many(address_holder: str, count: int) -> None:
+def _add_many(address_holder: str, count: int, backend: str) -> None:
     """Child: map the shared word and add 1 `count` times, then subtract 0 once."""
     mm = _shm.open_shm(address_holder)
     try:
-        word = _shm.AtomicWord(_shm.address_of(mm))
+        word = _shm.AtomicWord(_shm.address_of(mm), backend)
         for _ in range(count):
             word.add(1)
         word.sub(0)
@@ -1239,14 +1365,15 @@ def _add_many(address_holder: str, count: int) -> None:
         mm.close()
 
 
-def test_atomic_word_adds_exactly_across_processes(shm_name: str) -> None:
+@pytest.mark.parametrize("backend", [_shm.COMPILED, _shm.LIBATOMIC])
+def test_atomic_word_adds_exactly_across_processes(shm_name: str, backend: str) -> None:
     mm = _shm.create_shm(shm_name, 4096)
     try:
-        word = _shm.AtomicWord(_shm.address_of(mm))
+        word = _shm.AtomicWord(_shm.address_of(mm), backend)
         word.add(10**6)
         word.sub(1)
         ctx = mp.get_context("fork")
-        procs = [ctx.Process(target=_add_many, args=(shm_name, 20_000)) for _ in range(2)]
+        procs = [ctx.Process(target=_add_many, args=(shm_name, 20_000, backend)) for _ in range(2)]
         for proc in procs:
             proc.start()
         for _ in range(20_000):

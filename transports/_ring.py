@@ -131,6 +131,17 @@ class ReaderRing:
         self.held_bytes += total
         return token
 
+    def consume(self, total: int) -> int:
+        """Take the (checked) frame of `total` bytes at `read_pos` and release it at once, when
+        nothing is held: push() and release() in one step. Returns bytes to give back."""
+        if self.held or self._entries:
+            raise ValueError("consume() needs a ring with nothing held; use push() and release()")
+        pos = self.read_pos + total
+        self.read_pos = 0 if pos >= self.size else pos
+        self.count += 1
+        self._first += 1
+        return total
+
     def release(self, token: int) -> int:
         """Release a frame by token (any order). Returns bytes to give back now (in ring order)."""
         entries = self._entries

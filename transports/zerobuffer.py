@@ -91,6 +91,10 @@ yielding, a spin there measured ~5x slower round trips (the peer ran only after 
 POLL_INTERVAL = 0.05
 """Longest single blocking wait (seconds) before the peer's liveness is checked again."""
 
+_WITHHOLD_MAX = 64 * 1024
+"""Most bytes of small frames (`Reader.read_small`) a reader keeps before giving them back in one
+atomic add; never more than 1/64 of the ring, and only while more frames are published."""
+
 _HDR = L.HEADER_SIZE
 _U64 = L.U64
 _HEADER = L.HEADER
@@ -103,6 +107,7 @@ _OFF_WRITE_POS = L.OFF_WRITE_POS
 _OFF_WRITTEN_COUNT = L.OFF_WRITTEN_COUNT
 _OFF_READER_PID = L.OFF_READER_PID
 _OFF_PAYLOAD_FREE = L.OFF_PAYLOAD_FREE
+_SEM_VALUE = _shm.SEM_VALUE
 
 
 class _Unset(enum.Enum):
@@ -287,6 +292,8 @@ class _ReaderCore:
         self.deferred: list[int] = []  # tokens released while the lock was busy
         self.orphans: list[tuple[memoryview, memoryview, int]] = []  # dead frames, data in use
         self.ring = ReaderRing(payload_block)
+        self.withheld = 0  # bytes of small frames read and released, not yet given back
+        self.withhold_max = min(payload_block // 64, _WITHHOLD_MAX)
         self.expected = 1
         self.frames = 0
         self.bytes = 0
@@ -331,6 +338,9 @@ class _ReaderCore:
 
     def wait_frame(self, timeout: float | None, spin: int) -> None:
         """Take one sem-w post (one published frame), or raise WriterDead / Timeout."""
+        if self.withheld:
+            with self.lock:
+                self.give_back(0)
         sem = self.sem_w
         if _shm.SEM_VALUE:
             for i in range(spin):
@@ -419,8 +429,44 @@ class _ReaderCore:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def take_frame(self) -> Frame:
-        """Read the frame whose post was just taken (PROTOCOL.md 'frame read')."""
+    def take_small(self, limit: int) -> bytes | None:
+        """The common small read, inline: a frame of at most `limit` bytes, in sequence, before
+        the ring's end, with nothing held. None (nothing changed) sends the caller to take_frame,
+        which handles wraps, held frames, sequence gaps and corruption."""
+        lock = self.lock
+        if not lock.acquire(False):
+            return None
+        try:
+            ring = self.ring
+            pos = ring.read_pos
+            if self.closed or ring.held or ring.size - pos < _HDR:
+                return None
+            mm = self.mm
+            start = self.base + pos
+            n, seq = _HEADER.unpack_from(mm, start)
+            total = n + _HDR
+            if not 0 < n <= limit or seq != self.expected or total > ring.size - pos:
+                return None
+            start += _HDR
+            data = mm[start : start + n]
+            freed = self.withheld + ring.consume(total)
+            _pack_u64(mm, _OFF_READ_POS, ring.read_pos)
+            _pack_u64(mm, _OFF_READ_COUNT, ring.count)
+            self.expected = seq + 1
+            self.frames += 1
+            self.bytes += n
+            if freed >= self.withhold_max or not (_SEM_VALUE and self.sem_w.value):
+                self.withheld = 0
+                self.give_back(freed)
+            else:
+                self.withheld = freed
+            return data
+        finally:
+            lock.release()
+
+    def take_frame(self, limit: int = -1) -> Frame | bytes:
+        """Read the frame whose post was just taken (PROTOCOL.md 'frame read'). A frame of at
+        most `limit` data bytes is copied out and its space given back at once (bytes)."""
         with self.lock:
             if self.closed:
                 raise TransportClosed(f"reader of {self.name!r} is closed")
@@ -467,9 +513,22 @@ class _ReaderCore:
             self.expected = seq + 1
             self.frames += 1
             self.bytes += n
+            offset = base + pos + _HDR
+            if n <= limit:
+                data = mm[offset : offset + n]
+                freed += ring.release(token)
+                if freed:
+                    # Batched: while more frames are published the writer is not short of
+                    # them, so small frames' bytes go back together (one atomic add, not one
+                    # each); always at once when nothing more is published.
+                    self.withheld += freed
+                    if self.withheld >= self.withhold_max or not (_SEM_VALUE and self.sem_w.value):
+                        self.give_back(0)
+                if self.deferred:
+                    self.drain()
+                return data
             if freed:
                 self.give_back(freed)
-            offset = base + pos + _HDR
             frame = Frame(
                 self, token, self.ro[offset : offset + n], n, seq, offset, self.addr + offset
             )
@@ -480,10 +539,12 @@ class _ReaderCore:
     # -- releasing -------------------------------------------------------------------------------
 
     def give_back(self, freed: int) -> None:
-        """Return ring bytes to the writer and wake it. Called with the lock held."""
+        """Return ring bytes (and any withheld ones) to the writer and wake it. Called with the
+        lock held."""
         if self.closed:
             return
-        self.free.add(freed)
+        self.free.add(freed + self.withheld)
+        self.withheld = 0
         sem = self.sem_r
         # The writer waits on sem-r only when short of space and re-tests after every wake, so
         # one pending post is enough; capping the count keeps it far from SEM_VALUE_MAX.
@@ -646,6 +707,20 @@ class Reader:
 
     def read(self, timeout: TimeoutArg = _UNSET) -> Frame:
         """Next frame (blocks). Raises Timeout, WriterDead, SequenceError, CorruptBuffer."""
+        frame = self._next(timeout, -1)
+        assert type(frame) is Frame
+        return frame
+
+    def read_small(self, limit: int, timeout: TimeoutArg = _UNSET) -> Frame | bytes:
+        """Like read(), but a frame of at most `limit` data bytes comes back as a private bytes
+        copy whose ring space is already given back: no Frame, no release (small messages)."""
+        core = self._core
+        if not (core.closed or core.orphans) and core.broken is None and _shm.try_take(core.sem_w):
+            data = core.take_small(limit)
+            return core.take_frame(limit) if data is None else data
+        return self._next(timeout, limit)
+
+    def _next(self, timeout: TimeoutArg, limit: int) -> Frame | bytes:
         core = self._core
         if core.closed:
             raise TransportClosed(f"reader of {self.name!r} is closed; create a new Reader")
@@ -656,7 +731,7 @@ class Reader:
         if not _shm.try_take(core.sem_w):
             t = self._timeout if timeout is _UNSET else _check_timeout(timeout)
             core.wait_frame(t, self._spin)
-        return core.take_frame()
+        return core.take_frame(limit)
 
     @property
     def metadata(self) -> memoryview | None:
@@ -809,6 +884,30 @@ class Writer:
                 raise TypeError("write() needs a C-contiguous buffer; copy it first")
             n = view.nbytes
             data = view
+        ring = self._ring
+        pos = ring.write_pos
+        total = n + _HDR
+        mm = self._mm
+        if (
+            n > 0
+            and total <= ring.size - pos
+            and _unpack_u64(mm, _OFF_READER_PID)[0]
+            and self._P >= _unpack_u64(mm, _OFF_PAYLOAD_FREE)[0] >= total
+        ):
+            # The usual frame, inline: it fits before the ring's end and the space is free.
+            start = self._base + pos
+            mm[start + _HDR : start + total] = data
+            _HEADER.pack_into(mm, start, n, self._seq)
+            self._seq += 1
+            ring.write_pos = pos + total
+            self._written = (self._written + 1) & _U64_MAX
+            self._free.sub(total)
+            _pack_u64(mm, _OFF_WRITE_POS, pos + total)
+            _pack_u64(mm, _OFF_WRITTEN_COUNT, self._written)
+            _shm.post(self._sem_w)
+            self._frames += 1
+            self._bytes += n
+            return
         skip, pos = self._claim(n, timeout)
         start = self._base + pos + _HDR
         self._mm[start : start + n] = data

@@ -67,6 +67,11 @@ STREAM_FORMAT = "zcser-channel"
 STREAM_VERSION = 1
 
 _EOS = b"ZCSREOS\x00"
+_EOS_SIZE = len(_EOS)
+SMALL_MESSAGE = 16 * 1024
+"""Messages up to this size are copied out of the ring on receipt and their frame given back at
+once: a 16 KiB copy costs less than a frame's lease and release, and such a message (under the
+default codec threshold) carries no out-of-band buffer, so nothing decoded would pin it anyway."""
 """End-of-stream frame written by Sender.close(); shorter than any message header."""
 
 _ALIGN = _message.ALIGN
@@ -274,11 +279,14 @@ class Sender:
         """Send `obj` as one message. Blocks while the ring is full: `timeout` seconds (None: as
         long as the receiver lives; 0: one try, to drop messages) then BufferFull."""
         self._check_open()
-        plan = self.codec.plan(obj)
         if self._res is not None:
-            used = self._send_reserved(plan, timeout)
-        elif not plan.buffers:
-            used = self._send_packed(plan.packed(), timeout)
+            used = self._send_reserved(self.codec.plan(obj), timeout)
+            self._messages += 1
+            self._bytes += used
+            return
+        plan = self.codec.pack(obj)
+        if isinstance(plan, bytes):
+            used = self._send_packed(plan, timeout)
         else:
             if self._ring_hi:
                 self._refuse_sent(plan)
@@ -595,52 +603,67 @@ class Receiver:
         self._ended = False
         self._messages = 0
         self._bytes = 0
+        self._small = _small_limit(self.codec.threshold)
 
-    def _frame(self, timeout: float | None) -> Frame:
-        """The next message frame; Closed at the end-of-stream mark."""
+    def _frame(self, timeout: float | None, small: int = -1) -> Frame | bytes:
+        """The next message frame, or its bytes when at most `small` long (already given back);
+        Closed at the end-of-stream mark."""
         try:
-            frame = self._r.read(timeout)
+            got = self._r.read_small(small, timeout)
         except terr.WriterDead as exc:
             if self._ended:
                 raise errors.Closed(f"channel {self.name!r}: the sender closed") from None
             raise _sender_dead(self.name, exc) from None
         except terr.TransportError as exc:
             raise _translate(exc) from None
-        if frame.size == len(_EOS) and frame.data == _EOS:
-            frame.release()
-            self._ended = True
-            raise errors.Closed(
-                f"channel {self.name!r}: the sender closed and every message has been read"
-            )
+        if isinstance(got, bytes):
+            size = len(got)
+            if size == _EOS_SIZE and got == _EOS:
+                self._end()
+        else:
+            size = got.size
+            if size == _EOS_SIZE and got.data == _EOS:
+                got.release()
+                self._end()
         if not self._checked:
             try:
                 check_stream(self.codec, self._r.metadata)
             except terr.TransportError as exc:  # a corrupt metadata block
-                frame.release()
+                _release_quietly(got)
                 raise _translate(exc) from None
             except BaseException:
-                frame.release()
+                _release_quietly(got)
                 raise
             self._checked = True
         self._messages += 1
-        self._bytes += frame.size
-        return frame
+        self._bytes += size
+        return got
+
+    def _end(self) -> None:
+        self._ended = True
+        raise errors.Closed(
+            f"channel {self.name!r}: the sender closed and every message has been read"
+        )
 
     def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
         """The next object. Blocks up to `timeout` s (None: while the sender lives). Arrays are
         read-only views pinning their frame until garbage-collected; copy=True gives private
         writable objects and frees the frame at once."""
-        frame = self._frame(timeout)
+        got = self._frame(timeout, self._small)
+        if isinstance(got, bytes):
+            # A small message, copied out whole: its frame went back to the writer already.
+            return self.codec.decode(got, copy=True) if copy else self.codec.decode_small(got)
         if copy:
             try:
-                return self.codec.decode(frame.data, copy=True)
+                return self.codec.decode(got.data, copy=True)
             finally:
-                _release_quietly(frame)
-        return self._decode(frame)[0]
+                _release_quietly(got)
+        return self._decode(got)[0]
 
     def recv_message(self, timeout: float | None = None) -> Message:
         """The next message with an explicit lifetime: `with rx.recv_message() as msg:`."""
         frame = self._frame(timeout)
+        assert type(frame) is Frame
         value, lease = self._decode(frame)
         return Message(value, lease, frame.sequence, frame.size)
 
@@ -700,9 +723,19 @@ class Receiver:
         return f"<Receiver {self.name!r} {'closed' if self.closed else 'open'}>"
 
 
-def _release_quietly(frame: Frame) -> None:
+def _small_limit(threshold: int) -> int:
+    """The receiver's copy-out limit: below the smallest message that can carry an out-of-band
+    buffer (header, one table entry and `threshold` bytes), so small arrays that a low codec
+    threshold sends out of band stay zero-copy views of the frame."""
+    smallest_oob = _message.TABLE_START + _message.ENTRY.size + max(threshold, 1)
+    return min(SMALL_MESSAGE, smallest_oob - 1)
+
+
+def _release_quietly(frame: Frame | bytes) -> None:
     """Release now if nothing exports the frame, else let its garbage collection do it (a plain
     try: contextlib.suppress costs a context manager per message)."""
+    if isinstance(frame, bytes):
+        return
     try:  # noqa: SIM105
         frame.release()
     except BufferError:

@@ -44,6 +44,12 @@ DEFAULT_THRESHOLD = 16 * 1024
 """Bytes: smaller buffers are copied in band, larger ones travel out of band (zero-copy)."""
 
 _OPTIONAL_ADAPTERS = ("zcser._arrow", "zcser._torch", "zcser._pandas")
+_HEADER_SIZE = _message.HEADER.size
+_TABLE_START = _message.TABLE_START
+_MAGIC = _message.MAGIC
+_VERSION = _message.VERSION
+_unpack_header = _message.HEADER.unpack_from
+_pack_header = _message.HEADER.pack
 
 
 def _address(mv: memoryview) -> int:
@@ -324,6 +330,16 @@ class Codec:
         else:
             _register_class(self._fory, cls, name)
 
+    def pack(self, obj: Any) -> bytes | Plan:
+        """Serialize `obj`: the whole message as bytes when it has no out-of-band buffer (its
+        bytes then do not depend on where they land), else the Plan to write it with."""
+        plan = self.plan(obj)
+        if plan.buffers or self.checksum:
+            return plan if plan.buffers else plan.packed()
+        inband = plan.inband
+        n = len(inband)
+        return _pack_header(_MAGIC, _VERSION, 0, 0, 0, n, _TABLE_START + n) + inband
+
     def plan(self, obj: Any) -> Plan:
         """Serialize `obj` once: in-band bytes plus the out-of-band buffers (no data copied)."""
         buffers: list[memoryview] = []
@@ -404,6 +420,30 @@ class Codec:
             views.append(root[off : off + n])
         return self._deserialize(msg, root, views, copy, writable)
 
+    def decode_small(self, data: bytes) -> Any:
+        """`decode(data)` for a whole message in private bytes: one with no out-of-band buffer
+        and no checksum skips the general path (the receiver's small-message path)."""
+        if len(data) >= _HEADER_SIZE and not self.checksum:
+            magic, version, flags, count, reserved, inband_len, total = _unpack_header(data, 0)
+            if (
+                magic == _MAGIC
+                and version == _VERSION
+                and not (flags or count or reserved)
+                and total == len(data) == _TABLE_START + inband_len
+            ):
+                inband = pyfory.Buffer(data, _TABLE_START, inband_len)
+                self._used = True
+                try:
+                    obj = self._fory.deserialize(inband, buffers=iter(()))
+                except ZcserError:
+                    raise
+                except Exception as exc:
+                    raise _decode_error(exc) from exc
+                if inband.get_reader_index() != inband_len:
+                    raise CorruptMessage("trailing bytes after the serialized object")
+                return obj
+        return self.decode(data)
+
     def decode_parts(
         self,
         head: Any,
@@ -461,10 +501,7 @@ class Codec:
         except ZcserError:
             raise
         except Exception as exc:
-            raise DecodeError(
-                f"pyfory could not decode the message ({type(exc).__name__}: {exc}); "
-                "the bytes are corrupt or the writer's codec differs (compare codec.schema())"
-            ) from exc
+            raise _decode_error(exc) from exc
         finally:
             _oob.exit_read_modes(modes)
         unused = length_hint(views)
@@ -517,6 +554,13 @@ class Codec:
                 f"(pyfory {other.get('pyfory_version')}), read by {CODEC_NAME} "
                 f"{CODEC_VERSION} (pyfory {pyfory.__version__}): " + "; ".join(problems)
             )
+
+
+def _decode_error(exc: Exception) -> DecodeError:
+    return DecodeError(
+        f"pyfory could not decode the message ({type(exc).__name__}: {exc}); "
+        "the bytes are corrupt or the writer's codec differs (compare codec.schema())"
+    )
 
 
 def _register_class(fory: Any, cls: type, name: str) -> None:
