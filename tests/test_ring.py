@@ -89,6 +89,21 @@ def test_reader_in_order_release_returns_space_at_once() -> None:
     assert r.held == 0 and r.pending == 0
 
 
+@given(st.lists(st.integers(min_value=HEADER_SIZE + 1, max_value=300), min_size=1, max_size=40))
+def test_reader_consume_is_push_then_release(totals: list[int]) -> None:
+    a, b = ReaderRing(1000), ReaderRing(1000)
+    for total in totals:
+        if a.size - a.read_pos < total:
+            assert a.wrap() == b.wrap()
+            continue
+        assert a.consume(total) == b.release(b.push(total)) == total
+        assert (a.read_pos, a.count, a.held, a.pending) == (b.read_pos, b.count, b.held, b.pending)
+    token = a.push(HEADER_SIZE + 1)
+    assert token == b.push(HEADER_SIZE + 1)  # the same token numbering afterwards
+    with pytest.raises(ValueError, match="nothing held"):
+        a.consume(HEADER_SIZE + 1)
+
+
 def test_reader_out_of_order_release_is_deferred_until_older_frames_go() -> None:
     r = ReaderRing(256)
     a, b, c = r.push(30), r.push(40), r.push(50)
