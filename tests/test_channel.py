@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 from conftest import unique_name
-from fixtures.maps import shm_span
+from fixtures.maps import mappings, shm_span
 from fixtures.procs import child
 
 import zcser
@@ -536,3 +536,65 @@ def test_channel_module_names_are_reachable_from_the_top_level(shm_name: str) ->
     with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
         assert isinstance(tx.stats(), zcser.SenderStats)
         assert isinstance(rx.stats(), zcser.ReceiverStats)
+
+
+def test_small_messages_are_copied_out_and_pin_nothing(shm_name: str) -> None:
+    make_tx, rx = zcser.channel(shm_name, capacity=MIB)
+    with rx, make_tx() as tx:
+        received = 0
+        for i in range(3000):  # several times around the ring, reading in bursts
+            tx.send({"i": i, "a": np.arange(i % 50), "s": "x" * (i % 700)})
+            if i % 7 == 6:
+                while received <= i:
+                    got = rx.recv(timeout=WAIT)
+                    assert got["i"] == received
+                    assert np.array_equal(got["a"], np.arange(received % 50))
+                    assert rx.stats().frames_pinned == 0
+                    received += 1
+        assert rx.stats().used > 0  # 2996..2999 not read yet
+        while received < 3000:
+            assert rx.recv(timeout=WAIT)["i"] == received
+            received += 1
+        stats = rx.stats()
+        assert stats.frames_pinned == 0 and stats.used == 0  # the last read gave all back
+        assert stats.messages == 3000
+
+
+def test_small_messages_copy_true_gives_private_writable_arrays(shm_name: str) -> None:
+    make_tx, rx = zcser.channel(shm_name, capacity=MIB)
+    with rx, make_tx() as tx:
+        tx.send({"a": np.arange(10)})
+        plain = rx.recv(timeout=WAIT)["a"]
+        tx.send({"a": np.arange(10)})
+        private = rx.recv(timeout=WAIT, copy=True)["a"]
+        assert np.array_equal(plain, private)
+        assert private.flags.writeable
+
+
+def test_low_threshold_small_arrays_stay_views_of_the_frame(shm_name: str) -> None:
+    """A codec threshold below the copy-out size sends small arrays out of band: those messages
+    still arrive as views pinning their frame, not as copies."""
+    rx = zcser.Receiver(shm_name, capacity=MIB, codec=zcser.Codec(threshold=64))
+    with rx, zcser.Sender(shm_name, codec=zcser.Codec(threshold=64)) as tx:
+        tx.send({"a": np.arange(32, dtype=np.int64), "small": np.arange(4)})
+        got = rx.recv(timeout=WAIT)
+        spans = mappings(f"/dev/shm/{rx.name}")  # the receiver's and the sender's mappings
+        assert any(inside(got["a"], span) for span in spans)
+        assert not any(inside(got["small"], span) for span in spans)  # 32 bytes: in band
+        assert rx.stats().frames_pinned == 1
+        del got
+        assert rx.stats().frames_pinned == 0
+
+
+def test_end_of_stream_after_small_messages(shm_name: str) -> None:
+    make_tx, rx = zcser.channel(shm_name, capacity=MIB)
+    with rx:
+        with make_tx() as tx:
+            tx.send("first")
+            tx.send(2)
+        assert rx.recv(timeout=WAIT) == "first"
+        assert rx.recv(timeout=WAIT) == 2
+        with pytest.raises(errors.Closed):
+            rx.recv(timeout=WAIT)
+        with pytest.raises(errors.Closed):
+            rx.recv(timeout=WAIT)

@@ -526,3 +526,65 @@ def test_packed_message_corruption_raises_zcser_errors() -> None:
     for end in range(len(packed)):
         with pytest.raises(errors.ZcserError):
             codec.decode(packed[:end])
+
+
+# --- the receiver's small-message path ----------------------------------------------------------
+
+SMALL_VALUES: list[Any] = [
+    {"id": 12345, "t": 1.5, "name": "sensor-01", "ok": True, "tags": [1, 2, 3]},
+    [1, 2.5, None, "x" * 300, b"bytes in band"],
+    np.arange(100, dtype=np.int16),
+    (1, (2, (3,))),
+]
+
+
+@pytest.mark.parametrize("value", SMALL_VALUES, ids=range(len(SMALL_VALUES)))
+def test_pack_and_decode_small_agree_with_plan_and_decode(value: Any) -> None:
+    codec = zcser.Codec()
+    packed = codec.pack(value)
+    assert isinstance(packed, bytes)
+    assert packed == codec.plan(value).packed()
+    fast, slow = codec.decode_small(packed), codec.decode(packed)
+    assert type(fast) is type(slow)
+    if isinstance(value, np.ndarray):
+        assert np.array_equal(fast, value) and np.array_equal(slow, value)
+        assert fast.flags.writeable == slow.flags.writeable
+    else:
+        assert fast == slow == value
+
+
+def test_pack_returns_a_plan_for_out_of_band_buffers_and_checksummed_bytes() -> None:
+    arr = np.ones(1 << 16)
+    plan = zcser.Codec().pack({"a": arr})
+    assert isinstance(plan, zcser.Plan) and len(plan.buffers) == 1
+    checked = zcser.Codec(checksum=True)
+    packed = checked.pack({"a": 1})
+    assert isinstance(packed, bytes) and packed == checked.plan({"a": 1}).packed()
+    assert checked.decode_small(packed) == {"a": 1}  # the general path checks the digest
+    corrupt = bytearray(packed)
+    corrupt[-1] ^= 0xFF
+    with pytest.raises(errors.ChecksumMismatch):
+        checked.decode_small(bytes(corrupt))
+
+
+def test_decode_small_rejects_what_decode_rejects() -> None:
+    codec = zcser.Codec()
+    good = codec.pack({"k": [1, 2, 3]})
+    assert isinstance(good, bytes)
+    cases = {
+        "truncated": good[:-3],
+        "short": good[:10],
+        "magic": b"XXXX" + good[4:],
+        "garbage": good[:32] + bytes(len(good) - 32),
+    }
+    for name, data in cases.items():
+        with pytest.raises(errors.ZcserError) as fast:
+            codec.decode_small(data)
+        with pytest.raises(errors.ZcserError) as slow:
+            codec.decode(data)
+        assert type(fast.value) is type(slow.value), name
+    assert codec.decode_small(good + b"\0") == codec.decode(good + b"\0")  # bytes after total
+    head = bytearray(good)
+    _message.HEADER.pack_into(head, 0, b"ZCSR", 1, 0, 0, 0, len(good) - 33, len(good))
+    with pytest.raises(errors.ZcserError):  # in-band length one byte short: trailing data
+        codec.decode_small(bytes(head))

@@ -340,6 +340,8 @@ class _ReaderCore:
         """Take one sem-w post (one published frame), or raise WriterDead / Timeout."""
         if self.withheld:
             with self.lock:
+                _pack_u64(self.mm, _OFF_READ_POS, self.ring.read_pos)
+                _pack_u64(self.mm, _OFF_READ_COUNT, self.ring.count)
                 self.give_back(0)
         sem = self.sem_w
         if _shm.SEM_VALUE:
@@ -429,10 +431,11 @@ class _ReaderCore:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def take_small(self, limit: int) -> bytes | None:
+    def take_small(self, limit: int, more: bool) -> bytes | None:
         """The common small read, inline: a frame of at most `limit` bytes, in sequence, before
         the ring's end, with nothing held. None (nothing changed) sends the caller to take_frame,
-        which handles wraps, held frames, sequence gaps and corruption."""
+        which handles wraps, held frames, sequence gaps and corruption. `more`: further frames
+        are published (their posts seen), so the freed bytes may wait to go back together."""
         lock = self.lock
         if not lock.acquire(False):
             return None
@@ -450,12 +453,14 @@ class _ReaderCore:
             start += _HDR
             data = mm[start : start + n]
             freed = self.withheld + ring.consume(total)
-            _pack_u64(mm, _OFF_READ_POS, ring.read_pos)
-            _pack_u64(mm, _OFF_READ_COUNT, ring.count)
             self.expected = seq + 1
             self.frames += 1
             self.bytes += n
-            if freed >= self.withhold_max or not (_SEM_VALUE and self.sem_w.value):
+            if freed >= self.withhold_max or not more:
+                # read_pos and read_count (information only: no writer acts on them) are
+                # published with the give-back, keeping the OIEB lines the writer uses quiet.
+                _pack_u64(mm, _OFF_READ_POS, ring.read_pos)
+                _pack_u64(mm, _OFF_READ_COUNT, ring.count)
                 self.withheld = 0
                 self.give_back(freed)
             else:
@@ -715,9 +720,17 @@ class Reader:
         """Like read(), but a frame of at most `limit` data bytes comes back as a private bytes
         copy whose ring space is already given back: no Frame, no release (small messages)."""
         core = self._core
-        if not (core.closed or core.orphans) and core.broken is None and _shm.try_take(core.sem_w):
-            data = core.take_small(limit)
-            return core.take_frame(limit) if data is None else data
+        if not (core.closed or core.orphans) and core.broken is None and _SEM_VALUE:
+            sem = core.sem_w
+            posts = sem.value
+            if posts:
+                try:
+                    sem.acquire(0)
+                except posix_ipc.BusyError:
+                    pass
+                else:
+                    data = core.take_small(limit, posts > 1)
+                    return core.take_frame(limit) if data is None else data
         return self._next(timeout, limit)
 
     def _next(self, timeout: TimeoutArg, limit: int) -> Frame | bytes:

@@ -21,7 +21,7 @@ import xxhash
 from pyfory.error import TypeUnregisteredError
 from pyfory.serializer import ObjectSerializer
 
-from zcser import _buffers, _message, _numpy, _oob, _pytypes
+from zcser import _buffers, _copy, _message, _numpy, _oob, _pytypes
 from zcser.errors import (
     ChecksumMismatch,
     CorruptMessage,
@@ -142,13 +142,16 @@ class Plan:
         hasher.update(inband)
         return head + _message.DIGEST.pack(hasher.intdigest()) + inband
 
-    def write_into(self, target: Any, base_address: int | None = None) -> int:
+    def write_into(
+        self, target: Any, base_address: int | None = None, *, copy_threads: int = 1
+    ) -> int:
         """Write the message at the start of `target`; returns the bytes used.
 
         `base_address` is the absolute address of target[0] (computed when None). A source
         buffer lying entirely inside the target at a 64-aligned address past the header area
         stays in place and is not copied (the channel's zero-copy send); other sources inside
-        the target are copied out, and nothing is written over them.
+        the target are copied out, and nothing is written over them. Buffers of 8 MiB and more
+        are copied by `copy_threads` threads (numpy drops the GIL; see zcser._copy).
         """
         mv = _byte_view(target)
         if mv.readonly:
@@ -170,7 +173,7 @@ class Plan:
         mv[inband_at:end] = self.inband
         for i, (off, buf) in enumerate(zip(offsets, self.buffers, strict=True)):
             if i not in fixed:
-                mv[off : off + buf.nbytes] = buf
+                _copy.copy_into(mv[off : off + buf.nbytes], buf, copy_threads)
         if self.checksum:
             digests = [_meta_digest(mv, pos, inband_at, end)]
             digests.extend(xxhash.xxh3_64_intdigest(b) for b in self.buffers)
@@ -333,15 +336,20 @@ class Codec:
     def pack(self, obj: Any) -> bytes | Plan:
         """Serialize `obj`: the whole message as bytes when it has no out-of-band buffer (its
         bytes then do not depend on where they land), else the Plan to write it with."""
-        plan = self.plan(obj)
-        if plan.buffers or self.checksum:
-            return plan if plan.buffers else plan.packed()
-        inband = plan.inband
+        inband, buffers = self._serialize(obj)
+        if buffers or self.checksum:
+            plan = Plan(inband, buffers, self.checksum)
+            return plan if buffers else plan.packed()
         n = len(inband)
         return _pack_header(_MAGIC, _VERSION, 0, 0, 0, n, _TABLE_START + n) + inband
 
     def plan(self, obj: Any) -> Plan:
         """Serialize `obj` once: in-band bytes plus the out-of-band buffers (no data copied)."""
+        inband, buffers = self._serialize(obj)
+        return Plan(inband, buffers, self.checksum)
+
+    def _serialize(self, obj: Any) -> tuple[bytes, list[memoryview]]:
+        """pyfory's in-band bytes and the buffers its callback took out of band."""
         buffers: list[memoryview] = []
         threshold = self.threshold
 
@@ -366,7 +374,7 @@ class Codec:
             raise
         except TypeUnregisteredError as exc:
             if self._late_imports():
-                return self.plan(obj)
+                return self._serialize(obj)
             raise UnregisteredType(
                 f"{exc}: call codec.register(cls) on the writer and the reader "
                 "(or Codec(trusted=True) for trusted peers only)"
@@ -377,7 +385,7 @@ class Codec:
             ) from exc
         finally:
             _oob.exit_inline_below(inline)
-        return Plan(bytes(inband), buffers, self.checksum)
+        return bytes(inband), buffers
 
     def message_size(self, obj: Any) -> int:
         """Upper bound of the message size of `obj` (serializes it; prefer `plan` to reuse)."""

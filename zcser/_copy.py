@@ -1,0 +1,71 @@
+"""Copying large buffers with several threads (numpy's copy drops the GIL).
+
+One thread's memcpy does not saturate memory bandwidth: on the 2-core benchmark VM, 100 MiB
+copied into shared memory took ~12.5 ms with one thread and ~10.9 ms with two. Ray's object store
+copies large objects the same way. Small buffers are copied inline: a thread hand-off costs tens
+of microseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+PARALLEL_MIN = 8 << 20
+"""Buffers smaller than this (bytes) are copied by the calling thread alone."""
+
+MAX_THREADS = 4
+"""Default thread count ceiling: memory bandwidth is shared, more threads stop helping."""
+
+_CHUNK_ALIGN = 4096
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_pid = 0
+_pool_lock = threading.Lock()
+
+
+def default_threads() -> int:
+    """Threads a copy uses by default: the CPUs this process may run on, at most MAX_THREADS."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_THREADS, cpus))
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """The shared pool, rebuilt after fork (a forked child inherits no threads) or to grow."""
+    global _pool, _pool_size, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid() or _pool_size < workers:
+            _pool = ThreadPoolExecutor(workers, thread_name_prefix="zcser-copy")
+            _pool_size = workers
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def copy_into(dst: memoryview, src: memoryview, threads: int = 1) -> None:
+    """dst[:] = src for flat byte views of equal size, split over `threads` threads when large."""
+    n = src.nbytes
+    if threads <= 1 or n < PARALLEL_MIN:
+        dst[:] = src
+        return
+    target = np.frombuffer(dst, np.uint8)
+    source = np.frombuffer(src, np.uint8)
+    if np.may_share_memory(target, source):  # chunks could read bytes another chunk wrote
+        dst[:] = src
+        return
+    chunk = -(-n // threads // _CHUNK_ALIGN) * _CHUNK_ALIGN
+    pool = _executor(threads - 1)
+    futures: list[Future[None]] = [
+        pool.submit(np.copyto, target[start : start + chunk], source[start : start + chunk])
+        for start in range(chunk, n, chunk)
+    ]
+    try:
+        np.copyto(target[:chunk], source[:chunk])
+    finally:
+        for future in futures:
+            future.result()
