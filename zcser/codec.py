@@ -50,6 +50,8 @@ _MAGIC = _message.MAGIC
 _VERSION = _message.VERSION
 _unpack_header = _message.HEADER.unpack_from
 _pack_header = _message.HEADER.pack
+_inline_below = _oob.INLINE_BELOW.get
+_set_inline_below = _oob.INLINE_BELOW.set
 
 
 def _address(mv: memoryview) -> int:
@@ -367,7 +369,8 @@ class Codec:
             return False
 
         self._used = True
-        inline = _oob.enter_inline_below(threshold)
+        if _inline_below() != threshold:
+            _set_inline_below(threshold)
         try:
             inband = self._fory.serialize(obj, buffer_callback=keep_in_band)
         except ZcserError:
@@ -383,8 +386,6 @@ class Codec:
             raise UnsupportedType(
                 f"cannot serialize {type(obj).__name__}: {type(exc).__name__}: {exc}"
             ) from exc
-        finally:
-            _oob.exit_inline_below(inline)
         return bytes(inband), buffers
 
     def message_size(self, obj: Any) -> int:
