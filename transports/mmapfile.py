@@ -103,6 +103,9 @@ def _check_space(fd: int, size: int, target: Path) -> None:
         raise _no_space(target, size)
 
 
+_FADVISE = hasattr(os, "posix_fadvise")
+
+
 def _drop_cached(target: Path) -> None:
     """Drop the page cache of the file about to be replaced (clean, unmapped pages only).
 
@@ -110,7 +113,7 @@ def _drop_cached(target: Path) -> None:
     1 GB saves over an existing snapshot went from ~0.25 to ~0.9 GB/s. Live views of the old
     file keep their pages (mapped pages are never dropped) and its bytes stay on disk.
     """
-    if not hasattr(os, "posix_fadvise"):
+    if not _FADVISE:
         return
     try:
         fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -122,6 +125,18 @@ def _drop_cached(target: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a just-written range to disk now, so the final fsync finds little left.
+
+    POSIX_FADV_DONTNEED on dirty pages starts their writeback (Linux) and cannot drop them until
+    written. Measured on 1 GB saves here: 1.17 GB/s against 0.86 without it (np.save plus
+    fsync: 0.90). The saved pages may leave the page cache sooner afterwards.
+    """
+    if _FADVISE:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def _fsync_file(fd: int, target: Path, size: int) -> None:
@@ -166,6 +181,7 @@ class AtomicWriter:
                 if exc.errno in _SPACE_ERRNOS:
                     raise _no_space(self.path, self.size) from exc
                 raise
+            _start_writeback(self._fd, offset + pos, wrote)
             pos += wrote
             if progress is not None:
                 progress(wrote)
