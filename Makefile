@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck pytest soak bench docs clean
 
-$(STAMP): pyproject.toml transports/_atomics.c
+$(STAMP): pyproject.toml transports/_hotpath.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,torch]'
 	touch $(STAMP)

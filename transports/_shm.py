@@ -40,9 +40,16 @@ AtomicOp = Callable[[int, int, int], int]
 CasOp = Callable[[int, int, int, int, int, int], bool]
 
 try:
-    from transports import _atomics as _compiled
+    from transports import _hotpath as _compiled
 except ImportError:  # built without a C compiler: libatomic through ctypes below
     _compiled = None  # type: ignore[assignment]
+else:
+    _compiled.configure(
+        L.OFF_PAYLOAD_FREE, L.OFF_WRITE_POS, L.OFF_WRITTEN_COUNT, L.OFF_READER_PID, L.HEADER_SIZE
+    )
+
+hotpath = _compiled
+"""The compiled module (atomics, small-frame put/take), or None when it was not built."""
 
 
 def _load_atomics() -> tuple[AtomicOp | None, AtomicOp | None, CasOp | None, str]:
@@ -89,7 +96,7 @@ LIBATOMIC = "libatomic"
 
 
 def atomics_backend() -> str:
-    """Which atomics the ring uses: "compiled" (transports._atomics, built at install),
+    """Which atomics the ring uses: "compiled" (transports._hotpath, built at install),
     "libatomic" (ctypes fallback) or "" (none: buffers refuse to open)."""
     if _compiled is not None:
         return COMPILED
@@ -135,7 +142,7 @@ class AtomicWord:
         self.sub: Callable[[int], object]
         if self.backend == COMPILED:
             if _compiled is None:
-                raise AtomicsUnavailable("transports._atomics was not built (no C compiler?)")
+                raise AtomicsUnavailable("transports._hotpath was not built (no C compiler?)")
             self.add = partial(_compiled.fetch_add, address)
             self.sub = partial(_compiled.fetch_sub, address)
         elif self.backend == LIBATOMIC:
@@ -153,7 +160,7 @@ def require_atomics() -> None:
     """Raise a clear error when neither backend is there (checked when a buffer is opened)."""
     if not atomics_backend():
         raise AtomicsUnavailable(
-            f"transports._atomics was not built and libatomic cannot be loaded ({_ATOMICS_PROBLEM}); "
+            f"transports._hotpath was not built and libatomic cannot be loaded ({_ATOMICS_PROBLEM}); "
             "the ZeroBuffer free-space counter needs real atomic add/sub. Reinstall zcser with a "
             "C compiler present, or install libatomic: apt-get install libatomic1 "
             "(Debian/Ubuntu), dnf install libatomic (Fedora)."

@@ -108,6 +108,8 @@ _OFF_WRITTEN_COUNT = L.OFF_WRITTEN_COUNT
 _OFF_READER_PID = L.OFF_READER_PID
 _OFF_PAYLOAD_FREE = L.OFF_PAYLOAD_FREE
 _SEM_VALUE = _shm.SEM_VALUE
+_PUT = _shm.hotpath.put if _shm.hotpath is not None else None
+_TAKE = _shm.hotpath.take if _shm.hotpath is not None else None
 
 
 class _Unset(enum.Enum):
@@ -443,18 +445,28 @@ class _ReaderCore:
         try:
             ring = self.ring
             pos = ring.read_pos
-            if self.closed or ring.held or ring.size - pos < _HDR:
+            if self.closed or ring.held or ring.size - pos < _HDR or limit <= 0:
+                return None
+            if self.expected > _U64_MAX:  # after a corrupt sequence: take_frame reports it
                 return None
             mm = self.mm
-            start = self.base + pos
-            n, seq = _HEADER.unpack_from(mm, start)
-            total = n + _HDR
-            if not 0 < n <= limit or seq != self.expected or total > ring.size - pos:
-                return None
-            start += _HDR
-            data = mm[start : start + n]
-            freed = self.withheld + ring.consume(total)
-            self.expected = seq + 1
+            if _TAKE is not None:
+                got = _TAKE(
+                    self.addr, self.base, ring.size, pos, min(limit, ring.size), self.expected
+                )
+                if got is None:
+                    return None
+                data = got
+                n = len(data)
+            else:
+                start = self.base + pos
+                n, seq = _HEADER.unpack_from(mm, start)
+                if not 0 < n <= limit or seq != self.expected or n + _HDR > ring.size - pos:
+                    return None
+                start += _HDR
+                data = mm[start : start + n]
+            freed = self.withheld + ring.consume(n + _HDR)
+            self.expected += 1
             self.frames += 1
             self.bytes += n
             if freed >= self.withhold_max or not more:
@@ -894,6 +906,20 @@ class Writer:
             raise TransportClosed(f"writer of {self.name!r} is closed; create a new Writer")
         if self._res is not None:
             raise ReservationError("a reserved frame is pending: commit() or abort() it first")
+        if type(data) is bytes and _PUT is not None:
+            # The usual frame in one compiled call; -1: a case the code below handles.
+            written = (self._written + 1) & _U64_MAX
+            end = _PUT(
+                self._addr, self._base, self._P, self._ring.write_pos, data, self._seq, written
+            )
+            if end >= 0:
+                self._ring.write_pos = end
+                self._seq += 1
+                self._written = written
+                _shm.post(self._sem_w)
+                self._frames += 1
+                self._bytes += len(data)
+                return
         if type(data) is bytes or type(data) is bytearray:
             n = len(data)
         else:
