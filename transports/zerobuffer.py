@@ -343,9 +343,7 @@ class _ReaderCore:
         """Take one sem-w post (one published frame), or raise WriterDead / Timeout."""
         if self.withheld:
             with self.lock:
-                _pack_u64(self.mm, _OFF_READ_POS, self.ring.read_pos)
-                _pack_u64(self.mm, _OFF_READ_COUNT, self.ring.count)
-                self.give_back(0)
+                self.settle(0, more=False)
         sem = self.sem_w
         if _shm.SEM_VALUE:
             for i in range(spin):
@@ -465,22 +463,29 @@ class _ReaderCore:
                     return None
                 start += _HDR
                 data = mm[start : start + n]
-            freed = self.withheld + ring.consume(n + _HDR)
+            freed = ring.consume(n + _HDR)
             self.expected += 1
             self.frames += 1
             self.bytes += n
-            if freed >= self.withhold_max or not more:
-                # read_pos and read_count (information only: no writer acts on them) are
-                # published with the give-back, keeping the OIEB lines the writer uses quiet.
-                _pack_u64(mm, _OFF_READ_POS, ring.read_pos)
-                _pack_u64(mm, _OFF_READ_COUNT, ring.count)
-                self.withheld = 0
-                self.give_back(freed)
-            else:
-                self.withheld = freed
+            self.settle(freed, more)
             return data
         finally:
             lock.release()
+
+    def settle(self, freed: int, more: bool) -> None:
+        """Small frames' freed bytes: kept for one batched give-back (one atomic add for many)
+        while `more` frames are published and the batch is under `withhold_max`, else given back
+        now with everything kept so far. read_pos and read_count (information only: no writer
+        acts on them) are published with each give-back, keeping the OIEB lines the writer uses
+        quiet. Called with the lock held."""
+        freed += self.withheld
+        if freed < self.withhold_max and more:
+            self.withheld = freed
+            return
+        _pack_u64(self.mm, _OFF_READ_POS, self.ring.read_pos)
+        _pack_u64(self.mm, _OFF_READ_COUNT, self.ring.count)
+        self.withheld = 0
+        self.give_back(freed)
 
     def take_frame(self, limit: int = -1) -> Frame | bytes:
         """Read the frame whose post was just taken (PROTOCOL.md 'frame read'). A frame of at
@@ -536,12 +541,7 @@ class _ReaderCore:
                 data = mm[offset : offset + n]
                 freed += ring.release(token)
                 if freed:
-                    # Batched: while more frames are published the writer is not short of
-                    # them, so small frames' bytes go back together (one atomic add, not one
-                    # each); always at once when nothing more is published.
-                    self.withheld += freed
-                    if self.withheld >= self.withhold_max or not (_SEM_VALUE and self.sem_w.value):
-                        self.give_back(0)
+                    self.settle(freed, _SEM_VALUE and bool(self.sem_w.value))
                 if self.deferred:
                     self.drain()
                 return data
@@ -929,28 +929,17 @@ class Writer:
             n = view.nbytes
             data = view
         ring = self._ring
-        pos = ring.write_pos
-        total = n + _HDR
         mm = self._mm
         if (
             n > 0
-            and total <= ring.size - pos
+            and n + _HDR <= ring.size - ring.write_pos
             and _unpack_u64(mm, _OFF_READER_PID)[0]
-            and self._P >= _unpack_u64(mm, _OFF_PAYLOAD_FREE)[0] >= total
+            and self._P >= _unpack_u64(mm, _OFF_PAYLOAD_FREE)[0] >= n + _HDR
         ):
-            # The usual frame, inline: it fits before the ring's end and the space is free.
-            start = self._base + pos
-            mm[start + _HDR : start + total] = data
-            _HEADER.pack_into(mm, start, n, self._seq)
-            self._seq += 1
-            ring.write_pos = pos + total
-            self._written = (self._written + 1) & _U64_MAX
-            self._free.sub(total)
-            _pack_u64(mm, _OFF_WRITE_POS, pos + total)
-            _pack_u64(mm, _OFF_WRITTEN_COUNT, self._written)
-            _shm.post(self._sem_w)
-            self._frames += 1
-            self._bytes += n
+            # The usual frame: it fits before the ring's end and the space is free already.
+            start = self._base + ring.write_pos + _HDR
+            mm[start : start + n] = data
+            self._publish(0, n)
             return
         skip, pos = self._claim(n, timeout)
         start = self._base + pos + _HDR
