@@ -142,6 +142,41 @@ def test_stream_of_multi_mib_frames(writer_impl: str, reader_impl: str) -> None:
     )
 
 
+@pytest.mark.parametrize("reader_impl", ["ref", "ours"])
+def test_large_frames_rewind_to_offset_zero_when_the_ring_is_empty(reader_impl: str) -> None:
+    """Our writer sends a large frame back to offset 0 when every frame was released (its memory
+    is still in cache): a normal wrap marker to any reader. Not when a frame is still held."""
+    rs, ws = Side(reader_impl), Side("ours")
+    ring, n = 1 << 20, 100_000
+    name = unique_name()
+    with cleaned(name):
+        reader = rs.reader(name, 256, ring)
+        try:
+            writer = ws.writer(name)
+            for seq in range(1, 21):
+                ws.write(writer, pattern(seq, n), zero_copy=seq % 2 == 0)
+                frame = rs.read(reader, 2.0)
+                assert bytes(frame.data) == pattern(seq, n).tobytes()
+                rs.release(reader, frame)
+            fields = oieb(name)
+            # frame 1 at 0, every later one after a rewind marker: 20 frames + 19 wraps
+            assert fields["payload_written_count"] == fields["payload_read_count"] == 39
+            assert fields["payload_free_bytes"] == ring
+            assert fields["payload_write_pos"] == n + 16
+            ws.write(writer, pattern(21, n), zero_copy=False)
+            held = rs.read(reader, 2.0)  # held: the next frame must not rewind over it
+            ws.write(writer, pattern(22, n), zero_copy=False)
+            assert oieb(name)["payload_write_pos"] == 2 * (n + 16)  # 21 rewound to 0, 22 after
+            assert bytes(held.data) == pattern(21, n).tobytes()
+            rs.release(reader, held)
+            frame = rs.read(reader, 2.0)
+            assert bytes(frame.data) == pattern(22, n).tobytes()
+            rs.release(reader, frame)
+            writer.close()
+        finally:
+            reader.close()
+
+
 # ---------------------------------------------------------------- OIEB image
 
 

@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 )
 
 from transports._layout import HEADER, HEADER_SIZE
-from transports._ring import ReaderRing, WriterRing, marker_needed
+from transports._ring import REWIND_MIN, ReaderRing, WriterRing, marker_needed
 from transports.errors import CorruptBuffer
 
 # --- WriterRing ----------------------------------------------------------------------------------
@@ -61,6 +61,33 @@ def test_writer_exact_fit_leaves_write_pos_at_the_end() -> None:
     assert w.skip(128) == 0
     w.advance(0, 128)
     assert w.write_pos == 256
+
+
+def test_writer_rewinds_large_frames_only_into_an_empty_ring() -> None:
+    big = REWIND_MIN
+    w = WriterRing(4 * big, write_pos=2 * big)
+    assert w.rewind(big, free=4 * big) == 2 * big  # empty ring, fits before write_pos
+    assert w.rewind(big, free=4 * big - 1) == 0  # something unreleased
+    assert w.rewind(big - 1, free=4 * big) == 0  # small frames stay put
+    assert w.rewind(2 * big + 1, free=4 * big) == 0  # would not fit below write_pos
+    assert WriterRing(4 * big, write_pos=0).rewind(big, free=4 * big) == 0  # at 0 already
+    pos, entries = w.advance(w.rewind(big, 4 * big), big)
+    assert (pos, entries, w.write_pos) == (0, 2, big)
+
+
+@given(
+    st.integers(min_value=HEADER_SIZE + 1, max_value=1 << 20),
+    st.integers(min_value=0, max_value=1 << 20),
+    st.integers(min_value=HEADER_SIZE + 1, max_value=1 << 20),
+)
+def test_writer_rewind_never_needs_more_than_the_free_space(
+    size: int, pos: int, total: int
+) -> None:
+    w = WriterRing(size, write_pos=min(pos, size))
+    skip = w.rewind(total, free=size)
+    if skip:
+        assert skip + total <= size and skip == size - w.write_pos >= HEADER_SIZE
+        assert total >= REWIND_MIN and w.offset(skip) == 0
 
 
 def test_writer_limit_is_position_dependent_but_at_least_half() -> None:

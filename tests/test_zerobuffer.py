@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from transports import _layout as L
 from transports import _shm, zerobuffer
 from transports import errors as E
+from transports._ring import REWIND_MIN
 from transports.zerobuffer import BufferConfig, Frame, Reader, Writer
 
 P_SMALL = 1024
@@ -261,6 +262,39 @@ def test_read_small_withholds_only_while_more_is_published(shm_name: str) -> Non
         with pytest.raises(E.Timeout):
             r.read_small(64, timeout=0)
         assert r.stats().free == size
+
+
+def test_reserving_again_after_abort_keeps_the_place(shm_name: str) -> None:
+    """A rewind to offset 0 (empty ring, large frame) sticks across abort() and reserve() until
+    the next publish, and so does a placement made while a frame was held: a re-reserved frame
+    stays where arrays made in it live, whatever the reader released meanwhile."""
+    big = REWIND_MIN
+    with Reader(shm_name, BufferConfig(0, 8 * big), timeout=2.0) as r, Writer(shm_name) as w:
+        w.write(b"x" * (3 * big))
+        r.read().release()  # ring empty, write_pos 3 * big + 16
+        w.reserve(big)
+        assert w.reserved_offset == r._core.base + HDR  # rewound to 0
+        w.abort()
+        w.reserve(4 * big)  # does not fit below write_pos: placed there
+        assert w.reserved_offset == r._core.base + 3 * big + 16 + HDR
+        w.abort()
+        w.reserve(big)  # the first placement again
+        assert w.reserved_offset == r._core.base + HDR
+        w.commit()
+        held = r.read()
+        w.reserve(big)  # a frame is held: no rewind
+        at = w.reserved_offset
+        assert at == r._core.base + big + 2 * HDR
+        w.abort()
+        held.release()  # now the ring is empty, but the aborted placement is kept
+        w.reserve(big)
+        assert w.reserved_offset == at
+        w.commit()
+        with r.read() as f:
+            assert f.offset == at
+        w.reserve(big)  # after a publish the ring decides afresh: empty, so back to 0
+        assert w.reserved_offset == r._core.base + HDR
+        w.abort()
 
 
 def test_write_accepts_any_contiguous_buffer(pair: tuple[Reader, Writer]) -> None:

@@ -44,7 +44,7 @@ import posix_ipc
 
 from transports import _layout as L
 from transports import _shm
-from transports._ring import ReaderRing, WriterRing
+from transports._ring import REWIND_MIN, ReaderRing, WriterRing
 from transports.errors import (
     BufferExists,
     BufferFull,
@@ -108,6 +108,7 @@ _OFF_WRITTEN_COUNT = L.OFF_WRITTEN_COUNT
 _OFF_READER_PID = L.OFF_READER_PID
 _OFF_PAYLOAD_FREE = L.OFF_PAYLOAD_FREE
 _SEM_VALUE = _shm.SEM_VALUE
+_SMALL_FRAME = REWIND_MIN - L.HEADER_SIZE  # writes below it skip _claim (they never rewind)
 _PUT = _shm.hotpath.put if _shm.hotpath is not None else None
 _TAKE = _shm.hotpath.take if _shm.hotpath is not None else None
 
@@ -843,6 +844,10 @@ class Writer:
         self.name = name
         self._pid = os.getpid()
         self._res: tuple[int, int, int] | None = None  # (skip, header offset, n) when reserved
+        # (write_pos, skip) of the first reservation aborted here: reserving again until the next
+        # publish keeps that placement (rewound or not), so a frame re-reserved larger or smaller
+        # stays where arrays made in it live, whatever the reader released meanwhile.
+        self._again: tuple[int, int] | None = None
         self._res_view: memoryview | None = None
         self._frames = 0
         self._bytes = 0
@@ -906,7 +911,7 @@ class Writer:
             raise TransportClosed(f"writer of {self.name!r} is closed; create a new Writer")
         if self._res is not None:
             raise ReservationError("a reserved frame is pending: commit() or abort() it first")
-        if type(data) is bytes and _PUT is not None:
+        if type(data) is bytes and _PUT is not None and len(data) < _SMALL_FRAME:
             # The usual frame in one compiled call; -1: a case the code below handles.
             written = (self._written + 1) & _U64_MAX
             end = _PUT(
@@ -914,6 +919,7 @@ class Writer:
             )
             if end >= 0:
                 self._ring.write_pos = end
+                self._again = None
                 self._seq += 1
                 self._written = written
                 _shm.post(self._sem_w)
@@ -931,7 +937,7 @@ class Writer:
         ring = self._ring
         mm = self._mm
         if (
-            n > 0
+            0 < n < _SMALL_FRAME
             and n + _HDR <= ring.size - ring.write_pos
             and _unpack_u64(mm, _OFF_READER_PID)[0]
             and self._P >= _unpack_u64(mm, _OFF_PAYLOAD_FREE)[0] >= n + _HDR
@@ -993,6 +999,8 @@ class Writer:
         """Give the reserved frame back unpublished (the OIEB is left untouched)."""
         if self._res is None:
             raise ReservationError("abort() without reserve()")
+        if self._again is None:
+            self._again = (self._ring.write_pos, self._res[0])
         self._end_reservation()
 
     def _end_reservation(self) -> None:
@@ -1036,6 +1044,13 @@ class Writer:
                 f"buffer {self.name!r}: the reader closed. Start a new reader, then a new writer."
             )
         free = _unpack_u64(mm, _OFF_PAYLOAD_FREE)[0]
+        if not skip:
+            again = self._again
+            if again is not None and again[0] == ring.write_pos:
+                skip = again[1] if total <= ring.write_pos else 0
+            else:
+                skip = ring.rewind(total, free)
+            required = skip + total
         if free < required:
             self._wait_space(required, timeout)
         elif free > P:
@@ -1113,6 +1128,7 @@ class Writer:
         pos, entries = ring.advance(skip, total)
         _HEADER.pack_into(mm, base + pos, n, self._seq)
         self._seq += 1
+        self._again = None
         self._written = (self._written + entries) & _U64_MAX  # a counter, wraps like C
         # Free space first (PROTOCOL.md order): a writer killed between these steps then leaks
         # the frame's bytes at worst, instead of leaving space counted free twice.
