@@ -464,11 +464,15 @@ class _ReaderCore:
                     return None
                 start += _HDR
                 data = mm[start : start + n]
-            freed = ring.consume(n + _HDR)
+            freed = self.withheld + ring.consume(n + _HDR)
             self.expected += 1
             self.frames += 1
             self.bytes += n
-            self.settle(freed, more)
+            if more and freed < self.withhold_max:
+                self.withheld = freed  # settle()'s batching, inline for the common case
+            else:
+                self.withheld = 0
+                self.settle(freed, more)
             return data
         finally:
             lock.release()

@@ -8,6 +8,7 @@ header and table first, then hands pyfory zero-copy slices of one read-only root
 from __future__ import annotations
 
 import dataclasses
+import struct
 import sys
 import warnings
 from importlib import import_module
@@ -50,6 +51,11 @@ _MAGIC = _message.MAGIC
 _VERSION = _message.VERSION
 _unpack_header = _message.HEADER.unpack_from
 _pack_header = _message.HEADER.pack
+_PLAIN_PREFIX = _pack_header(_MAGIC, _VERSION, 0, 0, 0, 0, 0)[: _message.OFF_INBAND_LEN]
+"""Header bytes before the lengths of a message with no flags and no out-of-band buffer."""
+_OFF_INBAND_LEN = _message.OFF_INBAND_LEN
+_unpack_lengths = struct.Struct("<QQ").unpack_from
+_NO_BUFFERS: tuple[Any, ...] = ()
 _inline_below = _oob.INLINE_BELOW.get
 _set_inline_below = _oob.INLINE_BELOW.set
 
@@ -432,18 +438,14 @@ class Codec:
     def decode_small(self, data: bytes) -> Any:
         """`decode(data)` for a whole message in private bytes: one with no out-of-band buffer
         and no checksum skips the general path (the receiver's small-message path)."""
-        if len(data) >= _HEADER_SIZE and not self.checksum:
-            magic, version, flags, count, reserved, inband_len, total = _unpack_header(data, 0)
-            if (
-                magic == _MAGIC
-                and version == _VERSION
-                and not (flags or count or reserved)
-                and total == len(data) == _TABLE_START + inband_len
-            ):
+        size = len(data)
+        if size >= _HEADER_SIZE and data.startswith(_PLAIN_PREFIX) and not self.checksum:
+            inband_len, total = _unpack_lengths(data, _OFF_INBAND_LEN)
+            if total == size == _TABLE_START + inband_len:
                 inband = pyfory.Buffer(data, _TABLE_START, inband_len)
                 self._used = True
                 try:
-                    obj = self._fory.deserialize(inband, buffers=iter(()))
+                    obj = self._fory.deserialize(inband, buffers=_NO_BUFFERS)
                 except ZcserError:
                     raise
                 except Exception as exc:
