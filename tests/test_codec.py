@@ -588,3 +588,11 @@ def test_decode_small_rejects_what_decode_rejects() -> None:
     _message.HEADER.pack_into(head, 0, b"ZCSR", 1, 0, 0, 0, len(good) - 33, len(good))
     with pytest.raises(errors.ZcserError):  # in-band length one byte short: trailing data
         codec.decode_small(bytes(head))
+
+
+def test_address_helper_agrees_with_arrow() -> None:
+    from zcser import codec as codec_module
+
+    arr = np.arange(1000, dtype=np.float64)
+    for view in (memoryview(arr).cast("B"), memoryview(arr).cast("B")[8:], memoryview(b"")):
+        assert codec_module._address(view) == codec_module._address_via_arrow(view)

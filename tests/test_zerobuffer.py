@@ -1373,6 +1373,20 @@ def test_compiled_hotpath_checks_its_arguments() -> None:
         _hotpath.configure(0, 8, 16, 24, 12)
 
 
+def test_compiled_address_of_buffers() -> None:
+    from transports import _hotpath
+
+    arr = np.arange(100, dtype=np.uint8)
+    assert _hotpath.address(arr) == arr.ctypes.data
+    assert _hotpath.address(memoryview(arr)[10:]) == arr.ctypes.data + 10
+    assert _hotpath.address(memoryview(arr).toreadonly()) == arr.ctypes.data
+    assert _hotpath.address(b"") == 0
+    with pytest.raises(BufferError):
+        _hotpath.address(memoryview(arr)[::2])  # not contiguous
+    with pytest.raises(TypeError):
+        _hotpath.address(3)
+
+
 def test_compiled_put_and_take_handle_only_the_plain_case(shm_name: str) -> None:
     """put/take do the common frame and decline (-1 / None, nothing changed) everything else."""
     from transports import _hotpath

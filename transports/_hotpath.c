@@ -8,6 +8,8 @@
  *   else (wraps, full ring, gone reader, sequence gaps, corruption), which the Python code in
  *   transports/zerobuffer.py then handles, so the protocol logic stays there.
  *
+ * - address: where a contiguous buffer lives, for alignment checks (no pyarrow round trip).
+ *
  * Internal: callers pass addresses inside a live mapping; a wrong address crashes the process,
  * as with ctypes. Layout offsets come from transports/_layout.py through configure().
  */
@@ -216,7 +218,22 @@ take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyBytes_FromStringAndSize(frame + layout.header_size, (Py_ssize_t)n);
 }
 
+/* address(buffer) -> int: where a contiguous buffer's first byte lives (0 when empty). */
+static PyObject *
+address(PyObject *module, PyObject *obj)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    uintptr_t where = view.len ? (uintptr_t)view.buf : 0;
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong((unsigned long long)where);
+}
+
 static PyMethodDef methods[] = {
+    {"address", (PyCFunction)address, METH_O,
+     "address(buffer) -> int: absolute address of a contiguous buffer's first byte (0 if empty)."},
     {"fetch_add", (PyCFunction)(void (*)(void))fetch_add, METH_FASTCALL,
      "fetch_add(address, value) -> old: atomically add to the u64 at address."},
     {"fetch_sub", (PyCFunction)(void (*)(void))fetch_sub, METH_FASTCALL,

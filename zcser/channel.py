@@ -33,14 +33,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from transports import errors as terr
 from transports._layout import HEADER_SIZE as _FRAME_HEADER
 from transports.zerobuffer import DEFAULT_SPIN, BufferConfig, Frame, Reader, Writer
 from zcser import _copy, _message, errors
 from zcser._lease import Lease, Message
-from zcser.codec import Codec, Plan
+from zcser.codec import Codec, Plan, _address
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -139,10 +138,6 @@ def check_stream(codec: Codec, raw: Any) -> None:
             "zcser version on both sides"
         )
     codec.check_schema(other)
-
-
-def _address(buf: memoryview) -> int:
-    return int(pa.py_buffer(buf).address)
 
 
 def _is_url(name: object) -> bool:

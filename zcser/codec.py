@@ -11,6 +11,7 @@ import dataclasses
 import struct
 import sys
 import warnings
+from collections.abc import Callable
 from importlib import import_module
 from operator import length_hint
 from typing import Any
@@ -22,6 +23,7 @@ import xxhash
 from pyfory.error import TypeUnregisteredError
 from pyfory.serializer import ObjectSerializer
 
+from transports import _shm
 from zcser import _buffers, _copy, _message, _numpy, _oob, _pytypes
 from zcser.errors import (
     ChecksumMismatch,
@@ -60,11 +62,17 @@ _inline_below = _oob.INLINE_BELOW.get
 _set_inline_below = _oob.INLINE_BELOW.set
 
 
-def _address(mv: memoryview) -> int:
-    """Absolute address of the first byte of a (read-only or writable) buffer."""
+def _address_via_arrow(mv: memoryview) -> int:
+    """Absolute address of the first byte of a (read-only or writable) buffer; 0 if empty."""
     if mv.nbytes == 0:
         return 0
     return int(pa.py_buffer(mv).address)
+
+
+_address: Callable[[memoryview], int] = (
+    _address_via_arrow if _shm.hotpath is None else _shm.hotpath.address
+)
+"""The compiled lookup when transports._hotpath was built (~0.05 µs against ~1 µs)."""
 
 
 def _byte_view(data: Any) -> memoryview:
