@@ -16,6 +16,8 @@ Row = dict[str, Any]
 MIB = 1 << 20
 
 ICEORYX2 = "iceoryx2 on this machine kind (earlier, not this run): 10.5 us RTT, 315k msg/s"
+COPY_ROUNDS = 5
+"""Rounds of the 100 MiB copying send, zcser, pickle5+shm and np.copyto once each per round."""
 RATE_ROUNDS = 7
 """Rounds of the small-message rate, each method once per round: single runs on a shared VM
 swing by +-30% (the same code runs at two speeds, depending on the core it lands on)."""
@@ -56,15 +58,27 @@ def bench_channel(quick: bool) -> list[Row]:
     big = 16 * MIB if quick else 100 * MIB
     repeat = 3 if quick else 7
     try:
-        copy = _harness.one_way("zcser copy", big, repeat, prefix)
-        p5 = _harness.one_way("pickle5+shm", big, repeat, prefix)
-        memcpy = _copyto_us(big, repeat)
-        zc_us = copy.median * 1e6
+        runs: dict[str, list[float]] = {"zcser": [], "pickle5": [], "memcpy": []}
+        for _ in range(1 if quick else COPY_ROUNDS):  # alternating, like the rate below
+            runs["zcser"].append(_harness.one_way("zcser copy", big, repeat, prefix).median * 1e6)
+            runs["pickle5"].append(
+                _harness.one_way("pickle5+shm", big, repeat, prefix).median * 1e6
+            )
+            runs["memcpy"].append(_copyto_us(big, repeat))
+        zc_us = statistics.median(runs["zcser"])
         label = f"{big // MIB} MiB object, copying send, one way"
         note = f"zcser {_gbps(big, zc_us)}"
-        rows.append(_row(label, zc_us, "np.copyto", memcpy, f"{note}, memcpy {_gbps(big, memcpy)}"))
-        p5_us = p5.median * 1e6
-        rows.append(_row(label, zc_us, "pickle5+shm", p5_us, f"{note}, peer {_gbps(big, p5_us)}"))
+        for peer, key in (("np.copyto", "memcpy"), ("pickle5+shm", "pickle5")):
+            ratios = [z / p for z, p in zip(runs["zcser"], runs[key], strict=True)]
+            peer_us = statistics.median(runs[key])
+            row = _row(label, zc_us, peer, peer_us, f"{note}, peer {_gbps(big, peer_us)}")
+            row["ratio"] = statistics.median(ratios)
+            row["note"] += (
+                f"; median of {len(ratios)} alternating rounds, per-round ratios "
+                f"{min(ratios):.2f}-{max(ratios):.2f}"
+            )
+            rows.append(row)
+        p5_us = statistics.median(runs["pickle5"])
         for nbytes in (8 * MIB, big):
             empty = _harness.one_way("zcser empty()", nbytes, repeat, prefix).median * 1e6
             peer_us = (
