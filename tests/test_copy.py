@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,3 +96,26 @@ def test_large_copying_send_arrives_intact(shm_name: str, threads: int) -> None:
         got = rx.recv(timeout=10)["a"]
         assert np.array_equal(got, arr)
         assert not np.shares_memory(got, arr)
+
+
+def test_a_failed_submit_waits_for_the_copies_already_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No copy thread may still write into the target once copy_into has raised."""
+    pool = _copy._executor(2)
+    real = pool.submit
+    calls: list[Any] = []
+
+    def submit(fn: Any, *args: Any) -> Any:
+        if calls:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        future = real(fn, *args)
+        calls.append(future)
+        return future
+
+    monkeypatch.setattr(pool, "submit", submit)
+    src = _pattern(3 * _copy.PARALLEL_MIN)
+    dst = np.zeros_like(src)
+    with pytest.raises(RuntimeError, match="cannot schedule"):
+        _copy.copy_into(memoryview(dst), memoryview(src), 3)
+    assert calls and calls[0].done()

@@ -233,6 +233,29 @@ def test_read_small_copies_out_small_frames_and_keeps_ring_order(
         assert seq > 1000
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_release_queued_under_the_lock_is_applied_on_the_small_path(
+    shm_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame released while the reader holds its lock (the GC inside a read, another thread)
+    is queued; the small-message path must apply the queue, else the held frame pins the ring
+    until the writer reports BufferFull (found in review)."""
+    if not compiled:
+        monkeypatch.setattr(zerobuffer, "_TAKE", None)
+    with Reader(shm_name, BufferConfig(0, P_SMALL), timeout=2.0) as r, Writer(shm_name) as w:
+        w.write(b"L" * 300)
+        big = r.read_small(200)
+        assert isinstance(big, Frame)
+        with r._core.lock:
+            big.release()  # queued: the lock is busy
+        assert r._core.deferred
+        for seq in range(2, 200):  # ~24 KB of small frames through a 1 KiB ring
+            w.write(pattern(seq, 100), timeout=1.0)
+            assert r.read_small(200) == pattern(seq, 100)
+        assert not r._core.deferred
+        assert r.stats().free == P_SMALL and r.stats().frames_held == 0
+
+
 def test_read_small_withholds_only_while_more_is_published(shm_name: str) -> None:
     size = 64 * 1024  # withholds up to size // 64 bytes
     with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:

@@ -345,6 +345,8 @@ class _ReaderCore:
         if self.withheld:
             with self.lock:
                 self.settle(0, more=False)
+        if self.deferred:
+            self.drain()
         sem = self.sem_w
         if _shm.SEM_VALUE:
             for i in range(spin):
@@ -366,6 +368,8 @@ class _ReaderCore:
             while True:
                 if self.orphans:
                     self.retry_orphans()
+                if self.deferred:
+                    self.drain()
                 if self.closed:
                     raise TransportClosed(f"reader of {self.name!r} was closed while waiting")
                 wait = POLL_INTERVAL
@@ -473,9 +477,11 @@ class _ReaderCore:
             else:
                 self.withheld = 0
                 self.settle(freed, more)
-            return data
         finally:
             lock.release()
+        if self.deferred:  # releases queued while we held the lock (GC, other threads)
+            self.drain()
+        return data
 
     def settle(self, freed: int, more: bool) -> None:
         """Small frames' freed bytes: kept for one batched give-back (one atomic add for many)
@@ -542,22 +548,21 @@ class _ReaderCore:
             self.frames += 1
             self.bytes += n
             offset = base + pos + _HDR
+            result: Frame | bytes
             if n <= limit:
-                data = mm[offset : offset + n]
+                result = mm[offset : offset + n]
                 freed += ring.release(token)
                 if freed:
                     self.settle(freed, _SEM_VALUE and bool(self.sem_w.value))
-                if self.deferred:
-                    self.drain()
-                return data
-            if freed:
-                self.give_back(freed)
-            frame = Frame(
-                self, token, self.ro[offset : offset + n], n, seq, offset, self.addr + offset
-            )
-        if self.deferred:
+            else:
+                if freed or self.withheld:  # a large frame is likely held a while: settle up
+                    self.give_back(freed)
+                result = Frame(
+                    self, token, self.ro[offset : offset + n], n, seq, offset, self.addr + offset
+                )
+        if self.deferred:  # releases queued while we held the lock (GC, other threads)
             self.drain()
-        return frame
+        return result
 
     # -- releasing -------------------------------------------------------------------------------
 
@@ -746,7 +751,7 @@ class Reader:
             if posts:
                 try:
                     sem.acquire(0)
-                except posix_ipc.BusyError:
+                except posix_ipc.Error:  # busy, or closed by another thread: the slow path says
                     core.posts_seen = 0
                 else:
                     core.posts_seen = posts - 1
@@ -831,7 +836,9 @@ class Reader:
 
 class Writer:
     """Connects to buffer NAME (created by a live Reader) and writes frames into it.
-    `timeout` is the default for write() and reserve()."""
+    `timeout` is the default for write() and reserve(). Use it from one thread at a time:
+    closing it from another thread while a write is under way is undefined (the compiled
+    write path holds a raw address into the mapping)."""
 
     def __init__(
         self,

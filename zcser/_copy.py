@@ -41,6 +41,8 @@ def _executor(workers: int) -> ThreadPoolExecutor:
     global _pool, _pool_size, _pool_pid
     with _pool_lock:
         if _pool is None or _pool_pid != os.getpid() or _pool_size < workers:
+            if _pool is not None and _pool_pid == os.getpid():
+                _pool.shutdown(wait=False)  # a smaller one: its idle threads exit
             _pool = ThreadPoolExecutor(workers, thread_name_prefix="zcser-copy")
             _pool_size = workers
             _pool_pid = os.getpid()
@@ -60,12 +62,13 @@ def copy_into(dst: memoryview, src: memoryview, threads: int = 1) -> None:
         return
     chunk = -(-n // threads // _CHUNK_ALIGN) * _CHUNK_ALIGN
     pool = _executor(threads - 1)
-    futures: list[Future[None]] = [
-        pool.submit(np.copyto, target[start : start + chunk], source[start : start + chunk])
-        for start in range(chunk, n, chunk)
-    ]
+    futures: list[Future[None]] = []
     try:
+        for start in range(chunk, n, chunk):
+            futures.append(
+                pool.submit(np.copyto, target[start : start + chunk], source[start : start + chunk])
+            )
         np.copyto(target[:chunk], source[:chunk])
-    finally:
+    finally:  # every started copy ends before the caller can reuse or abort the target
         for future in futures:
             future.result()

@@ -23,7 +23,9 @@ _MODES: ContextVar[tuple[bool, bool]] = ContextVar("zcser_read_modes", default=_
 INLINE_BELOW: ContextVar[int] = ContextVar("zcser_inline_below", default=0)
 """Regions under this many bytes are written in band directly (`write_inline`). Each codec sets
 its threshold here before it serializes and leaves it set (a set and reset per message cost
-~0.4 µs); what it marks is self-describing, so a stale value never misreads."""
+~0.4 µs); what it marks is self-describing, so a stale value never misreads. A codec used inside
+another codec's serializer leaves its own threshold for the outer one's remaining arrays: they
+may then go in band where they would have gone out of band (still decoded correctly)."""
 _INLINE_BELOW = INLINE_BELOW
 
 
