@@ -46,7 +46,7 @@ class WriterRing:
 
         Taken when the ring is empty (`free == size`: every frame released) and the frame is
         large (`REWIND_MIN`): offset 0 is then where the last such frame went, so its memory is
-        still in cache (a stream of 8 MiB messages copied ~1.6x faster). Any reader sees a normal
+        still in cache (8 MiB copying sends in the demo: 1.39 -> 0.93 ms). Any reader sees a normal
         wrap, marker included; nothing is waited for, since the whole ring is free."""
         tail = self.size - self.write_pos
         if (
