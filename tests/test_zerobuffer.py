@@ -256,6 +256,27 @@ def test_release_queued_under_the_lock_is_applied_on_the_small_path(
         assert r.stats().free == P_SMALL and r.stats().frames_held == 0
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_read_small_publishes_read_pos_for_every_frame(
+    shm_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference writer places frames from payload_read_pos: it must never lag, even while
+    the freed bytes are batched (a lagging read_pos made it write past the ring's end)."""
+    if not compiled:
+        monkeypatch.setattr(zerobuffer, "_TAKE", None)
+    size = 64 * 1024
+    with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:
+        for seq in range(1, 11):
+            w.write(pattern(seq, 20))
+        for seq in range(1, 11):
+            assert r.read_small(64) == pattern(seq, 20)
+            assert field(shm_name, L.OFF_READ_POS) == seq * (20 + HDR)
+            assert field(shm_name, L.OFF_READ_COUNT) == seq
+            if seq < 10:
+                assert r.stats().free < size - (10 - seq) * (20 + HDR)  # bytes batched
+        assert r.stats().free == size
+
+
 def test_read_small_withholds_only_while_more_is_published(shm_name: str) -> None:
     size = 64 * 1024  # withholds up to size // 64 bytes
     with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:

@@ -469,6 +469,9 @@ class _ReaderCore:
                 start += _HDR
                 data = mm[start : start + n]
             freed = self.withheld + ring.consume(n + _HDR)
+            # Per frame, not per batch: the reference writer decides where to wrap from read_pos.
+            _pack_u64(mm, _OFF_READ_POS, ring.read_pos)
+            _pack_u64(mm, _OFF_READ_COUNT, ring.count)
             self.expected += 1
             self.frames += 1
             self.bytes += n
@@ -486,15 +489,11 @@ class _ReaderCore:
     def settle(self, freed: int, more: bool) -> None:
         """Small frames' freed bytes: kept for one batched give-back (one atomic add for many)
         while `more` frames are published and the batch is under `withhold_max`, else given back
-        now with everything kept so far. read_pos and read_count (information only: no writer
-        acts on them) are published with each give-back, keeping the OIEB lines the writer uses
-        quiet. Called with the lock held."""
+        now with everything kept so far. Called with the lock held."""
         freed += self.withheld
         if freed < self.withhold_max and more:
             self.withheld = freed
             return
-        _pack_u64(self.mm, _OFF_READ_POS, self.ring.read_pos)
-        _pack_u64(self.mm, _OFF_READ_COUNT, self.ring.count)
         self.withheld = 0
         self.give_back(freed)
 
