@@ -20,9 +20,10 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -1496,6 +1497,42 @@ def test_frames_round_trip_with_and_without_the_compiled_path(
                     assert f.sequence == seq and bytes(f.data) == data
         assert r.stats().free == P_SMALL
         assert field(r.name, L.OFF_WRITTEN_COUNT) == field(r.name, L.OFF_READ_COUNT)
+
+
+def _store_words(name: str, stop: Any) -> None:
+    mm = _shm.open_shm(name)
+    word = _shm.word_at(_shm.address_of(mm) + 56)
+    while not stop.is_set():
+        for value in (31174, 63431, 59051, 61872, 255, 65280):
+            word.value = value
+    del word
+    mm.close()
+
+
+def test_oieb_words_are_stored_and_loaded_whole(shm_name: str) -> None:
+    """A field stored while the peer reads it is seen as the old or the new value, never a mix:
+    struct's byte-at-a-time stores were read as 0 (the reference writer then wrapped wrongly)."""
+    mm = _shm.create_shm(shm_name, 4096)
+    try:
+        word = _shm.word_at(_shm.address_of(mm) + 56)
+        word.value = 31174
+        assert L.U64.unpack_from(mm, 56)[0] == 31174  # little endian, like the OIEB
+        stop = mp.get_context("fork").Event()
+        proc = mp.get_context("fork").Process(target=_store_words, args=(shm_name, stop))
+        proc.start()
+        seen = set()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            seen.add(word.value)
+        stop.set()
+        proc.join(10)
+        assert proc.exitcode == 0
+        assert seen <= {31174, 63431, 59051, 61872, 255, 65280}
+        assert len(seen) > 2
+        del word
+    finally:
+        mm.close()
+        _shm.unlink_shm(shm_name)
 
 
 def test_atomics_on_shared_memory() -> None:

@@ -101,10 +101,6 @@ _HEADER = L.HEADER
 _U64_MAX = (1 << 64) - 1
 _pack_u64 = _U64.pack_into
 _unpack_u64 = _U64.unpack_from
-_OFF_READ_POS = L.OFF_READ_POS
-_OFF_READ_COUNT = L.OFF_READ_COUNT
-_OFF_WRITE_POS = L.OFF_WRITE_POS
-_OFF_WRITTEN_COUNT = L.OFF_WRITTEN_COUNT
 _OFF_READER_PID = L.OFF_READER_PID
 _OFF_PAYLOAD_FREE = L.OFF_PAYLOAD_FREE
 _SEM_VALUE = _shm.SEM_VALUE
@@ -325,6 +321,10 @@ class _ReaderCore:
             self.addr = _shm.address_of(self.mm)
             self.free_addr = self.addr + L.OFF_PAYLOAD_FREE
             self.free = _shm.AtomicWord(self.free_addr)
+            self.free_word = _shm.word_at(self.free_addr)
+            self.read_pos_word = _shm.word_at(self.addr + L.OFF_READ_POS)
+            self.read_count_word = _shm.word_at(self.addr + L.OFF_READ_COUNT)
+            self.write_pos_word = _shm.word_at(self.addr + L.OFF_WRITE_POS)
             self.ro = memoryview(self.mm).toreadonly()
             # Publishing our PID last says "ready" to a connecting writer.
             _U64.pack_into(self.mm, L.OFF_READER_PID, self.pid)
@@ -416,7 +416,7 @@ class _ReaderCore:
         Positions, not counters: the counter is stored after write_pos, so a writer killed
         between the two leaves counters that would later point at stale bytes."""
         size = self.ring.size
-        write_pos: int = _U64.unpack_from(self.mm, L.OFF_WRITE_POS)[0]
+        write_pos: int = self.write_pos_word.value
         read_pos = self.ring.read_pos
         if write_pos > size:
             return False
@@ -470,8 +470,8 @@ class _ReaderCore:
                 data = mm[start : start + n]
             freed = self.withheld + ring.consume(n + _HDR)
             # Per frame, not per batch: the reference writer decides where to wrap from read_pos.
-            _pack_u64(mm, _OFF_READ_POS, ring.read_pos)
-            _pack_u64(mm, _OFF_READ_COUNT, ring.count)
+            self.read_pos_word.value = ring.read_pos
+            self.read_count_word.value = ring.count
             self.expected += 1
             self.frames += 1
             self.bytes += n
@@ -527,8 +527,8 @@ class _ReaderCore:
                     self.give_back(freed)
                 raise
             token = ring.push(_HDR + n)
-            _pack_u64(mm, _OFF_READ_POS, ring.read_pos)
-            _pack_u64(mm, _OFF_READ_COUNT, ring.count)
+            self.read_pos_word.value = ring.read_pos
+            self.read_count_word.value = ring.count
             expected = self.expected
             if seq != expected and seq != 1:
                 # A lost or repeated frame. Skip it (its space goes back) and resynchronise.
@@ -797,7 +797,7 @@ class Reader:
         if core.orphans and not core.closed:
             core.retry_orphans()
         P = core.P
-        free = P if core.closed else min(_U64.unpack_from(core.mm, L.OFF_PAYLOAD_FREE)[0], P)
+        free = P if core.closed else min(core.free_word.value, P)
         return ReaderStats(
             capacity=P,
             used=P - free,
@@ -880,6 +880,9 @@ class Writer:
         self._addr = addr
         self._free_addr = addr + L.OFF_PAYLOAD_FREE
         self._free = _shm.AtomicWord(self._free_addr)
+        self._free_word = _shm.word_at(self._free_addr)
+        self._write_pos_word = _shm.word_at(addr + L.OFF_WRITE_POS)
+        self._written_word = _shm.word_at(addr + L.OFF_WRITTEN_COUNT)
         self._sem_w, self._sem_r = sems
         self._M = M
         self._P = P
@@ -950,7 +953,7 @@ class Writer:
             0 < n < _SMALL_FRAME
             and n + _HDR <= ring.size - ring.write_pos
             and _unpack_u64(mm, _OFF_READER_PID)[0]
-            and self._P >= _unpack_u64(mm, _OFF_PAYLOAD_FREE)[0] >= n + _HDR
+            and self._P >= self._free_word.value >= n + _HDR
         ):
             # The usual frame: it fits before the ring's end and the space is free already.
             start = self._base + ring.write_pos + _HDR
@@ -1053,7 +1056,7 @@ class Writer:
             raise ReaderDead(
                 f"buffer {self.name!r}: the reader closed. Start a new reader, then a new writer."
             )
-        free = _unpack_u64(mm, _OFF_PAYLOAD_FREE)[0]
+        free = self._free_word.value
         if not skip:
             again = self._again
             if again is not None and again[0] == ring.write_pos:
@@ -1077,10 +1080,10 @@ class Writer:
         t = self._timeout if timeout is _UNSET else _check_timeout(timeout)
         mm = self._mm
         P = self._P
-        off_free = L.OFF_PAYLOAD_FREE
+        free_word = self._free_word
         if t != 0:
             for i in range(self._spin):
-                if _U64.unpack_from(mm, off_free)[0] >= required:
+                if free_word.value >= required:
                     break
                 if i >= _SPIN_FAST:
                     os.sched_yield()
@@ -1089,7 +1092,7 @@ class Writer:
         sem = self._sem_r
         try:
             while True:
-                free = _U64.unpack_from(mm, off_free)[0]
+                free = free_word.value
                 if free > P:
                     self._corrupt_free(free)
                 if free >= required:
@@ -1143,8 +1146,8 @@ class Writer:
         # Free space first (PROTOCOL.md order): a writer killed between these steps then leaks
         # the frame's bytes at worst, instead of leaving space counted free twice.
         self._free.sub(skip + total)
-        _pack_u64(mm, _OFF_WRITE_POS, ring.write_pos)
-        _pack_u64(mm, _OFF_WRITTEN_COUNT, self._written)
+        self._write_pos_word.value = ring.write_pos
+        self._written_word.value = self._written
         _shm.post(self._sem_w)
         self._frames += 1
         self._bytes += n
@@ -1162,7 +1165,7 @@ class Writer:
             free, unread = P, 0
         else:
             mm = self._mm
-            free = min(_U64.unpack_from(mm, L.OFF_PAYLOAD_FREE)[0], P)
+            free = min(self._free_word.value, P)
             read_count = _U64.unpack_from(mm, L.OFF_READ_COUNT)[0]
             unread = max(0, self._written - read_count)
         return WriterStats(
