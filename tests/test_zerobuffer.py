@@ -1520,10 +1520,12 @@ def test_oieb_words_are_stored_and_loaded_whole(shm_name: str) -> None:
         stop = mp.get_context("fork").Event()
         proc = mp.get_context("fork").Process(target=_store_words, args=(shm_name, stop))
         proc.start()
-        seen = set()
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
+        seen: set[int] = set()
+        reads = 0
+        hang_guard = time.monotonic() + 60  # not a threshold: the child may start late
+        while (len(seen) < 3 or reads < 500_000) and time.monotonic() < hang_guard:
             seen.add(word.value)
+            reads += 1
         stop.set()
         proc.join(10)
         assert proc.exitcode == 0
