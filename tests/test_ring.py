@@ -131,6 +131,26 @@ def test_reader_consume_is_push_then_release(totals: list[int]) -> None:
         a.consume(HEADER_SIZE + 1)
 
 
+@given(
+    st.lists(
+        st.lists(st.integers(min_value=HEADER_SIZE + 1, max_value=120), min_size=1, max_size=6),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_reader_consume_of_a_run_is_consuming_each_frame(runs: list[list[int]]) -> None:
+    """consume(sum, frames=k) (read_small's runs) ends where k single consumes end, as long as
+    the run fits before the ring's end (take_run stops at the end)."""
+    a, b = ReaderRing(1000), ReaderRing(1000)
+    for run in runs:
+        if a.size - a.read_pos < sum(run):
+            assert a.wrap() == b.wrap()
+            continue
+        assert a.consume(sum(run), frames=len(run)) == sum(b.consume(t) for t in run)
+        assert (a.read_pos, a.count, a.held, a.pending) == (b.read_pos, b.count, b.held, b.pending)
+    assert a.push(HEADER_SIZE + 1) == b.push(HEADER_SIZE + 1)
+
+
 def test_reader_out_of_order_release_is_deferred_until_older_frames_go() -> None:
     r = ReaderRing(256)
     a, b, c = r.push(30), r.push(40), r.push(50)

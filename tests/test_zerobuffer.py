@@ -195,7 +195,7 @@ def test_read_small_copies_out_small_frames_and_keeps_ring_order(
     if backend == _shm.LIBATOMIC:  # as when transports._hotpath could not be built
         monkeypatch.setattr(_shm, "_compiled", None)
         monkeypatch.setattr(zerobuffer, "_PUT", None)
-        monkeypatch.setattr(zerobuffer, "_TAKE", None)
+        monkeypatch.setattr(zerobuffer, "_TAKE_RUN", None)
     limit = 40
     rng = random.Random(7)
     with Reader(shm_name, BufferConfig(0, P_SMALL), timeout=2.0) as r, Writer(shm_name) as w:
@@ -242,7 +242,7 @@ def test_release_queued_under_the_lock_is_applied_on_the_small_path(
     is queued; the small-message path must apply the queue, else the held frame pins the ring
     until the writer reports BufferFull (found in review)."""
     if not compiled:
-        monkeypatch.setattr(zerobuffer, "_TAKE", None)
+        monkeypatch.setattr(zerobuffer, "_TAKE_RUN", None)
     with Reader(shm_name, BufferConfig(0, P_SMALL), timeout=2.0) as r, Writer(shm_name) as w:
         w.write(b"L" * 300)
         big = r.read_small(200)
@@ -258,27 +258,90 @@ def test_release_queued_under_the_lock_is_applied_on_the_small_path(
 
 
 @pytest.mark.parametrize("compiled", [True, False])
-def test_read_small_publishes_read_pos_for_every_frame(
+def test_read_small_publishes_read_pos_before_giving_bytes_back(
     shm_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The reference writer places frames from payload_read_pos: it must never lag, even while
-    the freed bytes are batched (a lagging read_pos made it write past the ring's end)."""
+    """The reference writer places frames from payload_read_pos: it must never lag behind the
+    frames taken, whose bytes may go back (a lagging read_pos made it write past the ring's
+    end). One frame per call without the compiled path; a whole run per call with it."""
     if not compiled:
-        monkeypatch.setattr(zerobuffer, "_TAKE", None)
+        monkeypatch.setattr(zerobuffer, "_TAKE_RUN", None)
     size = 64 * 1024
     with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:
         for seq in range(1, 11):
             w.write(pattern(seq, 20))
         for seq in range(1, 11):
             assert r.read_small(64) == pattern(seq, 20)
-            assert field(shm_name, L.OFF_READ_POS) == seq * (20 + HDR)
-            assert field(shm_name, L.OFF_READ_COUNT) == seq
-            if seq < 10:
-                assert r.stats().free < size - (10 - seq) * (20 + HDR)  # bytes batched
+            taken = 10 if compiled else seq
+            assert field(shm_name, L.OFF_READ_POS) == taken * (20 + HDR)
+            assert field(shm_name, L.OFF_READ_COUNT) == taken
+            assert r.stats().free <= size - (10 - taken) * (20 + HDR)
         assert r.stats().free == size
 
 
-def test_read_small_withholds_only_while_more_is_published(shm_name: str) -> None:
+def test_read_small_reads_ahead_a_run_and_returns_it_in_order(shm_name: str) -> None:
+    """With the compiled path one call takes up to _RUN_FRAMES published small frames (their
+    space goes back at once) and the next calls return them; read() and a smaller limit get
+    them as private Frames (offset -1); close() drops them."""
+    size = 64 * 1024
+    with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:
+        assert r._core.sem_handle, "the compiled path should be in use"
+        for seq in range(1, 6):
+            w.write(pattern(seq, 20))
+        assert r.read_small(64) == pattern(1, 20)
+        assert field(shm_name, L.OFF_READ_COUNT) == 5  # all five taken by one run
+        assert r.stats().free == size  # a run that found no more posts gives everything back
+        assert r.stats().frames == 5
+        assert r.read_small(64) == pattern(2, 20)
+        frame = r.read()  # a Frame over the private copy
+        assert (frame.offset, frame.sequence, frame.size) == (-1, 3, 20)
+        assert bytes(frame.data) == pattern(3, 20) and frame.data.readonly
+        view = np.frombuffer(frame.data, dtype=np.uint8)
+        with pytest.raises(BufferError):
+            frame.release()
+        del view
+        frame.release()
+        small = r.read_small(10)  # over this call's limit: a Frame too
+        assert isinstance(small, Frame) and small.sequence == 4
+        assert r.read_small(64) == pattern(5, 20)
+        with pytest.raises(E.Timeout):
+            r.read_small(64, timeout=0)
+
+        for seq in range(6, 6 + 40):
+            w.write(pattern(seq, 20))
+        assert r.read_small(64) == pattern(6, 20)
+        assert field(shm_name, L.OFF_READ_COUNT) == 5 + zerobuffer._RUN_FRAMES  # frame bound
+        for seq in range(7, 6 + 40):
+            assert r.read_small(64) == pattern(seq, 20)
+        assert r.stats().free == size
+
+        for seq in range(46, 49):
+            w.write(pattern(seq, 20))
+        assert r.read_small(64) == pattern(46, 20)
+        r.close()
+        with pytest.raises(E.TransportClosed):
+            r.read_small(64)
+
+
+def test_read_small_run_stops_past_its_byte_bound(shm_name: str) -> None:
+    size = 1 << 20
+    n = 10 * 1024
+    with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:
+        for seq in range(1, 41):
+            w.write(pattern(seq, n))
+        assert r.read_small(16 * 1024) == pattern(1, n)
+        taken = -(-zerobuffer._RUN_BYTES // n)
+        assert field(shm_name, L.OFF_READ_COUNT) == taken
+        for seq in range(2, 41):
+            assert r.read_small(16 * 1024) == pattern(seq, n)
+        assert r.stats().free == size
+
+
+def test_read_small_withholds_only_while_more_is_published(
+    shm_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the compiled path: one frame a call, bytes batched while more are posted."""
+    monkeypatch.setattr(zerobuffer, "_TAKE_RUN", None)
     size = 64 * 1024  # withholds up to size // 64 bytes
     with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:
         for i in range(1, 6):
@@ -1411,7 +1474,15 @@ def test_compiled_hotpath_checks_its_arguments() -> None:
     with pytest.raises(TypeError, match="must be bytes"):
         _hotpath.put(8, 0, 64, 0, bytearray(b"x"), 1, 1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="must be an int"):
-        _hotpath.take(8, 0, 64, 0, 1.5, 1)  # type: ignore[arg-type]
+        _hotpath.take_run(8, 0, 64, 0, 1.5, 1, 1, 1, 8)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sem handle is 0"):
+        _hotpath.take_run(8, 0, 64, 0, 10, 1, 1, 1, 0)
+    with pytest.raises(FileNotFoundError):
+        _hotpath.sem_attach("/sem-w-zcser-no-such-semaphore")
+    with pytest.raises(TypeError):
+        _hotpath.sem_attach(b"/sem-w-x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="handle is 0"):
+        _hotpath.sem_detach(0)
     with pytest.raises(ValueError, match="multiples of 8"):
         _hotpath.configure(3, 8, 16, 24, 16)
     with pytest.raises(ValueError, match="two u64"):
@@ -1432,23 +1503,34 @@ def test_compiled_address_of_buffers() -> None:
         _hotpath.address(3)
 
 
-def test_compiled_put_and_take_handle_only_the_plain_case(shm_name: str) -> None:
-    """put/take do the common frame and decline (-1 / None, nothing changed) everything else."""
+def test_compiled_put_and_take_run_handle_only_the_plain_case(shm_name: str) -> None:
+    """put/take_run do the common frames and decline (-1 / [], nothing changed, a post taken
+    for a frame they do not handle given back) everything else."""
     from transports import _hotpath
 
     size = 256
     with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:
-        addr, base = w._addr, w._base
+        addr, base, sem_w = w._addr, w._base, r._core.sem_w
+        sem = r._core.sem_handle
+        assert sem
+
+        def run(pos: int, limit: int, expected: int, frames: int = 32, nbytes: int = 1 << 20):
+            return _hotpath.take_run(addr, base, size, pos, limit, expected, frames, nbytes, sem)
+
         assert _hotpath.put(addr, base, size, 0, b"abc", 1, 1) == 19
         assert field(shm_name, L.OFF_WRITE_POS) == 19
         assert field(shm_name, L.OFF_WRITTEN_COUNT) == 1
         assert field(shm_name, L.OFF_PAYLOAD_FREE) == size - 19
-        assert _hotpath.take(addr, base, size, 0, 10, 1) == b"abc"
-        assert _hotpath.take(addr, base, size, 0, 2, 1) is None  # over the limit
-        assert _hotpath.take(addr, base, size, 0, 10, 2) is None  # another sequence
-        assert _hotpath.take(addr, base, size, 19, 10, 2) is None  # a zero header: wrap/none
-        assert _hotpath.take(addr, base, size, size - 8, 10, 2) is None  # no room for a header
-        assert _hotpath.take(addr, base, size, size + 8, 10, 2) is None  # outside the ring
+        assert run(0, 10, 1) == []  # published, but not posted yet
+        sem_w.release()
+        assert run(0, 2, 1) == []  # over the limit
+        assert run(0, 10, 2) == []  # another sequence
+        assert run(19, 10, 2) == []  # a zero header: wrap/none
+        assert run(size - 8, 10, 2) == []  # no room for a header
+        assert run(size + 8, 10, 2) == []  # outside the ring
+        assert sem_w.value == 1  # every declined post went back
+        assert run(0, 10, 1) == [b"abc"]
+        assert sem_w.value == 0
         before = oieb_bytes(shm_name)
         assert _hotpath.put(addr, base, size, 19, b"", 2, 2) == -1  # empty
         assert _hotpath.put(addr, base, size, 250, b"x" * 8, 2, 2) == -1  # needs a wrap
@@ -1471,6 +1553,37 @@ def test_compiled_put_and_take_handle_only_the_plain_case(shm_name: str) -> None
         del r, w
 
 
+def test_compiled_take_run_stops_at_its_bounds(shm_name: str) -> None:
+    """A run ends at max_frames, past max_bytes, before a frame it does not take (whose post
+    goes back), and after a frame ending exactly at the ring's end."""
+    from transports import _hotpath
+
+    size = 128
+    with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:
+        addr, base, sem_w = w._addr, w._base, r._core.sem_w
+        sem = r._core.sem_handle
+
+        def run(pos: int, limit: int, expected: int, frames: int = 32, nbytes: int = 1 << 20):
+            return _hotpath.take_run(addr, base, size, pos, limit, expected, frames, nbytes, sem)
+
+        frames = [b"de", b"fgh", b"i" * 40, b"j" * 19]  # the last ends exactly at the end
+        pos = 0
+        for seq, data in enumerate(frames, start=1):
+            with raw_oieb(shm_name) as mm:
+                L.U64.pack_into(mm, L.OFF_PAYLOAD_FREE, size)
+            assert _hotpath.put(addr, base, size, pos, data, seq, seq) == pos + len(data) + HDR
+            pos += len(data) + HDR
+            sem_w.release()
+        assert pos == size
+        assert run(0, 10, 1, frames=1) == [b"de"]  # the frame bound
+        assert run(18, 10, 2) == [b"fgh"]  # stops before the frame over the limit
+        assert sem_w.value == 2
+        assert run(37, 40, 3, nbytes=1) == [b"i" * 40]  # the byte bound (after one frame)
+        assert run(93, 40, 4) == [b"j" * 19] and sem_w.value == 0
+        assert run(0, 40, 5) == []  # nothing posted
+        del r, w
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_frames_round_trip_with_and_without_the_compiled_path(
     shm_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch
@@ -1478,7 +1591,7 @@ def test_frames_round_trip_with_and_without_the_compiled_path(
     """Every size and position, wraps included, through write() and read_small()/read()."""
     if not compiled:
         monkeypatch.setattr(zerobuffer, "_PUT", None)
-        monkeypatch.setattr(zerobuffer, "_TAKE", None)
+        monkeypatch.setattr(zerobuffer, "_TAKE_RUN", None)
     rng = random.Random(3)
     with Reader(shm_name, BufferConfig(0, P_SMALL), timeout=2.0) as r, Writer(shm_name) as w:
         for seq in range(1, 2000):

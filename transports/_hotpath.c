@@ -3,11 +3,12 @@
  * - fetch_add / fetch_sub / compare_exchange: sequentially consistent u64 atomics at a raw
  *   address (the shared free-space word), the twin of libatomic through ctypes in
  *   transports/_shm.py without ctypes' per-call conversions (~0.05 us instead of 0.3-0.4 us).
- * - put / take: the common small frame, written or copied out in one call. They only do the
- *   memory work of the cases they handle and answer "not handled" (-1 / None) for everything
- *   else (wraps, full ring, gone reader, sequence gaps, corruption), which the Python code in
- *   transports/zerobuffer.py then handles, so the protocol logic stays there.
- *
+ * - put / take_run: the common small frame written, or a run of them copied out, in one call;
+ *   take_run takes each frame's sem-w post through the reader's own handle on the semaphore
+ *   (sem_attach / sem_detach). They only do the memory work of the cases they handle and
+ *   answer "not handled" (-1 / an empty list) for everything else (wraps, full ring, gone
+ *   reader, sequence gaps, corruption), which the Python code in transports/zerobuffer.py then
+ *   handles, so the protocol logic stays there.
  * - address: where a contiguous buffer lives, for alignment checks (no pyarrow round trip).
  *
  * Internal: callers pass addresses inside a live mapping; a wrong address crashes the process,
@@ -15,13 +16,14 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <semaphore.h>
 #include <stdint.h>
 #include <string.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define HOTPATH_LITTLE_ENDIAN 1
 #else
-#define HOTPATH_LITTLE_ENDIAN 0 /* the wire format is little endian: put/take decline */
+#define HOTPATH_LITTLE_ENDIAN 0 /* the wire format is little endian: put/take_run decline */
 #endif
 
 static struct {
@@ -191,31 +193,107 @@ put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromUnsignedLongLong(pos + total);
 }
 
-/* take(addr, base, size, pos, limit, expected) -> bytes, or None when not handled.
- * Copies out the frame at ring offset `pos` when its header is in place (not a wrap), its length
- * is 1..limit and fits before the ring's end, and its sequence is `expected`. Changes nothing:
- * the caller does the accounting. Call only after taking the frame's sem-w post. */
+/* sem_attach(name) -> handle: this process's sem_t for an existing named semaphore (glibc hands
+ * back the mapping posix_ipc already has, counted), for take_run. Release with sem_detach. */
 static PyObject *
-take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+sem_attach(PyObject *module, PyObject *name)
 {
-    uint64_t a[6];
-    if (parse_u64s(args, nargs, 6, "take(addr, base, size, pos, limit, expected)", a) < 0 ||
+    if (!PyUnicode_Check(name)) {
+        PyErr_SetString(PyExc_TypeError, "sem_attach(name): name must be a str");
+        return NULL;
+    }
+    const char *cname = PyUnicode_AsUTF8(name);
+    if (cname == NULL) {
+        return NULL;
+    }
+    sem_t *sem = sem_open(cname, 0);
+    if (sem == SEM_FAILED) {
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+    }
+    return PyLong_FromVoidPtr(sem);
+}
+
+/* sem_detach(handle): close a handle from sem_attach; the handle must not be used again. */
+static PyObject *
+sem_detach(PyObject *module, PyObject *handle)
+{
+    void *sem = PyLong_AsVoidPtr(handle);
+    if (sem == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "sem_detach(handle): handle is 0");
+        }
+        return NULL;
+    }
+    if (sem_close((sem_t *)sem) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+/* take_run(addr, base, size, pos, limit, expected, max_frames, max_bytes, sem) -> list[bytes].
+ * Copies out consecutive frames from ring offset `pos` while each one's sem-w post can be taken
+ * without waiting and the frame is a plain one (not a wrap marker, 1..limit bytes, fits before
+ * the ring's end, sequence expected, expected + 1, ...), up to max_frames frames and, past the
+ * first, max_bytes bytes; stops after a frame that ends
+ * exactly at the ring's end. A post taken for a frame it does not handle is posted back, so an
+ * empty list means nothing changed. The caller does the accounting for the frames returned. */
+static PyObject *
+take_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t a[9];
+    if (parse_u64s(args, nargs, 9,
+                   "take_run(addr, base, size, pos, limit, expected, max_frames, max_bytes, sem)",
+                   a) < 0 ||
         check_address(a[0]) < 0 || check_configured() < 0) {
         return NULL;
     }
     uint64_t addr = a[0], base = a[1], size = a[2], pos = a[3], limit = a[4], expected = a[5];
-    if (!HOTPATH_LITTLE_ENDIAN || pos > size || size - pos < layout.header_size) {
-        Py_RETURN_NONE;
+    uint64_t max_frames = a[6], max_bytes = a[7];
+    sem_t *sem = (sem_t *)(uintptr_t)a[8];
+    if (sem == NULL) {
+        PyErr_SetString(PyExc_ValueError, "take_run(): sem handle is 0");
+        return NULL;
     }
-    const char *frame = (const char *)(uintptr_t)addr + base + pos;
-    uint64_t header[2];
-    memcpy(header, frame, sizeof header);
-    uint64_t n = header[0];
-    if (n == 0 || n > limit || header[1] != expected ||
-        n > size - pos - layout.header_size || n > (uint64_t)PY_SSIZE_T_MAX) {
-        Py_RETURN_NONE;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
     }
-    return PyBytes_FromStringAndSize(frame + layout.header_size, (Py_ssize_t)n);
+    uint64_t copied = 0;
+    while (HOTPATH_LITTLE_ENDIAN && (uint64_t)PyList_GET_SIZE(out) < max_frames &&
+           (copied == 0 || copied < max_bytes) && pos <= size &&
+           size - pos >= layout.header_size) {
+        if (sem_trywait(sem) != 0) {
+            break; /* no post (EAGAIN) or a signal (EINTR): the caller waits its own way */
+        }
+        const char *frame = (const char *)(uintptr_t)addr + base + pos;
+        uint64_t header[2];
+        memcpy(header, frame, sizeof header);
+        uint64_t n = header[0];
+        if (n == 0 || n > limit || header[1] != expected ||
+            n > size - pos - layout.header_size || n > (uint64_t)PY_SSIZE_T_MAX) {
+            sem_post(sem);
+            break;
+        }
+        PyObject *data = PyBytes_FromStringAndSize(frame + layout.header_size, (Py_ssize_t)n);
+        if (data == NULL || PyList_Append(out, data) < 0) {
+            Py_XDECREF(data);
+            sem_post(sem);
+            if (PyList_GET_SIZE(out) == 0) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            PyErr_Clear(); /* return what was taken: the next call reports the shortage */
+            break;
+        }
+        Py_DECREF(data);
+        copied += n;
+        expected += 1;
+        pos += n + layout.header_size;
+        if (pos == size) {
+            break;
+        }
+    }
+    return out;
 }
 
 /* address(buffer) -> int: where a contiguous buffer's first byte lives (0 when empty). */
@@ -244,15 +322,19 @@ static PyMethodDef methods[] = {
      "configure(off_free, off_write_pos, off_written, off_reader_pid, header_size): the layout."},
     {"put", (PyCFunction)(void (*)(void))put, METH_FASTCALL,
      "put(addr, base, size, pos, data, seq, written) -> new write_pos, or -1 if not handled."},
-    {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL,
-     "take(addr, base, size, pos, limit, expected) -> bytes, or None if not handled."},
+    {"take_run", (PyCFunction)(void (*)(void))take_run, METH_FASTCALL,
+     "take_run(addr, base, size, pos, limit, expected, max_frames, max_bytes, sem) -> list[bytes]."},
+    {"sem_attach", (PyCFunction)sem_attach, METH_O,
+     "sem_attach(name) -> handle: this process's sem_t of an existing named semaphore."},
+    {"sem_detach", (PyCFunction)sem_detach, METH_O,
+     "sem_detach(handle): close a handle from sem_attach."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     "transports._hotpath",
-    "The ZeroBuffer ring's per-frame hot path: u64 atomics and small-frame put/take.",
+    "The ZeroBuffer ring's per-frame hot path: u64 atomics and small-frame put/take_run.",
     -1,
     methods,
     NULL,

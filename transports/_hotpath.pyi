@@ -10,6 +10,17 @@ def configure(
 def put(
     addr: int, base: int, size: int, pos: int, data: bytes, seq: int, written: int, /
 ) -> int: ...
-def take(
-    addr: int, base: int, size: int, pos: int, limit: int, expected: int, /
-) -> bytes | None: ...
+def take_run(
+    addr: int,
+    base: int,
+    size: int,
+    pos: int,
+    limit: int,
+    expected: int,
+    max_frames: int,
+    max_bytes: int,
+    sem: int,
+    /,
+) -> list[bytes]: ...
+def sem_attach(name: str, /) -> int: ...
+def sem_detach(handle: int, /) -> None: ...

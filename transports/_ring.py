@@ -151,15 +151,16 @@ class ReaderRing:
         self.held_bytes += total
         return token
 
-    def consume(self, total: int) -> int:
-        """Take the (checked) frame of `total` bytes at `read_pos` and release it at once, when
-        nothing is held: push() and release() in one step. Returns bytes to give back."""
+    def consume(self, total: int, frames: int = 1) -> int:
+        """Take the (checked) `frames` consecutive frames of `total` bytes in all at `read_pos`
+        and release them at once, when nothing is held: push() and release() in one step.
+        Returns bytes to give back."""
         if self.held or self._entries:
             raise ValueError("consume() needs a ring with nothing held; use push() and release()")
         pos = self.read_pos + total
         self.read_pos = 0 if pos >= self.size else pos
-        self.count += 1
-        self._first += 1
+        self.count += frames
+        self._first += frames
         return total
 
     def release(self, token: int) -> int:

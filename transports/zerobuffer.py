@@ -35,6 +35,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass
 from pickle import PickleBuffer
 from sys import getrefcount
@@ -91,6 +92,14 @@ yielding, a spin there measured ~5x slower round trips (the peer ran only after 
 POLL_INTERVAL = 0.05
 """Longest single blocking wait (seconds) before the peer's liveness is checked again."""
 
+_RUN_FRAMES = 32
+"""Most small frames one `Reader.read_small` call copies out of the ring at once (a run): the
+first is returned, the rest wait in the reader, so the semaphore, the lock and the accounting
+are paid once per run instead of once per frame."""
+
+_RUN_BYTES = 256 * 1024
+"""A run stops once it has copied this many bytes (bounds the reader's private read-ahead)."""
+
 _WITHHOLD_MAX = 64 * 1024
 """Most bytes of small frames (`Reader.read_small`) a reader keeps before giving them back in one
 atomic add; never more than 1/64 of the ring, and only while more frames are published."""
@@ -106,7 +115,7 @@ _OFF_PAYLOAD_FREE = L.OFF_PAYLOAD_FREE
 _SEM_VALUE = _shm.SEM_VALUE
 _SMALL_FRAME = REWIND_MIN - L.HEADER_SIZE  # writes below it skip _claim (they never rewind)
 _PUT = _shm.hotpath.put if _shm.hotpath is not None else None
-_TAKE = _shm.hotpath.take if _shm.hotpath is not None else None
+_TAKE_RUN = _shm.hotpath.take_run if _shm.hotpath is not None else None
 
 
 class _Unset(enum.Enum):
@@ -186,6 +195,8 @@ class Frame:
     """One received frame. `data` is a read-only memoryview straight into shared memory, valid
     until the frame is released; `offset` is its position in the mapping (page aligned, so
     `offset % 64` is its absolute alignment), `address` its absolute address, `size` its length.
+    A small frame that `Reader.read_small` already copied out (read ahead) comes back from read()
+    as a Frame over that private copy, with `offset` -1; its ring space is already free.
 
     `data` has a buffer of its own (a per-frame view wrapped in a PickleBuffer), so every view
     made from it, `np.frombuffer(f.data)`, `f.data[a:b]`, `memoryview(f.data)`, keeps that buffer
@@ -195,7 +206,7 @@ class Frame:
 
     def __init__(
         self,
-        core: _ReaderCore,
+        core: _ReaderCore | _PrivateFrames,
         token: int,
         view: memoryview,
         size: int,
@@ -203,7 +214,7 @@ class Frame:
         offset: int,
         address: int,
     ) -> None:
-        self._core: _ReaderCore | None = core
+        self._core: _ReaderCore | _PrivateFrames | None = core
         self._token = token
         self._view = view
         wrapper = PickleBuffer(view)
@@ -265,6 +276,20 @@ class Frame:
         return f"<Frame seq={self.sequence} offset={self.offset} {state}>"
 
 
+class _PrivateFrames:
+    """The owner of Frames over frames a run already copied out (offset -1): releasing them
+    gives nothing back, their ring space went back when they were copied."""
+
+    def release(self, token: int) -> None:
+        pass
+
+    def orphan(self, data: memoryview, view: memoryview, token: int) -> None:
+        pass
+
+
+_PRIVATE = _PrivateFrames()
+
+
 def _release_views(data: memoryview, view: memoryview) -> bool:
     """Release a frame's data view and the per-frame buffer behind it; False while in use."""
     try:
@@ -292,6 +317,8 @@ class _ReaderCore:
         self.orphans: list[tuple[memoryview, memoryview, int]] = []  # dead frames, data in use
         self.ring = ReaderRing(payload_block)
         self.posts_seen = 0  # sem-w posts known to be pending (read_small's fast path)
+        self.pending: deque[bytes] = deque()  # small frames taken by a run, not yet returned
+        self.sem_handle = 0  # this process's own sem_t for sem-w (take_run), 0 if none
         self.withheld = 0  # bytes of small frames read and released, not yet given back
         self.withhold_max = min(payload_block // 64, _WITHHOLD_MAX)
         self.expected = 1
@@ -326,6 +353,8 @@ class _ReaderCore:
             self.read_count_word = _shm.word_at(self.addr + L.OFF_READ_COUNT)
             self.write_pos_word = _shm.word_at(self.addr + L.OFF_WRITE_POS)
             self.ro = memoryview(self.mm).toreadonly()
+            if _TAKE_RUN is not None:
+                self.attach_semaphore(L.sem_w_name(name))
             # Publishing our PID last says "ready" to a connecting writer.
             _U64.pack_into(self.mm, L.OFF_READER_PID, self.pid)
         except BaseException:
@@ -435,10 +464,88 @@ class _ReaderCore:
             timeout=timeout,
         )
 
+    def attach_semaphore(self, os_name: str) -> None:
+        """Open our own handle on sem-w for take_run (closed when this core is collected, so no
+        frame or thread can still be using it); without one, read_small takes one frame a call."""
+        hotpath = _shm.hotpath
+        assert hotpath is not None
+        try:
+            self.sem_handle = hotpath.sem_attach(os_name)
+        except OSError:
+            return
+        weakref.finalize(self, hotpath.sem_detach, self.sem_handle)
+
     # -- reading ---------------------------------------------------------------------------------
 
+    def take_run(self, limit: int) -> bytes | None:
+        """The common small read, compiled: up to _RUN_FRAMES published frames of at most `limit`
+        bytes each, in sequence, before the ring's end, with nothing held, copied out and their
+        posts taken in one call; returns the first and keeps the rest in `pending`. None
+        (nothing changed) sends the caller to the general path."""
+        lock = self.lock
+        if not lock.acquire(False):
+            return None
+        try:
+            ring = self.ring
+            if self.closed or ring.held or limit <= 0 or self.expected > _U64_MAX:
+                return None
+            assert _TAKE_RUN is not None
+            size = ring.size
+            got = _TAKE_RUN(
+                self.addr,
+                self.base,
+                size,
+                ring.read_pos,
+                min(limit, size),
+                self.expected,
+                _RUN_FRAMES,
+                _RUN_BYTES,
+                self.sem_handle,
+            )
+            k = len(got)
+            if not k:
+                return None
+            nbytes = len(got[0]) if k == 1 else sum(map(len, got))
+            freed = self.withheld + ring.consume(nbytes + k * _HDR, k)
+            # Before any byte goes back: the reference writer decides where to wrap from read_pos.
+            self.read_pos_word.value = ring.read_pos
+            self.read_count_word.value = ring.count
+            self.expected += k
+            self.frames += k
+            self.bytes += nbytes
+            # A run cut short by its bounds leaves frames published: their bytes may wait to go
+            # back with the next run's (settle()'s batching); otherwise everything goes back now.
+            if k == _RUN_FRAMES or nbytes >= _RUN_BYTES:
+                self.withheld = 0
+                self.settle(freed, True)
+            else:
+                self.withheld = 0
+                self.give_back(freed)
+            if k == 1:
+                data = got[0]
+            else:
+                self.pending.extend(got)
+                data = self.pending.popleft()
+        finally:
+            lock.release()
+        if self.deferred:  # releases queued while we held the lock (GC, other threads)
+            self.drain()
+        return data
+
+    def next_pending(self, limit: int) -> Frame | bytes:
+        """The oldest frame a run read ahead: its bytes, or a private Frame (offset -1) over them
+        when the caller asked for Frames above `limit` bytes (read(), a smaller limit)."""
+        data = self.pending.popleft()
+        n = len(data)
+        if n <= limit:
+            return data
+        seq = (self.expected - 1 - len(self.pending)) & _U64_MAX
+        view = memoryview(data)
+        assert _shm.hotpath is not None  # runs exist only with the compiled hot path
+        return Frame(_PRIVATE, 0, view, n, seq, -1, _shm.hotpath.address(view))
+
     def take_small(self, limit: int, more: bool) -> bytes | None:
-        """The common small read, inline: a frame of at most `limit` bytes, in sequence, before
+        """The common small read without the compiled take_run: a frame of at most `limit` bytes, in sequence, before
         the ring's end, with nothing held. None (nothing changed) sends the caller to take_frame,
         which handles wraps, held frames, sequence gaps and corruption. `more`: further frames
         are published (their posts seen), so the freed bytes may wait to go back together."""
@@ -452,22 +559,12 @@ class _ReaderCore:
                 return None
             if self.expected > _U64_MAX:  # after a corrupt sequence: take_frame reports it
                 return None
-            mm = self.mm
-            if _TAKE is not None:
-                got = _TAKE(
-                    self.addr, self.base, ring.size, pos, min(limit, ring.size), self.expected
-                )
-                if got is None:
-                    return None
-                data = got
-                n = len(data)
-            else:
-                start = self.base + pos
-                n, seq = _HEADER.unpack_from(mm, start)
-                if not 0 < n <= limit or seq != self.expected or n + _HDR > ring.size - pos:
-                    return None
-                start += _HDR
-                data = mm[start : start + n]
+            start = self.base + pos
+            n, seq = _HEADER.unpack_from(self.mm, start)
+            if not 0 < n <= limit or seq != self.expected or n + _HDR > ring.size - pos:
+                return None
+            start += _HDR
+            data = self.mm[start : start + n]
             freed = self.withheld + ring.consume(n + _HDR)
             # Per frame, not per batch: the reference writer decides where to wrap from read_pos.
             self.read_pos_word.value = ring.read_pos
@@ -632,6 +729,7 @@ class _ReaderCore:
         if self.closed:
             return
         self.closed = True
+        self.pending.clear()
         if os.getpid() != self.pid:
             return  # a forked child: the names and the OIEB belong to the parent
         with contextlib.suppress(Exception):
@@ -740,9 +838,18 @@ class Reader:
 
     def read_small(self, limit: int, timeout: TimeoutArg = _UNSET) -> Frame | bytes:
         """Like read(), but a frame of at most `limit` data bytes comes back as a private bytes
-        copy whose ring space is already given back: no Frame, no release (small messages)."""
+        copy whose ring space is already given back: no Frame, no release (small messages).
+        With the compiled hot path one call may copy out a run of such frames already published
+        (up to _RUN_FRAMES / _RUN_BYTES); later calls return them in order."""
         core = self._core
-        if not (core.closed or core.orphans) and core.broken is None and _SEM_VALUE:
+        if core.pending:
+            return core.next_pending(limit)
+        if core.sem_handle:
+            if not (core.closed or core.orphans) and core.broken is None:
+                data = core.take_run(limit)
+                if data is not None:
+                    return data
+        elif not (core.closed or core.orphans) and core.broken is None and _SEM_VALUE:
             sem = core.sem_w
             # Posts seen earlier and not yet taken are still there (only this reader takes
             # them): skip re-reading the semaphore, a cache line the writer keeps changing.
@@ -760,6 +867,8 @@ class Reader:
 
     def _next(self, timeout: TimeoutArg, limit: int) -> Frame | bytes:
         core = self._core
+        if core.pending:
+            return core.next_pending(limit)
         core.posts_seen = 0
         if core.closed:
             raise TransportClosed(f"reader of {self.name!r} is closed; create a new Reader")
