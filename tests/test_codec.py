@@ -596,3 +596,18 @@ def test_address_helper_agrees_with_arrow() -> None:
     arr = np.arange(1000, dtype=np.float64)
     for view in (memoryview(arr).cast("B"), memoryview(arr).cast("B")[8:], memoryview(b"")):
         assert codec_module._address(view) == codec_module._address_via_arrow(view)
+
+
+def test_serializing_while_the_codec_is_already_serializing_keeps_both_buffer_lists() -> None:
+    """The buffer callback is one object per codec, reused; a nested serialize (a serializer
+    calling its codec again) gets a fresh one and leaves the outer call's buffers alone."""
+    codec = zcser.Codec(threshold=64)
+    outer: list[memoryview] = []
+    codec._collect.buffers = outer  # as if an outer serialize were running
+    arr = np.arange(1000, dtype=np.float64)
+    plan = codec.plan({"a": arr})
+    assert codec._collect.buffers is outer and outer == []
+    assert len(plan.buffers) == 1 and np.shares_memory(np.frombuffer(plan.buffers[0]), arr)
+    codec._collect.buffers = None
+    assert len(codec.plan({"a": arr, "b": arr[:4]}).buffers) == 1  # 32 bytes stay in band
+    assert codec._collect.buffers is None

@@ -1472,7 +1472,7 @@ def test_compiled_hotpath_checks_its_arguments() -> None:
     with pytest.raises(TypeError, match="takes 3 arguments"):
         _hotpath.compare_exchange(8, 1)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="must be bytes"):
-        _hotpath.put(8, 0, 64, 0, bytearray(b"x"), 1, 1)  # type: ignore[arg-type]
+        _hotpath.put(8, 0, 64, 0, bytearray(b"x"), 1, 1, 0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="must be an int"):
         _hotpath.take_run(8, 0, 64, 0, 1.5, 1, 1, 1, 8)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sem handle is 0"):
@@ -1517,7 +1517,8 @@ def test_compiled_put_and_take_run_handle_only_the_plain_case(shm_name: str) -> 
         def run(pos: int, limit: int, expected: int, frames: int = 32, nbytes: int = 1 << 20):
             return _hotpath.take_run(addr, base, size, pos, limit, expected, frames, nbytes, sem)
 
-        assert _hotpath.put(addr, base, size, 0, b"abc", 1, 1) == 19
+        assert _hotpath.put(addr, base, size, 0, b"abc", 1, 1, 0) == 19
+        assert sem_w.value == 0  # sem 0: the caller posts
         assert field(shm_name, L.OFF_WRITE_POS) == 19
         assert field(shm_name, L.OFF_WRITTEN_COUNT) == 1
         assert field(shm_name, L.OFF_PAYLOAD_FREE) == size - 19
@@ -1532,21 +1533,21 @@ def test_compiled_put_and_take_run_handle_only_the_plain_case(shm_name: str) -> 
         assert run(0, 10, 1) == [b"abc"]
         assert sem_w.value == 0
         before = oieb_bytes(shm_name)
-        assert _hotpath.put(addr, base, size, 19, b"", 2, 2) == -1  # empty
-        assert _hotpath.put(addr, base, size, 250, b"x" * 8, 2, 2) == -1  # needs a wrap
-        assert _hotpath.put(addr, base, size, 19, b"x" * 300, 2, 2) == -1  # too large
-        assert _hotpath.put(addr, base, size, size + 8, b"x", 2, 2) == -1  # outside
+        assert _hotpath.put(addr, base, size, 19, b"", 2, 2, 0) == -1  # empty
+        assert _hotpath.put(addr, base, size, 250, b"x" * 8, 2, 2, 0) == -1  # needs a wrap
+        assert _hotpath.put(addr, base, size, 19, b"x" * 300, 2, 2, 0) == -1  # too large
+        assert _hotpath.put(addr, base, size, size + 8, b"x", 2, 2, 0) == -1  # outside
         with raw_oieb(shm_name) as mm:
             L.U64.pack_into(mm, L.OFF_PAYLOAD_FREE, 10)
-        assert _hotpath.put(addr, base, size, 19, b"x" * 8, 2, 2) == -1  # not enough free
+        assert _hotpath.put(addr, base, size, 19, b"x" * 8, 2, 2, 0) == -1  # not enough free
         with raw_oieb(shm_name) as mm:
             L.U64.pack_into(mm, L.OFF_PAYLOAD_FREE, size + 1)
-        assert _hotpath.put(addr, base, size, 19, b"x" * 8, 2, 2) == -1  # corrupt counter
+        assert _hotpath.put(addr, base, size, 19, b"x" * 8, 2, 2, 0) == -1  # corrupt counter
         with raw_oieb(shm_name) as mm:
             L.U64.pack_into(mm, L.OFF_PAYLOAD_FREE, size - 19)
             pid = L.U64.unpack_from(mm, L.OFF_READER_PID)[0]
             L.U64.pack_into(mm, L.OFF_READER_PID, 0)
-        assert _hotpath.put(addr, base, size, 19, b"x" * 8, 2, 2) == -1  # no reader
+        assert _hotpath.put(addr, base, size, 19, b"x" * 8, 2, 2, 0) == -1  # no reader
         with raw_oieb(shm_name) as mm:
             L.U64.pack_into(mm, L.OFF_READER_PID, pid)
         assert oieb_bytes(shm_name) == before
@@ -1571,9 +1572,12 @@ def test_compiled_take_run_stops_at_its_bounds(shm_name: str) -> None:
         for seq, data in enumerate(frames, start=1):
             with raw_oieb(shm_name) as mm:
                 L.U64.pack_into(mm, L.OFF_PAYLOAD_FREE, size)
-            assert _hotpath.put(addr, base, size, pos, data, seq, seq) == pos + len(data) + HDR
+            posted = w._sem_handle  # put posts sem-w itself through the writer's handle
+            assert (
+                _hotpath.put(addr, base, size, pos, data, seq, seq, posted) == pos + len(data) + HDR
+            )
+            assert sem_w.value == seq
             pos += len(data) + HDR
-            sem_w.release()
         assert pos == size
         assert run(0, 10, 1, frames=1) == [b"de"]  # the frame bound
         assert run(18, 10, 2) == [b"fgh"]  # stops before the frame over the limit

@@ -141,16 +141,18 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* put(addr, base, size, pos, data, seq, written) -> new write_pos, or -1 when not handled.
+/* put(addr, base, size, pos, data, seq, written, sem) -> new write_pos, or -1 when not handled.
  * Writes one frame of len(data) bytes at ring offset `pos` when it fits before the ring's end,
  * a reader is attached and the free counter covers it: data, header, then free -= 16+N,
- * write_pos, written_count (PROTOCOL.md order). The caller posts sem-w. */
+ * write_pos, written_count (PROTOCOL.md order), then posts sem-w through `sem` (a handle from
+ * sem_attach; 0: the caller posts). A count already at its maximum says "wake up" as it is. */
 static PyObject *
 put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
+    if (nargs != 8) {
         PyErr_Format(PyExc_TypeError,
-                     "put(addr, base, size, pos, data, seq, written) takes 7 arguments, got %zd",
+                     "put(addr, base, size, pos, data, seq, written, sem) takes 8 arguments, "
+                     "got %zd",
                      nargs);
         return NULL;
     }
@@ -162,13 +164,14 @@ put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "put(): data must be bytes");
         return NULL;
     }
-    PyObject *const nums[6] = {args[0], args[1], args[2], args[3], args[5], args[6]};
-    uint64_t a[6];
-    if (parse_u64s(nums, 6, 6, "put(addr, base, size, pos, data, seq, written)", a) < 0 ||
+    PyObject *const nums[7] = {args[0], args[1], args[2], args[3], args[5], args[6], args[7]};
+    uint64_t a[7];
+    if (parse_u64s(nums, 7, 7, "put(addr, base, size, pos, data, seq, written, sem)", a) < 0 ||
         check_address(a[0]) < 0) {
         return NULL;
     }
     uint64_t addr = a[0], base = a[1], size = a[2], pos = a[3], seq = a[4], written = a[5];
+    sem_t *sem = (sem_t *)(uintptr_t)a[6];
     uint64_t n = (uint64_t)PyBytes_GET_SIZE(data);
     uint64_t total = n + layout.header_size;
     if (!HOTPATH_LITTLE_ENDIAN || n == 0 || pos > size || total > size - pos) {
@@ -190,6 +193,9 @@ put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     __atomic_fetch_sub(free_word, total, __ATOMIC_SEQ_CST);
     __atomic_store_n((uint64_t *)(oieb + layout.off_write_pos), pos + total, __ATOMIC_RELEASE);
     __atomic_store_n((uint64_t *)(oieb + layout.off_written), written, __ATOMIC_RELEASE);
+    if (sem != NULL) {
+        sem_post(sem); /* fails only with EOVERFLOW: 2**31 posts pending already wake the reader */
+    }
     return PyLong_FromUnsignedLongLong(pos + total);
 }
 
@@ -321,7 +327,7 @@ static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(off_free, off_write_pos, off_written, off_reader_pid, header_size): the layout."},
     {"put", (PyCFunction)(void (*)(void))put, METH_FASTCALL,
-     "put(addr, base, size, pos, data, seq, written) -> new write_pos, or -1 if not handled."},
+     "put(addr, base, size, pos, data, seq, written, sem) -> new write_pos, or -1 if not handled."},
     {"take_run", (PyCFunction)(void (*)(void))take_run, METH_FASTCALL,
      "take_run(addr, base, size, pos, limit, expected, max_frames, max_bytes, sem) -> list[bytes]."},
     {"sem_attach", (PyCFunction)sem_attach, METH_O,

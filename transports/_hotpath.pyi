@@ -8,7 +8,7 @@ def configure(
     off_free: int, off_write_pos: int, off_written: int, off_reader_pid: int, header_size: int, /
 ) -> None: ...
 def put(
-    addr: int, base: int, size: int, pos: int, data: bytes, seq: int, written: int, /
+    addr: int, base: int, size: int, pos: int, data: bytes, seq: int, written: int, sem: int, /
 ) -> int: ...
 def take_run(
     addr: int,

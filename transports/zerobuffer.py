@@ -1000,6 +1000,11 @@ class Writer:
         self._written = _U64.unpack_from(mm, L.OFF_WRITTEN_COUNT)[0]
         self._seq = 1
         self._closed = False
+        self._sem_handle = 0  # our own sem_t for sem-w: the compiled put posts it in the same call
+        if _PUT is not None:
+            assert _shm.hotpath is not None
+            with contextlib.suppress(OSError):
+                self._sem_handle = _shm.hotpath.sem_attach(L.sem_w_name(name))
 
     # -- metadata --------------------------------------------------------------------------------
 
@@ -1036,15 +1041,17 @@ class Writer:
         if type(data) is bytes and _PUT is not None and len(data) < _SMALL_FRAME:
             # The usual frame in one compiled call; -1: a case the code below handles.
             written = (self._written + 1) & _U64_MAX
+            sem = self._sem_handle
             end = _PUT(
-                self._addr, self._base, self._P, self._ring.write_pos, data, self._seq, written
+                self._addr, self._base, self._P, self._ring.write_pos, data, self._seq, written, sem
             )
             if end >= 0:
                 self._ring.write_pos = end
                 self._again = None
                 self._seq += 1
                 self._written = written
-                _shm.post(self._sem_w)
+                if not sem:
+                    _shm.post(self._sem_w)
                 self._frames += 1
                 self._bytes += len(data)
                 return
@@ -1305,6 +1312,11 @@ class Writer:
             _shm.compare_exchange(self._addr + L.OFF_WRITER_PID, self._pid, 0)
         _shm.close_semaphore(self._sem_w)
         _shm.close_semaphore(self._sem_r)
+        if self._sem_handle:
+            assert _shm.hotpath is not None
+            with contextlib.suppress(OSError):
+                _shm.hotpath.sem_detach(self._sem_handle)
+            self._sem_handle = 0
         self._rw.release()
         with contextlib.suppress(BufferError):
             self._mm.close()  # still exported (a reserve() view kept alive): GC unmaps later

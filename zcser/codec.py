@@ -267,6 +267,33 @@ def _lazy_modules_imported() -> frozenset[str]:
     return frozenset(m for m in _LAZY_MODULES if m in sys.modules)
 
 
+class _Collector:
+    """pyfory's buffer_callback: keeps buffers under `threshold` (and empty ones) in band and
+    collects the rest, as byte views, in `buffers` (None while no serialize is running). One per
+    codec, reused: a closure made per message cost ~0.2 µs of a ~2.5 µs small send."""
+
+    __slots__ = ("buffers", "threshold")
+
+    def __init__(self) -> None:
+        self.buffers: list[memoryview] | None = None
+        self.threshold = 0
+
+    def __call__(self, buffer_object: Any) -> bool:
+        buffers = self.buffers
+        assert buffers is not None
+        if type(buffer_object) is _oob.RawBuffer:  # our adapters': already a byte view
+            view = buffer_object.view
+            if view.nbytes < self.threshold or not view.nbytes:
+                return True
+            buffers.append(view)
+            return False
+        size = buffer_object.total_bytes()
+        if size == 0 or size < self.threshold:
+            return True
+        buffers.append(_oob.as_bytes_view(buffer_object.getbuffer()))
+        return False
+
+
 class Codec:
     """Encode objects to zcser messages and decode them back as zero-copy views.
 
@@ -301,6 +328,7 @@ class Codec:
         self.ref = ref
         self._types: dict[str, type] = {}
         self._adapters: list[str] = []
+        self._collect = _Collector()
         self._fory = self._build()
 
     def _build(self) -> Any:
@@ -366,31 +394,23 @@ class Codec:
 
     def _serialize(self, obj: Any) -> tuple[bytes, list[memoryview]]:
         """pyfory's in-band bytes and the buffers its callback took out of band."""
-        buffers: list[memoryview] = []
         threshold = self.threshold
-
-        def keep_in_band(buffer_object: Any) -> bool:
-            if type(buffer_object) is _oob.RawBuffer:  # our adapters': already a byte view
-                view = buffer_object.view
-                if view.nbytes < threshold or not view.nbytes:
-                    return True
-                buffers.append(view)
-                return False
-            size = buffer_object.total_bytes()
-            if size == 0 or size < threshold:
-                return True
-            buffers.append(_oob.as_bytes_view(buffer_object.getbuffer()))
-            return False
-
+        collect = self._collect
+        if collect.buffers is not None:  # a serializer called this codec again: a fresh one
+            collect = _Collector()
+        buffers: list[memoryview] = []
+        collect.buffers = buffers
+        collect.threshold = threshold
         self._used = True
         if _inline_below() != threshold:
             _set_inline_below(threshold)
         try:
-            inband = self._fory.serialize(obj, buffer_callback=keep_in_band)
+            inband = self._fory.serialize(obj, buffer_callback=collect)
         except ZcserError:
             raise
         except TypeUnregisteredError as exc:
             if self._late_imports():
+                collect.buffers = None
                 return self._serialize(obj)
             raise UnregisteredType(
                 f"{exc}: call codec.register(cls) on the writer and the reader "
@@ -400,6 +420,8 @@ class Codec:
             raise UnsupportedType(
                 f"cannot serialize {type(obj).__name__}: {type(exc).__name__}: {exc}"
             ) from exc
+        finally:
+            collect.buffers = None
         return bytes(inband), buffers
 
     def message_size(self, obj: Any) -> int:
