@@ -598,3 +598,31 @@ def test_end_of_stream_after_small_messages(shm_name: str) -> None:
             rx.recv(timeout=WAIT)
         with pytest.raises(errors.Closed):
             rx.recv(timeout=WAIT)
+
+
+def test_small_messages_read_ahead_mix_with_recv_message_and_large_ones(shm_name: str) -> None:
+    """The receiver copies out a run of published small messages at once; recv_message() and
+    copy=True still get them in order, and a large message behind them still arrives as views
+    of its frame."""
+    make_tx, rx = zcser.channel(shm_name, capacity=4 * MIB)
+    with rx, make_tx() as tx:
+        for i in range(5):
+            tx.send({"i": i})
+        big = np.arange(MIB // 8, dtype=np.float64)
+        tx.send({"i": 5, "big": big})
+        tx.send({"i": 6})
+        assert rx.recv(timeout=WAIT) == {"i": 0}
+        assert rx.stats().messages == 1
+        assert rx._r.stats().frames == 5  # one run: it stopped at the large frame
+        with rx.recv_message(timeout=WAIT) as msg:
+            assert msg.value == {"i": 1}
+        assert rx.recv(timeout=WAIT, copy=True) == {"i": 2}
+        assert [rx.recv(timeout=WAIT)["i"] for _ in range(2)] == [3, 4]
+        got = rx.recv(timeout=WAIT)
+        assert got["i"] == 5 and np.array_equal(got["big"], big)
+        assert any(inside(got["big"], span) for span in mappings(f"/dev/shm/{rx.name}"))
+        assert rx.stats().frames_pinned == 1
+        assert rx.recv(timeout=WAIT) == {"i": 6}
+        del got
+        stats = rx.stats()
+        assert stats.frames_pinned == 0 and stats.used == 0 and stats.messages == 7
