@@ -30,15 +30,24 @@ def test_copy_into_copies_every_byte(n: int, threads: int) -> None:
     assert not dst[:32].any() and not dst[32 + n :].any()
 
 
-def test_large_copies_use_the_pool_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("streaming", [True, False])
+def test_large_copies_use_the_pool_threads(
+    monkeypatch: pytest.MonkeyPatch, streaming: bool
+) -> None:
+    """Each part goes through stream_copy (compiled), or np.copyto without the C extension."""
     seen: set[str] = set()
-    real = np.copyto
+    real = _copy._stream_copy if streaming else np.copyto
+    assert real is not None, "transports._hotpath was not built"
 
     def spy(dst: np.ndarray, src: np.ndarray) -> None:
         seen.add(threading.current_thread().name)
         real(dst, src)
 
-    monkeypatch.setattr(_copy.np, "copyto", spy)
+    if streaming:
+        monkeypatch.setattr(_copy, "_stream_copy", spy)
+    else:
+        monkeypatch.setattr(_copy, "_stream_copy", None)
+        monkeypatch.setattr(_copy.np, "copyto", spy)
     src = _pattern(2 * _copy.PARALLEL_MIN)
     dst = np.empty_like(src)
     _copy.copy_into(memoryview(dst), memoryview(src), 2)
@@ -119,3 +128,30 @@ def test_a_failed_submit_waits_for_the_copies_already_started(
     with pytest.raises(RuntimeError, match="cannot schedule"):
         _copy.copy_into(memoryview(dst), memoryview(src), 3)
     assert calls and calls[0].done()
+
+
+@pytest.mark.parametrize("shift", [0, 1, 31, 32, 33, 127])
+@pytest.mark.parametrize("n", [0, 1, 31, 128, 129, 4096 + 77, 3 * 1024 * 1024 + 5])
+def test_stream_copy_copies_every_byte_at_any_alignment(n: int, shift: int) -> None:
+    """The compiled streaming copy: unaligned heads, the 128-byte body and tails."""
+    assert _copy._stream_copy is not None, "transports._hotpath was not built"
+    src = _pattern(n + 128)[shift : shift + n]
+    dst = np.zeros(n + 256, np.uint8)
+    _copy._stream_copy(memoryview(dst)[shift + 64 : shift + 64 + n], memoryview(src))
+    assert np.array_equal(dst[shift + 64 : shift + 64 + n], src)
+    assert not dst[: shift + 64].any() and not dst[shift + 64 + n :].any()
+
+
+def test_stream_copy_checks_its_arguments_and_handles_overlap() -> None:
+    stream_copy = _copy._stream_copy
+    assert stream_copy is not None
+    with pytest.raises(ValueError, match="dst has 4 bytes, src 5"):
+        stream_copy(bytearray(4), b"12345")
+    with pytest.raises(BufferError, match="not writable"):
+        stream_copy(b"read-only", b"read-only")
+    with pytest.raises(TypeError, match="takes 2 arguments"):
+        stream_copy(bytearray(1))  # type: ignore[call-arg]
+    buf = _pattern(10_000)
+    expected = buf[:9000].copy()
+    stream_copy(memoryview(buf)[1000:], memoryview(buf)[:9000])  # overlapping: memmove
+    assert np.array_equal(buf[1000:], expected)

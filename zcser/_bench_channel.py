@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from zcser import _harness
+from zcser import _copy, _harness
 
 Row = dict[str, Any]
 MIB = 1 << 20
@@ -67,7 +67,10 @@ def bench_channel(quick: bool) -> list[Row]:
             runs["memcpy"].append(_copyto_us(big, repeat))
         zc_us = statistics.median(runs["zcser"])
         label = f"{big // MIB} MiB object, copying send, one way"
-        note = f"zcser {_gbps(big, zc_us)}"
+        note = (
+            f"zcser {_gbps(big, zc_us)} with {_copy.default_threads()} streaming copy threads "
+            "(Sender default; peers copy with one memcpy)"
+        )
         for peer, key in (("np.copyto", "memcpy"), ("pickle5+shm", "pickle5")):
             ratios = [z / p for z, p in zip(runs["zcser"], runs[key], strict=True)]
             peer_us = statistics.median(runs[key])
