@@ -79,6 +79,7 @@ _POLL_MS = 50
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: enum arithmetic costs microseconds per message
 _SNDMORE = int(zmq.SNDMORE)
 _POLLIN = int(zmq.POLLIN)
+_RCVMORE = int(zmq.RCVMORE)
 _OPEN_EVENTS = (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED)
 _CLOSE_EVENTS = (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED)
 
@@ -243,6 +244,16 @@ class _Socket:
                     os.unlink(path)
 
 
+def _receive(sock: Any) -> list[Any]:
+    """One whole message without blocking (zmq.Again if none): the first frame (envelope and
+    head, small) as bytes, which pyzmq makes ~1.5 µs faster than a zmq.Frame; the buffers as
+    zmq.Frame objects, whose memory is used in place."""
+    frames = [sock.recv(_NOBLOCK)]
+    while sock.getsockopt(_RCVMORE):
+        frames.append(sock.recv(copy=False))
+    return frames
+
+
 def _readable(sock: Any) -> bool:
     """A message is waiting (about 1.5 us: no Poller, no exception)."""
     return bool(int(sock.getsockopt(zmq.EVENTS)) & _POLLIN)
@@ -323,7 +334,9 @@ class ZmqWriter:
         deadline = _deadline(timeout)
         tracker = self._send([first, *buffers], deadline, timeout)
         self._messages += 1
-        self._bytes += len(first) + sum(memoryview(b).nbytes for b in buffers)
+        self._bytes += len(first)
+        if buffers:
+            self._bytes += sum(memoryview(b).nbytes for b in buffers)
         if tracker is not None:
             self._pending.append(tracker)
         if self._pending:
@@ -555,8 +568,10 @@ class ZmqReader:
         s = self._s
         s.check_process()
         sock = s.sock
-        if _readable(sock):
-            return self._parse(sock.recv_multipart(copy=False))
+        try:
+            return self._parse(_receive(sock))
+        except zmq.Again:
+            pass
         deadline = _deadline(timeout)
         start = time.monotonic()
         try:
@@ -565,7 +580,7 @@ class ZmqReader:
                     break
             while True:
                 try:
-                    frames = sock.recv_multipart(_NOBLOCK, copy=False)
+                    frames = _receive(sock)
                     break
                 except zmq.Again:
                     pass

@@ -29,6 +29,7 @@ import contextlib
 import json
 import math
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,8 @@ else:
     _MISSING = None
 
 __all__ = ["NetReceiver", "NetReceiverStats", "NetSender", "NetSenderStats"]
+
+_NO_BUFFERS: tuple[memoryview, ...] = ()
 
 
 def _transport() -> Any:
@@ -131,10 +134,15 @@ class NetSender:
         every receiver left. Timeout if the message was queued but not transmitted in time
         (it may still arrive; call flush() before modifying its arrays)."""
         self._check_open()
-        plan = self.codec.plan(obj)
-        head = plan.segments(0)[0][1] if plan.buffers else plan.packed()
+        packed = self.codec.pack(obj)
+        head: Any
+        buffers: Sequence[memoryview]
+        if isinstance(packed, bytes):  # no buffer: the whole message is the head
+            head, buffers = packed, _NO_BUFFERS
+        else:
+            head, buffers = packed.segments(0)[0][1], packed.buffers
         try:
-            self._w.send(head, plan.buffers, timeout)
+            self._w.send(head, buffers, timeout)
         except terr.TransportError as exc:
             raise _translate(exc) from None
 
@@ -335,8 +343,13 @@ class NetReceiver:
         Arrays are read-only (views of the received frames, or aligned copies, see min_align);
         copy=True gives private writable objects."""
         rec = self._next(timeout)
-        if copy or not rec.buffers:  # in-band values are private copies anyway: no lease
-            return self.codec.decode_parts(rec.head, rec.buffers, copy=copy)
+        if not rec.buffers:  # in-band values are private copies anyway: no lease
+            if copy:
+                return self.codec.decode_parts(rec.head, [], copy=True)
+            # Without buffers the head is a whole message: the codec's small-message path.
+            return self.codec.decode_small(bytes(rec.head))
+        if copy:
+            return self.codec.decode_parts(rec.head, rec.buffers, copy=True)
         return self._decode(rec)[0]
 
     def recv_message(self, timeout: float | None = None) -> Message:
