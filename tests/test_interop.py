@@ -62,8 +62,10 @@ def _stream(
     count: int,
     seed: int,
     ring_safe: bool = True,
+    small: int = 0,
 ) -> dict[str, Any]:
-    """Run a reader and a writer process over NAME; return the reader's report after checks."""
+    """Run a reader and a writer process over NAME; return the reader's report after checks.
+    `small`: our reader uses read_small(small) (runs of copied-out frames) instead of read()."""
     ring = payload_size if ring_safe else None
     common = dict(name=name, seed=seed, count=count, max_total=max_total, ring=ring)
     with (
@@ -73,6 +75,7 @@ def _stream(
             impl=reader_impl,
             metadata_size=4096,
             payload_size=payload_size,
+            small=small,
             **common,
         ) as reader,
     ):
@@ -103,6 +106,25 @@ def test_stream_with_thousands_of_wraps(writer_impl: str, reader_impl: str) -> N
         max_total=max_total,
         count=count,
         seed=seed,
+    )
+
+
+@pytest.mark.parametrize("limit", [64, 4096, SMALL_RING])
+def test_reference_writer_to_our_small_reads_in_runs(limit: int) -> None:
+    """read_small copies out runs of frames and stores payload_read_pos once per run, before
+    the bytes go back: the reference writer, which wraps by payload_read_pos, must still place
+    every frame right (a mix of copied-out frames and Frames, thousands of wraps)."""
+    count, max_total, seed = 12_000, SMALL_RING // 2, 20251122
+    assert len(wrap_tails(frame_sizes(seed, count, max_total, SMALL_RING), SMALL_RING)) > 1000
+    _stream(
+        "ref",
+        "ours",
+        unique_name(),
+        payload_size=SMALL_RING,
+        max_total=max_total,
+        count=count,
+        seed=seed,
+        small=limit,
     )
 
 

@@ -275,7 +275,10 @@ def test_read_small_publishes_read_pos_before_giving_bytes_back(
             taken = 10 if compiled else seq
             assert field(shm_name, L.OFF_READ_POS) == taken * (20 + HDR)
             assert field(shm_name, L.OFF_READ_COUNT) == taken
-            assert r.stats().free <= size - (10 - taken) * (20 + HDR)
+            if compiled:
+                assert r.stats().free == size  # the run's bytes went back together
+            elif seq < 10:
+                assert r.stats().free < size - (10 - seq) * (20 + HDR)  # bytes batched
         assert r.stats().free == size
 
 
@@ -311,6 +314,7 @@ def test_read_small_reads_ahead_a_run_and_returns_it_in_order(shm_name: str) -> 
             w.write(pattern(seq, 20))
         assert r.read_small(64) == pattern(6, 20)
         assert field(shm_name, L.OFF_READ_COUNT) == 5 + zerobuffer._RUN_FRAMES  # frame bound
+        assert r.stats().free == size - (40 - zerobuffer._RUN_FRAMES) * (20 + HDR)
         for seq in range(7, 6 + 40):
             assert r.read_small(64) == pattern(seq, 20)
         assert r.stats().free == size
@@ -321,6 +325,49 @@ def test_read_small_reads_ahead_a_run_and_returns_it_in_order(shm_name: str) -> 
         r.close()
         with pytest.raises(E.TransportClosed):
             r.read_small(64)
+
+
+def test_a_full_run_gives_its_bytes_back_at_once(shm_name: str) -> None:
+    """A run of exactly _RUN_FRAMES cannot tell whether more is published: keeping its bytes
+    back left a writer waiting for space already read (found in review)."""
+    size = 1 << 20
+    run = zerobuffer._RUN_FRAMES
+    with (
+        Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r,
+        Writer(shm_name, timeout=0.5) as w,
+    ):
+        w.write(b"B" * (size - run * (20 + HDR) - HDR))  # the run then ends at the ring's end
+        r.read().release()
+        for seq in range(2, 2 + run):
+            w.write(pattern(seq, 20))
+        assert r.read_small(64) == pattern(2, 20)
+        assert r.stats().free == size
+        w.write(b"y" * (size - 200))  # needs every byte read so far: BufferFull before the fix
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_small_reads_across_wraps_return_every_byte_exactly_once(
+    shm_name: str, compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wrap markers send small reads down the general path, which may withhold bytes while
+    more is posted; the next run must give those back once, not twice (a double give-back made
+    the free counter exceed the ring, found by a channel test) and not never."""
+    if not compiled:
+        monkeypatch.setattr(zerobuffer, "_TAKE_RUN", None)
+    size = 64 * 1024  # withholds up to 1 KiB
+    rng = random.Random(5)
+    with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:
+        seq = 0
+        for _ in range(400):
+            burst = [rng.randint(1, 400) for _ in range(rng.randint(1, 40))]
+            for n in burst:
+                seq += 1
+                w.write(pattern(seq, n), timeout=1.0)
+            for i, n in enumerate(burst, start=seq - len(burst) + 1):
+                assert r.read_small(512) == pattern(i, n)
+                assert r.stats().free <= size
+            assert r.stats().free == size
+        assert field(shm_name, L.OFF_READ_COUNT) >= seq  # frames plus wrap markers
 
 
 def test_read_small_run_stops_past_its_byte_bound(shm_name: str) -> None:

@@ -304,10 +304,7 @@ take_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(data);
         copied += n;
         expected += 1;
-        pos += n + layout.header_size;
-        if (pos == size) {
-            break;
-        }
+        pos += n + layout.header_size; /* at the ring's end the loop's test ends the run */
     }
     return out;
 }

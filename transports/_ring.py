@@ -152,9 +152,8 @@ class ReaderRing:
         return token
 
     def consume(self, total: int, frames: int = 1) -> int:
-        """Take the (checked) `frames` consecutive frames of `total` bytes in all at `read_pos`
-        and release them at once, when nothing is held: push() and release() in one step.
-        Returns bytes to give back."""
+        """push() and release() of `frames` checked frames (`total` bytes) at `read_pos`, when
+        nothing is held; returns the bytes to give back."""
         if self.held or self._entries:
             raise ValueError("consume() needs a ring with nothing held; use push() and release()")
         pos = self.read_pos + total

@@ -93,16 +93,15 @@ POLL_INTERVAL = 0.05
 """Longest single blocking wait (seconds) before the peer's liveness is checked again."""
 
 _RUN_FRAMES = 32
-"""Most small frames one `Reader.read_small` call copies out of the ring at once (a run): the
-first is returned, the rest wait in the reader, so the semaphore, the lock and the accounting
-are paid once per run instead of once per frame."""
+"""Most small frames one `Reader.read_small` call copies out at once (a run, returned one per
+call): the semaphore, the lock and the accounting are paid once per run."""
 
 _RUN_BYTES = 256 * 1024
 """A run stops once it has copied this many bytes (bounds the reader's private read-ahead)."""
 
 _WITHHOLD_MAX = 64 * 1024
-"""Most bytes of small frames (`Reader.read_small`) a reader keeps before giving them back in one
-atomic add; never more than 1/64 of the ring, and only while more frames are published."""
+"""Most bytes of small frames a reader without the compiled path keeps before one give-back; at
+most 1/64 of the ring, and only while more posts are waiting."""
 
 _HDR = L.HEADER_SIZE
 _U64 = L.U64
@@ -196,7 +195,7 @@ class Frame:
     until the frame is released; `offset` is its position in the mapping (page aligned, so
     `offset % 64` is its absolute alignment), `address` its absolute address, `size` its length.
     A small frame that `Reader.read_small` already copied out (read ahead) comes back from read()
-    as a Frame over that private copy, with `offset` -1; its ring space is already free.
+    as a Frame over that private copy: `offset` -1 (use `address`), its ring space already free.
 
     `data` has a buffer of its own (a per-frame view wrapped in a PickleBuffer), so every view
     made from it, `np.frombuffer(f.data)`, `f.data[a:b]`, `memoryview(f.data)`, keeps that buffer
@@ -473,15 +472,14 @@ class _ReaderCore:
             self.sem_handle = hotpath.sem_attach(os_name)
         except OSError:
             return
-        weakref.finalize(self, hotpath.sem_detach, self.sem_handle)
+        # Not at interpreter exit: a daemon thread may still be inside read_small then.
+        weakref.finalize(self, hotpath.sem_detach, self.sem_handle).atexit = False
 
     # -- reading ---------------------------------------------------------------------------------
 
     def take_run(self, limit: int) -> bytes | None:
-        """The common small read, compiled: up to _RUN_FRAMES published frames of at most `limit`
-        bytes each, in sequence, before the ring's end, with nothing held, copied out and their
-        posts taken in one call; returns the first and keeps the rest in `pending`. None
-        (nothing changed) sends the caller to the general path."""
+        """Copy out a run of plain small frames in one compiled call; return the first, keep the
+        rest in `pending`. None (nothing changed): take_frame handles the frame (wraps, etc.)."""
         lock = self.lock
         if not lock.acquire(False):
             return None
@@ -506,22 +504,21 @@ class _ReaderCore:
             if not k:
                 return None
             nbytes = len(got[0]) if k == 1 else sum(map(len, got))
-            freed = self.withheld + ring.consume(nbytes + k * _HDR, k)
+            freed = ring.consume(nbytes + k * _HDR, k)
             # Before any byte goes back: the reference writer decides where to wrap from read_pos.
             self.read_pos_word.value = ring.read_pos
             self.read_count_word.value = ring.count
             self.expected += k
             self.frames += k
             self.bytes += nbytes
-            # A run cut short by its bounds leaves frames published: their bytes may wait to go
-            # back with the next run's (settle()'s batching); otherwise everything goes back now.
-            if k == _RUN_FRAMES or nbytes >= _RUN_BYTES:
-                self.withheld = 0
-                self.settle(freed, True)
-            else:
-                self.withheld = 0
-                self.give_back(freed)
+            # One give-back per run (with anything withheld before), never kept back: a full run
+            # cannot tell whether more is published, and bytes kept back then could leave a
+            # writer waiting (review).
+            self.give_back(freed)
             if k == 1:
+                data = got[0]
+            elif self.closed:  # closed by another thread meanwhile: nothing more to return
+                self.pending.clear()
                 data = got[0]
             else:
                 self.pending.extend(got)
@@ -533,8 +530,11 @@ class _ReaderCore:
         return data
 
     def next_pending(self, limit: int) -> Frame | bytes:
-        """The oldest frame a run read ahead: its bytes, or a private Frame (offset -1) over them
-        when the caller asked for Frames above `limit` bytes (read(), a smaller limit)."""
+        """The oldest frame a run read ahead: its bytes, or a private Frame (offset -1) when over
+        `limit` (read(), a smaller limit)."""
+        if self.closed:
+            self.pending.clear()
+            raise TransportClosed(f"reader of {self.name!r} is closed; create a new Reader")
         data = self.pending.popleft()
         n = len(data)
         if n <= limit:
@@ -545,10 +545,8 @@ class _ReaderCore:
         return Frame(_PRIVATE, 0, view, n, seq, -1, _shm.hotpath.address(view))
 
     def take_small(self, limit: int, more: bool) -> bytes | None:
-        """The common small read without the compiled take_run: a frame of at most `limit` bytes, in sequence, before
-        the ring's end, with nothing held. None (nothing changed) sends the caller to take_frame,
-        which handles wraps, held frames, sequence gaps and corruption. `more`: further frames
-        are published (their posts seen), so the freed bytes may wait to go back together."""
+        """take_run's single-frame twin without the compiled path; `more` (further posts seen)
+        lets the freed bytes wait to go back together. None: nothing changed, use take_frame."""
         lock = self.lock
         if not lock.acquire(False):
             return None
@@ -837,10 +835,8 @@ class Reader:
         return frame
 
     def read_small(self, limit: int, timeout: TimeoutArg = _UNSET) -> Frame | bytes:
-        """Like read(), but a frame of at most `limit` data bytes comes back as a private bytes
-        copy whose ring space is already given back: no Frame, no release (small messages).
-        With the compiled hot path one call may copy out a run of such frames already published
-        (up to _RUN_FRAMES / _RUN_BYTES); later calls return them in order."""
+        """Like read(), but a frame of at most `limit` bytes comes back as private bytes whose
+        space is already given back (a run of them may be read ahead; see docs/protocol.md)."""
         core = self._core
         if core.pending:
             return core.next_pending(limit)
@@ -973,15 +969,23 @@ class Writer:
         self._blocked = 0.0
         mm = _shm.open_shm(name)
         sems: list[posix_ipc.Semaphore] = []
+        handle = 0  # our own sem_t for sem-w: the compiled put posts it in the same call
         try:
             M, P = _check_attach(name, mm)
             sems.append(_shm.open_semaphore(L.sem_w_name(name)))
+            if _PUT is not None:  # right after posix_ipc's open: the same semaphore
+                assert _shm.hotpath is not None
+                with contextlib.suppress(OSError):
+                    handle = _shm.hotpath.sem_attach(L.sem_w_name(name))
             sems.append(_shm.open_semaphore(L.sem_r_name(name)))
             addr = _shm.address_of(mm)
             _claim_writer(name, mm, addr, self._pid)
         except BaseException:
             for sem in sems:
                 _shm.close_semaphore(sem)
+            if handle:
+                assert _shm.hotpath is not None
+                _shm.hotpath.sem_detach(handle)
             mm.close()
             raise
         self._mm = mm
@@ -1000,11 +1004,7 @@ class Writer:
         self._written = _U64.unpack_from(mm, L.OFF_WRITTEN_COUNT)[0]
         self._seq = 1
         self._closed = False
-        self._sem_handle = 0  # our own sem_t for sem-w: the compiled put posts it in the same call
-        if _PUT is not None:
-            assert _shm.hotpath is not None
-            with contextlib.suppress(OSError):
-                self._sem_handle = _shm.hotpath.sem_attach(L.sem_w_name(name))
+        self._sem_handle = handle
 
     # -- metadata --------------------------------------------------------------------------------
 
