@@ -256,7 +256,7 @@ def _aligned_copy(mv: memoryview, phase: int, writable: bool = False) -> memoryv
     raw = np.empty(mv.nbytes + _message.ALIGN, dtype=np.uint8)
     skip = (phase - raw.ctypes.data) % _message.ALIGN
     dst = raw[skip : skip + mv.nbytes]
-    dst[:] = np.frombuffer(mv, dtype=np.uint8)
+    _copy.copy_into(dst.data, mv.cast("B") if mv.format != "B" else mv, _copy.default_threads())
     return dst.data if writable else dst.data.toreadonly()
 
 
