@@ -1808,3 +1808,29 @@ def test_writer_killed_after_moving_write_pos_but_before_posting(
             w2.write(b"third")
             with r.read() as f:
                 assert bytes(f.data) == b"third" and f.sequence == 1
+
+
+def _mappings_of(inode: int) -> list[str]:
+    """This process's mappings of the /dev/shm file with this inode (named or deleted)."""
+    with open("/proc/self/maps") as maps:
+        return [line for line in maps if "/dev/shm/" in line and line.split()[4] == str(inode)]
+
+
+def test_close_unmaps_the_semaphore_handles_of_the_compiled_path(shm_name: str) -> None:
+    """Reader and Writer open their own handle on sem-w; close() must drop it even while the
+    objects stay referenced: an unlinked semaphore keeps its /dev/shm page while mapped (found
+    by the 64 MiB /dev/shm test)."""
+    r = Reader(shm_name, BufferConfig(0, 64 * 1024), timeout=2.0)
+    w = Writer(shm_name)
+    assert r._core.sem_handle and w._sem_handle
+    for seq in range(1, 4):
+        w.write(pattern(seq, 20))
+    assert r.read_small(64) == pattern(1, 20)  # a run: two frames pending
+    inode = os.stat(f"/dev/shm/sem.sem-w-{shm_name}").st_ino
+    assert _mappings_of(inode)
+    w.close()
+    r.close()
+    assert _mappings_of(inode) == []
+    with pytest.raises(E.TransportClosed):
+        r.read_small(64)
+    del r, w

@@ -36,6 +36,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pickle import PickleBuffer
 from sys import getrefcount
@@ -289,6 +290,10 @@ class _PrivateFrames:
 _PRIVATE = _PrivateFrames()
 
 
+def _nothing() -> None:
+    pass
+
+
 def _release_views(data: memoryview, view: memoryview) -> bool:
     """Release a frame's data view and the per-frame buffer behind it; False while in use."""
     try:
@@ -318,6 +323,7 @@ class _ReaderCore:
         self.posts_seen = 0  # sem-w posts known to be pending (read_small's fast path)
         self.pending: deque[bytes] = deque()  # small frames taken by a run, not yet returned
         self.sem_handle = 0  # this process's own sem_t for sem-w (take_run), 0 if none
+        self.sem_detach: Callable[[], Any] = _nothing  # closes sem_handle (at most once)
         self.withheld = 0  # bytes of small frames read and released, not yet given back
         self.withhold_max = min(payload_block // 64, _WITHHOLD_MAX)
         self.expected = 1
@@ -464,16 +470,28 @@ class _ReaderCore:
         )
 
     def attach_semaphore(self, os_name: str) -> None:
-        """Open our own handle on sem-w for take_run (closed when this core is collected, so no
-        frame or thread can still be using it); without one, read_small takes one frame a call."""
+        """Open our own handle on sem-w for take_run (without one, read_small takes one frame a
+        call). Closed by close(), or when this core is collected if a read held the lock then."""
         hotpath = _shm.hotpath
         assert hotpath is not None
         try:
             self.sem_handle = hotpath.sem_attach(os_name)
         except OSError:
             return
+        self.sem_detach = weakref.finalize(self, hotpath.sem_detach, self.sem_handle)
         # Not at interpreter exit: a daemon thread may still be inside read_small then.
-        weakref.finalize(self, hotpath.sem_detach, self.sem_handle).atexit = False
+        self.sem_detach.atexit = False
+
+    def detach_semaphore(self) -> None:
+        """Close our sem-w handle once closed and no read holds the lock (take_run uses it only
+        under the lock): an unlinked semaphore's page stays in /dev/shm while it is mapped."""
+        if not self.sem_handle or not self.lock.acquire(False):
+            return
+        try:
+            self.sem_handle = 0
+            self.sem_detach()
+        finally:
+            self.lock.release()
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -485,7 +503,9 @@ class _ReaderCore:
             return None
         try:
             ring = self.ring
-            if self.closed or ring.held or limit <= 0 or self.expected > _U64_MAX:
+            if self.closed or not self.sem_handle or ring.held or limit <= 0:
+                return None
+            if self.expected > _U64_MAX:
                 return None
             assert _TAKE_RUN is not None
             size = ring.size
@@ -525,6 +545,8 @@ class _ReaderCore:
                 data = self.pending.popleft()
         finally:
             lock.release()
+            if self.closed:  # closed meanwhile by another thread, which could not detach
+                self.detach_semaphore()
         if self.deferred:  # releases queued while we held the lock (GC, other threads)
             self.drain()
         return data
@@ -728,6 +750,7 @@ class _ReaderCore:
             return
         self.closed = True
         self.pending.clear()
+        self.detach_semaphore()
         if os.getpid() != self.pid:
             return  # a forked child: the names and the OIEB belong to the parent
         with contextlib.suppress(Exception):
