@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck pytest soak bench docs clean
 
-$(STAMP): pyproject.toml transports/_hotpath.c
+$(STAMP): pyproject.toml transports/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,torch]'
 	touch $(STAMP)
@@ -19,10 +19,11 @@ test: lint typecheck pytest docs
 lint: $(STAMP)
 	$(BIN)/ruff check zcser transports tests examples
 	$(BIN)/ruff format --check zcser transports tests examples
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
-	$(BIN)/mypy --strict zcser/__init__.py zcser/channel.py zcser/codec.py zcser/snapshot.py transports/zerobuffer.py
+	$(BIN)/mypy --strict zcser/__init__.py zcser/errors.py zcser/channels zcser/codec/__init__.py zcser/codec/core.py zcser/codec/plan.py zcser/codec/layout.py zcser/snapshot transports/zerobuffer transports/errors.py
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not soak"

@@ -17,7 +17,7 @@ import griffe
 import pytest
 from fixtures.procs import run_python
 
-from zcser.__main__ import build_parser, main, subcommands
+from zcser.tools.cli import build_parser, main, subcommands
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLIC_MODULES = ["zcser", "zcser.errors", "transports.zerobuffer", "transports.errors"]
@@ -67,7 +67,7 @@ def test_api_page_lists_every_public_name() -> None:
         and name not in ("errors", "channel")
         and not re.search(rf"^\s+- {name}$", page, re.M)
     ]
-    assert "::: zcser.channel.channel" in page
+    assert "::: zcser.channels.factory.channel" in page
     assert not absent, f"docs/api/zcser.md does not list {absent}"
 
 

@@ -1,10 +1,17 @@
-"""Every exception zcser raises: one base, caller misuse split from bad bytes (h11 style).
+"""Every exception zcser raises: one tree, caller misuse split from bad bytes (h11 style).
 
 `UsageError` means *you* called the API wrongly and can fix the call; `CorruptData` means the
-bytes or the peer are bad and retrying the same input will not help. All are picklable.
+bytes or the peer are bad and retrying the same input will not help; `Timeout`, `PeerDead`,
+`Closed` and `ChannelError` are about the state of a channel and the machine. All are picklable.
+
+The transports raise their own errors (`transports.errors`: that package knows nothing of
+zcser); `translate` is the one place where they become the classes below, so a user catches
+one tree whatever the transport.
 """
 
 from __future__ import annotations
+
+from transports import errors as _transport
 
 __all__ = [
     "BufferTooSmall",
@@ -81,11 +88,11 @@ class Closed(ZcserError):
     """The channel or stream was closed."""
 
 
-class Timeout(ZcserError):
-    """An operation did not complete in the time allowed."""
+class Timeout(ZcserError, TimeoutError):
+    """An operation did not complete in the time allowed (also a builtin `TimeoutError`)."""
 
 
-# --- channels (zcser.channel): the peer process and the shared ring ---------------------------
+# --- channels (zcser.channels): the peer process and the shared ring -------------------------
 
 
 class PeerDead(ZcserError):
@@ -112,4 +119,52 @@ class CorruptStream(CorruptData):
     """The shared ring holds values no correct peer writes (bad header, lost frames)."""
 
 
-__all__ += ["BufferFull", "ChannelError", "CorruptStream", "PeerDead", "ReaderDead", "WriterDead"]
+class ShmFull(ChannelError):
+    """Not enough free shared memory (/dev/shm) for the ring: a smaller capacity, or more
+    shared memory (Docker: --shm-size)."""
+
+
+class DiskFull(ZcserError):
+    """Not enough disk space for the snapshot being written: free space or write elsewhere."""
+
+
+__all__ += [
+    "BufferFull",
+    "ChannelError",
+    "CorruptStream",
+    "DiskFull",
+    "PeerDead",
+    "ReaderDead",
+    "ShmFull",
+    "WriterDead",
+    "translate",
+]
+
+
+# --- the one seam between transport errors and this tree ----------------------------------------
+
+_TRANSLATE: tuple[tuple[type[Exception], type[ZcserError]], ...] = (
+    (_transport.BufferFull, BufferFull),
+    (_transport.Timeout, Timeout),
+    (_transport.WriterDead, WriterDead),
+    (_transport.ReaderDead, ReaderDead),
+    (_transport.FrameTooLarge, MessageTooLarge),
+    (_transport.TransportClosed, Closed),
+    (_transport.SnapshotFileError, CorruptSnapshot),
+    (_transport.PeerProtocolError, CorruptStream),
+    (_transport.ShmFullError, ShmFull),
+    (_transport.FileSpaceError, DiskFull),
+    (_transport.TransportEnvironmentError, ChannelError),
+    (_transport.TransportUsageError, UsageError),
+)
+
+
+def translate(exc: BaseException) -> BaseException:
+    """The class of this tree for a transport error, with its message (first match of the table
+    above, most specific first); anything that is not a transport error is returned as it is."""
+    if not isinstance(exc, _transport.TransportError):
+        return exc
+    for source, target in _TRANSLATE:
+        if isinstance(exc, source):
+            return target(str(exc))
+    return ChannelError(str(exc))

@@ -1,0 +1,295 @@
+"""`python -m zcser ls | inspect | gc` and transports.inspect, over real buffers owned by real
+(live, killed and stopped) processes. gc must remove exactly the provably dead buffers, also
+when several gc processes race over the same leftovers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import posix_ipc
+import pytest
+from conftest import RUN_TOKEN, unique_name
+from fixtures.procs import REPO, script
+
+from transports.admin import collect_garbage, health, inspect_buffer, list_buffers
+from transports.zerobuffer import BufferConfig, Reader, Writer
+from transports.zerobuffer import layout as L
+from zcser.tools.cli import main
+
+
+def _zcser(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "zcser", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def _json(*args: str) -> Any:
+    result = _zcser(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _exists(name: str) -> dict[str, bool]:
+    return {
+        "shm": Path(f"/dev/shm/{name}").exists(),
+        "sem-w": Path(f"/dev/shm/sem.sem-w-{name}").exists(),
+        "sem-r": Path(f"/dev/shm/sem.sem-r-{name}").exists(),
+        "lock": L.lock_path(name).exists(),
+    }
+
+
+def _readers_code(names: list[str], payload: int = 64) -> str:
+    return f"""
+        readers = [Reader(n, BufferConfig(0, {payload})) for n in {names!r}]
+        say("ready", os.getpid())
+        sys.stdin.readline()
+        """
+
+
+def _stale(names: list[str], locks: bool = True) -> None:
+    """Leave NAMES as a SIGKILLed reader leaves them: shm, semaphores, unheld lock files.
+
+    Any Reader created on this machine meanwhile (other test runs) sweeps stale buffers that
+    have lock files, so those may vanish at any time. Without `locks` the reader deletes its
+    lock files before it is killed: only gc finds such leftovers (no lock file to sweep)."""
+    code = _readers_code(names)
+    if not locks:
+        code = code.replace(
+            'say("ready"',
+            f"[os.unlink('/tmp/zerobuffer/' + n + '.lock') for n in {names!r}]\n        say(\"ready\"",
+        )
+    with script(code) as child:
+        child.expect("ready")
+    if not locks:
+        for name in names:
+            assert _exists(name) == {"shm": True, "sem-w": True, "sem-r": True, "lock": False}
+
+
+def test_health_bands_follow_zerobuffer_guidance() -> None:
+    assert [health(u) for u in (0.0, 0.79, 0.80, 0.95, 0.951, 1.0)] == [
+        "healthy",
+        "healthy",
+        "degraded",
+        "degraded",
+        "critical",
+        "critical",
+    ]
+
+
+def _gc_all(names: list[str]) -> list[str]:
+    """gc this run's buffers; every name in NAMES must be gone afterwards. Any Reader created on
+    this machine meanwhile (other test runs) sweeps stale buffers too, so gc may find some
+    already removed: it reports only what it removed itself, never a live buffer."""
+    removed = collect_garbage(RUN_TOKEN)
+    assert len(set(removed)) == len(removed)
+    assert set(removed) <= set(names), removed
+    for name in names:
+        assert not any(_exists(name).values()), name
+    return removed
+
+
+def test_ls_shows_live_and_orphaned_buffers_with_peers_and_sizes(shm_name: str) -> None:
+    orphan = unique_name("or")
+    with (
+        script(_readers_code([orphan])) as dying,
+        script(
+            f"""
+        r = Reader({shm_name!r}, BufferConfig(256, 4096))
+        w = Writer({shm_name!r})
+        w.set_metadata(b"schema")
+        for _ in range(3):
+            w.write(b"x" * 1000)
+        held = r.read()
+        sys.stdin.readline()
+        w2 = Writer({orphan!r})
+        say("ready", os.getpid())
+        sys.stdin.readline()
+        """
+        ) as child,
+    ):
+        dying.expect("ready")
+        child.send()
+        pid = int(child.expect("ready")[0])
+        dying.kill()  # the orphan's reader dies; our child still writes to it
+        rows = {row["name"]: row for row in _json("ls", "--prefix", RUN_TOKEN)}
+        live = rows[shm_name]
+        assert (live["state"], live["lock"], live["lock_pid"]) == ("live", "held", pid)
+        assert (live["reader_pid"], live["reader_alive"]) == (pid, True)
+        assert (live["writer_pid"], live["writer_alive"]) == (pid, True)
+        assert live["shm_bytes"] == 128 + 256 + 4096 and live["capacity"] == 4096
+        assert live["used"] == 3 * 1016 and live["health"] == "healthy"
+        assert live["frames_unread"] == 2 and live["bytes_unread"] == 2 * 1016
+        assert live["bytes_held"] == 1016  # the frame the reader holds
+        assert live["metadata_bytes"] == 6
+        gone = rows[orphan]
+        assert gone["state"] == "orphan-in-use" and gone["lock"] in ("free", "missing")
+        assert (gone["reader_pid"], gone["reader_alive"]) == (dying.pid, False)
+        assert (gone["writer_pid"], gone["writer_alive"]) == (pid, True)
+        text = _zcser("ls", "--prefix", RUN_TOKEN)
+        assert text.returncode == 0
+        assert f"{pid}(alive)" in text.stdout and f"{dying.pid}(dead)" in text.stdout
+        assert collect_garbage(RUN_TOKEN) == []
+    _gc_all([shm_name, orphan])
+    assert list_buffers(RUN_TOKEN) == []
+
+
+@pytest.mark.parametrize(("frames", "band"), [(2, "healthy"), (7, "degraded"), (8, "critical")])
+def test_inspect_reports_oieb_and_health_band(
+    shm_name: str, frames: int, band: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Reader(shm_name, BufferConfig(0, 64 * 64)) as r, Writer(shm_name, timeout=0) as w:
+        for _ in range(frames):
+            w.write(b"y" * (512 - 16))  # 8 frames fill the ring exactly
+        held = [r.read() for _ in range(frames // 2)]
+        assert main(["inspect", shm_name, "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["health"] == band
+        assert info["utilisation"] == pytest.approx(frames / 8)
+        assert info["bytes_held"] == 512 * len(held)
+        oieb = info["oieb"]
+        assert oieb["payload_written_count"] == frames
+        assert oieb["payload_read_count"] == len(held)
+        assert oieb["reader_pid"] == oieb["writer_pid"] == os.getpid()
+        assert main(["inspect", shm_name]) == 0
+        text = capsys.readouterr().out
+        assert "payload_free_bytes" in text and band in text
+        for f in held:
+            f.release()
+        assert inspect_buffer(shm_name).bytes_held == 0
+
+
+def test_inspect_unknown_name_exits_1() -> None:
+    result = _zcser("inspect", unique_name("none"))
+    assert result.returncode == 1 and "no buffer named" in result.stdout
+
+
+def test_inspect_marks_a_corrupt_header(shm_name: str) -> None:
+    with Reader(shm_name, BufferConfig(0, 256)):
+        fd = os.open(f"/dev/shm/{shm_name}", os.O_RDWR)
+        try:
+            os.pwrite(fd, (999).to_bytes(4, "little"), 0)
+        finally:
+            os.close(fd)
+        info = inspect_buffer(shm_name)
+        assert info.oieb is None and "not a ZeroBuffer" in info.problem
+        assert info.state == "live"  # its reader still holds the lock: never gc'd
+
+
+def test_gc_spares_a_buffer_whose_writer_lives_on_after_its_reader_died() -> None:
+    name = unique_name("ow")
+    with script(_readers_code([name])) as reader:
+        reader.expect("ready")
+        with script(
+            f"""
+            w = Writer({name!r})
+            say("ready")
+            sys.stdin.readline()
+            """
+        ) as writer:
+            writer.expect("ready")
+            reader.kill()
+            assert inspect_buffer(name).state == "orphan-in-use"
+            assert name not in collect_garbage(RUN_TOKEN)
+            assert _exists(name)["shm"] and _exists(name)["sem-w"]
+    assert inspect_buffer(name).state == "stale" or not _exists(name)["shm"]
+    _gc_all([name])
+
+
+def test_gc_removes_semaphores_left_without_lock_or_shm() -> None:
+    """What the reference's Reader.close() leaves behind (its bug 5)."""
+    name = unique_name("sm")
+    for sem in (L.sem_w_name(name), L.sem_r_name(name)):
+        posix_ipc.Semaphore(sem, posix_ipc.O_CREX, mode=0o600).close()
+    assert [b.name for b in list_buffers(RUN_TOKEN)] == [name]
+    assert _json("gc", "--prefix", RUN_TOKEN) == {"removed": [name]}
+    assert not any(_exists(name).values())
+
+
+def test_concurrent_gc_removes_every_stale_buffer_once_and_no_live_one() -> None:
+    locked = [unique_name("gs") for _ in range(12)]
+    lockless = [unique_name("gn") for _ in range(12)]
+    stale = locked + lockless
+    live_here = unique_name("lh")
+    live_child = unique_name("lc")
+    stopped = unique_name("ls")
+    with (
+        Reader(live_here, BufferConfig(0, 256)) as r,
+        Writer(live_here) as w,
+        script(_readers_code([live_child])) as child,
+        script(_readers_code([stopped])) as frozen,
+    ):
+        child.expect("ready")
+        frozen.expect("ready")
+        frozen.signal(19)  # SIGSTOP: stopped is not dead
+        _stale(locked)  # after the live readers: creating a Reader sweeps stale buffers
+        _stale(lockless, locks=False)
+        gc_code = f"""
+            import json
+            from transports.admin import collect_garbage
+            say("ready")
+            sys.stdin.readline()
+            say(json.dumps(collect_garbage({RUN_TOKEN!r})))
+            """
+        removed: list[str] = []
+        try:
+            with contextlib.ExitStack() as stack:
+                gcs = [stack.enter_context(script(gc_code)) for _ in range(4)]
+                for proc in gcs:
+                    proc.expect("ready")
+                for proc in gcs:  # all imported and waiting: the four sweeps overlap
+                    proc.send()
+                for proc in gcs:
+                    line = proc.line(60)
+                    assert line is not None, proc.stderr()
+                    removed += json.loads(line)
+                    assert proc.wait() == 0 and not proc.stderr(), proc.stderr()
+        finally:
+            frozen.signal(18)  # SIGCONT
+        assert len(set(removed)) == len(removed)  # each removed once, by one of the four
+        assert set(removed) <= set(stale)
+        assert set(lockless) <= set(removed)  # only gc finds these: no foreign sweep interferes
+        for name in stale:
+            assert not any(_exists(name).values()), name
+        for name in (live_here, live_child, stopped):
+            assert all(_exists(name).values()), name
+        w.write(b"still works")
+        with r.read() as frame:
+            assert bytes(frame.data) == b"still works"
+    _gc_all([live_child, stopped])
+
+
+def test_a_reader_starting_during_another_process_sweep_of_its_name_still_starts() -> None:
+    """Regression (found by the kill loop): a sweep (gc, or any new Reader's stale cleanup)
+    holds a dead reader's lock for a moment; a new reader of that name used to fail at once
+    with BufferExists instead of waiting for the sweep to finish."""
+    name = unique_name("sw")
+    with script(
+        f"""
+        import fcntl
+        fd = os.open({str(L.lock_path(name))!r}, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        say("holding")
+        time.sleep(0.05)
+        os.unlink({str(L.lock_path(name))!r})
+        os.close(fd)
+        say("done")
+        """
+    ) as sweeper:
+        sweeper.expect("holding")
+        with Reader(name, BufferConfig(0, 256)) as r, Writer(name) as w:
+            w.write(b"started")
+            with r.read() as frame:
+                assert bytes(frame.data) == b"started"
+        sweeper.expect("done")

@@ -1,0 +1,370 @@
+"""List, inspect and garbage-collect ZeroBuffer buffers on this machine (`python -m zcser ls`).
+
+Looking never changes anything: OIEBs are read with `pread` (no mapping, so a truncated segment
+cannot SIGBUS us) and lock ownership comes from /proc/locks (no flock attempt that could make a
+starting reader fail). Only `collect_garbage` removes things, through the transport's own
+stale-resource cleanup, and only for buffers whose owners are provably dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from transports.errors import BufferExists, CorruptBuffer
+from transports.zerobuffer import is_orphan
+from transports.zerobuffer import layout as L
+from transports.zerobuffer import posix as _shm
+
+__all__ = [
+    "CRITICAL",
+    "DEGRADED",
+    "BufferInfo",
+    "Oieb",
+    "collect_garbage",
+    "health",
+    "inspect_buffer",
+    "list_buffers",
+    "parse_oieb",
+    "unread_bytes",
+]
+
+DEGRADED = 0.80
+"""ZeroBuffer's guidance: utilisation from 80% is degraded (the writer will soon block)."""
+CRITICAL = 0.95
+"""Above 95% the buffer is critical (the writer is blocked or about to be)."""
+
+_SEM_PREFIXES = ("sem.sem-w-", "sem.sem-r-")
+_LOCK_SUFFIX = ".lock"
+
+
+# --- pure parts ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Oieb:
+    """The 128-byte Operation Info Exchange Block, field by field (PROTOCOL.md)."""
+
+    oieb_size: int
+    version: tuple[int, int, int, int]
+    metadata_size: int
+    metadata_free_bytes: int
+    metadata_written_bytes: int
+    payload_size: int
+    payload_free_bytes: int
+    payload_write_pos: int
+    payload_read_pos: int
+    payload_written_count: int
+    payload_read_count: int
+    writer_pid: int
+    reader_pid: int
+
+
+def parse_oieb(raw: bytes, size: int | None = None) -> Oieb:
+    """Decode an OIEB; CorruptBuffer if it is not a ZeroBuffer 1.x header consistent with a
+    segment of `size` bytes (when given)."""
+    if len(raw) < L.OIEB_SIZE:
+        raise CorruptBuffer(f"{len(raw)} bytes is shorter than the 128-byte OIEB")
+    values = L.OIEB_STRUCT.unpack_from(raw, 0)
+    oieb = Oieb(values[0], tuple(values[1:5]), *values[5:16])
+    if oieb.oieb_size != L.OIEB_SIZE or oieb.version[0] != L.VERSION[0]:
+        raise CorruptBuffer(
+            f"not a ZeroBuffer 1.x header (oieb_size {oieb.oieb_size}, version {oieb.version})"
+        )
+    P, M = oieb.payload_size, oieb.metadata_size
+    if size is not None and L.total_size(M, P) > size:
+        raise CorruptBuffer(f"blocks of {M} + {P} bytes do not fit the {size}-byte segment")
+    if P <= 0 or oieb.payload_free_bytes > P or oieb.payload_write_pos > P:
+        raise CorruptBuffer(f"payload fields out of range for a {P}-byte ring")
+    return oieb
+
+
+def health(utilisation: float) -> str:
+    """'healthy' below 80% used, 'degraded' up to 95%, 'critical' above (ZeroBuffer's bands)."""
+    if utilisation > CRITICAL:
+        return "critical"
+    if utilisation >= DEGRADED:
+        return "degraded"
+    return "healthy"
+
+
+def unread_bytes(header_at: Callable[[int], tuple[int, int]], oieb: Oieb) -> int | None:
+    """Ring bytes of the entries written but not yet read, found by walking the headers from
+    `payload_read_pos`; None if the walk meets something no correct writer writes (or races
+    with a live writer). `header_at(offset)` returns the (length, sequence) header there."""
+    P = oieb.payload_size
+    pos = oieb.payload_read_pos
+    pending = oieb.payload_written_count - oieb.payload_read_count
+    if pending < 0 or pending > P or pos >= P:
+        return None
+    total = 0
+    for _ in range(pending):
+        if P - pos < L.HEADER_SIZE:
+            total += P - pos
+            pos = 0
+            continue
+        n, seq = header_at(pos)
+        if n == 0:
+            if seq != 0 or pos == 0:
+                return None
+            total += P - pos
+            pos = 0
+            continue
+        if n > P - pos - L.HEADER_SIZE:
+            return None
+        total += L.HEADER_SIZE + n
+        pos = (pos + L.HEADER_SIZE + n) % P
+    return total
+
+
+# --- reading the machine -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BufferInfo:
+    """What `ls` and `inspect` report about one buffer name."""
+
+    name: str
+    shm: bool  # /dev/shm/NAME exists
+    shm_bytes: int  # its size (0 if absent)
+    semaphores: int  # how many of sem-w / sem-r exist
+    lock: str  # "held" (by lock_pid), "free" (owner dead: stale), or "missing"
+    lock_pid: int  # holder of the flock, from /proc/locks (0 if unknown or free)
+    reader_pid: int
+    reader_alive: bool
+    writer_pid: int
+    writer_alive: bool
+    state: str  # "live", "stale" (gc removes it), "orphan-in-use", "partial" or "corrupt"
+    capacity: int  # payload ring bytes
+    used: int
+    utilisation: float
+    health: str
+    frames_unread: int  # entries written and not read (frames, plus wrap markers)
+    bytes_unread: int | None  # their ring bytes (None: unknown)
+    bytes_held: int | None  # ring bytes read and not yet released: frames pinned by the reader
+    metadata_bytes: int  # length of the writer's metadata (0 if none)
+    oieb: dict[str, Any] | None
+    problem: str  # why the OIEB could not be read, or ""
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-able dict (the `--json` output)."""
+        return asdict(self)
+
+
+def _lock_holders() -> dict[tuple[int, int, int], int]:
+    """(major, minor, inode) -> PID for every FLOCK in /proc/locks (empty where unavailable)."""
+    holders: dict[tuple[int, int, int], int] = {}
+    try:
+        with open("/proc/locks") as fh:
+            lines = fh.readlines()
+    except OSError:
+        return holders
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "FLOCK" or parts[2] == "->":
+            continue
+        try:
+            major, minor, inode = parts[5].split(":")
+            holders[(int(major, 16), int(minor, 16), int(inode))] = int(parts[4])
+        except ValueError:
+            continue
+    return holders
+
+
+def _lock_state(name: str, holders: dict[tuple[int, int, int], int] | None) -> tuple[str, int]:
+    """("held", pid) / ("free", 0) / ("missing", 0) for NAME's lock file, without locking it
+    when /proc/locks is readable (a flock test otherwise)."""
+    path = L.lock_path(name)
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return "missing", 0
+    if holders is not None and os.path.exists("/proc/locks"):
+        pid = holders.get((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino), 0)
+        return ("held", pid) if pid else ("free", 0)
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return "missing", 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return "held", 0
+    finally:
+        os.close(fd)
+    return "free", 0
+
+
+def _read_segment(name: str) -> tuple[int, Oieb | None, str, int, int | None]:
+    """(size, OIEB or None, problem, metadata length, unread bytes) of /dev/shm/NAME."""
+    try:
+        fd = os.open(L.SHM_DIR / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        return 0, None, f"cannot open: {exc.strerror}", 0, None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            oieb = parse_oieb(os.pread(fd, L.OIEB_SIZE, 0), size)
+        except CorruptBuffer as exc:
+            return size, None, str(exc), 0, None
+        metadata = 0
+        if oieb.metadata_written_bytes and oieb.metadata_size >= L.METADATA_PREFIX:
+            raw = os.pread(fd, L.METADATA_PREFIX, L.OIEB_SIZE)
+            if len(raw) == L.METADATA_PREFIX:
+                metadata = L.U64.unpack(raw)[0]
+        base = L.OIEB_SIZE + oieb.metadata_size
+
+        def header_at(pos: int) -> tuple[int, int]:
+            raw = os.pread(fd, L.HEADER_SIZE, base + pos)
+            return L.HEADER.unpack(raw) if len(raw) == L.HEADER_SIZE else (0, 1)
+
+        return size, oieb, "", metadata, unread_bytes(header_at, oieb)
+    finally:
+        os.close(fd)
+
+
+def _state(lock: str, shm: bool, oieb: Oieb | None, reader_alive: bool, writer_alive: bool) -> str:
+    if lock == "held":
+        return "live"
+    if shm and oieb is None:
+        return "corrupt" if lock == "free" else "partial"
+    if reader_alive or writer_alive:
+        return "orphan-in-use"  # its lock is gone but a process still maps it
+    return "stale"
+
+
+def inspect_buffer(
+    name: str, _holders: dict[tuple[int, int, int], int] | None = None
+) -> BufferInfo:
+    """Everything knowable about buffer NAME from outside its processes (read-only)."""
+    holders = _lock_holders() if _holders is None else _holders
+    lock, lock_pid = _lock_state(name, holders)
+    shm = (L.SHM_DIR / name).is_file()
+    sems = sum((L.SHM_DIR / f"{prefix}{name}").exists() for prefix in _SEM_PREFIXES)
+    size, oieb, problem, metadata, unread = (
+        _read_segment(name) if shm else (0, None, "no shared memory", 0, None)
+    )
+    reader_pid = oieb.reader_pid if oieb else 0
+    writer_pid = oieb.writer_pid if oieb else 0
+    reader_alive = _shm.pid_alive(reader_pid)
+    writer_alive = _shm.pid_alive(writer_pid)
+    capacity = used = 0
+    held = None
+    pending = 0
+    if oieb is not None:
+        capacity = oieb.payload_size
+        used = capacity - min(oieb.payload_free_bytes, capacity)
+        pending = max(0, oieb.payload_written_count - oieb.payload_read_count)
+        if unread is not None and unread <= used:
+            held = used - unread
+    utilisation = used / capacity if capacity else 0.0
+    return BufferInfo(
+        name=name,
+        shm=shm,
+        shm_bytes=size,
+        semaphores=sems,
+        lock=lock,
+        lock_pid=lock_pid,
+        reader_pid=reader_pid,
+        reader_alive=reader_alive,
+        writer_pid=writer_pid,
+        writer_alive=writer_alive,
+        state=_state(lock, shm, oieb, reader_alive, writer_alive),
+        capacity=capacity,
+        used=used,
+        utilisation=utilisation,
+        health=health(utilisation),
+        frames_unread=pending,
+        bytes_unread=unread,
+        bytes_held=held,
+        metadata_bytes=metadata,
+        oieb=None if oieb is None else asdict(oieb),
+        problem=problem,
+    )
+
+
+def _looks_like_zerobuffer(name: str) -> bool:
+    """A /dev/shm entry without lock or semaphores counts only if it holds a valid OIEB."""
+    try:
+        fd = os.open(L.SHM_DIR / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        parse_oieb(os.pread(fd, L.OIEB_SIZE, 0), os.fstat(fd).st_size)
+    except (CorruptBuffer, OSError):
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def buffer_names(prefix: str = "") -> list[str]:
+    """Names of ZeroBuffer buffers (whole or in part) found in the lock directory and /dev/shm."""
+    names: set[str] = set()
+    with contextlib.suppress(OSError):
+        names.update(
+            entry[: -len(_LOCK_SUFFIX)]
+            for entry in os.listdir(L.LOCK_DIR)
+            if entry.endswith(_LOCK_SUFFIX)
+        )
+    shm_entries: list[str] = []
+    with contextlib.suppress(OSError):
+        shm_entries = os.listdir(L.SHM_DIR)
+    for entry in shm_entries:
+        for sem_prefix in _SEM_PREFIXES:
+            if entry.startswith(sem_prefix):
+                names.add(entry[len(sem_prefix) :])
+    plain = set(shm_entries) - names
+    names.update(n for n in plain if n.startswith(prefix) and _looks_like_zerobuffer(n))
+    return sorted(n for n in names if n.startswith(prefix) and L.NAME_RE.fullmatch(n))
+
+
+def list_buffers(prefix: str = "") -> list[BufferInfo]:
+    """`inspect_buffer` for every buffer whose name starts with `prefix`."""
+    holders = _lock_holders()
+    return [inspect_buffer(name, holders) for name in buffer_names(prefix)]
+
+
+# --- removing ------------------------------------------------------------------------------------
+
+
+def _remove_unlocked(names: Iterable[str]) -> list[str]:
+    """Buffers with shm or semaphores but no lock file (a reader that died between steps, or the
+    reference's leftover semaphores): take NAME's lock as a new reader would, so no reader can
+    start meanwhile, and remove them if no live process uses them."""
+    removed = []
+    for name in names:
+        if L.lock_path(name).exists():
+            continue
+        try:
+            fd = _shm.acquire_lock(name)
+        except (BufferExists, OSError):
+            continue
+        try:
+            present = [L.SHM_DIR / f"{p}{name}" for p in ("", *_SEM_PREFIXES)]
+            if any(path.exists() for path in present) and is_orphan(name):
+                _shm.unlink_shm(name)
+                _shm.unlink_semaphore(L.sem_w_name(name))
+                _shm.unlink_semaphore(L.sem_r_name(name))
+                removed.append(name)
+        finally:
+            _shm.release_lock(name, fd)
+    return removed
+
+
+def collect_garbage(prefix: str = "") -> list[str]:
+    """Remove buffers whose owners are provably dead: nobody holds the lock (flock test) AND the
+    OIEB's reader and writer PIDs are both 0 or dead. Returns the names removed. Safe to run
+    from several processes at once and next to live readers and writers.
+
+    The transport's stale cleanup (the one every new Reader runs) does the work; like it, this
+    also deletes unheld lock files of buffers still mapped by a live process, leaving their
+    shared memory alone."""
+    removed = _shm.cleanup_stale(lambda name: name.startswith(prefix) and is_orphan(name))
+    leftovers = [n for n in buffer_names(prefix) if n not in removed]
+    return sorted(set(removed) | set(_remove_unlocked(leftovers)))

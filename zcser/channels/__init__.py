@@ -1,0 +1,49 @@
+"""Channels: `Sender.send(obj)` in one process, `Receiver.recv()` in another.
+
+```
+base.py      Sender and Receiver: the classes users construct, and the registry by URL scheme
+shm.py       ShmSender / ShmReceiver: one ZeroBuffer ring in shared memory
+arena.py     the frame that Sender.empty() allocates arrays in
+net.py       NetSender / NetReceiver: ZeroMQ between processes and hosts
+lease.py     Lease and Message: how long a received frame stays pinned
+schema.py    the stream schema a sender writes and a receiver checks
+factory.py   zcser.channel() and the picklable SenderFactory
+```
+"""
+
+from zcser.channels import net, shm
+from zcser.channels.base import Receiver, Sender
+from zcser.channels.factory import SenderFactory, channel
+from zcser.channels.lease import Message
+from zcser.channels.net import NetReceiver, NetReceiverStats, NetSender, NetSenderStats
+from zcser.channels.schema import check_stream, stream_schema
+from zcser.channels.shm import (
+    DEFAULT_CAPACITY,
+    DEFAULT_HEADROOM,
+    ReceiverStats,
+    SenderStats,
+    ShmReceiver,
+    ShmSender,
+)
+
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "DEFAULT_HEADROOM",
+    "Message",
+    "NetReceiver",
+    "NetReceiverStats",
+    "NetSender",
+    "NetSenderStats",
+    "Receiver",
+    "ReceiverStats",
+    "Sender",
+    "SenderFactory",
+    "SenderStats",
+    "ShmReceiver",
+    "ShmSender",
+    "channel",
+    "check_stream",
+    "net",
+    "shm",
+    "stream_schema",
+]

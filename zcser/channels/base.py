@@ -1,0 +1,229 @@
+"""The two ends of every channel, and the registry that picks a transport by the name's scheme.
+
+```
+Sender(name)      -> ShmSender   (NAME or shm://NAME)    NetSender   (tcp://..., ipc://...)
+Receiver(name)    -> ShmReceiver                          NetReceiver
+```
+
+`Sender` and `Receiver` are the classes users construct and check against. Constructing the
+base looks the name's scheme up in the registry and builds the registered subclass, the way
+`pathlib.Path(...)` builds a `PosixPath`: `isinstance(zcser.Sender("tcp://..."), zcser.Sender)`
+holds, the object prints as what it is, and an option the chosen transport does not take is a
+`UsageError` that names it. Each transport module registers its pair when it is imported
+(`zcser.channels` imports them all).
+
+Rules every subclass keeps:
+- errors are `zcser.errors` classes; transport errors pass through `errors.translate` once, at
+  the public method that called the transport;
+- `close()` is idempotent and a closed end raises `Closed`; ends are not picklable (pass the
+  name, or a `SenderFactory`);
+- `for obj in receiver` yields messages until the stream ends (`Closed`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+
+from zcser import errors
+
+__all__ = ["Receiver", "Sender", "register", "scheme_of"]
+
+_SENDERS: dict[str, type[Sender]] = {}
+_RECEIVERS: dict[str, type[Receiver]] = {}
+
+
+def scheme_of(name: object) -> str:
+    """The transport a channel name selects: "tcp", "ipc" or "shm" (a bare name is shm)."""
+    if not isinstance(name, str):
+        raise errors.UsageError(
+            f"a channel name must be a str (a shared-memory name, shm://NAME, tcp://HOST:PORT "
+            f"or ipc:///PATH), not {type(name).__name__}: {name!r}"
+        )
+    scheme, sep, _ = name.partition("://")
+    return scheme if sep else "shm"
+
+
+def register(scheme: str, sender: type[Sender], receiver: type[Receiver]) -> None:
+    """Make `Sender(scheme://...)` and `Receiver(scheme://...)` build these classes."""
+    _SENDERS[scheme] = sender
+    _RECEIVERS[scheme] = receiver
+
+
+def _chosen(table: dict[str, Any], role: str, name: object) -> Any:
+    scheme = scheme_of(name)
+    try:
+        return table[scheme]
+    except KeyError:
+        known = ", ".join(f"{s}://" for s in sorted(table))
+        raise errors.UsageError(
+            f"no {role} for {scheme}:// names (known: {known}, or a bare shared-memory name)"
+        ) from None
+
+
+def _check_call(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """UsageError naming the option when `cls(*args, **kwargs)` does not fit its signature."""
+    try:
+        inspect.signature(cls).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise errors.UsageError(
+            f"{cls.__name__}: {exc} (see help(zcser.{cls.__name__}) for the options of "
+            f"{cls.__name__.removesuffix('Sender').removesuffix('Receiver').lower()} channels)"
+        ) from None
+
+
+class Sender:
+    """The writing end of a channel: `Sender(name)` connects to the channel's receiver.
+
+    NAME (or `shm://NAME`) is a shared-memory channel (`ShmSender`); `tcp://HOST:PORT` and
+    `ipc:///PATH` are network channels (`NetSender`). See those classes for the options.
+    """
+
+    scheme: ClassVar[str] = ""
+    name: str
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is Sender:
+            name = args[0] if args else kwargs.get("name")
+            cls = _chosen(_SENDERS, "Sender", name)
+            _check_call(cls, args, kwargs)
+        return object.__new__(cls)
+
+    def send(self, obj: Any, timeout: float | None = None) -> None:
+        """Send `obj` as one message."""
+        raise NotImplementedError
+
+    def empty(
+        self, shape: int | tuple[int, ...], dtype: Any = float, *, timeout: float | None = None
+    ) -> np.ndarray:
+        """A new uninitialised array to fill and send in the next message."""
+        raise NotImplementedError
+
+    def stats(self) -> Any:
+        """Counters of this end."""
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Mark the end of the stream and detach."""
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise errors.Closed(f"sender of {self.name!r} is closed; create a new Sender")
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"a {type(self).__name__} is connected to its channel and cannot be pickled: pass "
+            "the SenderFactory from zcser.channel() (or the channel name) to the process that "
+            "sends"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {'closed' if self.closed else 'open'}>"
+
+
+class Receiver:
+    """The reading end of a channel: `Receiver(name)` creates the channel.
+
+    NAME (or `shm://NAME`) is a shared-memory channel (`ShmReceiver`); `tcp://HOST:PORT` and
+    `ipc:///PATH` are network channels (`NetReceiver`). See those classes for the options.
+    """
+
+    scheme: ClassVar[str] = ""
+    name: str
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is Receiver:
+            name = args[0] if args else kwargs.get("name")
+            cls = _chosen(_RECEIVERS, "Receiver", name)
+            _check_call(cls, args, kwargs)
+        return object.__new__(cls)
+
+    def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
+        """The next object."""
+        raise NotImplementedError
+
+    def recv_message(self, timeout: float | None = None) -> Any:
+        """The next message with an explicit lifetime."""
+        raise NotImplementedError
+
+    def stats(self) -> Any:
+        """Counters of this end."""
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop receiving and give the channel's resources back."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:
+        """Every message until the sender closes the stream (then the loop ends)."""
+        recv: Callable[[], Any] = self.recv
+        while True:
+            try:
+                value = recv()
+            except errors.Closed:
+                return
+            yield value
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"a {type(self).__name__} owns its channel and cannot be pickled: create it in the "
+            "reading process and pass the name (or a zcser.channel() SenderFactory) to the "
+            "writer"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {'closed' if self.closed else 'open'}>"
+
+
+# --- arguments shared by every transport ----------------------------------------------------------
+
+
+def array_shape(shape: Any) -> tuple[int, ...]:
+    """`shape` as a tuple of sizes >= 0 (UsageError otherwise)."""
+    try:
+        if isinstance(shape, (tuple, list)):
+            dims = tuple(operator.index(d) for d in shape)
+        else:
+            dims = (operator.index(shape),)
+    except TypeError:
+        raise errors.UsageError(f"empty() needs a shape of ints, not {shape!r}") from None
+    if any(d < 0 for d in dims):
+        raise errors.UsageError(f"empty() needs sizes >= 0, not {dims}")
+    return dims
+
+
+def plain_dtype(dtype: Any) -> np.dtype[Any]:
+    """`dtype` as a numpy dtype without Python objects (UsageError otherwise): empty() memory
+    is sent as bytes, and object pointers mean nothing in another process."""
+    try:
+        dt: np.dtype[Any] = np.dtype(dtype)
+    except TypeError as exc:
+        raise errors.UsageError(f"empty() needs a numpy dtype, not {dtype!r} ({exc})") from None
+    if dt.hasobject:
+        raise errors.UsageError(f"empty() needs a plain dtype, not {dt} (objects hold pointers)")
+    return dt

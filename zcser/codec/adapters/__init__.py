@@ -1,0 +1,1 @@
+"""Type adapters: how numpy, Arrow, torch, pandas, bytes-likes and a few builtins travel."""

@@ -1,0 +1,476 @@
+"""The Codec: one pyfory.Fory configured for out-of-band buffers, plus the message framing.
+
+Encoding serializes once (`plan`), then writes header, table, in-band bytes and every large
+buffer at a 64-byte-aligned absolute address (`Plan.write_into`). Decoding validates the whole
+header and table first, then hands pyfory zero-copy slices of one read-only root view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import sys
+import warnings
+from importlib import import_module
+from operator import length_hint
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyfory
+import xxhash
+from pyfory.error import TypeUnregisteredError
+from pyfory.serializer import ObjectSerializer
+
+from zcser.codec import layout as _message
+from zcser.codec import memory as _copy
+from zcser.codec import oob as _oob
+from zcser.codec.adapters import buffers as _buffers
+from zcser.codec.adapters import builtins as _pytypes
+from zcser.codec.adapters import numpy as _numpy
+from zcser.codec.memory import address as _address
+from zcser.codec.plan import Plan, _byte_view, _meta_digest
+from zcser.errors import (
+    ChecksumMismatch,
+    CorruptMessage,
+    DecodeError,
+    IncompatibleStream,
+    UnregisteredType,
+    UnsupportedType,
+    UsageError,
+    ZcserError,
+)
+
+FORMAT_NAME = "zcser-message"
+CODEC_NAME = "zcser"
+CODEC_VERSION = "0.1.0"
+"""The message format's version, written into every stream schema and snapshot (not the package
+version, which is `zcser.__version__`)."""
+
+# Measured with `python -m zcser bench` (section "threshold"): below ~16 KiB the per-buffer
+# cost of going out of band (table entry, alignment padding, one memoryview slice and pyfory's
+# callback on each side) exceeds the cost of copying the bytes in band.
+DEFAULT_THRESHOLD = 16 * 1024
+"""Bytes: smaller buffers are copied in band, larger ones travel out of band (zero-copy)."""
+
+_OPTIONAL_ADAPTERS = (
+    "zcser.codec.adapters.arrow",
+    "zcser.codec.adapters.torch",
+    "zcser.codec.adapters.pandas",
+)
+_HEADER_SIZE = _message.HEADER.size
+_TABLE_START = _message.TABLE_START
+_MAGIC = _message.MAGIC
+_VERSION = _message.VERSION
+_unpack_header = _message.HEADER.unpack_from
+_pack_header = _message.HEADER.pack
+_PLAIN_PREFIX = _pack_header(_MAGIC, _VERSION, 0, 0, 0, 0, 0)[: _message.OFF_INBAND_LEN]
+"""Header bytes before the lengths of a message with no flags and no out-of-band buffer."""
+_OFF_INBAND_LEN = _message.OFF_INBAND_LEN
+_unpack_lengths = struct.Struct("<QQ").unpack_from
+_NO_BUFFERS: tuple[Any, ...] = ()
+_inline_below = _oob.INLINE_BELOW.get
+_set_inline_below = _oob.INLINE_BELOW.set
+
+
+def _aligned_copy(mv: memoryview, phase: int, writable: bool = False) -> memoryview:
+    """A copy of `mv` in fresh memory where offset `phase` is aligned; read-only unless asked."""
+    raw = np.empty(mv.nbytes + _message.ALIGN, dtype=np.uint8)
+    skip = (phase - raw.ctypes.data) % _message.ALIGN
+    dst = raw[skip : skip + mv.nbytes]
+    _copy.copy_into(dst.data, mv.cast("B") if mv.format != "B" else mv, _copy.default_threads())
+    return dst.data if writable else dst.data.toreadonly()
+
+
+_LAZY_MODULES = ("torch", "pandas")
+
+
+def _lazy_modules_imported() -> frozenset[str]:
+    return frozenset(m for m in _LAZY_MODULES if m in sys.modules)
+
+
+class _Collector:
+    """pyfory's buffer_callback: buffers under `threshold` stay in band, the rest go to `buffers`
+    (None when idle). One per codec, reused: a closure per message cost ~0.1-0.2 µs."""
+
+    __slots__ = ("buffers", "threshold")
+
+    def __init__(self) -> None:
+        self.buffers: list[memoryview] | None = None
+        self.threshold = 0
+
+    def __call__(self, buffer_object: Any) -> bool:
+        buffers = self.buffers
+        assert buffers is not None
+        if type(buffer_object) is _oob.RawBuffer:  # our adapters': already a byte view
+            view = buffer_object.view
+            if view.nbytes < self.threshold or not view.nbytes:
+                return True
+            buffers.append(view)
+            return False
+        size = buffer_object.total_bytes()
+        if size == 0 or size < self.threshold:
+            return True
+        buffers.append(_oob.as_bytes_view(buffer_object.getbuffer()))
+        return False
+
+
+class Codec:
+    """Encode objects to zcser messages and decode them back as zero-copy views.
+
+    threshold: buffers smaller than this many bytes stay in band (copied); 0-byte ones always.
+    trusted: WARNING, True lets messages build any importable class (like pickle: a malicious
+        message can run code). Only for data from peers you trust. Default strict mode accepts
+        only built-in and registered types.
+    checksum: store xxh3-64 digests of in-band bytes and every buffer, and require them on
+        decode (a corrupted message raises ChecksumMismatch instead of decoding wrongly).
+    ref: track shared references (an object held twice travels once, identity is kept).
+    A Codec is not thread-safe (it holds one pyfory.Fory): use one per thread.
+    """
+
+    def __init__(
+        self,
+        threshold: int = DEFAULT_THRESHOLD,
+        trusted: bool = False,
+        checksum: bool = False,
+        ref: bool = False,
+    ) -> None:
+        if threshold < 0:
+            raise UsageError(f"threshold must be >= 0 bytes, got {threshold}")
+        if trusted:
+            warnings.warn(
+                "zcser.Codec(trusted=True) decodes like pickle: a crafted message can run "
+                "arbitrary code. Use it only with peers you trust.",
+                stacklevel=2,
+            )
+        self.threshold = threshold
+        self.trusted = trusted
+        self.checksum = checksum
+        self.ref = ref
+        self._types: dict[str, type] = {}
+        self._adapters: list[str] = []
+        self._collect = _Collector()
+        self._fory = self._build()
+
+    def _build(self) -> Any:
+        """A configured pyfory.Fory: adapters installed, registered classes replayed."""
+        fory = pyfory.Fory(xlang=False, ref=self.ref, strict=not self.trusted)
+        adapters = []
+        for module in (_pytypes, _numpy, _buffers):
+            module.install(fory)
+            adapters.append(module.__name__.rsplit(".", 1)[1].lstrip("_"))
+        for name in _OPTIONAL_ADAPTERS:
+            try:
+                adapter = import_module(name)
+            except ImportError:
+                continue
+            adapter.install(fory)
+            adapters.append(name.rsplit(".", 1)[1].lstrip("_"))
+        for type_name, cls in self._types.items():
+            _register_class(fory, cls, type_name)
+        self._adapters = adapters
+        self._lazy_seen = _lazy_modules_imported()
+        self._used = False
+        return fory
+
+    def _late_imports(self) -> bool:
+        """Rebuild if torch/pandas were imported after this codec was made (their real classes
+        can only be aliased once imported); True when that happened and a retry makes sense."""
+        if _lazy_modules_imported() == self._lazy_seen:
+            return False
+        self._fory = self._build()
+        return True
+
+    def register(self, cls: type, *, name: str | None = None) -> None:
+        """Allow `cls` (dataclass or plain class) in strict mode, on writer and reader alike.
+
+        Types are matched across processes by `name` (default `module.QualName`), so the
+        reader must register the same classes under the same names, in any order.
+        """
+        if not isinstance(cls, type):
+            raise UsageError(f"register() takes a class, got {type(cls).__name__}")
+        name = name or f"{cls.__module__}.{cls.__qualname__}"
+        if name in self._types:
+            raise UsageError(f"a class is already registered under the name {name!r}")
+        self._types[name] = cls
+        if self._used:
+            self._fory = self._build()
+        else:
+            _register_class(self._fory, cls, name)
+
+    def pack(self, obj: Any) -> bytes | Plan:
+        """Serialize `obj`: the whole message as bytes when it has no out-of-band buffer (its
+        bytes then do not depend on where they land), else the Plan to write it with."""
+        inband, buffers = self._serialize(obj)
+        if buffers or self.checksum:
+            plan = Plan(inband, buffers, self.checksum)
+            return plan if buffers else plan.packed()
+        n = len(inband)
+        return _pack_header(_MAGIC, _VERSION, 0, 0, 0, n, _TABLE_START + n) + inband
+
+    def plan(self, obj: Any) -> Plan:
+        """Serialize `obj` once: in-band bytes plus the out-of-band buffers (no data copied)."""
+        inband, buffers = self._serialize(obj)
+        return Plan(inband, buffers, self.checksum)
+
+    def _serialize(self, obj: Any) -> tuple[bytes, list[memoryview]]:
+        """pyfory's in-band bytes and the buffers its callback took out of band."""
+        threshold = self.threshold
+        collect = self._collect
+        if collect.buffers is not None:  # a serializer called this codec again: a fresh one
+            collect = _Collector()
+        buffers: list[memoryview] = []
+        collect.buffers = buffers
+        collect.threshold = threshold
+        self._used = True
+        if _inline_below() != threshold:
+            _set_inline_below(threshold)
+        try:
+            inband = self._fory.serialize(obj, buffer_callback=collect)
+        except ZcserError:
+            raise
+        except TypeUnregisteredError as exc:
+            if self._late_imports():
+                collect.buffers = None
+                return self._serialize(obj)
+            raise UnregisteredType(
+                f"{exc}: call codec.register(cls) on the writer and the reader "
+                "(or Codec(trusted=True) for trusted peers only)"
+            ) from exc
+        except Exception as exc:
+            raise UnsupportedType(
+                f"cannot serialize {type(obj).__name__}: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            collect.buffers = None
+        return bytes(inband), buffers
+
+    def message_size(self, obj: Any) -> int:
+        """Upper bound of the message size of `obj` (serializes it; prefer `plan` to reuse)."""
+        return self.plan(obj).nbytes
+
+    def encode_into(self, obj: Any, target: Any) -> int:
+        """Write one message for `obj` at the start of `target`; returns the bytes used."""
+        return self.plan(obj).write_into(target)
+
+    def decode(
+        self, data: Any, *, copy: bool = False, owner: Any = None, writable: bool = False
+    ) -> Any:
+        """The object in the message at the start of `data`.
+
+        Without copy, arrays/buffers are read-only zero-copy views into `data`; with `owner`,
+        every view keeps `owner` alive (the channel passes its frame lease). If the buffers
+        would be misaligned at this address, the message is first copied to aligned memory.
+        copy=True returns private writable objects. writable=True keeps zero-copy views over
+        writable `data` writable (snapshot copy-on-write maps; no `owner`: views keep `data`).
+        """
+        if writable and owner is not None:
+            raise UsageError("decode(writable=True) keeps `data` alive itself: pass no owner")
+        mv = _byte_view(data)
+        if not mv.readonly and not writable:
+            mv = mv.toreadonly()
+        msg = _message.parse(mv)
+        if self.checksum:
+            self._check_checksum_flag(msg)
+        if not msg.buffers:
+            return self._deserialize(msg, mv, [], copy, writable)
+        root = mv[: msg.total]
+        if owner is not None and msg.total:
+            root = _owned_view(root, owner)
+        if msg.buffers:
+            phase = msg.buffers[0][0] % _message.ALIGN
+            if (_address(root) + phase) % _message.ALIGN:
+                root = _aligned_copy(root, phase, writable)
+        views = []
+        for off, n in msg.buffers:
+            views.append(root[off : off + n])
+        return self._deserialize(msg, root, views, copy, writable)
+
+    def decode_small(self, data: bytes) -> Any:
+        """`decode(data)` for a whole message in private bytes: one with no out-of-band buffer
+        and no checksum skips the general path (the receiver's small-message path)."""
+        size = len(data)
+        if size >= _HEADER_SIZE and data.startswith(_PLAIN_PREFIX) and not self.checksum:
+            inband_len, total = _unpack_lengths(data, _OFF_INBAND_LEN)
+            if total == size == _TABLE_START + inband_len:
+                inband = pyfory.Buffer(data, _TABLE_START, inband_len)
+                self._used = True
+                try:
+                    obj = self._fory.deserialize(inband, buffers=_NO_BUFFERS)
+                except ZcserError:
+                    raise
+                except Exception as exc:
+                    raise _decode_error(exc) from exc
+                if inband.get_reader_index() != inband_len:
+                    raise CorruptMessage("trailing bytes after the serialized object")
+                return obj
+        return self.decode(data)
+
+    def decode_parts(
+        self,
+        head: Any,
+        buffers: list[Any],
+        *,
+        copy: bool = False,
+        owner: Any = None,
+        align: int = _message.ALIGN,
+    ) -> Any:
+        """The object of a message received in parts (network frames), without reassembling it.
+
+        `head` holds exactly header, table, digests and in-band bytes; `buffers` one bytes-like
+        per table entry. Validated like `decode`. A buffer whose address is not a multiple of
+        `align` is copied once to aligned memory, the others become read-only views. With
+        `owner` (which must keep the buffers' memory alive), views hold `owner` instead.
+        """
+        mv = _byte_view(head).toreadonly()
+        msg = _message.parse_head(mv)
+        parts = [_byte_view(b).toreadonly() for b in buffers]
+        _message.check_parts(msg, [p.nbytes for p in parts])
+        self._check_checksum_flag(msg)
+        views = []
+        for part in parts:
+            if _address(part) % align:
+                views.append(_aligned_copy(part, 0))
+            else:
+                views.append(_owned_view(part, owner) if owner is not None else part)
+        return self._deserialize(msg, mv, views, copy, False)
+
+    def _check_checksum_flag(self, msg: _message.Message) -> None:
+        if self.checksum and not msg.checksum:
+            raise CorruptMessage(
+                "this codec requires checksums but the message has none: "
+                "encode with Codec(checksum=True)"
+            )
+
+    def _deserialize(
+        self,
+        msg: _message.Message,
+        head: memoryview,
+        buffers: list[memoryview],
+        copy: bool,
+        writable: bool,
+    ) -> Any:
+        """Verify digests, run pyfory over the in-band bytes of `head` with `buffers`, check
+        that both were consumed exactly."""
+        if msg.digests is not None:
+            _verify(head, msg, buffers)
+        views = iter(buffers)
+        inband = pyfory.Buffer(head[msg.inband_start : msg.inband_end])
+        self._used = True
+        modes = _oob.enter_read_modes(copy, writable)
+        try:
+            obj = self._fory.deserialize(inband, buffers=views)
+        except ZcserError:
+            raise
+        except Exception as exc:
+            raise _decode_error(exc) from exc
+        finally:
+            _oob.exit_read_modes(modes)
+        unused = length_hint(views)
+        if unused:
+            raise CorruptMessage(
+                f"the table lists {len(msg.buffers)} buffers but {len(msg.buffers) - unused} "
+                "were used"
+            )
+        if inband.get_reader_index() != msg.inband_end - msg.inband_start:
+            raise CorruptMessage("trailing bytes after the serialized object")
+        return obj
+
+    def schema(self) -> dict[str, Any]:
+        """JSON-able description of what this codec writes, for a stream's metadata."""
+        return {
+            "format": FORMAT_NAME,
+            "format_version": _message.VERSION,
+            "codec": CODEC_NAME,
+            "codec_version": CODEC_VERSION,
+            "pyfory_version": pyfory.__version__,
+            "xlang": False,
+            "ref": self.ref,
+            "strict": not self.trusted,
+            "checksum": self.checksum,
+            "threshold": self.threshold,
+            "alignment": _message.ALIGN,
+            "adapters": list(self._adapters),
+            "types": sorted(self._types),
+        }
+
+    def check_schema(self, other: dict[str, Any]) -> None:
+        """Raise IncompatibleStream unless this codec can decode what `other`'s codec wrote."""
+        mine = self.schema()
+        problems = [
+            f"{key}: writer {other.get(key)!r} vs reader {mine[key]!r}"
+            for key in ("format", "format_version", "pyfory_version", "xlang", "ref", "alignment")
+            if other.get(key) != mine[key]
+        ]
+        missing = set(other.get("adapters", [])) - set(mine["adapters"])
+        if missing:
+            problems.append(f"reader lacks adapters {sorted(missing)}")
+        unknown = set(other.get("types", [])) - set(mine["types"])
+        if unknown:
+            problems.append(f"reader has not registered {sorted(unknown)} (codec.register)")
+        if mine["checksum"] and not other.get("checksum"):
+            problems.append("reader requires checksums, writer does not write them")
+        if problems:
+            raise IncompatibleStream(
+                f"stream written by {other.get('codec')} {other.get('codec_version')} "
+                f"(pyfory {other.get('pyfory_version')}), read by {CODEC_NAME} "
+                f"{CODEC_VERSION} (pyfory {pyfory.__version__}): " + "; ".join(problems)
+            )
+
+
+def _decode_error(exc: Exception) -> DecodeError:
+    return DecodeError(
+        f"pyfory could not decode the message ({type(exc).__name__}: {exc}); "
+        "the bytes are corrupt or the writer's codec differs (compare codec.schema())"
+    )
+
+
+def _register_class(fory: Any, cls: type, name: str) -> None:
+    """Register by name: dataclasses field by field, other classes through their __dict__."""
+    if dataclasses.is_dataclass(cls):
+        fory.register(cls, name=name)
+    else:
+        fory.register(cls, name=name, serializer=ObjectSerializer(fory.type_resolver, cls))
+
+
+def _owned_view(root: memoryview, owner: Any) -> memoryview:
+    """The same bytes as `root`, through an Arrow foreign buffer whose base keeps `owner` alive."""
+    foreign = pa.foreign_buffer(_address(root), root.nbytes, base=owner)
+    return memoryview(foreign)
+
+
+def _verify(head: memoryview, msg: _message.Message, buffers: list[memoryview]) -> None:
+    """Raise ChecksumMismatch unless every stored digest matches (`head` starts the message)."""
+    assert msg.digests is not None
+    digest_start = msg.meta_end
+    got = _meta_digest(head, digest_start, msg.inband_start, msg.inband_end)
+    if got != msg.digests[0]:
+        raise ChecksumMismatch("header/in-band checksum mismatch: the message was altered")
+    for i, buf in enumerate(buffers, start=1):
+        if xxhash.xxh3_64_intdigest(buf) != msg.digests[i]:
+            raise ChecksumMismatch(f"checksum mismatch in buffer {i - 1}: the data was altered")
+
+
+_default: Codec | None = None
+
+
+def default_codec() -> Codec:
+    """The process-wide Codec with default settings, made on first use (`dumps`, `loads`,
+    `save` and `load` use it when given none)."""
+    global _default
+    if _default is None:
+        _default = Codec()
+    return _default
+
+
+def dumps(obj: Any) -> bytes:
+    """One message as bytes (default Codec). Buffers are aligned relative to the message start."""
+    plan = default_codec().plan(obj)
+    out = bytearray(plan.nbytes_at(0))
+    used = plan.write_into(out, base_address=0)
+    return bytes(memoryview(out)[:used])
+
+
+def loads(data: Any, copy: bool = False) -> Any:
+    """The object in a message (default Codec); see Codec.decode."""
+    return default_codec().decode(data, copy=copy)
