@@ -170,3 +170,57 @@ def read_raw(read_context: Any, nbytes: int | None = None) -> memoryview:
     if _MODES.get()[0]:
         return memoryview(bytearray(mv))
     return mv
+
+
+# --- the decode budget ------------------------------------------------------------------------
+#
+# A message of n bytes may make its decode allocate at most about n bytes plus an allowance:
+# zero-copy views cost nothing, but objects built from counts the message declares (lengths of
+# Arrow null arrays, numbers of chunks, shapes of zero-itemsize arrays, ...) must be paid for
+# before they are built, with `charge`. The codec opens a budget for each decode (`budget`).
+
+DEFAULT_ALLOWANCE = 1 << 20
+"""Bytes a decode may allocate beyond the size of the message itself (see `charge`)."""
+
+
+class Budget:
+    """Bytes the decode in progress may still allocate."""
+
+    __slots__ = ("left", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.left = size
+
+    def charge(self, nbytes: int, what: str) -> None:
+        if nbytes > self.left:
+            raise CorruptMessage(
+                f"{what} would allocate {nbytes} bytes, more than this message may cost to "
+                f"decode ({self.size} bytes: its own size plus the codec's decode_allowance); "
+                "the message is corrupt or hostile. For trusted data, raise "
+                "Codec(decode_allowance=...)"
+            )
+        self.left -= nbytes
+
+
+_BUDGET: ContextVar[Budget | None] = ContextVar("zcser_decode_budget", default=None)
+
+
+def charge(nbytes: int, what: str) -> None:
+    """Pay for `nbytes` that the decode in progress is about to allocate because the message
+    declares a count or a length (not for views of the message's own memory). CorruptMessage,
+    naming `what`, when the message's budget would be exceeded. Outside a decode: no limit."""
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.charge(nbytes, what)
+
+
+def open_budget(nbytes: int) -> Token[Budget | None]:
+    """Start the budget of one decode (`nbytes` = message size + allowance); pass the result
+    to `close_budget`."""
+    return _BUDGET.set(Budget(nbytes))
+
+
+def close_budget(token: Token[Budget | None]) -> None:
+    """End the budget opened by `open_budget`."""
+    _BUDGET.reset(token)
