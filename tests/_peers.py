@@ -14,6 +14,7 @@ import json
 import os
 import random
 import select
+import shutil
 import struct
 import subprocess
 import sys
@@ -342,6 +343,54 @@ def _main() -> None:
 
 
 # ---------------------------------------------------------------- parent side
+
+
+NOBODY = 65534
+
+
+def why_nobody_cannot_run() -> str | None:
+    """None when a peer can run here as user `nobody`, else why not (a reason to skip).
+
+    Needs root and setpriv, and the interpreter and this source tree readable by nobody: a
+    checkout in a private (0700) directory, the usual clone under /root in a container, is not.
+    """
+    global _NOBODY_CHECKED
+    if _NOBODY_CHECKED is not None:
+        return _NOBODY_CHECKED or None
+    why = ""
+    if os.geteuid() != 0:
+        why = "needs root to run a peer as user nobody"
+    elif shutil.which("setpriv") is None:
+        why = "needs setpriv to run a peer as user nobody"
+    else:
+        code = f"import transports.zerobuffer, zerobuffer; open({__file__!r}).close()"
+        probe = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={NOBODY}",
+                f"--regid={NOBODY}",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                code,
+            ],
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            cwd="/",
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode:
+            last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+            why = (
+                "user nobody cannot run this interpreter or read this checkout (a private "
+                f"directory?): {last}. Run from a directory others can read to include this test"
+            )
+    _NOBODY_CHECKED = why
+    return why or None
+
+
+_NOBODY_CHECKED: str | None = None
 
 
 class PeerFailed(AssertionError):

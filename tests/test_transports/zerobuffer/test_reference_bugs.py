@@ -27,6 +27,7 @@ from _peers import (
     peer,
     resources_of,
     unlink_reference_leftovers,
+    why_nobody_cannot_run,
 )
 from conftest import unique_name
 
@@ -341,8 +342,7 @@ def test_REFERENCE_BUG_5_reader_close_leaves_both_semaphores(shm_name: str) -> N
 # shown by test_LIMITATION_writer_in_another_pid_namespace.
 
 needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="needs root and setpriv to run a peer as user nobody",
+    why_nobody_cannot_run() is not None, reason=str(why_nobody_cannot_run())
 )
 
 
