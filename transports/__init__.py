@@ -11,7 +11,11 @@ compat.py     old module paths of the previous release
 ```
 """
 
+import logging as _logging
+
 from transports import compat as _compat
+
+_logging.getLogger("transports").addHandler(_logging.NullHandler())  # silent unless configured
 
 _compat.install(
     aliases={"transports.inspect": "transports.admin", "transports.zmq": "transports.zeromq"},

@@ -10,6 +10,7 @@ zcser/
 ```
 """
 
+import logging as _logging
 from importlib import metadata as _metadata
 
 from transports import compat as _compat
@@ -39,6 +40,8 @@ try:
     """The installed package's version (`CODEC_VERSION` is the message format's)."""
 except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
+
+_logging.getLogger("zcser").addHandler(_logging.NullHandler())  # silent unless configured
 
 _compat.install(
     aliases={},

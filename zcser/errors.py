@@ -11,6 +11,8 @@ one tree whatever the transport.
 
 from __future__ import annotations
 
+from typing import overload
+
 from transports import errors as _transport
 
 __all__ = [
@@ -159,12 +161,23 @@ _TRANSLATE: tuple[tuple[type[Exception], type[ZcserError]], ...] = (
 )
 
 
+@overload
+def translate(exc: _transport.TransportError) -> ZcserError: ...
+@overload
+def translate(exc: BaseException) -> BaseException: ...
+
+
 def translate(exc: BaseException) -> BaseException:
-    """The class of this tree for a transport error, with its message (first match of the table
-    above, most specific first); anything that is not a transport error is returned as it is."""
+    """The class of this tree for a transport error, with its message and its fields (`timeout`,
+    `needed`, `available`, ...; first match of the table above, most specific first); anything
+    that is not a transport error is returned as it is."""
     if not isinstance(exc, _transport.TransportError):
         return exc
-    for source, target in _TRANSLATE:
+    target: type[ZcserError] = ChannelError
+    for source, cls in _TRANSLATE:
         if isinstance(exc, source):
-            return target(str(exc))
-    return ChannelError(str(exc))
+            target = cls
+            break
+    new = target(str(exc))
+    new.__dict__.update(exc.__dict__)
+    return new

@@ -20,6 +20,7 @@ from transports.zerobuffer.core import (
     WriterStats,
     is_orphan,
 )
+from transports.zerobuffer.posix import shm_available
 
 FRAME_HEADER_SIZE = _layout.HEADER_SIZE
 """Bytes of the header before each frame's payload in the ring (docs/protocol.md)."""
@@ -35,4 +36,5 @@ __all__ = [
     "Writer",
     "WriterStats",
     "is_orphan",
+    "shm_available",
 ]

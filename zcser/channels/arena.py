@@ -14,7 +14,11 @@ Rules this state machine keeps:
 - a frame grows only in place (re-reserved from the same ring position): if it would have to
   move, the new array is an ordinary one and is copied at send (`fallbacks` counts it);
 - after the send that carries them the arrays are read-only, and an array of a frame already
-  sent is refused by `refuse_sent` (its memory belongs to the receiver);
+  sent is refused by `refuse_sent` (its memory belongs to the receiver); an array left out of
+  the message its frame carried is refused with that reason (its memory now holds that
+  message), and a warning is logged when the send leaves it out. Forcing such an array
+  writable again (`arr.flags.writeable = True`) is undefined: writes may reach the receiver;
+
 - when the message cannot be written around the arrays (its head does not fit the headroom, or
   the frame cannot grow), the arrays are copied out and the message is sent by copy; if that
   fails, the frame is reserved again at its place so the same send can be retried.
@@ -24,7 +28,9 @@ Transport errors pass through unchanged: the sender translates them at its publi
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +45,8 @@ from zcser.codec.memory import address as _address
 __all__ = ["FrameArena"]
 
 _ALIGN = _message.ALIGN
+_DROPPED_KEPT = 256  # addresses of left-out arrays remembered, to explain a later refusal
+_log = logging.getLogger("zcser.channels")
 
 
 def _align_up(value: int) -> int:
@@ -52,6 +60,7 @@ class FrameArena:
         "_commit",
         "_copy_threads",
         "_cursor",
+        "_dropped",
         "_first",
         "_headroom",
         "_pending",
@@ -88,6 +97,7 @@ class FrameArena:
         self._cursor = 0  # end of the last array, from the frame start
         self._first = 0  # start of the first array
         self._pending: list[np.ndarray] = []
+        self._dropped: OrderedDict[int, int] = OrderedDict()  # address -> bytes
         self.ring_lo = 0  # address span of every frame ever reserved for empty() arrays
         self.ring_hi = 0
         self.zero_copy = 0  # messages whose arrays were sent in place
@@ -180,6 +190,8 @@ class FrameArena:
         assert self.frame is not None
         address = self.address
         used = plan.write_into(self.frame, address, copy_threads=self._copy_threads)
+        if len(placed) < len(self._pending):
+            self._forget_left_out(placed)
         self.finish()
         self._commit(used, address)
         self.zero_copy += bool(placed)
@@ -211,6 +223,22 @@ class FrameArena:
         self.fallbacks += 1
         return used
 
+    def _forget_left_out(self, placed: set[int]) -> None:
+        """Remember the arrays this send left out, and warn: their memory now holds the
+        message, and they can never be sent."""
+        left = [a for a in self._pending if int(a.ctypes.data) not in placed]
+        for array in left:
+            self._dropped[int(array.ctypes.data)] = array.nbytes
+        while len(self._dropped) > _DROPPED_KEPT:
+            self._dropped.popitem(last=False)
+        _log.warning(
+            "Sender.empty(): %d array(s) (%d bytes) were not part of the message just sent; "
+            "their frame carried that message, so they are read-only now and cannot be sent. "
+            "Allocate arrays with empty() right before the send that carries them.",
+            len(left),
+            sum(a.nbytes for a in left),
+        )
+
     def refuse_sent(self, plan: Plan) -> None:
         """UsageError if the plan holds an array of a frame this arena already sent."""
         lo, hi = self.ring_lo, self.ring_hi
@@ -218,6 +246,13 @@ class FrameArena:
         for buf in plan.buffers:
             addr = _address(buf)
             if lo <= addr < hi and not (self.frame is not None and res_lo <= addr < res_hi):
+                if self._dropped.get(addr) == buf.nbytes:
+                    raise errors.UsageError(
+                        "this array was allocated by Sender.empty() for a message that was sent "
+                        "without it: its frame carried that message, so its memory now belongs "
+                        "to the receiver and it cannot be sent. Allocate arrays with empty() "
+                        "right before the send that carries them (or send a copy: arr.copy())."
+                    )
                 raise errors.UsageError(
                     "this array was allocated by Sender.empty() and already sent: its memory "
                     "belongs to the receiver now. Allocate a new one with empty() (or send a "

@@ -8,7 +8,6 @@ import warnings
 from typing import Any
 
 from zcser.channels.base import Receiver, Sender
-from zcser.channels.shm import DEFAULT_CAPACITY
 from zcser.codec import Codec
 
 __all__ = ["SenderFactory", "channel"]
@@ -53,7 +52,7 @@ class SenderFactory:
 
 def channel(
     name: str | None = None,
-    capacity: int = DEFAULT_CAPACITY,
+    capacity: int | None = None,
     codec: Codec | None = None,
     **sender_options: Any,
 ) -> tuple[SenderFactory, Receiver]:

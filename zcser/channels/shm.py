@@ -23,8 +23,10 @@ ZeroBuffer rings have one writer.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ from transports.zerobuffer import (
     Frame,
     Reader,
     Writer,
+    shm_available,
 )
 from zcser import errors
 from zcser.channels import base
@@ -59,7 +62,13 @@ __all__ = [
 ]
 
 DEFAULT_CAPACITY = 256 << 20
-"""Ring bytes. A message may use at most half of it (so one is read while the next is written)."""
+"""Ring bytes when /dev/shm has room for it. A message may use at most half of the ring (so one is
+read while the next is written). With less free shared memory (a Docker container's 64 MiB
+/dev/shm), a Receiver created without `capacity` takes the largest power of two up to half of
+what is free, at least `MIN_CAPACITY`; `stats().capacity` says what it took."""
+
+MIN_CAPACITY = 1 << 20
+"""The smallest ring a Receiver picks by itself."""
 
 DEFAULT_HEADROOM = 4096
 """Bytes kept at the start of an `empty()` frame for message header, table and in-band bytes."""
@@ -80,6 +89,37 @@ _COUNT = struct.Struct("<I")
 _OFF_COUNT = _message.OFF_COUNT
 _translate = errors.translate
 _TransportError = terr.TransportError
+_log = logging.getLogger("zcser.channels")
+
+
+def default_capacity() -> int:
+    """The ring size a Receiver created without `capacity` takes now (see DEFAULT_CAPACITY)."""
+    free = shm_available()
+    if free is None or free >= 2 * DEFAULT_CAPACITY:
+        return DEFAULT_CAPACITY
+    capacity = MIN_CAPACITY
+    while capacity * 2 <= free // 2 and capacity * 2 <= DEFAULT_CAPACITY:
+        capacity *= 2
+    return capacity
+
+
+def _check_timeout(timeout: object) -> None:
+    """UsageError unless `timeout` is None or a number of seconds >= 0 (as recv checks it)."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise errors.UsageError(
+            f"timeout must be None (wait while the peer lives) or seconds >= 0, not {timeout!r}"
+        )
+
+
+def _check_capacity(capacity: object) -> int:
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 4096:
+        raise errors.UsageError(
+            f"capacity must be an int of ring bytes >= 4096 (or None: chosen from the free shared "
+            f"memory), not {capacity!r}"
+        )
+    return capacity
 
 
 def _shm_name(name: str) -> str:
@@ -124,7 +164,8 @@ class SenderStats:
 
 class ShmSender(base.Sender):
     """The writing end of shared-memory channel NAME (the Receiver must exist). One Sender per
-    Receiver; use it from one thread at a time.
+    Receiver. Safe to share between threads: sends are serialised, each message whole; arrays
+    from `empty()` belong to the next send, whichever thread makes it.
 
     `codec` must match the receiver's (same registered classes, same mode): the receiver checks
     the stream schema this writes. `headroom`: bytes kept before `empty()` arrays for the
@@ -188,14 +229,21 @@ class ShmSender(base.Sender):
         self._messages = 0
         self._bytes = 0
         self._next_addr = 0  # where the next frame's data will most likely start
+        self._lock = threading.Lock()
 
     # -- sending ---------------------------------------------------------------------------------
 
     def send(self, obj: Any, timeout: float | None = None) -> None:
         """Send `obj` as one message. Blocks while the ring is full: `timeout` seconds (None: as
         long as the receiver lives; 0: one try, to drop messages) then BufferFull."""
-        if self._closed:
-            self._check_open()
+        if timeout is not None:
+            _check_timeout(timeout)
+        with self._lock:
+            if self._closed:
+                self._check_open()
+            self._send(obj, timeout)
+
+    def _send(self, obj: Any, timeout: float | None) -> None:
         arena = self._arena
         try:
             if arena.frame is not None:
@@ -214,10 +262,33 @@ class ShmSender(base.Sender):
                     if arena.ring_hi:
                         arena.refuse_sent(plan)
                     used = self._send_copy(plan, timeout)
+        except terr.BufferFull as exc:
+            raise self._full(exc) from exc
         except _TransportError as exc:
             raise _translate(exc) from exc
         self._messages += 1
         self._bytes += used
+
+    def _full(self, exc: terr.BufferFull) -> errors.BufferFull:
+        """BufferFull in the channel's words, saying whether the receiver holds what it read."""
+        ws = self._w.stats()
+        if ws.frames_unread == 0 and ws.used:
+            why = (
+                f"the receiver has read every message but still holds {ws.used:,} bytes of them "
+                "(views of received messages pin their frames until dropped). On the receiving "
+                "side: drop the views, recv(copy=True), or msg.release(); or create the "
+                "Receiver with a bigger capacity"
+            )
+        else:
+            why = (
+                f"{ws.frames_unread} messages are waiting to be read: the receiver is slower "
+                "than this sender; wait longer (timeout=None waits while it lives), or create "
+                "the Receiver with a bigger capacity"
+            )
+        return errors.BufferFull(
+            f"channel {self.name!r}: no room within {getattr(exc, 'timeout', None)} s "
+            f"({ws.free:,} of {ws.capacity:,} ring bytes free); {why}"
+        )
 
     def _send_copy(self, plan: Plan, timeout: float | None) -> int:
         """Reserve exactly the message's size where the frame will land (its buffers' padding
@@ -260,13 +331,18 @@ class ShmSender(base.Sender):
         """A new uninitialised array inside the next frame: fill it and send it in the next
         message, with no copy. Several arrays (any dtypes) may go into one message. Blocks for
         ring space like send(). After that send the array is read-only."""
-        self._check_open()
+        if timeout is not None:
+            _check_timeout(timeout)
         dt = base.plain_dtype(dtype)
         dims = base.array_shape(shape)
-        try:
-            return self._arena.empty(dims, dt, timeout)
-        except _TransportError as exc:
-            raise _translate(exc) from exc
+        with self._lock:
+            self._check_open()
+            try:
+                return self._arena.empty(dims, dt, timeout)
+            except terr.BufferFull as exc:
+                raise self._full(exc) from exc
+            except _TransportError as exc:
+                raise _translate(exc) from exc
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -294,9 +370,16 @@ class ShmSender(base.Sender):
         message; if the ring stays full for `timeout` s it gets WriterDead) and detach."""
         if self._closed:
             return
-        self._closed = True
         if os.getpid() != self._pid:
+            self._closed = True
             return  # a forked child's copy: the stream belongs to the parent
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._close(timeout)
+
+    def _close(self, timeout: float) -> None:
         self._arena.abort()
         try:
             self._w.write(_EOS, timeout)
@@ -331,16 +414,17 @@ class ReceiverStats:
 
 class ShmReceiver(base.Receiver):
     """The reading end of shared-memory channel NAME: creates the shared ring (`capacity`
-    bytes; the largest message is half of it). Decodes with `codec`, which must match the
-    sender's. `metadata_size`: bytes for the stream schema; `spin`: polls before a blocking
-    wait."""
+    bytes; the largest message is half of it; None: `DEFAULT_CAPACITY`, or less when /dev/shm
+    is short). Decodes with `codec`, which must match the sender's. `metadata_size`: bytes for
+    the stream schema; `spin`: polls before a blocking wait. Safe to share between threads:
+    each message goes to exactly one `recv`."""
 
     scheme = "shm"
 
     def __init__(
         self,
         name: str,
-        capacity: int = DEFAULT_CAPACITY,
+        capacity: int | None = None,
         codec: Codec | None = None,
         *,
         metadata_size: int = METADATA_SIZE,
@@ -348,11 +432,31 @@ class ShmReceiver(base.Receiver):
     ) -> None:
         name = _shm_name(name)
         self.name = name
+        if codec is not None and not isinstance(codec, Codec):
+            raise errors.UsageError(f"codec must be a zcser.Codec or None, not {codec!r}")
         self.codec = codec if codec is not None else Codec()
+        chosen = capacity is None
+        capacity = default_capacity() if capacity is None else _check_capacity(capacity)
+        if chosen and capacity < DEFAULT_CAPACITY:
+            _log.info(
+                "channel %r: /dev/shm is short, ring capacity %d bytes (not %d)",
+                name,
+                capacity,
+                DEFAULT_CAPACITY,
+            )
         try:
             self._r = Reader(name, BufferConfig(metadata_size, capacity), timeout=None, spin=spin)
+        except terr.ShmFullError as exc:
+            raise errors.ShmFull(
+                f"channel {name!r}: a ring of capacity {capacity:,} bytes needs "
+                f"{getattr(exc, 'needed', capacity):,} bytes of shared memory but /dev/shm has "
+                f"{getattr(exc, 'available', None) or 0:,} free. Create the Receiver with a smaller "
+                "capacity (or leave capacity out: it then fits what is free), remove stale rings "
+                "(`zcser gc`), or give the machine more shared memory (Docker: --shm-size=2g)."
+            ) from exc
         except _TransportError as exc:
             raise _translate(exc) from exc
+        self._lock = threading.Lock()
         self._checked = False
         self._ended = False
         self._messages = 0
@@ -364,11 +468,30 @@ class ShmReceiver(base.Receiver):
         try:
             return self._r.read_small(limit, timeout)
         except _TransportError as exc:
-            if isinstance(exc, terr.WriterDead):
-                if self._ended:
-                    raise errors.Closed(f"channel {self.name!r}: the sender closed") from None
-                raise _sender_dead(self.name, exc) from None
-            raise _translate(exc) from None
+            raise self._read_error(exc) from None
+
+    def _read_error(self, exc: terr.TransportError) -> errors.ZcserError:
+        if isinstance(exc, terr.WriterDead):
+            if self._ended or getattr(exc, "closed", False):
+                return errors.Closed(
+                    f"channel {self.name!r}: the sender closed and every message has been read"
+                )
+            _log.warning("channel %r: %s", self.name, exc)
+            return _sender_dead(self.name, exc)
+        if isinstance(exc, terr.TransportClosed):
+            return errors.Closed(f"receiver of {self.name!r} is closed; create a new Receiver")
+        if isinstance(exc, terr.Timeout):
+            rs = self._r.stats()
+            if rs.frames_held and rs.free < rs.capacity // 2:
+                return errors.Timeout(
+                    f"no message on {self.name!r} within {getattr(exc, 'timeout', None)} s, and "
+                    f"this receiver itself holds {rs.frames_held} messages ({rs.bytes_held:,} of "
+                    f"{rs.capacity:,} ring bytes): views of received messages pin their frames, "
+                    "so the sender may be waiting for room. Drop those views (or copy what you "
+                    "keep: recv(copy=True)), release messages (msg.release()), or create the "
+                    "Receiver with a bigger capacity"
+                )
+        return _translate(exc)
 
     def _accept(self, got: Frame | bytes) -> Frame | bytes:
         """Stop at the end-of-stream mark, check the stream schema once, count the message."""
@@ -405,6 +528,12 @@ class ShmReceiver(base.Receiver):
         """The next object. Blocks up to `timeout` s (None: while the sender lives). Arrays are
         read-only views pinning their frame until garbage-collected; copy=True gives private
         writable objects and frees the frame at once."""
+        if timeout is not None:
+            _check_timeout(timeout)
+        with self._lock:
+            return self._recv(timeout, copy)
+
+    def _recv(self, timeout: float | None, copy: bool) -> Any:
         got = self._read(self._small, timeout)
         if isinstance(got, bytes) and len(got) != _EOS_SIZE and self._checked and not copy:
             self._messages += 1
@@ -423,9 +552,12 @@ class ShmReceiver(base.Receiver):
 
     def recv_message(self, timeout: float | None = None) -> Message:
         """The next message with an explicit lifetime: `with rx.recv_message() as msg:`."""
-        frame = self._accept(self._read(-1, timeout))
-        assert type(frame) is Frame
-        value, lease = self._decode(frame)
+        if timeout is not None:
+            _check_timeout(timeout)
+        with self._lock:
+            frame = self._accept(self._read(-1, timeout))
+            assert type(frame) is Frame
+            value, lease = self._decode(frame)
         return Message(value, lease, frame.sequence, frame.size)
 
     def _decode(self, frame: Frame) -> tuple[Any, Lease | None]:

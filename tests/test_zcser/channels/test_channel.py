@@ -185,7 +185,7 @@ def test_held_views_block_the_writer_then_buffer_full(shm_name: str) -> None:
         for _ in range(3):
             tx.send(payload, timeout=WAIT)
             held.append(rx.recv(timeout=WAIT))
-        with pytest.raises(errors.BufferFull, match="not read or released"):
+        with pytest.raises(errors.BufferFull, match="has read every message but still holds"):
             tx.send(payload, timeout=0.2)
         with pytest.raises(errors.BufferFull):
             tx.send(payload, timeout=0)  # the non-blocking try: drop it

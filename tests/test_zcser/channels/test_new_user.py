@@ -1,0 +1,266 @@
+"""What a new user runs into with channels: threads sharing one end, held views filling the ring,
+wrong arguments, closed ends, `empty()` arrays left out of a send, logging, and a first run in a
+container whose /dev/shm is Docker's default 64 MiB."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import zlib
+from typing import Any
+
+import numpy as np
+import pytest
+from fixtures.procs import REPO
+
+import zcser
+from zcser import errors
+
+MIB = 1 << 20
+WAIT = 10.0
+
+
+def _payload(sender: int, i: int) -> dict[str, Any]:
+    """Mixed sizes: small dicts (in band) and arrays above the threshold (out of band)."""
+    n = (i * 7919 + sender * 104729) % 6000
+    data = np.full(n, (sender * 1000 + i) % 251, np.uint8)
+    return {"s": sender, "i": i, "data": data, "crc": zlib.crc32(data.tobytes())}
+
+
+def test_threads_sharing_one_sender_lose_and_duplicate_nothing(shm_name: str) -> None:
+    threads, per_thread = 4, 400
+    with zcser.Receiver(shm_name, capacity=4 * MIB) as rx, zcser.Sender(shm_name) as tx:
+        got: list[tuple[int, int]] = []
+
+        def consume() -> None:
+            for _ in range(threads * per_thread):
+                msg = rx.recv(timeout=WAIT)
+                assert zlib.crc32(np.asarray(msg["data"]).tobytes()) == msg["crc"]
+                got.append((msg["s"], msg["i"]))
+
+        def produce(sender: int) -> None:
+            for i in range(per_thread):
+                tx.send(_payload(sender, i), timeout=WAIT)
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        workers = [threading.Thread(target=produce, args=(s,)) for s in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        reader.join(timeout=60)
+        assert not reader.is_alive()
+    assert sorted(got) == [(s, i) for s in range(threads) for i in range(per_thread)]
+    for s in range(threads):  # each thread's messages in the order it sent them
+        assert [i for t, i in got if t == s] == list(range(per_thread))
+
+
+def test_threads_sharing_one_receiver_each_take_distinct_messages(shm_name: str) -> None:
+    total, readers = 2000, 4
+    with zcser.Receiver(shm_name, capacity=4 * MIB) as rx, zcser.Sender(shm_name) as tx:
+        got: list[list[int]] = [[] for _ in range(readers)]
+
+        def consume(k: int) -> None:
+            while True:
+                try:
+                    msg = rx.recv(timeout=WAIT)
+                except errors.Closed:
+                    return
+                assert zlib.crc32(np.asarray(msg["data"]).tobytes()) == msg["crc"]
+                got[k].append(msg["i"])
+
+        workers = [threading.Thread(target=consume, args=(k,)) for k in range(readers)]
+        for w in workers:
+            w.start()
+        for i in range(total):
+            tx.send(_payload(0, i), timeout=WAIT)
+        tx.close()
+        for w in workers:
+            w.join(timeout=60)
+        assert not any(w.is_alive() for w in workers)
+    assert sorted(i for part in got for i in part) == list(range(total))
+    for part in got:  # each thread sees its share in stream order
+        assert part == sorted(part)
+
+
+def test_a_receiver_holding_the_ring_is_told_so_on_both_sides(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        held = []
+        for _ in range(3):
+            tx.send({"a": np.ones(40_000)}, timeout=WAIT)
+            held.append(rx.recv(timeout=WAIT))
+        with pytest.raises(errors.BufferFull) as full:
+            tx.send({"a": np.ones(40_000)}, timeout=0.1)
+        text = str(full.value)
+        assert "has read every message but still holds" in text
+        assert "copy=True" in text and "capacity" in text and "payload_size" not in text
+        with pytest.raises(errors.Timeout) as idle:
+            rx.recv(timeout=0.1)
+        text = str(idle.value)
+        assert "this receiver itself holds 3 messages" in text
+        assert "copy=True" in text and "capacity" in text and "wait longer" not in text
+        held.clear()
+        tx.send({"a": np.ones(40_000)}, timeout=0)  # room again
+
+
+def test_a_slow_receiver_is_not_blamed_for_holding(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        for _ in range(3):
+            tx.send({"a": np.ones(40_000)}, timeout=WAIT)
+        with pytest.raises(errors.BufferFull, match="waiting to be read"):
+            tx.send({"a": np.ones(40_000)}, timeout=0.1)
+        assert rx.stats().frames_pinned == 0
+
+
+@pytest.mark.parametrize("timeout", [-1, -0.5, float("nan"), "1", True])
+def test_send_and_recv_refuse_the_same_timeouts(shm_name: str, timeout: object) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        with pytest.raises(errors.UsageError, match="timeout"):
+            tx.send({"x": 1}, timeout=timeout)  # type: ignore[arg-type]
+        with pytest.raises(errors.UsageError, match="timeout"):
+            tx.empty(10, timeout=timeout)  # type: ignore[arg-type]
+        with pytest.raises(errors.UsageError, match="timeout"):
+            rx.recv(timeout=timeout)  # type: ignore[arg-type]
+        with pytest.raises(errors.UsageError, match="timeout"):
+            rx.recv_message(timeout=timeout)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "word"),
+    [
+        ({"capacity": "big"}, "capacity"),
+        ({"capacity": 1.5}, "capacity"),
+        ({"capacity": True}, "capacity"),
+        ({"capacity": 10}, "capacity"),
+        ({"codec": "zcser"}, "codec"),
+    ],
+)
+def test_wrong_argument_types_are_usage_errors_naming_the_argument(
+    shm_name: str, kwargs: dict[str, Any], word: str
+) -> None:
+    with pytest.raises(errors.UsageError, match=word):
+        zcser.Receiver(shm_name, **kwargs)
+
+
+def test_a_closed_receiver_says_receiver_not_reader(shm_name: str) -> None:
+    rx = zcser.Receiver(shm_name, capacity=MIB)
+    rx.close()
+    with pytest.raises(errors.Closed, match="create a new Receiver"):
+        rx.recv(timeout=0)
+
+
+def test_for_loop_over_a_receiver_ends_when_the_sender_closes(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        for i in range(5):
+            tx.send({"i": i})
+        tx.close()
+        assert [m["i"] for m in rx] == list(range(5))
+
+
+def test_default_capacity_fits_the_free_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zcser.channels import shm
+
+    monkeypatch.setattr(shm, "shm_available", lambda: 64 * MIB)
+    assert shm.default_capacity() == 32 * MIB
+    monkeypatch.setattr(shm, "shm_available", lambda: 100 * MIB)
+    assert shm.default_capacity() == 32 * MIB
+    monkeypatch.setattr(shm, "shm_available", lambda: 3 * MIB)
+    assert shm.default_capacity() == shm.MIN_CAPACITY
+    monkeypatch.setattr(shm, "shm_available", lambda: 64 << 30)
+    assert shm.default_capacity() == zcser.DEFAULT_CAPACITY
+    monkeypatch.setattr(shm, "shm_available", lambda: None)
+    assert shm.default_capacity() == zcser.DEFAULT_CAPACITY
+
+
+def test_the_library_logs_to_its_own_loggers_and_is_silent_by_default(
+    shm_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("zcser").handlers)
+    assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("transports").handlers)
+    with (
+        caplog.at_level(logging.WARNING, logger="zcser"),
+        zcser.Receiver(shm_name, capacity=MIB) as rx,
+        zcser.Sender(shm_name) as tx,
+    ):
+        dropped = tx.empty(50_000, np.uint8)
+        tx.send({"other": 1})  # dropped was not part of this message
+        with pytest.raises(errors.UsageError, match="sent without it"):
+            tx.send({"late": dropped})
+        rx.recv(timeout=WAIT)
+    assert any("empty()" in r.getMessage() and r.name.startswith("zcser") for r in caplog.records)
+
+
+def test_an_empty_array_left_out_of_a_send_is_read_only_and_explained(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+        kept = tx.empty(50_000, np.uint8)
+        kept[:] = 1
+        tx.send({"small": 1})
+        assert not kept.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            kept[0] = 2
+        with pytest.raises(errors.UsageError, match="sent without it") as why:
+            tx.send({"late": kept})
+        assert "already sent" not in str(why.value)
+        sent = tx.empty(50_000, np.uint8)
+        tx.send({"a": sent})
+        with pytest.raises(errors.UsageError, match="already sent"):
+            tx.send({"again": sent})
+        assert rx.recv(timeout=WAIT) == {"small": 1}
+
+
+NAMESPACE_64M = (
+    "unshare",
+    "-m",
+    "sh",
+    "-c",
+    "mount -t tmpfs -o size=64m,mode=1777 tmpfs /dev/shm && mkdir -p /tmp/zerobuffer && "
+    'mount -t tmpfs -o size=1m,mode=1777 tmpfs /tmp/zerobuffer && exec "$0" "$@"',
+)
+
+
+def _namespaces_work() -> bool:
+    try:
+        probe = subprocess.run(
+            ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
+
+
+def _readme_quickstart() -> str:
+    text = (REPO / "README.md").read_text()
+    block = text.split("```python", 1)[1].split("```", 1)[0]
+    assert "zcser.channel()" in block  # the first example, with default capacity
+    return block
+
+
+@pytest.mark.skipif(
+    not _namespaces_work(), reason="needs root and unshare -m for a 64 MiB /dev/shm"
+)
+def test_the_readme_example_runs_in_dockers_default_64_mib_shm() -> None:
+    code = _readme_quickstart().replace(
+        "    make_sender, rx = zcser.channel()",
+        "    make_sender, rx = zcser.channel()\n"
+        "    import json as _j; print(_j.dumps({'capacity': rx.stats().capacity}), flush=True)",
+    )
+    done = subprocess.run(
+        [*NAMESPACE_64M, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    first, *rest = done.stdout.splitlines()
+    assert json.loads(first)["capacity"] <= 32 * MIB
+    assert rest[0].startswith("7 (1080, 1920, 4) False")
