@@ -380,10 +380,13 @@ def _remove_unlocked(names: Iterable[str]) -> list[str]:
         try:
             present = [L.SHM_DIR / f"{p}{name}" for p in ("", *_SEM_PREFIXES)]
             if any(os.path.lexists(path) for path in present) and is_orphan(name):
-                _shm.unlink_shm(name)
-                _shm.unlink_semaphore(L.sem_w_name(name))
-                _shm.unlink_semaphore(L.sem_r_name(name))
-                removed.append(name)
+                found = [
+                    _shm.unlink_shm(name),
+                    _shm.unlink_semaphore(L.sem_w_name(name)),
+                    _shm.unlink_semaphore(L.sem_r_name(name)),
+                ]
+                if any(found):  # only this user's regular files are removed
+                    removed.append(name)
         finally:
             _shm.release_lock(name, fd)
     return removed
