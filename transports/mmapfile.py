@@ -329,13 +329,19 @@ def _open_regular(path: Path) -> int:
                 f"{path} is a symbolic link, which is not followed: pass the file it points "
                 "to (os.path.realpath)"
             ) from None
+        if mode:
+            raise _not_regular(path, mode) from None
         raise SnapshotFileError(f"{path} cannot be opened as a file: {exc.strerror}") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = next((kind for test, kind in _KINDS if test(mode)), "a special file")
-        raise SnapshotFileError(f"{path} is {kind}, not a regular file: it cannot be a snapshot")
+        raise _not_regular(path, mode)
     return fd
+
+
+def _not_regular(path: Path, mode: int) -> SnapshotFileError:
+    kind = next((kind for test, kind in _KINDS if test(mode)), "a special file")
+    return SnapshotFileError(f"{path} is {kind}, not a regular file: it cannot be a snapshot")
 
 
 def open_mapping(
