@@ -286,7 +286,7 @@ def check_owned(st: os.stat_result, what: str, path: object) -> None:
         raise _foreign(what, path, st, _FIX_NAME)
 
 
-def _is_ours(path: Path) -> bool:
+def _is_ours(path: str) -> bool:
     """A regular file of this user at `path` (not followed): ours to remove."""
     try:
         st = os.stat(path, follow_symlinks=False)
@@ -397,8 +397,8 @@ def _same_file(fd: int, name: str, dir_fd: int | None) -> bool:
     return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
-def _same_path(fd: int, path: Path) -> bool:
-    return _same_file(fd, str(path), None)
+def _same_path(fd: int, path: str) -> bool:
+    return _same_file(fd, path, None)
 
 
 _LOCK_GRACE = 0.25
@@ -586,13 +586,17 @@ _SIGNATURE = L.HEAD.pack(L.OIEB_SIZE, *L.VERSION)
 """oieb_size and version: the first bytes of every ZeroBuffer, written first at creation."""
 
 
-def shm_path(name: str) -> Path:
-    return L.SHM_DIR / name
+_SHM_DIR = os.fspath(L.SHM_DIR)
 
 
-def sem_path(os_name: str) -> Path:
+def shm_path(name: str) -> str:
+    """Where Linux shows shm NAME (/dev/shm/NAME)."""
+    return f"{_SHM_DIR}/{name}"
+
+
+def sem_path(os_name: str) -> str:
     """Where Linux keeps named semaphore OS_NAME ('/sem-w-x' -> /dev/shm/sem.sem-w-x)."""
-    return L.SHM_DIR / ("sem." + os_name.lstrip("/"))
+    return f"{_SHM_DIR}/sem.{os_name.lstrip('/')}"
 
 
 def create_shm(name: str, size: int) -> mmap.mmap:
@@ -661,7 +665,7 @@ def _open_shm_fd(name: str, write: bool) -> int:
                 f"buffer {name!r} exists but is not accessible to this user ({exc}); run the "
                 "writer as the reader's user"
             ) from None
-        fd, path = shm.fd, Path(L.shm_name(name))
+        fd, path = shm.fd, L.shm_name(name)
     try:
         check_owned(os.fstat(fd), "the shared memory", path)
     except BaseException:
@@ -711,7 +715,7 @@ def ring_pids(name: str) -> tuple[int, int]:
     ]
 
 
-def _removable(path: Path, what: str) -> bool:
+def _removable(path: str, what: str) -> bool:
     """Whether `path` (not followed) is there and ours to remove: False if missing; NameInUse if
     it is not a regular file, ForeignResource if another user owns it."""
     try:
@@ -809,8 +813,8 @@ def _missing_semaphore(os_name: str) -> BufferNotFound:
 def open_semaphore(os_name: str) -> posix_ipc.Semaphore:
     """Open an existing semaphore; its file must be this user's alone (ForeignResource)."""
     fd = -1
+    path = sem_path(os_name)
     if _FILES:
-        path = sem_path(os_name)
         try:
             fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
         except FileNotFoundError:
@@ -822,12 +826,12 @@ def open_semaphore(os_name: str) -> posix_ipc.Semaphore:
             ) from None
     try:
         if fd >= 0:
-            check_owned(os.fstat(fd), "the semaphore", sem_path(os_name))
+            check_owned(os.fstat(fd), "the semaphore", path)
         try:
             sem = posix_ipc.Semaphore(os_name)
         except posix_ipc.ExistentialError:
             raise _missing_semaphore(os_name) from None
-        if fd >= 0 and not _same_path(fd, sem_path(os_name)):
+        if fd >= 0 and not _same_path(fd, path):
             close_semaphore(sem)
             raise _missing_semaphore(os_name)  # replaced meanwhile (by our own user)
         return sem
