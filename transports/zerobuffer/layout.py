@@ -65,7 +65,7 @@ always uses this one)."""
 LOCK_DIR_ENV = "ZEROBUFFER_LOCK_DIR"
 """Environment variable naming another lock directory (tests, private setups; see lock_dir)."""
 SHM_DIR = Path("/dev/shm")
-"""Where Linux shows POSIX shared memory and semaphores (used for the free-space check only)."""
+"""Where Linux shows POSIX shared memory and semaphores (free space; posix.py checks the files)."""
 
 FILE_MODE = 0o600
 """Shared memory, semaphores and lock files: owner only (the reference uses 0666)."""
