@@ -327,13 +327,16 @@ def _run_fill(a: dict[str, Any]) -> None:
 
 
 def _run_probe(a: dict[str, Any]) -> None:
-    """Report how kill(pid, 0) answers in this process (errno name, or "ok")."""
+    """Report how kill(pid, 0) answers in this process (errno name, or "ok"), and whether our
+    transport counts that PID as alive."""
+    from transports.zerobuffer import posix
+
     try:
         os.kill(a["pid"], 0)
         result = "ok"
     except OSError as exc:
         result = errno.errorcode[exc.errno or 0]
-    _emit(event="done", errno=result, uid=os.getuid())
+    _emit(event="done", errno=result, uid=os.getuid(), alive=posix.pid_alive(a["pid"]))
 
 
 def _main() -> None:

@@ -1,20 +1,23 @@
 """List, inspect and garbage-collect ZeroBuffer buffers on this machine (`python -m zcser ls`).
 
 Looking never changes anything: OIEBs are read with `pread` (no mapping, so a truncated segment
-cannot SIGBUS us) and lock ownership comes from /proc/locks (no flock attempt that could make a
-starting reader fail). Only `collect_garbage` removes things, through the transport's own
-stale-resource cleanup, and only for buffers whose owners are provably dead.
+cannot SIGBUS us), every file is opened without following links or blocking and skipped unless
+it is a regular file (a FIFO in /dev/shm cannot hang `ls`), and lock ownership comes from
+/proc/locks (no flock attempt that could make a starting reader fail). Only `collect_garbage`
+removes things, through the transport's own stale-resource cleanup, and only this user's files
+of buffers whose owners are provably dead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from transports.errors import BufferExists, CorruptBuffer
+from transports.errors import CorruptBuffer, TransportEnvironmentError
 from transports.zerobuffer import is_orphan
 from transports.zerobuffer import layout as L
 from transports.zerobuffer import posix as _shm
@@ -39,6 +42,8 @@ CRITICAL = 0.95
 
 _SEM_PREFIXES = ("sem.sem-w-", "sem.sem-r-")
 _LOCK_SUFFIX = ".lock"
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+"""Never follow a link, never block on a FIFO or a device."""
 
 
 # --- pure parts ----------------------------------------------------------------------------------
@@ -177,37 +182,49 @@ def _lock_holders() -> dict[tuple[int, int, int], int]:
 def _lock_state(name: str, holders: dict[tuple[int, int, int], int] | None) -> tuple[str, int]:
     """("held", pid) / ("free", 0) / ("missing", 0) for NAME's lock file, without locking it
     when /proc/locks is readable (a flock test otherwise)."""
-    path = L.lock_path(name)
     try:
-        st = os.stat(path, follow_symlinks=False)
-    except OSError:
+        dir_fd = _shm.open_lock_dir(create=False)
+    except (OSError, TransportEnvironmentError):
         return "missing", 0
-    if holders is not None and os.path.exists("/proc/locks"):
-        pid = holders.get((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino), 0)
-        return ("held", pid) if pid else ("free", 0)
-    import fcntl
+    file = name + _LOCK_SUFFIX
+    try:
+        try:
+            st = os.stat(file, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return "missing", 0
+        if not stat.S_ISREG(st.st_mode):
+            return "missing", 0
+        if holders is not None and os.path.exists("/proc/locks"):
+            pid = holders.get((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino), 0)
+            return ("held", pid) if pid else ("free", 0)
+        import fcntl
 
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return "missing", 0
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return "held", 0
+        try:
+            fd = os.open(file, _READ_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            return "missing", 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return "held", 0
+        finally:
+            os.close(fd)
+        return "free", 0
     finally:
-        os.close(fd)
-    return "free", 0
+        os.close(dir_fd)
 
 
 def _read_segment(name: str) -> tuple[int, Oieb | None, str, int, int | None]:
     """(size, OIEB or None, problem, metadata length, unread bytes) of /dev/shm/NAME."""
     try:
-        fd = os.open(L.SHM_DIR / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(L.SHM_DIR / name, _READ_FLAGS)
     except OSError as exc:
         return 0, None, f"cannot open: {exc.strerror}", 0, None
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return 0, None, f"not a ZeroBuffer: {_shm.file_kind(st.st_mode)}", 0, None
+        size = st.st_size
         try:
             oieb = parse_oieb(os.pread(fd, L.OIEB_SIZE, 0), size)
         except CorruptBuffer as exc:
@@ -228,6 +245,13 @@ def _read_segment(name: str) -> tuple[int, Oieb | None, str, int, int | None]:
         os.close(fd)
 
 
+def _is_regular(path: os.PathLike[str]) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def _state(lock: str, shm: bool, oieb: Oieb | None, reader_alive: bool, writer_alive: bool) -> str:
     if lock == "held":
         return "live"
@@ -244,7 +268,7 @@ def inspect_buffer(
     """Everything knowable about buffer NAME from outside its processes (read-only)."""
     holders = _lock_holders() if _holders is None else _holders
     lock, lock_pid = _lock_state(name, holders)
-    shm = (L.SHM_DIR / name).is_file()
+    shm = _is_regular(L.SHM_DIR / name)
     sems = sum((L.SHM_DIR / f"{prefix}{name}").exists() for prefix in _SEM_PREFIXES)
     size, oieb, problem, metadata, unread = (
         _read_segment(name) if shm else (0, None, "no shared memory", 0, None)
@@ -289,13 +313,17 @@ def inspect_buffer(
 
 
 def _looks_like_zerobuffer(name: str) -> bool:
-    """A /dev/shm entry without lock or semaphores counts only if it holds a valid OIEB."""
+    """A /dev/shm entry without lock or semaphores counts only if it is a regular file holding a
+    valid OIEB."""
     try:
-        fd = os.open(L.SHM_DIR / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(L.SHM_DIR / name, _READ_FLAGS)
     except OSError:
         return False
     try:
-        parse_oieb(os.pread(fd, L.OIEB_SIZE, 0), os.fstat(fd).st_size)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        parse_oieb(os.pread(fd, L.OIEB_SIZE, 0), st.st_size)
     except (CorruptBuffer, OSError):
         return False
     finally:
@@ -306,12 +334,16 @@ def _looks_like_zerobuffer(name: str) -> bool:
 def buffer_names(prefix: str = "") -> list[str]:
     """Names of ZeroBuffer buffers (whole or in part) found in the lock directory and /dev/shm."""
     names: set[str] = set()
-    with contextlib.suppress(OSError):
-        names.update(
-            entry[: -len(_LOCK_SUFFIX)]
-            for entry in os.listdir(L.LOCK_DIR)
-            if entry.endswith(_LOCK_SUFFIX)
-        )
+    with contextlib.suppress(OSError, TransportEnvironmentError):
+        dir_fd = _shm.open_lock_dir(create=False)
+        try:
+            names.update(
+                entry[: -len(_LOCK_SUFFIX)]
+                for entry in os.listdir(dir_fd)
+                if entry.endswith(_LOCK_SUFFIX)
+            )
+        finally:
+            os.close(dir_fd)
     shm_entries: list[str] = []
     with contextlib.suppress(OSError):
         shm_entries = os.listdir(L.SHM_DIR)
@@ -339,19 +371,22 @@ def _remove_unlocked(names: Iterable[str]) -> list[str]:
     start meanwhile, and remove them if no live process uses them."""
     removed = []
     for name in names:
-        if L.lock_path(name).exists():
+        if _shm.lock_exists(name):
             continue
         try:
             fd = _shm.acquire_lock(name)
-        except (BufferExists, OSError):
+        except (TransportEnvironmentError, OSError):  # held, not ours, or no lock directory
             continue
         try:
             present = [L.SHM_DIR / f"{p}{name}" for p in ("", *_SEM_PREFIXES)]
-            if any(path.exists() for path in present) and is_orphan(name):
-                _shm.unlink_shm(name)
-                _shm.unlink_semaphore(L.sem_w_name(name))
-                _shm.unlink_semaphore(L.sem_r_name(name))
-                removed.append(name)
+            if any(os.path.lexists(path) for path in present) and is_orphan(name):
+                found = [
+                    _shm.unlink_shm(name),
+                    _shm.unlink_semaphore(L.sem_w_name(name)),
+                    _shm.unlink_semaphore(L.sem_r_name(name)),
+                ]
+                if any(found):  # only this user's regular files are removed
+                    removed.append(name)
         finally:
             _shm.release_lock(name, fd)
     return removed
@@ -363,8 +398,9 @@ def collect_garbage(prefix: str = "") -> list[str]:
     from several processes at once and next to live readers and writers.
 
     The transport's stale cleanup (the one every new Reader runs) does the work; like it, this
-    also deletes unheld lock files of buffers still mapped by a live process, leaving their
-    shared memory alone."""
+    removes only this user's files, and keeps the lock file of a buffer still mapped by a live
+    process (or whose shared memory is not a ZeroBuffer). Raises ForeignResource if the lock
+    directory is a symlink or another user's."""
     removed = _shm.cleanup_stale(lambda name: name.startswith(prefix) and is_orphan(name))
     leftovers = [n for n in buffer_names(prefix) if n not in removed]
     return sorted(set(removed) | set(_remove_unlocked(leftovers)))

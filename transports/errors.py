@@ -8,7 +8,7 @@ One base, `TransportError`, split three ways (h11's Local/Remote split plus the 
   sequence gap, an incompatible protocol version). Nothing the caller passed is wrong; the other
   side (or whatever scribbled on the shared memory) is.
 - `TransportEnvironmentError`: *the environment* (a peer died, a timeout, /dev/shm is full, the
-  buffer does not exist or is taken).
+  buffer does not exist, is taken, or belongs to another user).
 
 Every class takes a single message string, so instances pickle and unpickle with their type and
 message intact (extra fields live in the instance dict, which pickle keeps). Messages say what to do.
@@ -125,6 +125,16 @@ class BufferExists(TransportEnvironmentError):
     """A live reader already owns a buffer of that name; pick another name or close that reader."""
 
 
+class NameInUse(BufferExists):
+    """Something that is not a stale ZeroBuffer buffer of this user already has that name (another
+    program's shared memory, a FIFO, a live buffer); pick another name."""
+
+
+class ForeignResource(TransportEnvironmentError):
+    """A buffer's shared memory, semaphore, lock file or lock directory belongs to another user
+    or may be written by others, so it is refused; pick another name or remove it as its owner."""
+
+
 class WriterAlreadyConnected(TransportEnvironmentError):
     """A live writer is already connected; one writer per buffer."""
 
@@ -143,6 +153,7 @@ __all__ = [
     "BufferFull",
     "BufferNotFound",
     "CorruptBuffer",
+    "ForeignResource",
     "FrameTooLarge",
     "IncompatibleBuffer",
     "InvalidConfig",
@@ -150,6 +161,7 @@ __all__ = [
     "InvalidName",
     "MetadataAlreadyWritten",
     "MetadataTooLarge",
+    "NameInUse",
     "PeerDead",
     "PeerProtocolError",
     "ReaderDead",

@@ -2,7 +2,9 @@
 
 Writes go to a locked temporary file beside the target (mode 0600), are fsynced, renamed over
 the target and the directory is fsynced, so a crash leaves the old file or the new one, never a
-torn one. Reads map the whole file; the mapping lives as long as any view of it does.
+torn one. Reads open the path without following a symlink or blocking (a FIFO or a device
+is refused, not waited on) and map the whole file; the mapping lives as long as any view of
+it does.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import fcntl
 import mmap
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -40,6 +43,19 @@ _SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 MapMode = Literal["r", "c", "copy"]
 Progress = Callable[[int], None]
+Check = Callable[[int, int], None]
+"""check(fd, size): called before a file is mapped or read; raises to refuse it."""
+
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+"""Never follow a symlink at the path, never block on a FIFO or a device."""
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def temp_path_for(target: str | os.PathLike[str]) -> Path:
@@ -247,7 +263,7 @@ def _writer_alive(path: Path) -> bool:
     Where flock is unavailable (some network filesystems) every temp file counts as alive.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, _READ_FLAGS)
     except FileNotFoundError:
         return True
     try:
@@ -276,7 +292,13 @@ def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
 
 def _read_into(fd: int, size: int, path: Path) -> mmap.mmap:
     """The file's bytes in private, page-aligned anonymous memory."""
-    memory = mmap.mmap(-1, size)
+    try:
+        memory = mmap.mmap(-1, size)
+    except OSError as exc:
+        raise MemoryError(
+            f"cannot allocate {size} bytes for a private copy of {path} ({exc.strerror}): map "
+            'it instead (mode "r" or "c"), or free memory'
+        ) from exc
     view = memoryview(memory)
     try:
         pos = 0
@@ -290,19 +312,57 @@ def _read_into(fd: int, size: int, path: Path) -> mmap.mmap:
     return memory
 
 
-def open_mapping(path: str | os.PathLike[str], mode: MapMode = "r") -> mmap.mmap:
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of the regular file at `path` (the path itself, not a symlink's
+    target); SnapshotFileError for a symlink or anything but a regular file."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.ENODEV):
+            raise
+        try:
+            mode = os.stat(path, follow_symlinks=False).st_mode
+        except OSError:
+            mode = 0
+        if stat.S_ISLNK(mode):
+            raise SnapshotFileError(
+                f"{path} is a symbolic link, which is not followed: pass the file it points "
+                "to (os.path.realpath)"
+            ) from None
+        if mode:
+            raise _not_regular(path, mode) from None
+        raise SnapshotFileError(f"{path} cannot be opened as a file: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_regular(path, mode)
+    return fd
+
+
+def _not_regular(path: Path, mode: int) -> SnapshotFileError:
+    kind = next((kind for test, kind in _KINDS if test(mode)), "a special file")
+    return SnapshotFileError(f"{path} is {kind}, not a regular file: it cannot be a snapshot")
+
+
+def open_mapping(
+    path: str | os.PathLike[str], mode: MapMode = "r", *, check: Check | None = None
+) -> mmap.mmap:
     """The whole file as memory: "r" read-only map, "c" copy-on-write map, "copy" private copy.
 
+    The path must be a regular file, not a symlink (SnapshotFileError). `check(fd, size)`, when
+    given, runs before anything is mapped or read (for "copy": before the whole file is read).
     Views into the result keep it alive; it is unmapped when the last of them is collected.
     """
     if mode not in ("r", "c", "copy"):
         raise ValueError(f'mode must be "r", "c" or "copy", got {mode!r}')
     path = Path(path)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = _open_regular(path)
     try:
         size = os.fstat(fd).st_size
         if size == 0:
             raise SnapshotFileError(f"{path} is empty: it is not a snapshot, or its write failed")
+        if check is not None:
+            check(fd, size)
         if mode == "copy":
             return _read_into(fd, size, path)
         access = mmap.ACCESS_READ if mode == "r" else mmap.ACCESS_COPY

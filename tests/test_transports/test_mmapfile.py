@@ -302,3 +302,42 @@ def test_unknown_mode_and_empty_file_are_refused(tmp_path: Path, sample: Path) -
 def test_missing_file_raises_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         open_mapping(tmp_path / "nope")
+
+
+# --- only regular files (docs/security.md) -------------------------------------------------------
+
+
+def test_a_socket_or_a_device_is_refused_as_not_a_regular_file(tmp_path: Path) -> None:
+    """Regression: a socket gave a raw OSError, a device was read as an empty file (and a FIFO
+    blocked forever: tests/test_zcser/snapshot/test_snapshot_files.py)."""
+    import socket
+
+    path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        with pytest.raises(SnapshotFileError, match="is a socket, not a regular file"):
+            open_mapping(path)
+    for mode in ("r", "copy"):
+        with pytest.raises(SnapshotFileError, match="/dev/null is a character device"):
+            open_mapping("/dev/null", mode)  # type: ignore[arg-type]
+
+
+def test_a_symlink_at_the_path_is_not_followed(tmp_path: Path, sample: Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(sample)
+    with pytest.raises(SnapshotFileError, match="is a symbolic link, which is not followed"):
+        open_mapping(link)
+    assert open_mapping(os.path.realpath(link))[:3] == b"abc"
+
+
+def test_check_runs_before_the_file_is_read(sample: Path) -> None:
+    seen: list[int] = []
+
+    def refuse(fd: int, size: int) -> None:
+        seen.append(size)
+        raise SnapshotFileError("refused")
+
+    with pytest.raises(SnapshotFileError, match="refused"):
+        open_mapping(sample, "copy", check=refuse)
+    assert seen == [3 * mmap.PAGESIZE]
+    assert str(sample) not in _open_files()

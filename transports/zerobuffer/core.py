@@ -784,16 +784,9 @@ def _close_unlink(sem: posix_ipc.Semaphore, os_name: str) -> None:
 def _peek_pids(name: str) -> tuple[int, int] | None:
     """(reader_pid, writer_pid) of an existing buffer, or None if it has no readable OIEB."""
     try:
-        mm = _shm.open_shm(name)
+        return _shm.ring_pids(name)  # None for anything not a ZeroBuffer of this user's alone
     except Exception:
         return None
-    try:
-        return (
-            _U64.unpack_from(mm, L.OFF_READER_PID)[0],
-            _U64.unpack_from(mm, L.OFF_WRITER_PID)[0],
-        )
-    finally:
-        mm.close()
 
 
 def is_orphan(name: str) -> bool:
@@ -813,15 +806,7 @@ def _create_exclusive(name: str, total: int) -> mmap.mmap:
         return _shm.create_shm(name, total)
     except FileExistsError:
         pass
-    pids = _peek_pids(name)
-    if pids is not None and pids[0] and _shm.pid_alive(pids[0]):
-        raise BufferExists(
-            f"buffer {name!r} already exists with a live reader (pid {pids[0]}); pick another "
-            "name or close that reader first"
-        )
-    _shm.unlink_shm(name)
-    _shm.unlink_semaphore(L.sem_w_name(name))
-    _shm.unlink_semaphore(L.sem_r_name(name))
+    _shm.remove_stale_ring(name)  # only a stale ZeroBuffer of this user; raises otherwise
     try:
         return _shm.create_shm(name, total)
     except FileExistsError:
@@ -1366,7 +1351,8 @@ def _check_attach(name: str, mm: mmap.mmap) -> tuple[int, int]:
     # while it is 0 a half-written OIEB means the buffer is still being created.
     reader_pid = _U64.unpack_from(mm, L.OFF_READER_PID)[0]
     oieb_size, major, _minor, _patch, _ = L.HEAD.unpack_from(mm, 0)
-    if reader_pid == 0 and (oieb_size, major) != (L.OIEB_SIZE, L.VERSION[0]):
+    unsigned = (oieb_size, major) != (L.OIEB_SIZE, L.VERSION[0])  # signed first, sized later
+    if reader_pid == 0 and (unsigned or not _U64.unpack_from(mm, L.OFF_PAYLOAD_SIZE)[0]):
         raise BufferNotFound(f"buffer {name!r} is still being created; retry in a moment")
     if oieb_size != L.OIEB_SIZE:
         raise IncompatibleBuffer(

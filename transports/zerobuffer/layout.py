@@ -10,6 +10,7 @@ All integers little endian.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import sys
@@ -59,8 +60,12 @@ DEFAULT_TIMEOUT = 5.0
 """Seconds a blocking call waits by default (PROTOCOL.md: the reference's default)."""
 
 LOCK_DIR = Path("/tmp/zerobuffer")
+"""The lock directory every ZeroBuffer implementation of the machine shares (zerobuffer-ipc
+always uses this one)."""
+LOCK_DIR_ENV = "ZEROBUFFER_LOCK_DIR"
+"""Environment variable naming another lock directory (tests, private setups; see lock_dir)."""
 SHM_DIR = Path("/dev/shm")
-"""Where Linux shows POSIX shared memory and semaphores (used for the free-space check only)."""
+"""Where Linux shows POSIX shared memory and semaphores (free space; posix.py checks the files)."""
 
 FILE_MODE = 0o600
 """Shared memory, semaphores and lock files: owner only (the reference uses 0666)."""
@@ -89,8 +94,14 @@ def sem_r_name(name: str) -> str:
     return "/sem-r-" + name
 
 
+def lock_dir() -> Path:
+    """The lock directory: $ZEROBUFFER_LOCK_DIR when set, else LOCK_DIR. Every process that
+    shares a buffer must use the same one; zerobuffer-ipc ignores the variable."""
+    return Path(os.environ.get(LOCK_DIR_ENV) or LOCK_DIR)
+
+
 def lock_path(name: str) -> Path:
-    return LOCK_DIR / f"{name}.lock"
+    return lock_dir() / f"{name}.lock"
 
 
 def total_size(metadata_block: int, payload_block: int) -> int:

@@ -14,6 +14,8 @@ import errno
 import fcntl
 import mmap
 import os
+import pwd
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +30,8 @@ from transports.errors import (
     BufferExists,
     BufferNotFound,
     CorruptBuffer,
+    ForeignResource,
+    NameInUse,
     ShmFullError,
     TransportEnvironmentError,
 )
@@ -217,6 +221,80 @@ def address_of(mm: mmap.mmap) -> int:
         del view
 
 
+# --- ownership ---------------------------------------------------------------------------------
+#
+# Every file a buffer is made of (the shm, both semaphores, the lock file) must be a regular file
+# of this user that nobody else may write; the lock directory must be a real directory (not a
+# symlink) of this user or root, sticky if others may write it. Checked with fstat on the
+# descriptor we then use (no check-then-use race on the path). Semaphores are opened by name:
+# their file is checked through a descriptor of its own, and stays the file posix_ipc opens
+# because /dev/shm is sticky (others cannot replace a file of ours there).
+
+_OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+"""Never follow a symlink, never block (a FIFO or a device in place of a file)."""
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """'a FIFO', 'a socket', ... for a st_mode ('a regular file' for one)."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((kind for test, kind in _KINDS if test(mode)), "a special file")
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _foreign(what: str, path: object, st: os.stat_result, fix: str) -> ForeignResource:
+    return ForeignResource(
+        f"{what} {path} is owned by {_user(st.st_uid)} with mode "
+        f"{stat.S_IMODE(st.st_mode):04o}; this process runs as {_user(os.geteuid())} and uses "
+        f"only its own files that nobody else may write (another user could read or change "
+        f"what is sent). {fix}",
+        owner=st.st_uid,
+        mode=stat.S_IMODE(st.st_mode),
+    )
+
+
+_FIX_NAME = (
+    "Pick another buffer name, or have the owner (or root) remove it after checking what it is."
+)
+
+
+def check_owned(st: os.stat_result, what: str, path: object) -> None:
+    """Raise unless `st` (an fstat) is a regular file of this user, writable by it alone:
+    NameInUse for anything but a regular file, ForeignResource for another owner or a mode
+    that lets group or others write."""
+    if not stat.S_ISREG(st.st_mode):
+        raise NameInUse(
+            f"{what} {path} is {file_kind(st.st_mode)}, not a ZeroBuffer file: the name is in "
+            "use by something else; pick another buffer name"
+        )
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise _foreign(what, path, st, _FIX_NAME)
+
+
+def _is_ours(path: str) -> bool:
+    """A regular file of this user at `path` (not followed): ours to remove."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+
+
 # --- liveness ------------------------------------------------------------------------------------
 
 
@@ -247,16 +325,80 @@ def pid_alive(pid: int) -> bool:
 
 # --- lock files ----------------------------------------------------------------------------------
 
-_LOCK_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+_LOCK_FLAGS = os.O_RDWR | _OPEN_FLAGS
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+_LOCK_SUFFIX = ".lock"
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def _open_dir(path: Path) -> int:
+    """open(O_DIRECTORY | O_NOFOLLOW); ForeignResource for a symlink or a non-directory."""
     try:
-        st = os.stat(path, follow_symlinks=False)
+        return os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            st = None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise ForeignResource(
+                f"the ZeroBuffer lock directory {path} is {file_kind(st.st_mode)}, not a "
+                f"directory, and is not followed: remove it, or set {L.LOCK_DIR_ENV} to a "
+                "directory of this user"
+            ) from None
+        raise TransportEnvironmentError(
+            f"cannot open the ZeroBuffer lock directory {path} ({exc}); it must be a directory "
+            "this user can write"
+        ) from exc
+
+
+def open_lock_dir(create: bool = True) -> int:
+    """A descriptor of the lock directory (layout.lock_dir()), created (mode 0700) if missing and
+    `create`. Every lock file is then reached relative to it, so the directory checked is the one
+    used. Raises ForeignResource for a symlink, another user's directory (root's is fine) or one
+    others may write without the sticky bit; FileNotFoundError if missing and not `create`."""
+    path = L.lock_dir()
+    try:
+        fd = _open_dir(path)
+    except FileNotFoundError:
+        if not create:
+            raise
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise TransportEnvironmentError(
+                f"cannot create the ZeroBuffer lock directory {path} ({exc})"
+            ) from exc
+        fd = _open_dir(path)
+    st = os.fstat(fd)
+    uid = st.st_uid
+    if uid not in (os.geteuid(), 0) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+        os.close(fd)
+        raise _foreign(
+            "the ZeroBuffer lock directory",
+            path,
+            st,
+            "Its owner could remove or replace the lock files in it. Use a directory of this "
+            f"user (set {L.LOCK_DIR_ENV}), or have root create {path} with mode 1777.",
+        )
+    return fd
+
+
+def _same_file(fd: int, name: str, dir_fd: int | None) -> bool:
+    """Whether NAME (relative to dir_fd, not followed) is the file open as `fd`."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
     fst = os.fstat(fd)
     return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
+
+
+def _same_path(fd: int, path: str) -> bool:
+    return _same_file(fd, path, None)
 
 
 _LOCK_GRACE = 0.25
@@ -277,76 +419,107 @@ def _flock_patiently(fd: int) -> None:
             time.sleep(0.005)
 
 
+def lock_exists(name: str) -> bool:
+    """Whether NAME's lock file exists (in a lock directory we would use)."""
+    try:
+        dir_fd = open_lock_dir(create=False)
+    except (OSError, ForeignResource):
+        return False
+    try:
+        os.stat(name + _LOCK_SUFFIX, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)
+    return True
+
+
 def acquire_lock(name: str) -> int:
     """Create and flock NAME's lock file; returns the descriptor (keep it open for the reader's
-    lifetime). Raises BufferExists when a live process holds it."""
+    lifetime). Raises BufferExists when a live process holds it, ForeignResource when the file
+    (or the directory) is not this user's alone."""
     path = L.lock_path(name)
-    for _ in range(20):
-        try:
-            L.LOCK_DIR.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, _LOCK_FLAGS | os.O_CREAT, L.FILE_MODE)
-        except OSError as exc:
-            raise TransportEnvironmentError(
-                f"cannot create the lock file {path} ({exc}); {L.LOCK_DIR} must be a directory "
-                "this user can write (all ZeroBuffer users of a machine share it)"
-            ) from exc
-        try:
-            _flock_patiently(fd)
-        except BlockingIOError:
+    file = name + _LOCK_SUFFIX
+    dir_fd = open_lock_dir()
+    try:
+        for _ in range(20):
+            try:
+                fd = os.open(file, _LOCK_FLAGS | os.O_CREAT, L.FILE_MODE, dir_fd=dir_fd)
+            except OSError as exc:
+                raise TransportEnvironmentError(
+                    f"cannot create the lock file {path} ({exc}); {path.parent} must be a "
+                    "directory this user can write (all ZeroBuffer users of a machine share it)"
+                ) from exc
+            try:
+                check_owned(os.fstat(fd), "the lock file", path)
+                _flock_patiently(fd)
+            except BlockingIOError:
+                os.close(fd)
+                raise BufferExists(
+                    f"buffer {name!r} is owned by a live reader (it holds {path}); pick another "
+                    "name or close that reader first"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            # A closing reader deletes its lock file after we opened it: then our flock is on an
+            # unlinked inode and proves nothing. Start again on the file now at the path.
+            if _same_file(fd, file, dir_fd):
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, L.FILE_MODE)
+                return fd
             os.close(fd)
-            raise BufferExists(
-                f"buffer {name!r} is owned by a live reader (it holds {path}); pick another "
-                "name or close that reader first"
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        # A closing reader deletes its lock file after we opened it: then our flock is on an
-        # unlinked inode and proves nothing. Start again on the file now at the path.
-        if _same_file(fd, path):
-            with contextlib.suppress(OSError):
-                os.fchmod(fd, L.FILE_MODE)
-            return fd
-        os.close(fd)
+    finally:
+        os.close(dir_fd)
     raise BufferExists(f"lock file {path} keeps being replaced; is another reader starting?")
 
 
 def release_lock(name: str, fd: int) -> None:
     """Delete the lock file while still holding it, then unlock (by closing)."""
-    path = L.lock_path(name)
-    with contextlib.suppress(OSError):
-        if _same_file(fd, path):
-            os.unlink(path)
+    file = name + _LOCK_SUFFIX
+    with contextlib.suppress(OSError, ForeignResource):
+        dir_fd = open_lock_dir(create=False)
+        try:
+            if _same_file(fd, file, dir_fd):
+                os.unlink(file, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
     with contextlib.suppress(OSError):
         os.close(fd)
 
 
 def cleanup_stale(is_orphan: Callable[[str], bool]) -> list[str]:
-    """PROTOCOL.md stale-resource cleanup: every lock file nobody holds belongs to a dead reader.
-    For each, while holding its lock (so no new reader of that name can start meanwhile), remove
-    the shm and both semaphores when `is_orphan(name)` says no live process uses them, then the
-    lock file. Returns the names cleaned."""
+    """PROTOCOL.md stale-resource cleanup, limited to what is provably ours and stale. For every
+    lock file of a valid buffer name that is this user's and that nobody holds, while holding it
+    (so no new reader of that name can start meanwhile): if `is_orphan(name)` proves no live
+    process uses NAME's buffer (or there is none), remove the shm and both semaphores (those of
+    this user only), then the lock file. Anything else is left alone. Returns the names cleaned."""
     cleaned: list[str] = []
     try:
-        entries = list(os.scandir(L.LOCK_DIR))
-    except OSError:
+        dir_fd = open_lock_dir(create=False)
+    except FileNotFoundError:
         return cleaned
-    for entry in entries:
-        if not entry.name.endswith(".lock") or not entry.is_file(follow_symlinks=False):
-            continue
-        name = entry.name[: -len(".lock")]
-        try:
-            fd = os.open(entry.path, _LOCK_FLAGS)
-        except OSError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # held: its reader is alive
-            if not _same_file(fd, Path(entry.path)):
+    try:
+        with os.scandir(dir_fd) as it:
+            entries = [e.name for e in it if e.is_file(follow_symlinks=False)]
+        for file in entries:
+            name = file[: -len(_LOCK_SUFFIX)]
+            if not file.endswith(_LOCK_SUFFIX) or not _valid_name(name):
                 continue
-            if L.NAME_RE.fullmatch(name) and is_orphan(name):
+            try:
+                fd = os.open(file, _LOCK_FLAGS, dir_fd=dir_fd)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                    continue  # not ours to judge, let alone remove
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # held: its reader is alive
+                if not _same_file(fd, file, dir_fd) or not is_orphan(name):
+                    continue  # replaced meanwhile, or its buffer is in use or not a ZeroBuffer
                 # Count it only if something was there: a concurrent sweep may have removed
                 # the leftovers and a third process re-created the lock file meanwhile.
                 found = [
@@ -356,11 +529,17 @@ def cleanup_stale(is_orphan: Callable[[str], bool]) -> list[str]:
                 ]
                 if any(found):
                     cleaned.append(name)
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-        finally:
-            os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(file, dir_fd=dir_fd)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dir_fd)
     return cleaned
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and len(name) <= L.NAME_MAX and L.NAME_RE.fullmatch(name) is not None
 
 
 # --- shared memory -------------------------------------------------------------------------------
@@ -399,10 +578,31 @@ attach, not one fault per 4 KiB during the first lap of sends (measured: an 8 Mi
 fresh pages 3.9 ms, into populated ones 0.9 ms; populating 256 MiB costs ~125 ms once)."""
 
 
+_FILES = sys.platform.startswith("linux") and L.SHM_DIR.is_dir()
+"""POSIX shared memory and named semaphores are files in /dev/shm (Linux): opened, checked and
+removed there directly (elsewhere through posix_ipc, without the file checks)."""
+
+_SIGNATURE = L.HEAD.pack(L.OIEB_SIZE, *L.VERSION)
+"""oieb_size and version: the first bytes of every ZeroBuffer, written first at creation."""
+
+
+_SHM_DIR = os.fspath(L.SHM_DIR)
+
+
+def shm_path(name: str) -> str:
+    """Where Linux shows shm NAME (/dev/shm/NAME)."""
+    return f"{_SHM_DIR}/{name}"
+
+
+def sem_path(os_name: str) -> str:
+    """Where Linux keeps named semaphore OS_NAME ('/sem-w-x' -> /dev/shm/sem.sem-w-x)."""
+    return f"{_SHM_DIR}/sem.{os_name.lstrip('/')}"
+
+
 def create_shm(name: str, size: int) -> mmap.mmap:
-    """Create shm NAME exclusively (mode 0600), reserve its pages and map it. Raises
-    FileExistsError if it exists, ShmFullError if the pages cannot be reserved. On failure
-    nothing is left behind."""
+    """Create shm NAME exclusively (mode 0600), sign it (oieb_size and version, so a creation cut
+    short is still recognisably ours), reserve its pages and map it. Raises FileExistsError if it
+    exists, ShmFullError if the pages cannot be reserved. On failure nothing is left behind."""
     try:
         shm = posix_ipc.SharedMemory(
             L.shm_name(name), flags=posix_ipc.O_CREX, mode=L.FILE_MODE, size=0
@@ -411,6 +611,8 @@ def create_shm(name: str, size: int) -> mmap.mmap:
         raise FileExistsError(errno.EEXIST, "shared memory exists", name) from None
     try:
         os.fchmod(shm.fd, L.FILE_MODE)
+        if _FILES:
+            os.pwrite(shm.fd, _SIGNATURE, 0)
         if hasattr(os, "posix_fallocate"):
             try:
                 os.posix_fallocate(shm.fd, 0, size)
@@ -430,34 +632,134 @@ def create_shm(name: str, size: int) -> mmap.mmap:
             shm.close_fd()
 
 
+def _open_shm_fd(name: str, write: bool) -> int:
+    """A descriptor of NAME's shm, never following a link nor blocking, checked with fstat: a
+    regular file of this user that nobody else may write (NameInUse / ForeignResource)."""
+    if _FILES:
+        path = shm_path(name)
+        try:
+            fd = os.open(path, (os.O_RDWR if write else os.O_RDONLY) | _OPEN_FLAGS)
+        except FileNotFoundError:
+            raise BufferNotFound(
+                f"no buffer named {name!r}: start the reader first (it creates the buffer)"
+            ) from None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.ENODEV, errno.EISDIR):
+                raise NameInUse(
+                    f"{path} is not a ZeroBuffer's shared memory ({exc.strerror}): the name is "
+                    "in use by something else; pick another buffer name"
+                ) from None
+            raise TransportEnvironmentError(
+                f"buffer {name!r} exists but is not accessible to this user ({exc}); run the "
+                "writer as the reader's user"
+            ) from None
+    else:  # pragma: no cover - macOS: no files to open
+        try:
+            shm = posix_ipc.SharedMemory(L.shm_name(name))
+        except posix_ipc.ExistentialError:
+            raise BufferNotFound(
+                f"no buffer named {name!r}: start the reader first (it creates the buffer)"
+            ) from None
+        except posix_ipc.PermissionsError as exc:
+            raise TransportEnvironmentError(
+                f"buffer {name!r} exists but is not accessible to this user ({exc}); run the "
+                "writer as the reader's user"
+            ) from None
+        fd, path = shm.fd, L.shm_name(name)
+    try:
+        check_owned(os.fstat(fd), "the shared memory", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def open_shm(name: str) -> mmap.mmap:
-    """Map an existing shm NAME read-write (never unlinks, never creates)."""
+    """Map an existing shm NAME read-write (never unlinks, never creates); it must be this
+    user's alone (ForeignResource) and a regular file (NameInUse)."""
+    fd = _open_shm_fd(name, write=True)
     try:
-        shm = posix_ipc.SharedMemory(L.shm_name(name))
-    except posix_ipc.ExistentialError:
-        raise BufferNotFound(
-            f"no buffer named {name!r}: start the reader first (it creates the buffer)"
-        ) from None
-    except posix_ipc.PermissionsError as exc:
-        raise TransportEnvironmentError(
-            f"buffer {name!r} exists but is not accessible to this user ({exc}); run the writer "
-            "as the reader's user"
-        ) from None
-    try:
-        size = shm.size
+        size = os.fstat(fd).st_size
         if size < L.OIEB_SIZE:
             raise CorruptBuffer(
                 f"buffer {name!r} is {size} bytes, smaller than its 128-byte header; it is "
                 "being created or is not a ZeroBuffer. Retry, or remove it."
             )
-        return mmap.mmap(shm.fd, size, flags=_MAP_FLAGS)
+        return mmap.mmap(fd, size, flags=_MAP_FLAGS)
     finally:
-        with contextlib.suppress(posix_ipc.Error, OSError):
-            shm.close_fd()
+        os.close(fd)
+
+
+def ring_pids(name: str) -> tuple[int, int]:
+    """(reader_pid, writer_pid) of an existing shm NAME that is a ZeroBuffer of this user, read
+    with pread (no mapping: a shrunk segment cannot SIGBUS us). A creation cut short (empty, or
+    signed only) counts, with both PIDs 0. Raises BufferNotFound if there is none, NameInUse
+    if it is not a ZeroBuffer (another program's shared memory, a FIFO), ForeignResource if it
+    is not this user's alone."""
+    fd = _open_shm_fd(name, write=False)
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, L.OIEB_SIZE, 0)
+    finally:
+        os.close(fd)
+    if size == 0:
+        return 0, 0  # killed between creating and signing it
+    if len(head) < L.OIEB_SIZE or head[:5] != _SIGNATURE[:5]:  # oieb_size, major version
+        raise NameInUse(
+            f"{shm_path(name)} ({size} bytes) is not a ZeroBuffer buffer (no ZeroBuffer "
+            f"{L.VERSION[0]}.x header): another program's shared memory has this name. Pick "
+            "another buffer name; remove it only if you know it is stale."
+        )
+    return L.U64.unpack_from(head, L.OFF_READER_PID)[0], L.U64.unpack_from(head, L.OFF_WRITER_PID)[
+        0
+    ]
+
+
+def _removable(path: str, what: str) -> bool:
+    """Whether `path` (not followed) is there and ours to remove: False if missing; NameInUse if
+    it is not a regular file, ForeignResource if another user owns it."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise NameInUse(
+            f"{what} {path} is {file_kind(st.st_mode)}: the name is in use by something else; "
+            "pick another buffer name"
+        )
+    if st.st_uid != os.geteuid():
+        raise _foreign(what, path, st, _FIX_NAME)
+    return True
+
+
+def remove_stale_ring(name: str) -> None:
+    """Before re-creating NAME (its lock held): remove an existing shm NAME and its semaphores
+    only if they are a stale ZeroBuffer of this user (a valid header, its reader dead). Raises
+    BufferExists for a live one, NameInUse for anything that is not a ZeroBuffer,
+    ForeignResource for another user's; removes nothing then."""
+    try:
+        reader_pid, _ = ring_pids(name)
+    except BufferNotFound:
+        reader_pid = 0
+    if reader_pid and pid_alive(reader_pid):
+        raise BufferExists(
+            f"buffer {name!r} already exists with a live reader (pid {reader_pid}); pick another "
+            "name or close that reader first"
+        )
+    sems = [L.sem_w_name(name), L.sem_r_name(name)]
+    if _FILES:
+        for os_name in sems:
+            _removable(sem_path(os_name), "the semaphore")
+    unlink_shm(name)
+    for os_name in sems:
+        unlink_semaphore(os_name)
 
 
 def unlink_shm(name: str) -> bool:
-    """Unlink NAME's shm; False if it was already gone."""
+    """Unlink NAME's shm if it is this user's regular file; False if it was not there (or not
+    ours)."""
+    if _FILES and not _is_ours(shm_path(name)):
+        return False
     try:
         posix_ipc.unlink_shared_memory(L.shm_name(name))
     except posix_ipc.ExistentialError:
@@ -466,7 +768,10 @@ def unlink_shm(name: str) -> bool:
 
 
 def shm_exists(name: str) -> bool:
-    try:
+    """Whether anything has NAME in /dev/shm (a file of any kind)."""
+    if _FILES:
+        return os.path.lexists(shm_path(name))
+    try:  # pragma: no cover - macOS
         shm = posix_ipc.SharedMemory(L.shm_name(name))
     except posix_ipc.Error:
         return False
@@ -479,14 +784,17 @@ def shm_exists(name: str) -> bool:
 
 
 def create_semaphore(os_name: str) -> posix_ipc.Semaphore:
-    """Create a semaphore (initial 0, mode 0600), replacing a leftover of the same name (the
-    caller holds the buffer's lock and created its shm exclusively, so no live buffer owns it)."""
+    """Create a semaphore (initial 0, mode 0600), replacing a leftover of this user of the same
+    name (the caller holds the buffer's lock and created its shm exclusively, so no live buffer
+    owns it). Another user's raises ForeignResource, anything but a file NameInUse."""
     for _ in range(3):
         try:
             return posix_ipc.Semaphore(
                 os_name, flags=posix_ipc.O_CREX, mode=L.FILE_MODE, initial_value=0
             )
         except posix_ipc.ExistentialError:
+            if _FILES:
+                _removable(sem_path(os_name), "the semaphore")
             unlink_semaphore(os_name)
         except OSError as exc:  # a semaphore is a page in /dev/shm: full after the shm fit
             if exc.errno in (errno.ENOSPC, errno.ENOMEM):
@@ -495,18 +803,47 @@ def create_semaphore(os_name: str) -> posix_ipc.Semaphore:
     raise FileExistsError(errno.EEXIST, "semaphore keeps reappearing", os_name)
 
 
+def _missing_semaphore(os_name: str) -> BufferNotFound:
+    return BufferNotFound(
+        f"semaphore {os_name} is missing: the buffer is being created or was closed; start "
+        "(or restart) the reader, then connect"
+    )
+
+
 def open_semaphore(os_name: str) -> posix_ipc.Semaphore:
+    """Open an existing semaphore; its file must be this user's alone (ForeignResource)."""
+    fd = -1
+    path = sem_path(os_name)
+    if _FILES:
+        try:
+            fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
+        except FileNotFoundError:
+            raise _missing_semaphore(os_name) from None
+        except OSError as exc:
+            raise NameInUse(
+                f"the semaphore {path} cannot be opened as a file ({exc.strerror}): the name is "
+                "in use by something else; pick another buffer name"
+            ) from None
     try:
-        return posix_ipc.Semaphore(os_name)
-    except posix_ipc.ExistentialError:
-        raise BufferNotFound(
-            f"semaphore {os_name} is missing: the buffer is being created or was closed; start "
-            "(or restart) the reader, then connect"
-        ) from None
+        if fd >= 0:
+            check_owned(os.fstat(fd), "the semaphore", path)
+        try:
+            sem = posix_ipc.Semaphore(os_name)
+        except posix_ipc.ExistentialError:
+            raise _missing_semaphore(os_name) from None
+        if fd >= 0 and not _same_path(fd, path):
+            close_semaphore(sem)
+            raise _missing_semaphore(os_name)  # replaced meanwhile (by our own user)
+        return sem
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def unlink_semaphore(os_name: str) -> bool:
-    """Unlink a named semaphore; False if it was already gone."""
+    """Unlink a named semaphore if it is this user's; False if it was not there (or not ours)."""
+    if _FILES and not _is_ours(sem_path(os_name)):
+        return False
     try:
         posix_ipc.unlink_semaphore(os_name)
     except posix_ipc.ExistentialError:

@@ -30,7 +30,11 @@ from zcser.errors import (
     UsageError,
 )
 from zcser.snapshot.layout import (
+    HEADER,
+    MAGIC,
+    MAX_META,
     MODES,
+    VERSION,
     Header,
     Segment,
     _header_layout,
@@ -138,11 +142,36 @@ def load(
 
 
 def _open(path: str, mode: Mode) -> Any:
-    """The file's mapping (or private copy); its errors become CorruptSnapshot naming the file."""
+    """The file's mapping (or private copy); its errors become CorruptSnapshot naming the file.
+    A private copy reads the whole file, so its header is checked against the file first."""
+    check = (lambda fd, size: _check_head(fd, size, path)) if mode == "copy" else None
     try:
-        return open_mapping(path, mode)
+        return open_mapping(path, mode, check=check)
     except SnapshotFileError as exc:
         raise CorruptSnapshot(f"{path}: {exc}") from None
+
+
+def _check_head(fd: int, size: int, path: str) -> None:
+    """The fixed header read alone (pread): magic, version, and the sizes it declares against
+    the file's `size`, so a file that is no snapshot, or not the one its header describes, is
+    refused before it is read (parse_header checks the rest on the copy)."""
+    fixed = os.pread(fd, HEADER.size, 0)
+    if len(fixed) < HEADER.size or fixed[: len(MAGIC)] != MAGIC:
+        _parse_file(memoryview(fixed), path)  # raises "truncated" or "not a zcser snapshot"
+    _, version, _, header_len, msg_off, msg_len, file_len, meta_len, count, _, _ = HEADER.unpack(
+        fixed
+    )
+    if version != VERSION:
+        _parse_file(memoryview(fixed), path)  # raises UnsupportedVersion with its advice
+    if file_len != size:
+        raise CorruptSnapshot(
+            f"{path}: truncated or extended: the file has {size} bytes, its header says "
+            f"{file_len}; restore it from a good copy"
+        )
+    if meta_len > MAX_META or header_len != _header_layout(meta_len, count)[0]:
+        raise CorruptSnapshot(f"{path}: bad header length {header_len} (metadata {meta_len} bytes)")
+    if header_len > size or msg_off + msg_len != file_len:
+        raise CorruptSnapshot(f"{path}: message [{msg_off}, +{msg_len}) does not fit the file")
 
 
 @contextlib.contextmanager

@@ -467,13 +467,15 @@ def test_scenario(sc: Scenario, writer_impl: str, reader_impl: str, mode: str) -
 
 
 def test_301_stale_resource_cleanup() -> None:
-    """A lock file nobody holds, orphaned shm (dead PIDs) and semaphores: a new reader removes
-    them and creates a fresh buffer."""
+    """A lock file nobody holds, orphaned shm (a ZeroBuffer header, dead PIDs) and semaphores: a
+    new reader removes them and creates a fresh buffer."""
     name = unique_name("c301")
     L.LOCK_DIR.mkdir(exist_ok=True)
     L.lock_path(name).touch(mode=0o600)
     shm = posix_ipc.SharedMemory(f"/{name}", posix_ipc.O_CREX, mode=0o600, size=4096)
-    os.pwrite(shm.fd, b"\xff" * 128, 0)  # garbage OIEB, PIDs included (2**64 - 1: not alive)
+    dead = (1 << 64) - 1  # not a PID
+    header = L.OIEB_STRUCT.pack(128, *L.VERSION, *[0xFFFF] * 9, dead, dead, 0, 0, 0, 0)
+    os.pwrite(shm.fd, header, 0)  # garbage fields under a ZeroBuffer header, PIDs not alive
     shm.close_fd()
     for sem in (L.sem_w_name(name), L.sem_r_name(name)):
         posix_ipc.Semaphore(sem, posix_ipc.O_CREX, mode=0o600, initial_value=5).close()

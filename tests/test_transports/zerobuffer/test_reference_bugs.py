@@ -336,7 +336,8 @@ def test_REFERENCE_BUG_5_reader_close_leaves_both_semaphores(shm_name: str) -> N
 # kill(pid, 0) failing with EPERM means the process exists but belongs to another user: it is
 # alive. Tested honestly by running the writer as user `nobody` against a reader owned by root:
 # the reader is alive but cannot be signalled. The buffer's files are opened up to 0666 for the
-# test only (ours are 0600 by design). PID reuse (a dead peer's PID taken by a new process) and
+# test only (ours are 0600 by design); our writer then refuses the buffer outright (another
+# user's, writable by others), so for ours the liveness answer is checked directly. PID reuse (a dead peer's PID taken by a new process) and
 # PID namespaces (a PID from another namespace) cannot be told apart from a live peer by PID
 # alone; neither implementation handles them. PID reuse is not tested; the namespace case is
 # shown by test_LIMITATION_writer_in_another_pid_namespace.
@@ -361,10 +362,23 @@ def _fill_as_nobody(impl: str, name: str) -> str:
 
 
 @needs_root
-def test_ours_counts_a_reader_it_may_not_signal_as_alive(shm_name: str) -> None:
+def test_ours_counts_a_process_it_may_not_signal_as_alive() -> None:
+    with peer(user=NOBODY, role="probe", pid=os.getpid()) as p:
+        assert p.expect("done")["alive"] is True
+        p.finish()
+
+
+@needs_root
+def test_ours_refuses_to_write_into_another_users_buffer_even_opened_up(shm_name: str) -> None:
+    """Regression: our writer run as nobody attached to root's buffer opened up to 0666 and
+    filled it; now it refuses it, naming the owner and the mode."""
     with Reader(shm_name, BufferConfig(metadata_size=64, payload_size=RING)):
         _open_up(shm_name)
-        assert _fill_as_nobody("ours", shm_name) == "BufferFull"
+        with peer(user=NOBODY, role="fill", impl="ours", name=shm_name) as p:
+            result = p.expect("done", timeout=20)
+            p.finish()
+    assert (result["error"], result["written"]) == ("ForeignResource", -1), result
+    assert "owned by root (uid 0) with mode 0666" in result["message"]
 
 
 @needs_root

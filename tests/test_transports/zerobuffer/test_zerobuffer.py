@@ -1746,6 +1746,7 @@ def _add_many(address_holder: str, count: int, backend: str) -> None:
 @pytest.mark.parametrize("backend", [_shm.COMPILED, _shm.LIBATOMIC])
 def test_atomic_word_adds_exactly_across_processes(shm_name: str, backend: str) -> None:
     mm = _shm.create_shm(shm_name, 4096)
+    L.U64.pack_into(mm, 0, 0)  # the word where create_shm signed the segment
     try:
         word = _shm.AtomicWord(_shm.address_of(mm), backend)
         word.add(10**6)

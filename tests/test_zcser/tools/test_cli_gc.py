@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import posix_ipc
 import pytest
 from conftest import RUN_TOKEN, unique_name
+from fixtures.foreign import as_nobody, needs_root, plant_semaphore, remove
 from fixtures.procs import REPO, script
 
 from transports.admin import collect_garbage, health, inspect_buffer, list_buffers
@@ -293,3 +295,38 @@ def test_a_reader_starting_during_another_process_sweep_of_its_name_still_starts
             with r.read() as frame:
                 assert bytes(frame.data) == b"started"
         sweeper.expect("done")
+
+
+# --- only regular files, and only ours (docs/security.md) ----------------------------------------
+
+
+def test_ls_inspect_and_gc_skip_a_fifo_in_dev_shm_instead_of_blocking() -> None:
+    """Regression: `ls` and `gc` opened /dev/shm/NAME to read its header and blocked forever on
+    a FIFO (bounded here by the subprocess timeout). Now it is skipped: not a ZeroBuffer."""
+    name = unique_name("ff")
+    fifo = Path(f"/dev/shm/{name}")
+    os.mkfifo(fifo, 0o600)
+    try:
+        assert _json("ls", "--prefix", name) == []
+        assert _json("gc", "--prefix", name) == {"removed": []}
+        assert _zcser("inspect", name).returncode == 1  # "no buffer named ..."
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    finally:
+        fifo.unlink()
+
+
+@needs_root
+def test_gc_removes_only_regular_files_of_this_user() -> None:
+    """Regression: gc (as root) removed semaphore names of any kind and owner: here a FIFO in
+    place of a semaphore, and another user's leftover semaphores."""
+    fifo_name, foreign_name = unique_name("gf"), unique_name("gu")
+    fifo = Path(f"/dev/shm/sem.sem-w-{fifo_name}")
+    os.mkfifo(fifo, 0o600)
+    sems = [L.sem_w_name(foreign_name), L.sem_r_name(foreign_name)]
+    as_nobody(lambda: [plant_semaphore(sem, 0o600) for sem in sems] and None)
+    planted = [fifo, *(Path(f"/dev/shm/sem.{sem[1:]}") for sem in sems)]
+    try:
+        assert collect_garbage(RUN_TOKEN) == []
+        assert all(path.exists() for path in planted)
+    finally:
+        remove(*planted)
