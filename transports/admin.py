@@ -287,6 +287,7 @@ def inspect_buffer(
         if unread is not None and unread <= used:
             held = used - unread
     utilisation = used / capacity if capacity else 0.0
+    state_now = _state(lock, shm, oieb, reader_alive, writer_alive)
     return BufferInfo(
         name=name,
         shm=shm,
@@ -298,11 +299,11 @@ def inspect_buffer(
         reader_alive=reader_alive,
         writer_pid=writer_pid,
         writer_alive=writer_alive,
-        state=_state(lock, shm, oieb, reader_alive, writer_alive),
+        state=state_now,
         capacity=capacity,
         used=used,
         utilisation=utilisation,
-        health=health(utilisation),
+        health=health(utilisation) if state_now == "live" else state_now,
         frames_unread=pending,
         bytes_unread=unread,
         bytes_held=held,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -193,6 +194,10 @@ class NetSender(base.Sender):
 # --- receiving -----------------------------------------------------------------------------------
 
 
+SCHEMAS_KEPT = 8
+"""Distinct stream schemas a network receiver remembers as checked (the newest): a peer that
+sends many costs a re-check, never unbounded memory."""
+
 NET_ALIGN = 8
 """Default receive alignment: libzmq's frames are 8-byte aligned, so 8 keeps receives zero-copy."""
 
@@ -271,7 +276,7 @@ class NetReceiver(base.Receiver):
         except terr.TransportError as exc:
             raise _translate(exc) from None
         self.name: str = self._r.url
-        self._checked: set[bytes] = set()
+        self._checked: OrderedDict[bytes, None] = OrderedDict()  # schemas seen, newest last
         self._pinned: weakref.WeakKeyDictionary[Lease, int] = weakref.WeakKeyDictionary()
         self._copies = 0
 
@@ -294,17 +299,28 @@ class NetReceiver(base.Receiver):
                 raise errors.Closed(
                     f"channel {self.name!r}: the sender closed and every message has been read"
                 )
-        size = rec.nbytes - rec.metadata.nbytes
+        size = rec.nbytes  # the stream schema it carries counts too
         if size > self.max_message:
             raise errors.MessageTooLarge(
                 f"a {size}-byte message arrived on {self.name!r}, over this receiver's limit "
                 f"of {self.max_message} bytes; it was dropped. Create the Receiver with "
                 f"capacity >= {2 * size} or send smaller objects"
             )
-        meta = bytes(rec.metadata)
-        if meta not in self._checked:
-            check_stream(self.codec, meta)
-            self._checked.add(meta)
+        meta = rec.metadata
+        if meta.nbytes > METADATA_SIZE:
+            raise errors.IncompatibleStream(
+                f"a message on {self.name!r} carries a {meta.nbytes}-byte stream schema, over "
+                f"the {METADATA_SIZE} bytes any zcser sender writes; it was dropped"
+            )
+        key = bytes(meta)
+        checked = self._checked
+        if key in checked:
+            checked.move_to_end(key)
+        else:
+            check_stream(self.codec, key)
+            checked[key] = None
+            if len(checked) > SCHEMAS_KEPT:
+                checked.popitem(last=False)
         return rec
 
     def _aligned(self, buffers: list[memoryview]) -> int:

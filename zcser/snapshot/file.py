@@ -28,6 +28,7 @@ from zcser.errors import (
     IncompatibleStream,
     UnsupportedVersion,
     UsageError,
+    ZcserError,
 )
 from zcser.snapshot.layout import (
     HEADER,
@@ -207,8 +208,49 @@ def _decode(mv: memoryview, path: str, mode: Mode, verify: bool, codec: Codec) -
         raise CorruptSnapshot(f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
+_DESCRIBE_MAX = 10_000  # arrays listed by snapshot_info at most
+
+
+def _describe(obj: Any, name: str, out: list[dict[str, Any]], depth: int = 0) -> None:
+    """Append {name, type, dtype, shape, nbytes} for every array-like in `obj` (dict keys and
+    attribute names joined with '.', sequence indices as [i])."""
+    if len(out) >= _DESCRIBE_MAX or depth > 64:
+        return
+    kind = type(obj)
+    shape = getattr(obj, "shape", None)
+    dtype = getattr(obj, "dtype", None)
+    if shape is not None and dtype is not None and not isinstance(obj, type):
+        nbytes = getattr(obj, "nbytes", None)
+        if nbytes is None and hasattr(obj, "element_size"):  # torch
+            nbytes = obj.element_size() * obj.numel()
+        out.append(
+            {
+                "name": name,
+                "type": f"{kind.__module__.split('.')[0]}.{kind.__name__}",
+                "dtype": str(dtype),
+                "shape": [int(d) for d in shape],
+                "nbytes": None if nbytes is None else int(nbytes),
+            }
+        )
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _describe(value, f"{name}.{key}" if name else str(key), out, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            _describe(value, f"{name}[{i}]", out, depth + 1)
+    elif isinstance(obj, (bytes, bytearray, memoryview)) and len(obj) >= 1024:
+        out.append({"name": name, "type": kind.__name__, "dtype": None, "shape": None,
+                    "nbytes": memoryview(obj).nbytes})  # fmt: skip
+    elif hasattr(obj, "num_rows") or hasattr(obj, "null_count"):  # Arrow tables and arrays
+        out.append({"name": name, "type": f"pyarrow.{kind.__name__}",
+                    "dtype": str(getattr(obj, "type", getattr(obj, "schema", ""))),
+                    "shape": [len(obj)], "nbytes": int(obj.nbytes)})  # fmt: skip
+
+
 def snapshot_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What a snapshot holds, read from its headers without decoding: versions, sizes, layout."""
+    """What a snapshot holds: versions, sizes, layout from its headers, and every array it holds
+    (name, dtype, shape, bytes) from a zero-copy decode with the default codec (`arrays` is
+    None, with `arrays_error` saying why, when that codec cannot decode it)."""
     path = os.fspath(path)
     with _mapped(path) as (mv, header):
         message = mv[header.message_offset : header.file_len]
@@ -219,6 +261,13 @@ def snapshot_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         finally:
             message.release()
     base = header.message_offset
+    found: list[dict[str, Any]] = []
+    arrays: list[dict[str, Any]] | None = found
+    arrays_error = None
+    try:
+        _describe(load(path, verify=False), "", found)
+    except ZcserError as exc:
+        arrays, arrays_error = None, f"{type(exc).__name__}: {exc}"
     return {
         "path": path,
         "format_version": header.version,
@@ -236,6 +285,8 @@ def snapshot_info(path: str | os.PathLike[str]) -> dict[str, Any]:
             "segments": len(header.segments) if header.algorithm else 0,
             "message_digests": msg.checksum,
         },
+        "arrays": arrays,
+        "arrays_error": arrays_error,
     }
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from transports.errors import TransportError
 from transports.mmapfile import remove_stale_temp_files
 from zcser.errors import ZcserError
 from zcser.snapshot import snapshot_info, verify_file
@@ -267,9 +268,14 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse `argv` and run the chosen subcommand."""
+    """Parse `argv` and run the chosen subcommand; an error of zcser or of the transports is
+    printed as one line (exit status 1), not as a traceback."""
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except (ZcserError, TransportError) as exc:
+        print(f"zcser {args.command}: {exc}", file=sys.stderr)
+        return 1
     return result
 
 

@@ -435,6 +435,34 @@ def test_malformed_messages_raise_zcser_errors_and_the_stream_goes_on() -> None:
             raw.close(linger=0)
 
 
+def test_a_peer_sending_many_distinct_schemas_cannot_grow_the_receiver() -> None:
+    """150 messages, each with its own accepted ~60 KB schema: the receiver keeps a bounded
+    number of them (before: every one, without bound); an oversized schema is refused."""
+    import tracemalloc
+
+    schema = stream_schema(zcser.Codec())
+    head, _ = parts({"n": 1})
+    with zcser.Receiver(LOOPBACK, capacity=4 * MIB) as rx:
+        raw = zmq.Context.instance().socket(zmq.PUSH)
+        raw.connect(rx.name)
+        try:
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(150):
+                meta = json.dumps({**schema, "pad": f"{i:08d}" + "x" * 60_000}).encode()
+                raw.send_multipart([wire.pack_envelope(0, 1, i, 0, len(meta)) + meta + head])
+                assert rx.recv(timeout=WAIT) == {"n": 1}
+            grown = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+            assert grown < 2 * MIB, grown
+            huge = json.dumps({**schema, "pad": "x" * (80 << 10)}).encode()
+            raw.send_multipart([wire.pack_envelope(0, 1, 150, 0, len(huge)) + huge + head])
+            with pytest.raises(errors.IncompatibleStream, match="stream schema"):
+                rx.recv(timeout=WAIT)
+        finally:
+            raw.close(linger=0)
+
+
 def test_writer_with_a_different_codec_is_refused() -> None:
     codec = zcser.Codec()
     codec.register(Point)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -578,3 +579,34 @@ def test_quick_snapshot_bench_rows_have_every_peer() -> None:
         assert saves[peer] > 0 and saves[f"{peer}_sync"] > 0
     best = max(v for k, v in saves.items() if k.endswith("_sync"))
     assert saves["ratio_vs_best_synced_peer"] == saves["zcser"] / best
+
+
+def test_snapshot_info_lists_every_array_by_name_dtype_and_shape(tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "model.zcs"
+    zcser.save(
+        {"layer": {"w": np.ones((3, 4), np.float32)}, "t": torch.zeros(5), "l": [np.arange(3)]},
+        path,
+    )
+    arrays = zcser.snapshot_info(path)["arrays"]
+    assert {a["name"]: (a["dtype"], a["shape"]) for a in arrays} == {
+        "layer.w": ("float32", [3, 4]),
+        "t": ("torch.float32", [5]),
+        "l[0]": ("int64", [3]),
+    }
+
+
+def test_snapshot_info_says_why_it_cannot_list_arrays_of_unregistered_classes(
+    tmp_path: Path,
+) -> None:
+    @dataclasses.dataclass
+    class Box:
+        a: np.ndarray
+
+    codec = zcser.Codec()
+    codec.register(Box, name="test.Box")
+    path = tmp_path / "box.zcs"
+    zcser.save(Box(np.ones(3)), path, codec=codec)
+    info = zcser.snapshot_info(path)
+    assert info["arrays"] is None and "Box" in info["arrays_error"]
