@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -122,16 +124,20 @@ def _parse_file(mv: memoryview, path: str) -> Header:
 def load(
     path: str | os.PathLike[str],
     *,
-    mode: Mode = "r",
+    mode: Mode = "c",
     verify: bool = False,
     codec: Codec | None = None,
 ) -> Any:
     """The object saved in `path`, its arrays zero-copy views over a memory map of the file.
 
-    mode "r": read-only views of a shared read-only map; "c": writable views of a private
-    copy-on-write map (writes never reach the file); "copy": writable views of a private
-    in-memory copy of the file, which is closed (not mapped) on return. All modes give the
-    same types; the memory lives until the last view is collected.
+    mode "c" (default): writable views of a private copy-on-write map: pages are shared with
+    the page cache until written, and writes never reach the file, so a loaded state_dict can
+    be trained in place (`model.load_state_dict(zcser.load(path), assign=True)`). "r": read-only
+    views of a read-only map; numpy and Arrow refuse writes, but torch has no read-only tensors
+    and a write through one kills the process (SIGSEGV): loading tensors this way warns.
+    "copy": writable views of a private in-memory copy of the file, which is closed (not
+    mapped) on return. All modes give the same types; the memory lives until the last view is
+    collected.
     verify: check the digest of every buffer (reads the whole file); the header and in-band
     bytes are always checked when the file has digests.
     """
@@ -139,7 +145,35 @@ def load(
         raise UsageError(f'mode must be "r", "c" or "copy", got {mode!r}')
     codec = codec or default_codec()
     path = os.fspath(path)
-    return _decode(memoryview(_open(path, mode)), path, mode, verify, codec)
+    obj = _decode(memoryview(_open(path, mode)), path, mode, verify, codec)
+    if mode == "r" and "torch" in sys.modules and _holds_tensor(obj):
+        warnings.warn(
+            f"zcser.load({path!r}, mode='r') maps the file read-only, and torch has no read-only "
+            "tensors: writing into these tensors (an optimizer step, an in-place op) kills the "
+            "process with SIGSEGV. Load with mode='c' (the default: private copy-on-write) to "
+            "write into them, or clone() them first.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return obj
+
+
+def _holds_tensor(obj: Any, budget: list[int] | None = None) -> bool:
+    """Whether `obj` (dicts, lists, tuples, objects' attributes, at most 100k nodes) holds a
+    torch tensor."""
+    budget = budget if budget is not None else [100_000]
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    kind = type(obj)
+    if kind.__module__.startswith("torch") and hasattr(obj, "data_ptr"):
+        return True
+    if isinstance(obj, dict):
+        return any(_holds_tensor(v, budget) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_holds_tensor(v, budget) for v in obj)
+    attrs = getattr(obj, "__dict__", None)
+    return isinstance(attrs, dict) and any(_holds_tensor(v, budget) for v in attrs.values())
 
 
 def _open(path: str, mode: Mode) -> Any:

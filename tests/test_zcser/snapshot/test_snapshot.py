@@ -97,7 +97,8 @@ def test_round_trip_every_type_family_zero_copy_into_the_mapping(
 ) -> None:
     zcser.save(family, path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    got = zcser.load(path)
+    with pytest.warns(RuntimeWarning, match="SIGSEGV"):  # the family holds a torch tensor
+        got = zcser.load(path, mode="r")
     _assert_same(got, family)
     ranges = mappings(path)
     assert ranges
@@ -162,8 +163,18 @@ def test_copy_on_write_mode_is_writable_and_never_reaches_the_file(path: Path) -
     got["b"][:4] = b"abcd"
     assert got["a"][5] == 7.0 and got["t"][5] == 3.0
     assert path.read_bytes() == before
-    again = zcser.load(path, mode="r")
+    with pytest.warns(RuntimeWarning, match="SIGSEGV"):
+        again = zcser.load(path, mode="r")
     assert again["a"][5] == 0.0 and again["t"][5] == 0.0
+
+
+def test_the_default_mode_is_private_copy_on_write(path: Path) -> None:
+    zcser.save({"a": np.zeros(BIG)}, path)
+    before = path.read_bytes()
+    got = zcser.load(path)
+    assert got["a"].flags.writeable and _inside(got["a"].ctypes.data, BIG * 8, mappings(path))
+    got["a"][:] = 1.0
+    assert path.read_bytes() == before
 
 
 def test_copy_mode_closes_the_file_and_survives_its_deletion(path: Path) -> None:
@@ -610,3 +621,69 @@ def test_snapshot_info_says_why_it_cannot_list_arrays_of_unregistered_classes(
     zcser.save(Box(np.ones(3)), path, codec=codec)
     info = zcser.snapshot_info(path)
     assert info["arrays"] is None and "Box" in info["arrays_error"]
+
+
+TRAIN_IN_PLACE = """
+import hashlib, sys, warnings
+import torch, zcser
+torch.manual_seed(0)
+path, mode = sys.argv[1], sys.argv[2]
+model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+zcser.save(model.state_dict(), path)
+before = hashlib.sha256(open(path, "rb").read()).hexdigest()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    state = zcser.load(path) if mode == "default" else zcser.load(path, mode=mode)
+print("warned", any("SIGSEGV" in str(w.message) for w in caught), flush=True)
+model.load_state_dict(state, assign=True)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for _ in range(3):
+    opt.zero_grad()
+    model(torch.randn(8, 64)).sum().backward()
+    opt.step()
+print("trained", flush=True)
+print("file unchanged", hashlib.sha256(open(path, "rb").read()).hexdigest() == before, flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "c", "copy"])
+def test_load_state_dict_then_optimizer_step_trains_in_place(tmp_path: Path, mode: str) -> None:
+    """The everyday checkpoint pattern: load, assign, train. It must neither crash nor write
+    the file (before: SIGSEGV, exit 139, under the read-only default)."""
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN_IN_PLACE, str(tmp_path / "m.zcs"), mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split("\n")[:3] == ["warned False", "trained", "file unchanged True"]
+
+
+def test_read_only_mode_with_tensors_warns_that_writes_would_crash(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            TRAIN_IN_PLACE.split("model.load_state_dict")[0],
+            str(tmp_path / "m.zcs"),
+            "r",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "warned True"
+
+
+def test_writing_into_a_received_tensor_does_not_crash_the_receiver(shm_name: str) -> None:
+    import torch
+
+    with zcser.Receiver(shm_name, capacity=8 << 20) as rx, zcser.Sender(shm_name) as tx:
+        tx.send({"t": torch.ones(100_000)})
+        got = rx.recv(timeout=10)["t"]
+        got.add_(1)  # lands in this message's own frame, which nobody else reads
+        assert float(got[0]) == 2.0
