@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import logging
 import mmap
 import os
 import pwd
@@ -36,6 +37,8 @@ from transports.errors import (
     TransportEnvironmentError,
 )
 from transports.zerobuffer import layout as L
+
+_log = logging.getLogger("transports.zerobuffer")
 
 # --- atomics (loaded once, at import) ------------------------------------------------------------
 
@@ -529,6 +532,7 @@ def cleanup_stale(is_orphan: Callable[[str], bool]) -> list[str]:
                 ]
                 if any(found):
                     cleaned.append(name)
+                    _log.info("removed stale buffer %r (its reader and writer are dead)", name)
                 with contextlib.suppress(OSError):
                     os.unlink(file, dir_fd=dir_fd)
             finally:
@@ -750,7 +754,8 @@ def remove_stale_ring(name: str) -> None:
     if _FILES:
         for os_name in sems:
             _removable(sem_path(os_name), "the semaphore")
-    unlink_shm(name)
+    if unlink_shm(name):
+        _log.info("replaced stale buffer %r of a dead reader", name)
     for os_name in sems:
         unlink_semaphore(os_name)
 

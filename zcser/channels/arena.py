@@ -119,6 +119,11 @@ class FrameArena:
         end = offset + nbytes
         if end > self.size and not self._grow(end, timeout):
             self.fallbacks += 1
+            _log.info(
+                "Sender.empty(): the frame could not grow in place near the ring's end; this "
+                "%d-byte array is ordinary memory and is copied at send",
+                nbytes,
+            )
             return np.empty(dims, dt)  # this one is copied at send
         assert self.frame is not None
         array = np.frombuffer(self.frame, dtype=dt, count=count, offset=offset).reshape(dims)
@@ -221,6 +226,10 @@ class FrameArena:
             raise
         self.finish()
         self.fallbacks += 1
+        _log.info(
+            "Sender.send(): the message did not fit around its empty() arrays; they were "
+            "copied (a bigger headroom= or fewer in-band bytes avoid this)"
+        )
         return used
 
     def _forget_left_out(self, placed: set[int]) -> None:

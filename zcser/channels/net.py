@@ -26,6 +26,7 @@ be told apart reliably.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import weakref
 from collections import OrderedDict
@@ -67,6 +68,7 @@ def _transport() -> Any:
 
 
 _translate = errors.translate
+_log = logging.getLogger("zcser.channels")
 
 
 # --- sending -------------------------------------------------------------------------------------
@@ -349,7 +351,15 @@ class NetReceiver(base.Receiver):
 
     def _decode(self, rec: Any) -> tuple[Any, Lease]:
         lease = Lease(_Frames(rec.frames))
-        self._copies += self._aligned(rec.buffers)
+        copies = self._aligned(rec.buffers)
+        if copies:
+            self._copies += copies
+            _log.debug(
+                "%r: %d buffer(s) below min_align=%d copied to aligned memory",
+                self.name,
+                copies,
+                self.min_align,
+            )
         value = self.codec.decode_parts(rec.head, rec.buffers, owner=lease, align=self.min_align)
         self._pinned[lease] = rec.nbytes
         return value, lease

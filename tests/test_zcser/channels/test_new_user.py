@@ -264,3 +264,40 @@ def test_the_readme_example_runs_in_dockers_default_64_mib_shm() -> None:
     first, *rest = done.stdout.splitlines()
     assert json.loads(first)["capacity"] <= 32 * MIB
     assert rest[0].startswith("7 (1080, 1920, 4) False")
+
+
+def test_stale_cleanup_and_peer_death_are_logged(
+    shm_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import multiprocessing as mp
+    import signal
+
+    ready = mp.get_context("fork").Event()
+
+    def leave_a_ring() -> None:
+        kept = zcser.Receiver(shm_name, capacity=MIB)
+        ready.set()
+        assert kept
+        signal.pause()
+
+    child = mp.get_context("fork").Process(target=leave_a_ring, daemon=True)
+    child.start()
+    assert ready.wait(WAIT)
+    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    child.join(WAIT)
+    with caplog.at_level(logging.INFO), zcser.Receiver(shm_name, capacity=MIB) as rx:
+        assert any("stale" in r.getMessage() and r.name.startswith("transports")
+                   for r in caplog.records)  # fmt: skip
+
+        def die() -> None:
+            tx = zcser.Sender(shm_name)
+            tx.send({"last": 1})
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        writer = mp.get_context("fork").Process(target=die, daemon=True)
+        writer.start()
+        writer.join(WAIT)
+        assert rx.recv(timeout=WAIT) == {"last": 1}
+        with pytest.raises(errors.WriterDead):
+            rx.recv(timeout=WAIT)
+    assert any(r.levelno == logging.WARNING and "died" in r.getMessage() for r in caplog.records)
