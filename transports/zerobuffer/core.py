@@ -1039,6 +1039,23 @@ class Writer:
         _U64.pack_into(mm, L.OFF_METADATA_FREE, self._M - L.METADATA_PREFIX - length)
         _U64.pack_into(mm, L.OFF_METADATA_WRITTEN, L.METADATA_PREFIX + length)
 
+    @property
+    def metadata(self) -> bytes | None:
+        """The buffer's metadata as written (by this or an earlier writer), or None before."""
+        self._check_open()
+        mm = self._mm
+        written = _U64.unpack_from(mm, L.OFF_METADATA_WRITTEN)[0]
+        if not written:
+            return None
+        length = _U64.unpack_from(mm, L.OIEB_SIZE)[0]
+        if length > self._M or L.METADATA_PREFIX + length > min(written, self._M):
+            raise CorruptBuffer(
+                f"buffer {self.name!r}: metadata claims {length} bytes ({written} written) in a "
+                f"{self._M}-byte block"
+            )
+        start = L.OIEB_SIZE + L.METADATA_PREFIX
+        return bytes(mm[start : start + length])
+
     # -- frames ----------------------------------------------------------------------------------
 
     def write(self, data: Any, timeout: TimeoutArg = _UNSET) -> None:

@@ -27,6 +27,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,31 @@ def default_capacity() -> int:
     return capacity
 
 
+CONNECT_TIMEOUT = 5.0
+"""Seconds a Sender waits by default for its Receiver to create the channel."""
+
+
+def _connect(name: str, spin: int, timeout: float | None) -> Writer:
+    """The transport writer of channel NAME, waiting up to `timeout` s for it to be created
+    (polling, with backoff up to 50 ms: creation is rare and has no event to wait on)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            return Writer(name, spin=spin)
+        except terr.BufferNotFound as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise errors.ChannelError(
+                    f"no channel {name!r} (waited {timeout} s for its Receiver to create it): "
+                    "start the Receiver first, check the name, or give Sender(timeout=...) more "
+                    "time"
+                ) from exc
+            time.sleep(pause if deadline is None else min(pause, deadline - time.monotonic()))
+            pause = min(pause * 2, 0.05)
+        except _TransportError as exc:
+            raise _translate(exc) from exc
+
+
 def _check_timeout(timeout: object) -> None:
     """UsageError unless `timeout` is None or a number of seconds >= 0 (as recv checks it)."""
     if timeout is None:
@@ -135,12 +161,11 @@ def _too_large(nbytes: int, capacity: int) -> errors.MessageTooLarge:
 
 
 def _sender_dead(name: str, exc: terr.WriterDead) -> errors.WriterDead:
-    """WriterDead with the channel's advice: a Receiver takes one Sender for its lifetime, so the
-    transport's "a new Writer may connect" does not apply."""
+    """WriterDead in the channel's words."""
     what = str(exc).partition(". A new Writer")[0].rstrip(".")
     return errors.WriterDead(
-        f"channel {name!r}: the sender is gone ({what}). A Receiver takes one Sender for its "
-        "lifetime: make a new Receiver (a new name) and restart the sender against it."
+        f"channel {name!r}: the sender is gone ({what}). A new Sender may connect to the same "
+        "channel (same codec); recv() again waits for it."
     )
 
 
@@ -173,6 +198,10 @@ class ShmSender(base.Sender):
     `copy_threads`: threads that copy each buffer of 8 MiB or more into the frame, each part
     with streaming stores (default None: the CPUs this process may use, at most 4; 1: the
     calling thread alone, with memcpy). `spin`: polls of the ring before a blocking wait.
+    `timeout`: seconds to wait for the Receiver to create the channel (None: without end; 0: it
+    must exist now), so a sender started before its receiver connects when it appears. A new
+    Sender may connect after the previous one closed or died; its codec must match the stream
+    schema the first one wrote (IncompatibleStream otherwise).
     """
 
     scheme = "shm"
@@ -185,8 +214,10 @@ class ShmSender(base.Sender):
         headroom: int = DEFAULT_HEADROOM,
         spin: int = DEFAULT_SPIN,
         copy_threads: int | None = None,
+        timeout: float | None = CONNECT_TIMEOUT,
     ) -> None:
         self._closed = True
+        _check_timeout(timeout)
         if copy_threads is not None and (
             isinstance(copy_threads, bool) or not isinstance(copy_threads, int) or copy_threads < 1
         ):
@@ -199,18 +230,19 @@ class ShmSender(base.Sender):
         self.codec = codec if codec is not None else Codec()
         if headroom < _message.TABLE_START:
             raise errors.UsageError(f"headroom must be >= {_message.TABLE_START} bytes")
+        self._w = _connect(name, spin, timeout)
+        schema = schema_bytes(self.codec)
         try:
-            self._w = Writer(name, spin=spin)
-        except _TransportError as exc:
-            raise _translate(exc) from exc
-        try:
-            self._w.set_metadata(schema_bytes(self.codec))
+            self._w.set_metadata(schema)
         except terr.MetadataAlreadyWritten:
-            self._w.close()
-            raise errors.UsageError(
-                f"channel {name!r} already served a Sender: a Receiver takes one Sender for its "
-                "lifetime. Create a new Receiver (a new name) for a new Sender."
-            ) from None
+            written = self._w.metadata
+            if written is None or bytes(written) != schema:
+                self._w.close()
+                raise errors.IncompatibleStream(
+                    f"channel {name!r} carries a stream started by a sender with another codec "
+                    "(other registered classes or settings): a new Sender must use the same "
+                    "codec configuration, or a new Receiver (a new name)"
+                ) from None
         except _TransportError as exc:
             self._w.close()
             raise _translate(exc) from exc
@@ -504,6 +536,7 @@ class ShmReceiver(base.Receiver):
             if size == _EOS_SIZE and got.data == _EOS:
                 got.release()
                 self._end()
+        self._ended = False  # a sender that connects after an end of stream starts a new one
         if not self._checked:
             try:
                 check_stream(self.codec, self._r.metadata)

@@ -11,7 +11,6 @@ import dataclasses
 import struct
 import sys
 import warnings
-from importlib import import_module
 from operator import length_hint
 from typing import Any
 
@@ -22,12 +21,10 @@ import xxhash
 from pyfory.error import TypeUnregisteredError
 from pyfory.serializer import ObjectSerializer
 
+from zcser.codec import adapters as _adapters
 from zcser.codec import layout as _message
 from zcser.codec import memory as _copy
 from zcser.codec import oob as _oob
-from zcser.codec.adapters import buffers as _buffers
-from zcser.codec.adapters import builtins as _pytypes
-from zcser.codec.adapters import numpy as _numpy
 from zcser.codec.memory import address as _address
 from zcser.codec.plan import Plan, _byte_view, _meta_digest
 from zcser.errors import (
@@ -47,17 +44,12 @@ CODEC_VERSION = "0.1.0"
 """The message format's version, written into every stream schema and snapshot (not the package
 version, which is `zcser.__version__`)."""
 
-# Measured with `python -m zcser bench` (section "threshold"): below ~16 KiB the per-buffer
+# Measured with `python -m zcser bench` (section "codec-threshold"): below ~16 KiB the per-buffer
 # cost of going out of band (table entry, alignment padding, one memoryview slice and pyfory's
 # callback on each side) exceeds the cost of copying the bytes in band.
 DEFAULT_THRESHOLD = 16 * 1024
 """Bytes: smaller buffers are copied in band, larger ones travel out of band (zero-copy)."""
 
-_OPTIONAL_ADAPTERS = (
-    "zcser.codec.adapters.arrow",
-    "zcser.codec.adapters.torch",
-    "zcser.codec.adapters.pandas",
-)
 _HEADER_SIZE = _message.HEADER.size
 _TABLE_START = _message.TABLE_START
 _MAGIC = _message.MAGIC
@@ -156,16 +148,9 @@ class Codec:
         """A configured pyfory.Fory: adapters installed, registered classes replayed."""
         fory = pyfory.Fory(xlang=False, ref=self.ref, strict=not self.trusted)
         adapters = []
-        for module in (_pytypes, _numpy, _buffers):
+        for module in _adapters.installed():
             module.install(fory)
-            adapters.append(module.__name__.rsplit(".", 1)[1].lstrip("_"))
-        for name in _OPTIONAL_ADAPTERS:
-            try:
-                adapter = import_module(name)
-            except ImportError:
-                continue
-            adapter.install(fory)
-            adapters.append(name.rsplit(".", 1)[1].lstrip("_"))
+            adapters.append(module.NAME)
         for type_name, cls in self._types.items():
             _register_class(fory, cls, type_name)
         self._adapters = adapters

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import xxhash
 
-from transports.errors import SnapshotFileError
+from transports.errors import SnapshotFileError, TransportError
 from transports.mmapfile import AtomicWriter, open_mapping
 from zcser.codec import Codec, default_codec
 from zcser.codec import layout as _message
@@ -31,6 +31,7 @@ from zcser.errors import (
     UnsupportedVersion,
     UsageError,
     ZcserError,
+    translate,
 )
 from zcser.snapshot.layout import (
     HEADER,
@@ -109,6 +110,8 @@ def save(
             header = pack_header(meta_bytes, segments, msg_off, msg_len, checksum)
             writer.write_at(0, memoryview(header), update)
             writer.commit()
+    except TransportError as exc:  # the file layer's errors, in this package's words
+        raise translate(exc) from exc
     finally:
         if bar is not None:
             bar.close()

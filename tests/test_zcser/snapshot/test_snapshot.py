@@ -687,3 +687,62 @@ def test_writing_into_a_received_tensor_does_not_crash_the_receiver(shm_name: st
         got = rx.recv(timeout=10)["t"]
         got.add_(1)  # lands in this message's own frame, which nobody else reads
         assert float(got[0]) == 2.0
+
+
+def test_a_snapshot_saved_by_the_previous_release_still_loads() -> None:
+    """tests/fixtures/snapshot-0.1.0.zcs was written by zcser 0.1.0 (before the modules moved):
+    the stream schema names adapters by their fixed NAME, not by their module."""
+    import collections
+
+    import torch
+
+    got = zcser.load(Path(__file__).resolve().parents[2] / "fixtures" / "snapshot-0.1.0.zcs")
+    np.testing.assert_array_equal(got["a"], np.arange(10000, dtype=np.float32).reshape(100, 100))
+    assert got["small"].tolist() == list(range(5)) and bytes(got["b"]) == b"x" * 20000
+    assert torch.equal(got["t"], torch.arange(6000, dtype=torch.int16))
+    assert got["table"].column("s").to_pylist()[:3] == ["0", "1", "2"]
+    assert got["od"] == collections.OrderedDict(k=1) and type(got["od"]) is collections.OrderedDict
+    assert got["c"] == 1 + 2j and got["n"] is None and got["l"] == [1, "two", 3.0]
+
+
+def test_adapter_names_in_the_schema_are_fixed() -> None:
+    assert zcser.Codec().schema()["adapters"] == [
+        "pytypes", "numpy", "buffers", "arrow", "torch", "pandas",
+    ]  # fmt: skip
+
+
+def _unshare_works() -> bool:
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare -m for a small tmpfs")
+def test_saving_onto_a_full_disk_raises_disk_full_from_zcser_errors() -> None:
+    code = (
+        "import numpy as np, zcser\n"
+        "try:\n"
+        "    zcser.save({'a': np.ones(1 << 20)}, '/mnt/big.zcs')\n"
+        "except zcser.errors.DiskFull as exc:\n"
+        "    print('DiskFull', isinstance(exc, zcser.errors.ZcserError))\n"
+    )
+    done = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=1m tmpfs /mnt && exec "$0" "$@"',
+            sys.executable,
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout.strip() == "DiskFull True", done.stderr[-1500:]

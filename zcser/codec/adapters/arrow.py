@@ -478,6 +478,11 @@ class FieldSerializer(Serializer):
         return schema.field(0)
 
 
+NAME = "arrow"
+"""The name the stream schema carries for this adapter: fixed across releases (it is part
+of the wire format), whatever the module is called."""
+
+
 def install(fory: Any) -> None:
     """Register the Arrow serializers on `fory` (idempotent)."""
     resolver = fory.type_resolver

@@ -129,6 +129,11 @@ class PickleBufferSerializer(Serializer):
         return pickle.PickleBuffer(read_raw(read_context))
 
 
+NAME = "buffers"
+"""The name the stream schema carries for this adapter: fixed across releases (it is part
+of the wire format), whatever the module is called."""
+
+
 def install(fory: Any) -> None:
     """Register the buffer serializers on a pyfory.Fory instance."""
     resolver = fory.type_resolver

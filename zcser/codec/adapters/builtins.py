@@ -63,6 +63,11 @@ class OrderedDictSerializer(Serializer):
         return out
 
 
+NAME = "pytypes"
+"""The name the stream schema carries for this adapter: fixed across releases (it is part
+of the wire format), whatever the module is called."""
+
+
 def install(fory: Any) -> None:
     """Register the built-in type serializers on a pyfory.Fory instance."""
     resolver = fory.type_resolver

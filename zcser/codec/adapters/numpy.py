@@ -330,6 +330,11 @@ def scalar_types() -> dict[type, int]:
     return found
 
 
+NAME = "numpy"
+"""The name the stream schema carries for this adapter: fixed across releases (it is part
+of the wire format), whatever the module is called."""
+
+
 def install(fory: Any) -> None:
     """Register the numpy serializers on a pyfory.Fory instance."""
     resolver = fory.type_resolver

@@ -253,6 +253,11 @@ class IndexSerializer(Serializer):
         return _read_named_index(read_context)
 
 
+NAME = "pandas"
+"""The name the stream schema carries for this adapter: fixed across releases (it is part
+of the wire format), whatever the module is called."""
+
+
 def install(fory: Any) -> None:
     """Register the pandas serializers; alias the real pandas classes only if pandas is imported."""
     pd: Any = sys.modules.get("pandas")

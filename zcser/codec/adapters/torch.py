@@ -206,6 +206,11 @@ class DeviceSerializer(Serializer):
             ) from exc
 
 
+NAME = "torch"
+"""The name the stream schema carries for this adapter: fixed across releases (it is part
+of the wire format), whatever the module is called."""
+
+
 def install(fory: Any) -> None:
     """Register the torch serializers; alias the real torch classes only if torch is imported."""
     torch = sys.modules.get("torch")
