@@ -414,7 +414,8 @@ def _with_rows(result: Any, num_rows: int) -> Any:
 def _empty_batch(schema: pa.Schema, num_rows: int) -> pa.RecordBatch:
     """A batch without columns but with `num_rows` rows (not carried by any buffer: charged)."""
     _charge_rows(num_rows, "batch without columns")
-    batch = pa.record_batch([pa.nulls(num_rows)], names=["_"]).drop_columns(["_"])
+    rows = pa.Array.from_buffers(pa.null(), num_rows, [None], null_count=num_rows)
+    batch = pa.RecordBatch.from_arrays([rows], names=["_"]).drop_columns(["_"])
     return batch.replace_schema_metadata(schema.metadata)
 
 

@@ -1,0 +1,157 @@
+"""A writer rewrites a received Arrow frame in shared memory after the reader validated it: the
+reader's values may change, but touching every element must never crash it.
+
+The reader is a real process holding the table it received through a zcser channel; the test
+(the writer's side) finds the frame's offsets, dictionary indices and validity bitmaps in the
+ring file under /dev/shm by their bytes and overwrites them with out-of-range values.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from fixtures.procs import script
+
+import zcser
+
+ROWS = 4000
+THRESHOLD = 64
+CAPACITY = 4 << 20
+
+
+def _table() -> pa.Table:
+    """One column of each kind whose buffers index memory, each big enough to go out of band."""
+    strs = [None if i % 11 == 3 else f"value-{i}" for i in range(ROWS)]
+    lists = [None if i % 13 == 5 else list(range(i % 6)) for i in range(ROWS)]
+    return pa.table(
+        {
+            "string": pa.array(strs, pa.string()),
+            "large_string": pa.array([f"L{i}" for i in range(ROWS)], pa.large_string()),
+            "binary": pa.array([b"b%d" % (i * 7) for i in range(ROWS)], pa.binary()),
+            "list": pa.array(lists, pa.list_(pa.int32())),
+            "large_list": pa.array(
+                [[f"x{i}"] * (i % 3) for i in range(ROWS)], pa.large_list(pa.string())
+            ),
+            "map": pa.array(
+                [[(f"k{i}", i)] for i in range(ROWS)], pa.map_(pa.string(), pa.int64())
+            ),
+            "dictionary": pa.array(
+                [None if i % 7 == 2 else f"cat{i % 97}" for i in range(ROWS)]
+            ).dictionary_encode(),
+            "dictionary16": pa.DictionaryArray.from_arrays(
+                pa.array([None if i % 5 == 1 else i % 300 for i in range(ROWS)], pa.int16()),
+                pa.array([f"d{j}" for j in range(300)]),
+            ),
+            "struct": pa.array(
+                [None if i % 9 == 4 else {"s": f"v{i}", "n": [i]} for i in range(ROWS)],
+                pa.struct([("s", pa.string()), ("n", pa.list_(pa.int64()))]),
+            ),
+        }
+    )
+
+
+def _index_buffers(arr: pa.Array, indexes: bool = False) -> list[bytes]:
+    """The bytes of every buffer of `arr` (and its children) that indexes memory: validity
+    bitmaps, offsets, dictionary indices; only those big enough to travel out of band."""
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        return _index_buffers(arr.indices, indexes=True) + _index_buffers(arr.dictionary)
+    bufs = arr.buffers()
+    found = [bufs[0]]
+    if indexes or any(
+        check(t)
+        for check in (
+            pa.types.is_string,
+            pa.types.is_large_string,
+            pa.types.is_binary,
+            pa.types.is_large_binary,
+            pa.types.is_list,
+            pa.types.is_large_list,
+            pa.types.is_map,
+        )
+    ):
+        found.append(bufs[1])
+    out = [b.to_pybytes() for b in found if b is not None and b.size >= THRESHOLD]
+    if pa.types.is_struct(t):
+        for i in range(t.num_fields):
+            out += _index_buffers(arr.field(i))
+    elif t.num_fields:
+        out += _index_buffers(arr.values)
+    return out
+
+
+def _ring_file(name: str) -> Path:
+    """The biggest file in /dev/shm whose name holds the channel name: the ring."""
+    files = [p for p in Path("/dev/shm").iterdir() if name in p.name]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+READER = """
+import sys
+import pyarrow as pa, pyarrow.compute as pc
+import zcser
+rx = zcser.Receiver(NAME, capacity=CAPACITY,
+                    codec=zcser.Codec(threshold=THRESHOLD))
+print("ready", flush=True)
+table = rx.recv()
+print("got", table.num_rows, flush=True)
+sys.stdin.readline()
+touched = 0
+for column in table.columns:
+    for chunk in column.chunks:
+        for value in chunk.to_pylist():
+            touched += 1
+        for i in range(len(chunk)):
+            chunk[i].as_py()
+        if pa.types.is_dictionary(chunk.type):
+            chunk.dictionary_decode().to_pylist()
+        chunk.take(pa.array(range(len(chunk)))).to_pylist()
+        pc.is_null(chunk).to_pylist()
+try:
+    table.to_pandas()
+except (pa.ArrowException, ValueError, UnicodeDecodeError):
+    pass
+print("done", touched, flush=True)
+del table
+rx.close()
+"""
+
+
+def test_rewriting_offsets_indices_and_bitmaps_after_validation_never_crashes_the_reader(
+    shm_name: str,
+) -> None:
+    table = _table()
+    needles = [b for column in table.columns for b in _index_buffers(column.chunk(0))]
+    assert len(needles) >= 15
+    code = READER.replace("NAME", repr(shm_name)).replace("CAPACITY", str(CAPACITY))
+    code = code.replace("THRESHOLD", str(THRESHOLD))
+    with script(code, prelude="") as reader:
+        reader.expect("ready")
+        with zcser.Sender(shm_name, zcser.Codec(threshold=THRESHOLD)) as tx:
+            tx.send(table)
+            assert reader.expect("got") == [str(ROWS)]
+            ring = _ring_file(shm_name)
+            fd = os.open(ring, os.O_RDWR)
+            try:
+                with mmap.mmap(fd, 0) as mm:
+                    data = np.frombuffer(mm, np.uint8)
+                    raw = mm[:]
+                    rewritten = 0
+                    for needle in needles:
+                        at = raw.find(needle)
+                        assert at >= 0, "a buffer of the frame was not found in the ring"
+                        # every offset and index out of range, every row valid
+                        data[at : at + len(needle)] = 0x7F
+                        rewritten += 1
+                    del data
+            finally:
+                os.close(fd)
+            assert rewritten == len(needles)
+            reader.send("touch")
+            words = reader.expect("done", timeout=120)
+            assert int(words[0]) == table.num_rows * table.num_columns
+            assert reader.wait() == 0, reader.stderr()
