@@ -47,6 +47,12 @@ _ARROW_COLUMN = "v"
 # 112 + 8, list of tuples per map row 120 + 8, dict per struct row 184 + 8).
 _SLOT = 8
 _CONTAINER = 184
+_NUMBER_KINDS = (
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_timestamp,
+    pa.types.is_duration,
+)
 
 
 class _DataFrameTag:
@@ -140,9 +146,7 @@ def _conversion_cost(arr: pa.Array) -> int:
     n = len(arr)
     if pa.types.is_dictionary(t):
         return n * (t.index_type.bit_width // 8) + _conversion_cost(arr.dictionary)
-    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_timestamp(t):
-        return n * (t.bit_width // 8 + 1)
-    if pa.types.is_duration(t):
+    if any(is_kind(t) for is_kind in _NUMBER_KINDS):
         return n * (t.bit_width // 8 + 1)
     if pa.types.is_boolean(t):
         return n * 2
