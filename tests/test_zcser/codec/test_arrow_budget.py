@@ -4,6 +4,7 @@ for before it is built, so a small hostile message is refused instead of allocat
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -187,3 +188,32 @@ def test_multiindex_codes_are_private_copies() -> None:
     assert np.shares_memory(out.to_numpy(), mem), "values should stay zero-copy"
     for codes in out.index.codes:
         assert not np.shares_memory(np.asarray(codes), mem)
+
+
+@pytest.mark.parametrize(
+    ("arr", "short"),
+    [
+        (pa.array(np.arange(1000)), "values of 8 bytes (it needs 8000)"),
+        (pa.array([f"s{i}" for i in range(1000)]), "offsets of 8 bytes (it needs 4004)"),
+        (pa.array([[i] for i in range(1000)]), "offsets of 8 bytes (it needs 4004)"),
+    ],
+    ids=["int64", "string", "list"],
+)
+def test_a_length_its_buffers_do_not_carry_is_refused_before_the_array_is_built(
+    monkeypatch: pytest.MonkeyPatch, arr: pa.Array, short: str
+) -> None:
+    real_span = arrow_adapter._span
+    real_offsets = arrow_adapter._write_offsets
+
+    def short_offsets(ctx: Any, t: Any, buf: Any, first: int, count: int) -> tuple[int, int]:
+        arrow_adapter.write_raw(ctx, np.zeros(2, arrow_adapter._offset_dtype(t)))
+        return 0, 0
+
+    # a forged writer: every buffer cut to its first 8 bytes
+    monkeypatch.setattr(arrow_adapter, "_span", lambda *a: real_span(*a)[:8])
+    monkeypatch.setattr(arrow_adapter, "_write_offsets", short_offsets)
+    mem = message(arr)
+    monkeypatch.setattr(arrow_adapter, "_span", real_span)
+    monkeypatch.setattr(arrow_adapter, "_write_offsets", real_offsets)
+    with pytest.raises(CorruptMessage, match=re.escape(short)):
+        CODEC.decode(mem)

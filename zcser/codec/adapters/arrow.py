@@ -267,23 +267,53 @@ def _read_node(ctx: Any, t: pa.DataType, indexes: bool = False) -> pa.Array:
     if flags & ~(_FLAG_VALIDITY | _BIT_OFFSET_MASK):
         raise CorruptMessage(f"Arrow node flags {flags:#x} are invalid: the message is damaged")
     shift = flags & _BIT_OFFSET_MASK
+    slots = shift + n
     validity = _private_buffer(ctx) if flags & _FLAG_VALIDITY else None
     if validity is None and _zero_width(t, kind):
         _charge_rows(n, f"array of {t}")
+    _need(validity, (slots + 7) // 8, t, n, "validity bitmap")
     null_count = -1 if validity is not None else 0
     children: list[pa.Array] = []
     if kind in (_BOOL, _FIXED):
-        bufs = [validity, _private_buffer(ctx) if indexes else _buffer(ctx)]
+        values = _private_buffer(ctx) if indexes else _buffer(ctx)
+        width = t.bit_width
+        _need(values, (slots + 7) // 8 if kind == _BOOL else slots * (width // 8), t, n, "values")
+        bufs = [validity, values]
     elif kind == _BINARY:
         offsets = _private_buffer(ctx)
+        _need(offsets, _offsets_size(t, slots), t, n, "offsets")
         bufs = [validity, offsets, _buffer(ctx)]
     elif kind == _LIST:
-        bufs = [validity, _private_buffer(ctx)]
+        offsets = _private_buffer(ctx)
+        _need(offsets, _offsets_size(t, slots), t, n, "offsets")
         children = [_read_node(ctx, t.field(0).type)]
+        bufs = [validity, offsets]
     else:
         bufs = [validity]
         children = [_read_node(ctx, t.field(i).type) for i in range(t.num_fields)]
+        per_row = t.list_size if kind == _FIXED_LIST else 1
+        for child in children:
+            if len(child) < slots * per_row:
+                raise _too_short(t, n, f"a child of {len(child)} rows")
     return pa.Array.from_buffers(t, n, bufs, null_count=null_count, offset=shift, children=children)
+
+
+def _offsets_size(t: pa.DataType, slots: int) -> int:
+    """Bytes of offsets a node of `slots` rows needs (none when it has no rows)."""
+    return (slots + 1) * np.dtype(_offset_dtype(t)).itemsize if slots else 0
+
+
+def _need(buf: pa.Buffer | None, nbytes: int, t: pa.DataType, n: int, what: str) -> None:
+    """CorruptMessage unless `buf` (if any) holds `nbytes`: a node's length must be carried by
+    its buffers before the array is built (Arrow's validation checks the same again)."""
+    if buf is not None and buf.size < nbytes:
+        raise _too_short(t, n, f"{what} of {buf.size} bytes (it needs {nbytes})")
+
+
+def _too_short(t: pa.DataType, n: int, what: str) -> CorruptMessage:
+    return CorruptMessage(
+        f"an Arrow {t} array of {n} rows comes with {what}: the message is damaged"
+    )
 
 
 def _checked(build: Any, *args: Any, full: bool = False) -> Any:
