@@ -145,9 +145,11 @@ def _conversion_cost(arr: pa.Array) -> int:
     t = arr.type
     n = len(arr)
     if pa.types.is_dictionary(t):
-        return n * (t.index_type.bit_width // 8) + _conversion_cost(arr.dictionary)
+        codes: int = t.index_type.bit_width // 8
+        return n * codes + _conversion_cost(arr.dictionary)
     if any(is_kind(t) for is_kind in _NUMBER_KINDS):
-        return n * (t.bit_width // 8 + 1)
+        width: int = t.bit_width // 8
+        return n * (width + 1)
     if pa.types.is_boolean(t):
         return n * 2
     if pa.types.is_struct(t):
