@@ -4,7 +4,9 @@ for before it is built, so a small hostile message is refused instead of allocat
 
 from __future__ import annotations
 
+import gc
 import re
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -217,3 +219,32 @@ def test_a_length_its_buffers_do_not_carry_is_refused_before_the_array_is_built(
     monkeypatch.setattr(arrow_adapter, "_write_offsets", real_offsets)
     with pytest.raises(CorruptMessage, match=re.escape(short)):
         CODEC.decode(mem)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda i: pa.array([i % 100], pa.int8()),
+        lambda i: pa.array([f"s{i}"]),
+        lambda i: pa.array([[i % 100]], pa.list_(pa.int8())),
+        lambda i: pa.array([f"c{i % 3}"]).dictionary_encode(),
+    ],
+    ids=["int8", "string", "list", "dictionary"],
+)
+def test_what_many_chunks_are_charged_covers_the_memory_they_keep(make: Any) -> None:
+    chunks = 5000
+    mem = message(pa.chunked_array([make(i) for i in range(chunks)]))
+    token = oob.open_budget(1 << 40)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        out = CODEC.decode(mem)
+        kept, _ = tracemalloc.get_traced_memory()
+        budget = oob._BUDGET.get()
+        assert budget is not None
+        charged = budget.size - budget.left
+    finally:
+        tracemalloc.stop()
+        oob.close_budget(token)
+    assert out.num_chunks == chunks
+    assert kept <= charged, (kept / chunks, charged / chunks)
