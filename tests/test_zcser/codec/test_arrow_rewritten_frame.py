@@ -1,5 +1,6 @@
 """A writer rewrites a received Arrow frame in shared memory after the reader validated it: the
-reader's values may change, but touching every element must never crash it.
+reader's values may change (strings may even become invalid UTF-8), but touching every element
+must never crash it.
 
 The reader is a real process holding the table it received through a zcser channel; the test
 (the writer's side) finds the frame's offsets, dictionary indices and validity bitmaps in the
@@ -100,21 +101,27 @@ print("ready", flush=True)
 table = rx.recv()
 print("got", table.num_rows, flush=True)
 sys.stdin.readline()
+def attempt(step):
+    try:
+        step()
+    except (pa.ArrowException, ValueError):  # values may have changed (UnicodeDecodeError)
+        pass
 touched = 0
 for column in table.columns:
     for chunk in column.chunks:
-        for value in chunk.to_pylist():
-            touched += 1
+        attempt(chunk.to_pylist)
         for i in range(len(chunk)):
-            chunk[i].as_py()
+            attempt(chunk[i].as_py)
+            touched += 1
         if pa.types.is_dictionary(chunk.type):
-            chunk.dictionary_decode().to_pylist()
-        chunk.take(pa.array(range(len(chunk)))).to_pylist()
-        pc.is_null(chunk).to_pylist()
-try:
-    table.to_pandas()
-except (pa.ArrowException, ValueError, UnicodeDecodeError):
-    pass
+            attempt(lambda: chunk.dictionary_decode().to_pylist())
+        attempt(lambda: chunk.take(pa.array(range(len(chunk)))).to_pylist())
+        attempt(lambda: pc.is_null(chunk).to_pylist())
+        if pa.types.is_string(chunk.type):
+            attempt(lambda: pc.utf8_upper(chunk))
+            attempt(lambda: pc.utf8_length(chunk))
+            attempt(lambda: pc.sort_indices(chunk))
+attempt(table.to_pandas)
 print("done", touched, flush=True)
 del table
 rx.close()
@@ -127,6 +134,8 @@ def test_rewriting_offsets_indices_and_bitmaps_after_validation_never_crashes_th
     table = _table()
     needles = [b for column in table.columns for b in _index_buffers(column.chunk(0))]
     assert len(needles) >= 15
+    # and the bytes of one string column: values may change, to invalid UTF-8 even
+    needles.append(table.column("string").chunk(0).buffers()[2].to_pybytes())
     code = READER.replace("NAME", repr(shm_name)).replace("CAPACITY", str(CAPACITY))
     code = code.replace("THRESHOLD", str(THRESHOLD))
     with script(code, prelude="") as reader:
@@ -144,8 +153,9 @@ def test_rewriting_offsets_indices_and_bitmaps_after_validation_never_crashes_th
                     for needle in needles:
                         at = raw.find(needle)
                         assert at >= 0, "a buffer of the frame was not found in the ring"
-                        # every offset and index out of range, every row valid
-                        data[at : at + len(needle)] = 0x7F
+                        # every offset and index out of range, every row valid, every
+                        # string byte a UTF-8 lead byte without its continuation
+                        data[at : at + len(needle)] = 0x7F if needle is not needles[-1] else 0xC3
                         rewritten += 1
                     del data
             finally:
