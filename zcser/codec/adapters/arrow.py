@@ -1,7 +1,7 @@
 """pyfory serializers for pyarrow Array, ChunkedArray, RecordBatch, Table, Tensor and types.
 
-Every Arrow buffer travels through `_oob.write_raw` (out of band when big) and comes back as a
-zero-copy `pa.py_buffer` over the message memory. Types and schemas travel in band as Arrow IPC
+Every Arrow buffer travels through `_oob.write_raw` (out of band when big); value buffers come
+back as zero-copy `pa.py_buffer`s over the message memory. Types and schemas travel in band as Arrow IPC
 schema bytes (`pa.ipc.read_schema` is safe on bad input). A sliced array sends only the bytes of
 its slice: fixed-width buffers are cut at a byte boundary and rebuilt with a bit offset below 8,
 variable-length offsets are rebased (a small copy) when the slice does not start at zero.
@@ -10,10 +10,11 @@ The reader trusts nothing it has not copied. Buffers that index memory (offsets 
 binaries and lists, dictionary indices, validity bitmaps) are copied into private memory before
 they are validated, so a peer that rewrites shared memory after validation can change values but
 never send a read out of bounds; value buffers stay zero-copy views of the message. Every length
-is checked against the buffers that carry it (Arrow's validation), and what no buffer carries
-(null arrays, zero-width layouts) or what costs memory per object (nodes, chunks, fields) is
-charged to the decode budget (`oob.charge`) before it is built. Rebuilt arrays are fully
-validated, so bad offsets raise `CorruptMessage`, never a crash.
+is checked against the buffers that carry it before the array is built (`_need`, then Arrow's
+validation again), and what no buffer carries (null arrays, zero-width layouts) or what costs
+memory per object (nodes, chunks, fields) is charged to the decode budget (`oob.charge`) before
+it is built. Rebuilt arrays are fully validated, so bad offsets raise `CorruptMessage`, never a
+crash.
 """
 
 from __future__ import annotations
@@ -220,8 +221,8 @@ def _private_buffer(ctx: Any) -> pa.Buffer:
 
     Arrow reads these to find other memory, so they must not change after validation: an
     out-of-band region (a view of memory the peer can write) is copied once; in-band regions
-    are private copies already. Not charged beyond `BUFFER_COST`: a copy is
-    never bigger than the bytes the message carries."""
+    are private copies already. Charged no more than `BUFFER_COST`: a copy is never bigger
+    than the bytes the message carries."""
     charge(BUFFER_COST, "an Arrow buffer")
     view, out_of_band = read_raw_view(ctx)
     return pa.py_buffer(bytearray(view) if out_of_band else view)
