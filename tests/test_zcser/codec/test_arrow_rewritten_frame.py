@@ -4,7 +4,8 @@ must never crash it.
 
 The reader is a real process holding the table it received through a zcser channel; the test
 (the writer's side) finds the frame's offsets, dictionary indices and validity bitmaps in the
-ring file under /dev/shm by their bytes and overwrites them with out-of-range values.
+ring file under /dev/shm by their bytes and overwrites them with out-of-range values. The same
+for a pandas DataFrame: MultiIndex codes, categorical codes, string offsets.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 import mmap
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pytest
 from fixtures.procs import script
 
 import zcser
@@ -93,75 +97,119 @@ def _ring_file(name: str) -> Path:
 
 READER = """
 import sys
+import pandas as pd
 import pyarrow as pa, pyarrow.compute as pc
 import zcser
-rx = zcser.Receiver(NAME, capacity=CAPACITY,
-                    codec=zcser.Codec(threshold=THRESHOLD))
+rx = zcser.Receiver(NAME, capacity=CAPACITY, codec=zcser.Codec(threshold=THRESHOLD))
 print("ready", flush=True)
-table = rx.recv()
-print("got", table.num_rows, flush=True)
+obj = rx.recv()
+print("got", len(obj), flush=True)
 sys.stdin.readline()
 def attempt(step):
     try:
         step()
     except (pa.ArrowException, ValueError):  # values may have changed (UnicodeDecodeError)
         pass
+def touch_arrow(chunk):
+    attempt(chunk.to_pylist)
+    for i in range(len(chunk)):
+        attempt(chunk[i].as_py)
+    if pa.types.is_dictionary(chunk.type):
+        attempt(lambda: chunk.dictionary_decode().to_pylist())
+    attempt(lambda: chunk.take(pa.array(range(len(chunk)))).to_pylist())
+    attempt(lambda: pc.is_null(chunk).to_pylist())
+    if pa.types.is_string(chunk.type):
+        attempt(lambda: pc.utf8_upper(chunk))
+        attempt(lambda: pc.utf8_length(chunk))
+        attempt(lambda: pc.sort_indices(chunk))
+    return len(chunk)
 touched = 0
-for column in table.columns:
-    for chunk in column.chunks:
-        attempt(chunk.to_pylist)
-        for i in range(len(chunk)):
-            attempt(chunk[i].as_py)
-            touched += 1
-        if pa.types.is_dictionary(chunk.type):
-            attempt(lambda: chunk.dictionary_decode().to_pylist())
-        attempt(lambda: chunk.take(pa.array(range(len(chunk)))).to_pylist())
-        attempt(lambda: pc.is_null(chunk).to_pylist())
-        if pa.types.is_string(chunk.type):
-            attempt(lambda: pc.utf8_upper(chunk))
-            attempt(lambda: pc.utf8_length(chunk))
-            attempt(lambda: pc.sort_indices(chunk))
-attempt(table.to_pandas)
+if isinstance(obj, pa.Table):
+    for column in obj.columns:
+        for chunk in column.chunks:
+            touched += touch_arrow(chunk)
+    attempt(obj.to_pandas)
+else:
+    for name in obj.columns:
+        column = obj[name]
+        attempt(column.tolist)
+        attempt(lambda: column.sort_values())
+        attempt(lambda: column.value_counts())
+        touched += len(column)
+    index = obj.index
+    for level in range(index.nlevels):
+        attempt(lambda: index.get_level_values(level).tolist())
+    attempt(lambda: index.tolist())
+    attempt(lambda: obj.reset_index().to_dict())
+    attempt(lambda: obj.groupby(level=0).size())
+    attempt(lambda: repr(obj))
 print("done", touched, flush=True)
-del table
+del obj
 rx.close()
 """
 
 
-def test_rewriting_offsets_indices_and_bitmaps_after_validation_never_crashes_the_reader(
-    shm_name: str,
-) -> None:
-    table = _table()
-    needles = [b for column in table.columns for b in _index_buffers(column.chunk(0))]
-    assert len(needles) >= 15
-    # and the bytes of one string column: values may change, to invalid UTF-8 even
-    needles.append(table.column("string").chunk(0).buffers()[2].to_pybytes())
+def _rewrite_after_receive(shm_name: str, obj: Any, needles: list[bytes], fills: list[int]) -> str:
+    """Send `obj` to a reader process, then overwrite each of `needles` in the ring with the
+    byte in `fills` at the same position; the reader touches every element. Returns what the
+    reader said when done (it must exit 0)."""
     code = READER.replace("NAME", repr(shm_name)).replace("CAPACITY", str(CAPACITY))
     code = code.replace("THRESHOLD", str(THRESHOLD))
     with script(code, prelude="") as reader:
         reader.expect("ready")
         with zcser.Sender(shm_name, zcser.Codec(threshold=THRESHOLD)) as tx:
-            tx.send(table)
-            assert reader.expect("got") == [str(ROWS)]
-            ring = _ring_file(shm_name)
-            fd = os.open(ring, os.O_RDWR)
+            tx.send(obj)
+            assert reader.expect("got") == [str(len(obj))]
+            fd = os.open(_ring_file(shm_name), os.O_RDWR)
             try:
                 with mmap.mmap(fd, 0) as mm:
                     data = np.frombuffer(mm, np.uint8)
                     raw = mm[:]
-                    rewritten = 0
-                    for needle in needles:
+                    for needle, fill in zip(needles, fills, strict=True):
                         at = raw.find(needle)
                         assert at >= 0, "a buffer of the frame was not found in the ring"
-                        # every offset and index out of range, every row valid, every
-                        # string byte a UTF-8 lead byte without its continuation
-                        data[at : at + len(needle)] = 0x7F if needle is not needles[-1] else 0xC3
-                        rewritten += 1
+                        data[at : at + len(needle)] = fill
                     del data
             finally:
                 os.close(fd)
-            assert rewritten == len(needles)
             reader.send("touch")
             words = reader.expect("done", timeout=120)
-            assert int(words[0]) == table.num_rows * table.num_columns
             assert reader.wait() == 0, reader.stderr()
+            return words[0]
+
+
+@pytest.mark.parametrize("fill", [0x7F, 0xFF, 0x80])
+def test_rewriting_offsets_indices_and_bitmaps_after_validation_never_crashes_the_reader(
+    shm_name: str, fill: int
+) -> None:
+    table = _table()
+    needles = [b for column in table.columns for b in _index_buffers(column.chunk(0))]
+    assert len(needles) >= 15
+    # offsets and indices out of range (0x7F: huge, 0xFF: -1, 0x80: most negative), bitmaps
+    # saying valid (or not), and the bytes of one string column UTF-8 lead bytes without
+    # their continuation: values may change, to invalid UTF-8 even
+    fills = [fill] * len(needles) + [0xC3]
+    needles.append(table.column("string").chunk(0).buffers()[2].to_pybytes())
+    touched = _rewrite_after_receive(shm_name, table, needles, fills)
+    assert int(touched) == table.num_rows * table.num_columns
+
+
+def test_rewriting_codes_of_a_received_dataframe_never_crashes_the_reader(shm_name: str) -> None:
+    index = pd.MultiIndex.from_arrays(
+        [np.arange(ROWS) % 120, [f"k{i % 90}" for i in range(ROWS)]], names=["a", "b"]
+    )
+    frame = pd.DataFrame(
+        {
+            "x": np.arange(ROWS, dtype=np.float64),
+            "cat": pd.Categorical([f"c{i % 100}" for i in range(ROWS)]),
+            "s": pd.array([f"s{i}" for i in range(ROWS)], dtype=object),
+        },
+        index=index,
+    )
+    needles = [np.asarray(codes).tobytes() for codes in index.codes]
+    for name in ("cat", "s"):
+        arrow = pa.Table.from_pandas(frame[[name]].reset_index(drop=True), preserve_index=False)
+        needles += _index_buffers(arrow.column(0).chunk(0))
+    assert len(needles) >= 4
+    touched = _rewrite_after_receive(shm_name, frame, needles, [0x7F] * len(needles))
+    assert int(touched) == ROWS * 3
