@@ -115,9 +115,13 @@ def check(family: str, want: Any, got: Any, span: tuple[int, int]) -> None:
             assert shared(np.frombuffer(got, np.uint8).ctypes.data), family
     elif isinstance(want, pa.Table):
         assert got.equals(want)
-        buffers = [b for col in got.columns for ch in col.chunks for b in ch.buffers() if b]
-        big = [b for b in buffers if b.size >= zcser.DEFAULT_THRESHOLD]
+        # values are zero-copy; validity bitmaps and offsets (they index memory) are private
+        chunks = [ch for col in got.columns for ch in col.chunks]
+        values = [ch.buffers()[-1] for ch in chunks]
+        big = [b for b in values if b.size >= zcser.DEFAULT_THRESHOLD]
         assert big and all(shared(b.address) for b in big), family
+        offsets = [ch.buffers()[1] for ch in chunks if pa.types.is_string(ch.type)]
+        assert offsets and not any(shared(b.address) for b in offsets), family
     elif isinstance(want, torch.Tensor):
         assert torch.equal(got, want)
         assert shared(got.data_ptr()), family

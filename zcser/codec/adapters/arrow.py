@@ -1,11 +1,20 @@
 """pyfory serializers for pyarrow Array, ChunkedArray, RecordBatch, Table, Tensor and types.
 
-Every Arrow buffer travels through `_oob.write_raw` (out of band when big) and comes back as a
-zero-copy `pa.py_buffer` over the message memory. Types and schemas travel in band as Arrow IPC
+Every Arrow buffer travels through `_oob.write_raw` (out of band when big); value buffers come
+back as zero-copy `pa.py_buffer`s over the message memory. Types and schemas travel in band as Arrow IPC
 schema bytes (`pa.ipc.read_schema` is safe on bad input). A sliced array sends only the bytes of
 its slice: fixed-width buffers are cut at a byte boundary and rebuilt with a bit offset below 8,
 variable-length offsets are rebased (a small copy) when the slice does not start at zero.
-Rebuilt arrays are fully validated, so bad offsets raise `CorruptMessage`, never a crash.
+
+The reader trusts nothing it has not copied. Buffers that index memory (offsets of strings,
+binaries and lists, dictionary indices, validity bitmaps) are copied into private memory before
+they are validated, so a peer that rewrites shared memory after validation can change values but
+never send a read out of bounds; value buffers stay zero-copy views of the message. Every length
+is checked against the buffers that carry it before the array is built (`_need`, then Arrow's
+validation again), and what no buffer carries (null arrays, zero-width layouts) or what costs
+memory per object (nodes, chunks, fields) is charged to the decode budget (`oob.charge`) before
+it is built. Rebuilt arrays are fully validated, so bad offsets raise `CorruptMessage`, never a
+crash.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import pyarrow as pa
 from pyfory.serializer import Serializer
 
 from zcser.codec import typeids as _typeids
-from zcser.codec.oob import read_raw, write_raw
+from zcser.codec.oob import charge, read_raw, read_raw_view, write_raw
 from zcser.errors import CorruptMessage, UnsupportedType
 
 _FLAG_VALIDITY = 0x08
@@ -190,19 +199,67 @@ def _write_node(ctx: Any, arr: pa.Array) -> None:
             _write_node(ctx, arr.field(i))
 
 
+# What the decode budget is charged for each object built, so the number of objects is bounded
+# by the message's size (a chunk of one row costs ~5 bytes to send). Retained memory measured
+# by RSS over 100,000 one-row chunks (tracemalloc sees only the Python wrappers, ~300-700 bytes
+# per chunk): ~200 bytes per array node (C++ ArrayData and its Array), ~560 more per buffer
+# (the pa.Buffer, its memoryview or private copy). Rounded up; see docs/security.md.
+NODE_COST = 256
+"""Budget bytes charged per Arrow array node (chunk, child, dictionary) or schema field."""
+BUFFER_COST = 640
+"""Budget bytes charged per Arrow buffer the decode wraps or copies."""
+
+
 def _buffer(ctx: Any) -> pa.Buffer:
-    """The next raw region as an Arrow buffer over the message memory (no copy)."""
+    """The next raw region as an Arrow buffer over the message memory (no copy): values."""
+    charge(BUFFER_COST, "an Arrow buffer")
     return pa.py_buffer(read_raw(ctx))
 
 
-def _read_node(ctx: Any, t: pa.DataType) -> pa.Array:
-    """Rebuild one array node of type `t` written by `_write_node` (not yet validated)."""
+def _private_buffer(ctx: Any) -> pa.Buffer:
+    """The next raw region as an Arrow buffer in private memory: offsets, indices, bitmaps.
+
+    Arrow reads these to find other memory, so they must not change after validation: an
+    out-of-band region (a view of memory the peer can write) is copied once; in-band regions
+    are private copies already. Charged no more than `BUFFER_COST`: a copy is never bigger
+    than the bytes the message carries."""
+    charge(BUFFER_COST, "an Arrow buffer")
+    view, out_of_band = read_raw_view(ctx)
+    return pa.py_buffer(bytearray(view) if out_of_band else view)
+
+
+def _charge_rows(n: int, what: str) -> None:
+    """Pay for `n` rows that no buffer carries, one bit each, as if a validity bitmap had been
+    sent: consumers allocate per row (a pandas column, a Python list)."""
+    charge((n + 7) // 8, f"an Arrow {what} of {n} rows")
+
+
+def _zero_width(t: pa.DataType, kind: str) -> bool:
+    """True when values of a node of type `t` take no bytes (its length is not carried)."""
+    if kind == _FIXED:
+        return bool(t.bit_width == 0)
+    if kind == _FIXED_LIST:
+        return bool(t.list_size == 0)
+    return kind == _STRUCT and t.num_fields == 0
+
+
+def _read_node(ctx: Any, t: pa.DataType, indexes: bool = False) -> pa.Array:
+    """Rebuild one array node of type `t` written by `_write_node` (not yet validated);
+    `indexes`: its values index other memory (dictionary indices), so they are copied too.
+
+    Layout of a node, as `_write_node` writes it: var_uint64 length; for null arrays nothing
+    more; for dictionaries the indices node then the dictionary node; otherwise u8 flags
+    (bits 0-2: bit offset of the first row, bit 3: a validity bitmap follows), the validity
+    bitmap, then by kind: bool/fixed the values; binary the offsets then the data; list the
+    offsets then the child node; fixed-size list the child node; struct one node per field."""
     kind = _kind(t)
+    charge(NODE_COST, "an Arrow array")
     n = ctx.read_var_uint64()
     if kind == _NULL:
+        _charge_rows(n, "null array")
         return pa.Array.from_buffers(t, n, [None], null_count=n)
     if kind == _DICTIONARY:
-        indices = _read_node(ctx, t.index_type)
+        indices = _read_node(ctx, t.index_type, indexes=True)
         dictionary = _read_node(ctx, t.value_type)
         indices.validate(full=True)
         dictionary.validate(full=True)
@@ -211,21 +268,53 @@ def _read_node(ctx: Any, t: pa.DataType) -> pa.Array:
     if flags & ~(_FLAG_VALIDITY | _BIT_OFFSET_MASK):
         raise CorruptMessage(f"Arrow node flags {flags:#x} are invalid: the message is damaged")
     shift = flags & _BIT_OFFSET_MASK
-    validity = _buffer(ctx) if flags & _FLAG_VALIDITY else None
+    slots = shift + n
+    validity = _private_buffer(ctx) if flags & _FLAG_VALIDITY else None
+    if validity is None and _zero_width(t, kind):
+        _charge_rows(n, f"array of {t}")
+    _need(validity, (slots + 7) // 8, t, n, "validity bitmap")
     null_count = -1 if validity is not None else 0
     children: list[pa.Array] = []
     if kind in (_BOOL, _FIXED):
-        bufs = [validity, _buffer(ctx)]
+        values = _private_buffer(ctx) if indexes else _buffer(ctx)
+        width = t.bit_width
+        _need(values, (slots + 7) // 8 if kind == _BOOL else slots * (width // 8), t, n, "values")
+        bufs = [validity, values]
     elif kind == _BINARY:
-        offsets = _buffer(ctx)
+        offsets = _private_buffer(ctx)
+        _need(offsets, _offsets_size(t, slots), t, n, "offsets")
         bufs = [validity, offsets, _buffer(ctx)]
     elif kind == _LIST:
-        bufs = [validity, _buffer(ctx)]
+        offsets = _private_buffer(ctx)
+        _need(offsets, _offsets_size(t, slots), t, n, "offsets")
         children = [_read_node(ctx, t.field(0).type)]
+        bufs = [validity, offsets]
     else:
         bufs = [validity]
         children = [_read_node(ctx, t.field(i).type) for i in range(t.num_fields)]
+        per_row = t.list_size if kind == _FIXED_LIST else 1
+        for child in children:
+            if len(child) < slots * per_row:
+                raise _too_short(t, n, f"a child of {len(child)} rows")
     return pa.Array.from_buffers(t, n, bufs, null_count=null_count, offset=shift, children=children)
+
+
+def _offsets_size(t: pa.DataType, slots: int) -> int:
+    """Bytes of offsets a node of `slots` rows needs (none when it has no rows)."""
+    return (slots + 1) * np.dtype(_offset_dtype(t)).itemsize if slots else 0
+
+
+def _need(buf: pa.Buffer | None, nbytes: int, t: pa.DataType, n: int, what: str) -> None:
+    """CorruptMessage unless `buf` (if any) holds `nbytes`: a node's length must be carried by
+    its buffers before the array is built (Arrow's validation checks the same again)."""
+    if buf is not None and buf.size < nbytes:
+        raise _too_short(t, n, f"{what} of {buf.size} bytes (it needs {nbytes})")
+
+
+def _too_short(t: pa.DataType, n: int, what: str) -> CorruptMessage:
+    return CorruptMessage(
+        f"an Arrow {t} array of {n} rows comes with {what}: the message is damaged"
+    )
 
 
 def _checked(build: Any, *args: Any, full: bool = False) -> Any:
@@ -250,7 +339,22 @@ def _schema_bytes(schema: pa.Schema) -> bytes:
 def _read_schema(ctx: Any) -> pa.Schema:
     """Parse in-band Arrow IPC schema bytes; bad bytes raise CorruptMessage."""
     raw = ctx.read_bytes_and_size()
-    return _checked(pa.ipc.read_schema, pa.py_buffer(raw))
+    schema: pa.Schema = _checked(pa.ipc.read_schema, pa.py_buffer(raw))
+    charge(NODE_COST * _count_fields(schema), "an Arrow schema")
+    return schema
+
+
+def _count_fields(fields: Iterable[pa.Field]) -> int:
+    """How many fields `fields` hold, nested ones included."""
+    count = 0
+    for field in fields:
+        t = field.type
+        count += 1
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if t.num_fields:
+            count += _count_fields(t.field(i) for i in range(t.num_fields))
+    return count
 
 
 def _type_schema(t: pa.DataType) -> pa.Schema:
@@ -339,8 +443,10 @@ def _with_rows(result: Any, num_rows: int) -> Any:
 
 
 def _empty_batch(schema: pa.Schema, num_rows: int) -> pa.RecordBatch:
-    """A batch without columns but with `num_rows` rows."""
-    batch = pa.record_batch([pa.nulls(num_rows)], names=["_"]).drop_columns(["_"])
+    """A batch without columns but with `num_rows` rows (not carried by any buffer: charged)."""
+    _charge_rows(num_rows, "batch without columns")
+    rows = pa.Array.from_buffers(pa.null(), num_rows, [None], null_count=num_rows)
+    batch = pa.RecordBatch.from_arrays([rows], names=["_"]).drop_columns(["_"])
     return batch.replace_schema_metadata(schema.metadata)
 
 

@@ -10,6 +10,11 @@ names) travel as Python values, so non-string and duplicate labels survive; a Ra
 as three numbers and a MultiIndex as its levels and codes. A DatetimeIndex `freq` is not kept.
 
 pandas is imported lazily, like torch in `_torch`: the reader imports it on the first frame.
+
+Against hostile bytes: converting an Arrow column to pandas allocates per row (a pointer, a
+mask, a dict or array per nested row), so the conversion is charged to the decode budget
+before it runs (`_conversion_cost`); MultiIndex codes index the levels, so they are private
+copies, never views of memory the peer can still write.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pyfory.serializer import Serializer
 
 from zcser.codec import typeids as _typeids
 from zcser.codec.adapters.arrow import all_subclasses, read_table, register_family, write_table
-from zcser.codec.oob import copy_requested, read_raw, write_raw
+from zcser.codec.oob import charge, copy_requested, read_raw, write_raw
 from zcser.errors import CorruptMessage, UnsupportedType
 
 _VALUES_NUMPY = 0
@@ -35,6 +40,19 @@ _INDEX_MULTI = 2
 _FLAG_MULTI_LABELS = 0x01
 _NUMPY_KINDS = frozenset("biufcmM")
 _ARROW_COLUMN = "v"
+
+# Bytes pandas allocates per row when it converts an Arrow column, measured with tracemalloc
+# over 100,000 rows (pandas 3, pyarrow 26): a pointer or 64-bit value per row of object or
+# widened columns; one Python container per row of a nested column (numpy array per list row
+# 112 + 8, list of tuples per map row 120 + 8, dict per struct row 184 + 8).
+_SLOT = 8
+_CONTAINER = 184
+_NUMBER_KINDS = (
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_timestamp,
+    pa.types.is_duration,
+)
 
 
 class _DataFrameTag:
@@ -106,11 +124,43 @@ def _read_values(ctx: Any) -> Any:
     table = read_table(ctx)
     if table.num_columns != 1:
         raise _damaged("Arrow column")
+    column = table.column(0)
+    cost = sum(_conversion_cost(chunk) - chunk.nbytes for chunk in column.chunks)
+    charge(max(cost, 0), f"converting an Arrow column of {len(column)} rows to pandas")
     try:
         frame = table.to_pandas() if copy_requested() else table.to_pandas(split_blocks=True)
     except (pa.ArrowException, KeyError, TypeError, ValueError) as exc:
         raise _damaged("Arrow column metadata", exc) from exc
     return frame.iloc[:, 0].array
+
+
+def _conversion_cost(arr: pa.Array) -> int:
+    """Bytes `to_pandas` may allocate for `arr` (an upper bound by type, see `_SLOT`).
+
+    The caller charges what exceeds the array's own bytes (the budget holds the message's size).
+    Fixed-width values cost their width plus a mask byte; dictionaries their codes plus their
+    values; every other row a slot, and a row of a nested type a container too. Python scalars
+    (bytes, Decimal, dates) are built from at least 4 bytes of the message each and are not
+    charged beyond their slot; strings become Arrow-backed or deduplicated objects."""
+    t = arr.type
+    n = len(arr)
+    if pa.types.is_dictionary(t):
+        codes: int = t.index_type.bit_width // 8
+        return n * codes + _conversion_cost(arr.dictionary)
+    if any(is_kind(t) for is_kind in _NUMBER_KINDS):
+        width: int = t.bit_width // 8
+        return n * (width + 1)
+    if pa.types.is_boolean(t):
+        return n * 2
+    if pa.types.is_struct(t):
+        return n * (_SLOT + _CONTAINER) + sum(
+            _conversion_cost(arr.field(i)) for i in range(t.num_fields)
+        )
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return n * (_SLOT + _CONTAINER) + _conversion_cost(arr.values)
+    if pa.types.is_map(t):
+        return n * (_SLOT + _CONTAINER) + _conversion_cost(arr.keys) + _conversion_cost(arr.items)
+    return n * _SLOT
 
 
 def _write_index(ctx: Any, index: Any) -> None:
@@ -138,6 +188,8 @@ def _read_index(ctx: Any) -> Any:
     try:
         if kind == _INDEX_RANGE:
             start, stop, step = (ctx.read_varint64() for _ in range(3))
+            rows = len(range(start, stop, step))
+            charge((rows + 7) // 8, f"a RangeIndex of {rows} rows")
             return pd.RangeIndex(start, stop, step)
         if kind == _INDEX_FLAT:
             return pd.Index(_read_values(ctx), copy=False)
@@ -145,9 +197,10 @@ def _read_index(ctx: Any) -> Any:
             levels, codes = [], []
             for _ in range(ctx.read_var_uint32()):
                 levels.append(_read_index(ctx))
-                codes.append(_read_values(ctx))
+                # codes index the level: a private copy, not a view the peer can rewrite
+                codes.append(np.array(_read_values(ctx), copy=True))
             return pd.MultiIndex(levels=levels, codes=codes, verify_integrity=True)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise _damaged("index", exc) from exc
     raise _damaged(f"index kind {kind}")
 

@@ -233,11 +233,88 @@ def bench_threshold(quick: bool) -> list[Row]:
     return rows
 
 
+def _arrow_table(rows: int) -> Any:
+    """A table with a column of each kind the decoder treats differently: fixed-width values,
+    strings (offsets), lists (offsets and a child) and a dictionary (indices)."""
+    import pyarrow as pa
+
+    ids = np.arange(rows)
+    offsets = pa.array(np.arange(0, 2 * rows + 1, 2, dtype=np.int32))
+    return pa.table(
+        {
+            "id": ids,
+            "price": np.random.default_rng(0).random(rows),
+            "name": pa.array([f"item-{i}" for i in range(rows)]),
+            "tags": pa.ListArray.from_arrays(
+                offsets, pa.array(np.arange(2 * rows) % 97, pa.int32())
+            ),
+            "category": pa.DictionaryArray.from_arrays(
+                pa.array((ids % 50).astype(np.int32)), pa.array([f"cat{j}" for j in range(50)])
+            ),
+        }
+    )
+
+
+def bench_arrow(quick: bool) -> list[Row]:
+    """Decode of Arrow tables (offsets, list offsets and dictionary indices are private copies,
+    value buffers zero-copy), whole and in many chunks."""
+    import pyarrow as pa
+
+    rows = 100_000 if quick else 1_000_000
+    repeat = 7 if quick else 21
+    codec = Codec()
+    table = _arrow_table(rows)
+    # 1000 chunks that own their buffers (slices of one table would make pickle send the whole
+    # parent buffers once per chunk)
+    chunked = pa.Table.from_batches(_arrow_table(rows // 1000).to_batches() * 1000)
+    result = []
+    for name, obj in (("1 chunk", table), (f"1000 chunks of {rows // 1000:,} rows", chunked)):
+        target = _aligned(codec.plan(obj).nbytes)
+        message = target[: codec.plan(obj).write_into(target)]
+        buffers: list[pickle.PickleBuffer] = []
+        data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+
+        def decode(m: np.ndarray = message) -> Any:
+            return codec.decode(m)
+
+        def unpickle(d: bytes = data, b: list[pickle.PickleBuffer] = buffers) -> Any:
+            return pickle.loads(d, buffers=b)
+
+        result.append(
+            _row(
+                f"Arrow table, {rows:,} rows x 5 columns, {name}: decode",
+                median_us(decode, repeat, 5),
+                median_us(unpickle, repeat, 5),
+                "pickle5: loads over out-of-band buffers",
+            )
+        )
+
+        def round_trip(o: Any = obj, t: np.ndarray = target) -> Any:
+            return codec.decode(t[: codec.plan(o).write_into(t)])
+
+        room = sum(_message.align_up(b.raw().nbytes) for b in buffers)
+        pickle_target = _aligned(room)
+
+        def pickle_round_trip(o: Any = obj, t: np.ndarray = pickle_target) -> Any:
+            return _pickle5_copy_round_trip(o, t)
+
+        result.append(
+            _row(
+                f"Arrow table, {rows:,} rows x 5 columns, {name}: plan+write_into+decode",
+                median_us(round_trip, repeat),
+                median_us(pickle_round_trip, repeat),
+                "pickle5 dumps + copy buffers to preallocated memory + loads",
+            )
+        )
+    return result
+
+
 SECTIONS: dict[str, Callable[[bool], list[Row]]] = {
     "codec-large": bench_large_array,
     "codec-decode-size": bench_decode_size,
     "codec-many-small": bench_many_small,
     "codec-threshold": bench_threshold,
+    "codec-arrow": bench_arrow,
     "snapshot": bench_snapshot,
     "net": bench_net,
     "channel": bench_channel,
