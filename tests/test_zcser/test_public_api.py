@@ -175,15 +175,26 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _is_package(module: str) -> bool:
+    return (REPO / module.replace(".", "/")).is_dir()
+
+
 def _private_reaches(path: Path) -> list[str]:
-    """Imports in `path` of a private module or private name that lives in another package."""
+    """Imports in `path` of a private (_underscore) module or name that is not its own package's:
+    a private name of a module is its package's, a private name of a package is that package's.
+    Relative imports are resolved first."""
     me = _module_name(path)
     my_package = me if path.name == "__init__.py" else me.rpartition(".")[0]
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         targets: list[tuple[str, str]] = []  # (module, imported name or "")
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            targets = [(node.module, a.name) for a in node.names]
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = my_package.split(".")
+                base = base[: len(base) - node.level + 1]
+                module = ".".join([*base, module] if module else base)
+            targets = [(module, a.name) for a in node.names]
         elif isinstance(node, ast.Import):
             targets = [(a.name, "") for a in node.names]
         for module, name in targets:
@@ -194,7 +205,8 @@ def _private_reaches(path: Path) -> list[str]:
             for i, part in enumerate(parts):
                 if part.startswith("_") and not part.startswith("__"):
                     owner = ".".join(parts[:i])  # the module or package holding the name
-                    if my_package not in (owner, owner.rpartition(".")[0]):
+                    home = owner if _is_package(owner) else owner.rpartition(".")[0]
+                    if home != my_package:
                         found.append(f"{me} imports {full}")
                     break
     return found

@@ -2,7 +2,9 @@
 
 Every number is a median of repeated runs, reported next to a peer (pickle protocol 5 with
 `buffer_callback`) measured in the same run, so noisy machines still give meaningful ratios.
-Other sections (transport, channel, snapshot) register themselves in `SECTIONS`.
+The codec sections are written here; channel, net and snapshot have a module each; `SECTIONS`
+at the end lists them all. The ZeroBuffer transport alone, against the reference
+`zerobuffer-ipc`, is a separate script: `python -m zcser.tools.bench.transport`.
 """
 
 from __future__ import annotations
