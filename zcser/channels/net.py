@@ -250,7 +250,7 @@ class NetReceiver(base.Receiver):
     def __init__(
         self,
         name: str,
-        capacity: int = DEFAULT_CAPACITY,
+        capacity: int | None = None,
         codec: Codec | None = None,
         *,
         pattern: str = "pull",
@@ -264,6 +264,10 @@ class NetReceiver(base.Receiver):
         if min_align < 1 or min_align & (min_align - 1) or min_align > _message.ALIGN:
             raise errors.UsageError(f"min_align must be a power of two <= {_message.ALIGN}")
         self.codec = codec if codec is not None else Codec()
+        if capacity is None:
+            capacity = DEFAULT_CAPACITY
+        elif isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 2:
+            raise errors.UsageError(f"capacity must be an int of bytes or None, not {capacity!r}")
         self.max_message = capacity // 2
         self.min_align = min_align
         try:

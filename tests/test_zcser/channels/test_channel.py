@@ -413,7 +413,7 @@ def test_sender_killed_while_reserved_never_delivers_a_partial_message(shm_name:
         with pytest.raises(errors.WriterDead, match="died") as info:
             rx.recv(timeout=WAIT)
         advice = str(info.value)
-        assert "make a new Receiver" in advice and "new Writer" not in advice
+        assert "A new Sender may connect" in advice and "new Writer" not in advice
 
 
 def test_receiver_killed_unblocks_sender_with_reader_dead(shm_name: str) -> None:
