@@ -13,8 +13,9 @@ How code blocks in the docs are fenced (the rule this file enforces):
   synopses) are not checked.
 
 Shared-memory names written in a ```python block (the quoted first argument of `Receiver`,
-`Sender`, `Reader` or `Writer`) are replaced by names unique to this test run, so concurrent runs
-never collide and the leak check (tests/conftest.py) proves the example cleans up after itself.
+`Sender`, `Reader` or `Writer`, and string literals ending in one, like "/sem-w-NAME") are
+replaced by names unique to this test run, so concurrent runs never collide and the leak check
+(tests/conftest.py) proves the example cleans up after itself.
 """
 
 from __future__ import annotations
@@ -210,8 +211,10 @@ def test_code_blocks_use_only_the_documented_fences() -> None:
 
 
 def _unique_names(code: str) -> str:
+    """Each name, and each string literal ending in it ("/sem-w-NAME"), made unique to this run."""
     for name in sorted(set(NAME_ARG.findall(code)), key=len, reverse=True):
-        code = code.replace(f'"{name}"', f'"{unique_name("doc")}"')
+        fresh = unique_name("doc")
+        code = re.sub(rf'(["/-]){re.escape(name)}"', rf'\g<1>{fresh}"', code)
     return code
 
 
