@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -122,13 +123,19 @@ class NetSender(base.Sender):
             raise _translate(exc) from None
         self.name: str = self._w.url
         self._closed = False
+        self._lock = threading.Lock()
 
     def send(self, obj: Any, timeout: float | None = None) -> None:
         """Send `obj` as one message; returns once ZeroMQ no longer needs its arrays (they may
         be modified then). Blocks while receivers' queues are full: `timeout` s (None: while
         a receiver lives; 0: one try, arrays copied) then BufferFull (not sent); ReaderDead if
         every receiver left. Timeout if the message was queued but not transmitted in time
-        (it may still arrive; call flush() before modifying its arrays)."""
+        (it may still arrive; call flush() before modifying its arrays). Thread-safe: sends
+        from several threads are serialised (a ZeroMQ socket is not thread-safe)."""
+        with self._lock:
+            self._send(obj, timeout)
+
+    def _send(self, obj: Any, timeout: float | None) -> None:
         self._check_open()
         packed = self.codec.pack(obj)
         head: Any
@@ -145,7 +152,11 @@ class NetSender(base.Sender):
     def flush(self, timeout: float | None = None) -> None:
         """Wait until ZeroMQ has released the arrays of every message sent (only needed after
         a send raised Timeout: the message was queued and may still be delivered)."""
-        self._check_open()
+        with self._lock:
+            self._check_open()
+            self._flush(timeout)
+
+    def _flush(self, timeout: float | None) -> None:
         try:
             self._w.flush(timeout)
         except terr.TransportError as exc:
@@ -184,9 +195,12 @@ class NetSender(base.Sender):
     def close(self, timeout: float = 1.0) -> None:
         """Mark the end of the stream (receivers then get Closed after the last message),
         waiting at most `timeout` s for it to be written, and close the socket."""
-        if not self._closed:
-            self._closed = True
-            self._w.close(timeout)
+        if self._closed:
+            return
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._w.close(timeout)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -285,6 +299,7 @@ class NetReceiver(base.Receiver):
         self._checked: OrderedDict[bytes, None] = OrderedDict()  # schemas seen, newest last
         self._pinned: weakref.WeakKeyDictionary[Lease, int] = weakref.WeakKeyDictionary()
         self._copies = 0
+        self._lock = threading.Lock()
 
     def _next(self, timeout: float | None) -> Any:
         """The next data message; Closed once every sender ended its stream."""
@@ -336,8 +351,9 @@ class NetReceiver(base.Receiver):
     def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
         """The next object. Blocks up to `timeout` s (None: while a sender is connected).
         Arrays are read-only (views of the received frames, or aligned copies, see min_align);
-        copy=True gives private writable objects."""
-        rec = self._next(timeout)
+        copy=True gives private writable objects. Thread-safe: each message goes to one recv."""
+        with self._lock:
+            rec = self._next(timeout)
         if not rec.buffers:  # in-band values are private copies anyway: no lease
             if copy:
                 return self.codec.decode_parts(rec.head, [], copy=True)
@@ -349,8 +365,9 @@ class NetReceiver(base.Receiver):
 
     def recv_message(self, timeout: float | None = None) -> Message:
         """The next message with an explicit lifetime: `with rx.recv_message() as msg:`."""
-        rec = self._next(timeout)
-        value, lease = self._decode(rec)
+        with self._lock:
+            rec = self._next(timeout)
+            value, lease = self._decode(rec)
         return Message(value, lease, rec.sequence, rec.nbytes)
 
     def _decode(self, rec: Any) -> tuple[Any, Lease]:
@@ -390,9 +407,11 @@ class NetReceiver(base.Receiver):
         return self._r is None or bool(self._r.closed)
 
     def close(self) -> None:
-        """Stop listening (the port or ipc file is released). Views alive stay valid."""
+        """Stop listening (the port or ipc file is released). Views alive stay valid. Waits for
+        a recv() in progress in another thread to return (a ZeroMQ socket is not thread-safe)."""
         if self._r is not None:
-            self._r.close()
+            with self._lock:
+                self._r.close()
 
 
 base.register("tcp", NetSender, NetReceiver)

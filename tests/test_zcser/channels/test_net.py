@@ -584,3 +584,32 @@ def test_a_frame_over_the_limit_cuts_its_sender_off_without_allocating_it() -> N
         with zcser.Sender(rx.name) as tx:
             tx.send({"ok": True}, timeout=WAIT)
             assert rx.recv(timeout=WAIT) == {"ok": True}
+
+
+def test_threads_sharing_network_ends_lose_and_duplicate_nothing() -> None:
+    import threading
+
+    threads, per_thread = 4, 200
+    with zcser.Receiver(LOOPBACK) as rx, zcser.Sender(rx.name) as tx:
+        got: list[tuple[int, int]] = []
+        lock = threading.Lock()
+
+        def produce(k: int) -> None:
+            for i in range(per_thread):
+                tx.send({"k": k, "i": i, "a": np.full(5000 + i, k, np.uint8)}, timeout=WAIT)
+
+        def consume() -> None:
+            for _ in range(threads * per_thread // 2):
+                msg = rx.recv(timeout=WAIT)
+                assert (np.asarray(msg["a"]) == msg["k"]).all()
+                with lock:
+                    got.append((msg["k"], msg["i"]))
+
+        workers = [threading.Thread(target=produce, args=(k,)) for k in range(threads)]
+        workers += [threading.Thread(target=consume) for _ in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=60)
+        assert not any(w.is_alive() for w in workers)
+    assert sorted(got) == [(k, i) for k in range(threads) for i in range(per_thread)]
