@@ -38,13 +38,12 @@ import numpy as np
 
 from transports.zerobuffer import Writer
 from zcser import errors
-from zcser.codec import Plan
-from zcser.codec import layout as _message
+from zcser.codec import Plan, layout
 from zcser.codec.memory import address as _address
 
 __all__ = ["FrameArena"]
 
-_ALIGN = _message.ALIGN
+_ALIGN = layout.ALIGN
 _DROPPED_KEPT = 256  # addresses of left-out arrays remembered, to explain a later refusal
 _log = logging.getLogger("zcser.channels")
 
@@ -186,7 +185,7 @@ class FrameArena:
             elif self.ring_lo <= addr < self.ring_hi:
                 self.refuse_sent(plan)
             extra += _align_up(buf.nbytes)
-        head = _message.meta_size(len(plan.buffers), plan.checksum) + len(plan.inband)
+        head = layout.meta_size(len(plan.buffers), plan.checksum) + len(plan.inband)
         if inside and head > self._first:
             return self._send_fallback(plan, timeout)
         need = max(self._cursor, head) + extra + (_ALIGN - 1 if extra else 0)

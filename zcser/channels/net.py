@@ -43,8 +43,7 @@ from zcser.channels import base
 from zcser.channels.lease import Lease, Message
 from zcser.channels.schema import check_stream, schema_bytes
 from zcser.channels.shm import DEFAULT_CAPACITY, METADATA_SIZE
-from zcser.codec import Codec
-from zcser.codec import layout as _message
+from zcser.codec import Codec, layout
 from zcser.codec.memory import address as _address
 
 try:
@@ -171,8 +170,8 @@ class NetSender(base.Sender):
         dt = base.plain_dtype(dtype)
         dims = base.array_shape(shape)
         nbytes = math.prod(dims) * dt.itemsize
-        raw = np.empty(nbytes + _message.ALIGN, np.uint8)
-        skip = -raw.ctypes.data % _message.ALIGN
+        raw = np.empty(nbytes + layout.ALIGN, np.uint8)
+        skip = -raw.ctypes.data % layout.ALIGN
         array: np.ndarray = raw[skip : skip + nbytes].view(dt).reshape(dims)
         return array
 
@@ -275,8 +274,8 @@ class NetReceiver(base.Receiver):
     ) -> None:
         self._r: Any = None
         t = _transport()
-        if min_align < 1 or min_align & (min_align - 1) or min_align > _message.ALIGN:
-            raise errors.UsageError(f"min_align must be a power of two <= {_message.ALIGN}")
+        if min_align < 1 or min_align & (min_align - 1) or min_align > layout.ALIGN:
+            raise errors.UsageError(f"min_align must be a power of two <= {layout.ALIGN}")
         self.codec = codec if codec is not None else Codec()
         if capacity is None:
             capacity = DEFAULT_CAPACITY

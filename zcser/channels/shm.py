@@ -48,9 +48,7 @@ from zcser.channels import base
 from zcser.channels.arena import FrameArena
 from zcser.channels.lease import Lease, Message
 from zcser.channels.schema import check_stream, schema_bytes
-from zcser.codec import Codec, Plan
-from zcser.codec import layout as _message
-from zcser.codec import memory as _memory
+from zcser.codec import Codec, Plan, layout, memory
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -87,7 +85,7 @@ _EOS = b"ZCSREOS\x00"
 _EOS_SIZE = len(_EOS)
 
 _COUNT = struct.Struct("<I")
-_OFF_COUNT = _message.OFF_COUNT
+_OFF_COUNT = layout.OFF_COUNT
 _translate = errors.translate
 _TransportError = terr.TransportError
 _log = logging.getLogger("zcser.channels")
@@ -224,12 +222,12 @@ class ShmSender(base.Sender):
             raise errors.UsageError(
                 f"copy_threads must be an int >= 1 or None, not {copy_threads!r}"
             )
-        self._copy_threads = _memory.default_threads() if copy_threads is None else copy_threads
+        self._copy_threads = memory.default_threads() if copy_threads is None else copy_threads
         name = _shm_name(name)
         self.name = name
         self.codec = codec if codec is not None else Codec()
-        if headroom < _message.TABLE_START:
-            raise errors.UsageError(f"headroom must be >= {_message.TABLE_START} bytes")
+        if headroom < layout.TABLE_START:
+            raise errors.UsageError(f"headroom must be >= {layout.TABLE_START} bytes")
         self._w = _connect(name, spin, timeout)
         schema = schema_bytes(self.codec)
         try:
@@ -595,7 +593,7 @@ class ShmReceiver(base.Receiver):
 
     def _decode(self, frame: Frame) -> tuple[Any, Lease | None]:
         data = frame.data
-        if frame.size >= _message.TABLE_START and not _COUNT.unpack_from(data, _OFF_COUNT)[0]:
+        if frame.size >= layout.TABLE_START and not _COUNT.unpack_from(data, _OFF_COUNT)[0]:
             # No out-of-band buffers: nothing decoded refers to the frame (in-band bytes are
             # copied), so it goes back at once; if anything did, release() refuses and the
             # frame's own garbage collection frees it later.
@@ -638,7 +636,7 @@ def _small_limit(threshold: int) -> int:
     """The receiver's copy-out limit: below the smallest message that can carry an out-of-band
     buffer (header, one table entry and `threshold` bytes), so small arrays that a low codec
     threshold sends out of band stay zero-copy views of the frame."""
-    smallest_oob = _message.TABLE_START + _message.ENTRY.size + max(threshold, 1)
+    smallest_oob = layout.TABLE_START + layout.ENTRY.size + max(threshold, 1)
     return min(SMALL_MESSAGE, smallest_oob - 1)
 
 

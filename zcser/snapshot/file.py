@@ -23,7 +23,7 @@ import xxhash
 from transports.errors import SnapshotFileError, TransportError
 from transports.mmapfile import AtomicWriter, open_mapping
 from zcser.codec import Codec, default_codec
-from zcser.codec import layout as _message
+from zcser.codec import layout as message_layout
 from zcser.errors import (
     CorruptData,
     CorruptSnapshot,
@@ -292,7 +292,7 @@ def snapshot_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     with _mapped(path) as (mv, header):
         message = mv[header.message_offset : header.file_len]
         try:
-            msg = _message.parse(message)
+            msg = message_layout.parse(message)
         except CorruptData as exc:
             raise CorruptSnapshot(f"{path}: {exc}") from exc
         finally:
@@ -312,7 +312,7 @@ def snapshot_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         "header_size": header.header_len,
         "message_offset": base,
         "message_size": header.message_len,
-        "message_format_version": _message.VERSION,
+        "message_format_version": message_layout.VERSION,
         "inband_size": msg.inband_end - msg.inband_start,
         "root_type": header.meta.get("root_type"),
         "schema": header.meta["schema"],

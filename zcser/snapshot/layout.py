@@ -12,12 +12,12 @@ from typing import Any, NamedTuple
 
 import xxhash
 
-from zcser.codec import layout as _message
+from zcser.codec import layout as message_layout
 from zcser.errors import CorruptSnapshot, UnsupportedVersion
 
 MAGIC = b"ZCSNAP\r\n"
 VERSION = 1
-ALIGN = _message.ALIGN
+ALIGN = message_layout.ALIGN
 FLAG_DIGESTS = 0x0001
 KNOWN_FLAGS = FLAG_DIGESTS
 ALGORITHMS = {0: None, 1: "xxh3_64"}

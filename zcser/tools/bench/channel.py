@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from zcser.codec import memory as _copy
+from zcser.codec import memory
 from zcser.tools import harness as _harness
 
 Row = dict[str, Any]
@@ -69,7 +69,7 @@ def bench_channel(quick: bool) -> list[Row]:
         zc_us = statistics.median(runs["zcser"])
         label = f"{big // MIB} MiB object, copying send, one way"
         note = (
-            f"zcser {_gbps(big, zc_us)} with {_copy.default_threads()} streaming copy threads "
+            f"zcser {_gbps(big, zc_us)} with {memory.default_threads()} streaming copy threads "
             "(Sender default; peers copy with one memcpy)"
         )
         for peer, key in (("np.copyto", "memcpy"), ("pickle5+shm", "pickle5")):

@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from zcser.codec import DEFAULT_THRESHOLD, Codec, Plan
-from zcser.codec import layout as _message
+from zcser.codec import DEFAULT_THRESHOLD, Codec, Plan, layout
 from zcser.tools.bench.channel import bench_channel
 from zcser.tools.bench.net import bench_net
 from zcser.tools.bench.snapshot import bench_snapshot
@@ -53,8 +52,8 @@ def _row(name: str, zcser_us: float, peer_us: float | None, note: str = "") -> R
 
 def _aligned(nbytes: int) -> np.ndarray:
     """A writable byte array whose first byte is ALIGN-aligned."""
-    raw = np.empty(nbytes + _message.ALIGN, np.uint8)
-    skip = -raw.ctypes.data % _message.ALIGN
+    raw = np.empty(nbytes + layout.ALIGN, np.uint8)
+    skip = -raw.ctypes.data % layout.ALIGN
     return raw[skip : skip + nbytes]
 
 
@@ -73,7 +72,7 @@ def _pickle5_copy_round_trip(obj: Any, target: np.ndarray) -> Any:
         raw = buf.raw()
         target[pos : pos + raw.nbytes] = np.frombuffer(raw, np.uint8)
         views.append(target[pos : pos + raw.nbytes])
-        pos = _message.align_up(pos + raw.nbytes)
+        pos = layout.align_up(pos + raw.nbytes)
     return pickle.loads(data, buffers=views)
 
 
@@ -133,7 +132,7 @@ def bench_large_array(quick: bool) -> list[Row]:
 def _message_with(total: int, parts: int, codec: Codec) -> tuple[np.ndarray, int]:
     """A message holding `parts` float64 arrays of `total` bytes, built in place (no copy)."""
     head = 64 * 1024
-    chunk = _message.align_up(total // parts)
+    chunk = layout.align_up(total // parts)
     frame = _aligned(head + parts * chunk)
     arrays = [
         frame[head + i * chunk : head + i * chunk + total // parts].view(np.float64)
@@ -294,7 +293,7 @@ def bench_arrow(quick: bool) -> list[Row]:
         def round_trip(o: Any = obj, t: np.ndarray = target) -> Any:
             return codec.decode(t[: codec.plan(o).write_into(t)])
 
-        room = sum(_message.align_up(b.raw().nbytes) for b in buffers)
+        room = sum(layout.align_up(b.raw().nbytes) for b in buffers)
         pickle_target = _aligned(room)
 
         def pickle_round_trip(o: Any = obj, t: np.ndarray = pickle_target) -> Any:
