@@ -125,8 +125,8 @@ _FADVISE = hasattr(os, "posix_fadvise")
 def _drop_cached(target: Path) -> None:
     """Drop the page cache of the file about to be replaced (clean, unmapped pages only).
 
-    The new file then reuses that memory instead of needing a second file's worth: measured
-    1 GB saves over an existing snapshot went from ~0.25 to ~0.9 GB/s. Live views of the old
+    The new file then reuses that memory instead of needing a second file's worth (saves over
+    an existing snapshot are several times faster; docs/benchmarks.md). Live views of the old
     file keep their pages (mapped pages are never dropped) and its bytes stay on disk.
     """
     if not _FADVISE:
@@ -147,8 +147,8 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
     """Start writing a just-written range to disk now, so the final fsync finds little left.
 
     POSIX_FADV_DONTNEED on dirty pages starts their writeback (Linux) and cannot drop them until
-    written. Measured on 1 GB saves here: 1.17 GB/s against 0.86 without it (np.save plus
-    fsync: 0.90). The saved pages may leave the page cache sooner afterwards.
+    written, so the final fsync overlaps the writes (docs/benchmarks.md, snapshot section). The
+    saved pages may leave the page cache sooner afterwards.
     """
     if _FADVISE:
         with contextlib.suppress(OSError):

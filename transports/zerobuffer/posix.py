@@ -110,7 +110,7 @@ def atomics_backend() -> str:
 
 class _LibatomicWord:
     """libatomic through ctypes, arguments built once and entered without dropping the GIL
-    (~0.3 µs a call here, half of `atomic_add`'s generic ctypes path)."""
+    (about half the cost of `atomic_add`'s generic ctypes path)."""
 
     __slots__ = ("_add", "_arg", "_order", "_ptr", "_sub")
 
@@ -135,7 +135,7 @@ class _LibatomicWord:
 class AtomicWord:
     """One u64 in shared memory with atomic `add(value)` / `sub(value)` (0 <= value < 2**64),
     for the per-frame hot path. `add` and `sub` are plain callables (no Python frame with the
-    compiled backend, ~0.05 µs). Not thread-safe: callers serialise (the reader under its lock,
+    compiled backend). Not thread-safe: callers serialise (the reader under its lock,
     the one writer)."""
 
     __slots__ = ("add", "backend", "sub")
@@ -578,8 +578,8 @@ def check_space(name: str, needed: int) -> None:
 
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 """Map every page up front (Linux): the ring's pages are then zeroed and mapped at creation and
-attach, not one fault per 4 KiB during the first lap of sends (measured: an 8 MiB copy into
-fresh pages 3.9 ms, into populated ones 0.9 ms; populating 256 MiB costs ~125 ms once)."""
+attach, not one fault per 4 KiB during the first lap of sends: a copy into fresh pages costs
+several times one into populated pages, and populating is paid once, at creation."""
 
 
 _FILES = sys.platform.startswith("linux") and L.SHM_DIR.is_dir()

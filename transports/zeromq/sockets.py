@@ -61,7 +61,7 @@ DEFAULT_HWM = 8
 """Messages queued per connection on each side before a push writer blocks (pub: drops)."""
 
 DEFAULT_SPIN = 100
-"""Readiness checks (about 1.5 us each) a reader makes before sleeping in poll()."""
+"""Readiness checks (cheap, non-blocking) a reader makes before sleeping in poll()."""
 
 DEFAULT_HEARTBEAT = 1.0
 """Seconds between ZMTP heartbeats; a silent peer is dropped after three intervals."""
@@ -246,7 +246,7 @@ class _Socket:
 
 def _receive(sock: Any) -> list[Any]:
     """One whole message without blocking (zmq.Again if none): the first frame (envelope and
-    head, small) as bytes, which pyzmq makes ~1.5 µs faster than a zmq.Frame; the buffers as
+    head, small) as bytes, which pyzmq makes faster than a zmq.Frame; the buffers as
     zmq.Frame objects, whose memory is used in place."""
     frames = [sock.recv(_NOBLOCK)]
     while sock.getsockopt(_RCVMORE):

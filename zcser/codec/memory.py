@@ -1,11 +1,11 @@
 """Memory helpers: the address of a buffer, and copies of large buffers split over threads.
 
 One thread's copy does not reach the memory bandwidth. The parts are copied with streaming
-(non-temporal) stores by `transports._native.stream_copy`, which releases the GIL: glibc's
-memcpy streams only above ~3/4 of the cache per thread (99 MiB on the benchmark VM), so a part
-below that went through the cache, and two threads copying 100 MiB were no faster than one. With
-streaming parts, a two-process 100 MiB copying send on the 2-core benchmark VM took ~6.7 ms
-instead of ~10 ms. Small buffers are copied inline: a thread hand-off costs tens of microseconds.
+(non-temporal) stores by the compiled `stream_copy` (`transports.native`), which releases the
+GIL: glibc's memcpy streams only above about 3/4 of the cache per thread, so a part below that
+would go through the cache and two threads would be no faster than one. Small buffers are
+copied inline: a thread hand-off costs more than their copy. (Measured effects:
+docs/benchmarks.md, channel section.)
 """
 
 from __future__ import annotations
