@@ -71,6 +71,8 @@ _unpack_lengths = struct.Struct("<QQ").unpack_from
 _NO_BUFFERS: tuple[Any, ...] = ()
 _inline_below = _oob.INLINE_BELOW.get
 _set_inline_below = _oob.INLINE_BELOW.set
+_begin_decode = _oob.begin_decode
+_end_decode = _oob.end_decode
 
 
 def _aligned_copy(mv: memoryview, phase: int, writable: bool = False) -> memoryview:
@@ -125,6 +127,10 @@ class Codec:
     checksum: store xxh3-64 digests of in-band bytes and every buffer, and require them on
         decode (a corrupted message raises ChecksumMismatch instead of decoding wrongly).
     ref: track shared references (an object held twice travels once, identity is kept).
+    decode_allowance: bytes a decode may allocate beyond the size of the message itself, for
+        objects built from counts the message declares rather than carries (a hostile message
+        of a few bytes cannot make the decoder allocate gigabytes). Such a decode raises
+        CorruptMessage; raise the allowance for trusted data that needs more.
     A Codec is not thread-safe (it holds one pyfory.Fory): use one per thread.
     """
 
@@ -134,9 +140,14 @@ class Codec:
         trusted: bool = False,
         checksum: bool = False,
         ref: bool = False,
+        decode_allowance: int = _oob.DEFAULT_ALLOWANCE,
     ) -> None:
         if threshold < 0:
             raise UsageError(f"threshold must be >= 0 bytes, got {threshold}")
+        if type(decode_allowance) is not int or decode_allowance < 0:
+            raise UsageError(
+                f"decode_allowance must be an int >= 0 bytes, got {decode_allowance!r}"
+            )
         if trusted:
             warnings.warn(
                 "zcser.Codec(trusted=True) decodes like pickle: a crafted message can run "
@@ -147,6 +158,8 @@ class Codec:
         self.trusted = trusted
         self.checksum = checksum
         self.ref = ref
+        self.decode_allowance = decode_allowance
+        self._state = _oob.DecodeState()
         self._types: dict[str, type] = {}
         self._adapters: list[str] = []
         self._collect = _Collector()
@@ -273,7 +286,7 @@ class Codec:
         if self.checksum:
             self._check_checksum_flag(msg)
         if not msg.buffers:
-            return self._deserialize(msg, mv, [], copy, writable)
+            return self._deserialize(msg, mv, [], copy, writable, msg.total)
         root = mv[: msg.total]
         if owner is not None and msg.total:
             root = _owned_view(root, owner)
@@ -284,7 +297,7 @@ class Codec:
         views = []
         for off, n in msg.buffers:
             views.append(root[off : off + n])
-        return self._deserialize(msg, root, views, copy, writable)
+        return self._deserialize(msg, root, views, copy, writable, msg.total)
 
     def decode_small(self, data: bytes) -> Any:
         """`decode(data)` for a whole message in private bytes: one with no out-of-band buffer
@@ -295,12 +308,16 @@ class Codec:
             if total == size == _TABLE_START + inband_len:
                 inband = pyfory.Buffer(data, _TABLE_START, inband_len)
                 self._used = True
+                state = self._state
+                token = _begin_decode(state, size + self.decode_allowance, False, False)
                 try:
                     obj = self._fory.deserialize(inband, buffers=_NO_BUFFERS)
                 except ZcserError:
                     raise
                 except Exception as exc:
                     raise _decode_error(exc) from exc
+                finally:
+                    _end_decode(state, token)
                 if inband.get_reader_index() != inband_len:
                     raise CorruptMessage("trailing bytes after the serialized object")
                 return obj
@@ -327,13 +344,14 @@ class Codec:
         parts = [_byte_view(b).toreadonly() for b in buffers]
         _message.check_parts(msg, [p.nbytes for p in parts])
         self._check_checksum_flag(msg)
+        size = mv.nbytes + sum(p.nbytes for p in parts)
         views = []
         for part in parts:
             if _address(part) % align:
                 views.append(_aligned_copy(part, 0))
             else:
                 views.append(_owned_view(part, owner) if owner is not None else part)
-        return self._deserialize(msg, mv, views, copy, False)
+        return self._deserialize(msg, mv, views, copy, False, size)
 
     def _check_checksum_flag(self, msg: _message.Message) -> None:
         if self.checksum and not msg.checksum:
@@ -349,15 +367,18 @@ class Codec:
         buffers: list[memoryview],
         copy: bool,
         writable: bool,
+        size: int,
     ) -> Any:
-        """Verify digests, run pyfory over the in-band bytes of `head` with `buffers`, check
-        that both were consumed exactly."""
+        """Verify digests, run pyfory over the in-band bytes of `head` with `buffers` under a
+        budget of `size` (the message's bytes) plus the allowance, check that both were
+        consumed exactly."""
         if msg.digests is not None:
             _verify(head, msg, buffers)
         views = iter(buffers)
         inband = pyfory.Buffer(head[msg.inband_start : msg.inband_end])
         self._used = True
-        modes = _oob.enter_read_modes(copy, writable)
+        state = self._state
+        token = _begin_decode(state, size + self.decode_allowance, copy, writable)
         try:
             obj = self._fory.deserialize(inband, buffers=views)
         except ZcserError:
@@ -365,7 +386,7 @@ class Codec:
         except Exception as exc:
             raise _decode_error(exc) from exc
         finally:
-            _oob.exit_read_modes(modes)
+            _end_decode(state, token)
         unused = length_hint(views)
         if unused:
             raise CorruptMessage(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import struct
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,12 @@ from zcser.codec.oob import as_bytes_view, copy_requested, read_raw, read_raw_vi
 from zcser.errors import CorruptMessage, UnsupportedType
 
 MAX_NDIM = 64
-MAX_FORMAT = 16
+_CAST_FORMATS = {
+    prefix + char: struct.calcsize(char) for char in "bBhHiIlLqQnNfdc?P" for prefix in ("", "@")
+}
+"""The formats `memoryview.cast` rebuilds (native single characters) and their itemsizes: the
+only ones a message may name (an object format 'O' would make raw bytes into pointers, and a
+declared itemsize of 0 would let any shape pass the size check)."""
 
 
 class BytesSerializer(Serializer):
@@ -96,8 +102,10 @@ class MemoryViewSerializer(Serializer):
         fmt = read_context.read_string()
         itemsize = read_context.read_var_uint32()
         ndim = read_context.read_var_uint32()
-        if ndim > MAX_NDIM or len(fmt) > MAX_FORMAT:
-            raise CorruptMessage(f"bad memoryview metadata (ndim {ndim}, format {fmt[:16]!r})")
+        if ndim > MAX_NDIM or _CAST_FORMATS.get(fmt) != itemsize:
+            raise CorruptMessage(
+                f"bad memoryview metadata (ndim {ndim}, format {fmt[:16]!r}, itemsize {itemsize})"
+            )
         shape = tuple(read_context.read_var_uint64() for _ in range(ndim))
         view = read_raw(read_context, math.prod(shape) * itemsize)
         if fmt == "B" and ndim == 1:
