@@ -8,6 +8,7 @@ header and table first, then hands pyfory zero-copy slices of one read-only root
 from __future__ import annotations
 
 import dataclasses
+import enum
 import struct
 import sys
 import warnings
@@ -20,6 +21,11 @@ import pyarrow as pa
 import pyfory
 import xxhash
 from pyfory.error import TypeUnregisteredError
+from pyfory.meta.typedef import BIG_NAME_THRESHOLD as _NAME_LIMIT
+from pyfory.meta.typedef import NAMESPACE_ENCODINGS as _NAMESPACE_ENCODINGS
+from pyfory.meta.typedef import TYPE_NAME_ENCODINGS as _TYPE_NAME_ENCODINGS
+from pyfory.meta.typedef_encoder import NAMESPACE_ENCODER as _NAMESPACE_ENCODER
+from pyfory.meta.typedef_encoder import TYPENAME_ENCODER as _TYPENAME_ENCODER
 from pyfory.serializer import ObjectSerializer
 
 from zcser.codec import layout as _message
@@ -182,6 +188,8 @@ class Codec:
         for type_name, cls in self._types.items():
             _register_class(fory, cls, type_name)
         self._adapters = adapters
+        self._types_info: dict[Any, Any] = fory.type_resolver._types_info
+        self._known_types = len(self._types_info)
         self._lazy_seen = _lazy_modules_imported()
         self._used = False
         return fory
@@ -198,11 +206,13 @@ class Codec:
         """Allow `cls` (dataclass or plain class) in strict mode, on writer and reader alike.
 
         Types are matched across processes by `name` (default `module.QualName`), so the
-        reader must register the same classes under the same names, in any order.
+        reader must register the same classes under the same names, in any order. Enum
+        classes travel by member name and come back as the reader's own members.
         """
         if not isinstance(cls, type):
             raise UsageError(f"register() takes a class, got {type(cls).__name__}")
         name = name or f"{cls.__module__}.{cls.__qualname__}"
+        _check_name(name)
         if name in self._types:
             raise UsageError(f"a class is already registered under the name {name!r}")
         self._types[name] = cls
@@ -210,6 +220,7 @@ class Codec:
             self._fory = self._build()
         else:
             _register_class(self._fory, cls, name)
+            self._known_types = len(self._types_info)
 
     def pack(self, obj: Any) -> bytes | Plan:
         """Serialize `obj`: the whole message as bytes when it has no out-of-band buffer (its
@@ -256,7 +267,27 @@ class Codec:
             ) from exc
         finally:
             collect.buffers = None
+        if len(self._types_info) != self._known_types:
+            self._check_new_types()
         return bytes(inband), buffers
+
+    def _check_new_types(self) -> None:
+        """pyfory's strict mode writes an unregistered Enum by name, which no strict reader can
+        decode: refuse it here, where the writer can still register it."""
+        known = set(self._types.values())
+        for cls in list(self._types_info)[self._known_types :]:
+            if (
+                not self.trusted
+                and isinstance(cls, type)
+                and issubclass(cls, enum.Enum)
+                and cls not in known
+            ):
+                self._fory = self._build()  # forget the class pyfory took on by itself
+                raise UnregisteredType(
+                    f"enum {cls.__module__}.{cls.__qualname__} is not registered: call "
+                    f"codec.register({cls.__qualname__}) on the writer and the reader"
+                )
+        self._known_types = len(self._types_info)
 
     def message_size(self, obj: Any) -> int:
         """Upper bound of the message size of `obj` (serializes it; prefer `plan` to reuse)."""
@@ -374,19 +405,30 @@ class Codec:
         consumed exactly."""
         if msg.digests is not None:
             _verify(head, msg, buffers)
-        views = iter(buffers)
-        inband = pyfory.Buffer(head[msg.inband_start : msg.inband_end])
         self._used = True
         state = self._state
-        token = _begin_decode(state, size + self.decode_allowance, copy, writable)
-        try:
-            obj = self._fory.deserialize(inband, buffers=views)
-        except ZcserError:
-            raise
-        except Exception as exc:
-            raise _decode_error(exc) from exc
-        finally:
-            _end_decode(state, token)
+        hashable = False
+        while True:
+            views = iter(buffers)
+            inband = pyfory.Buffer(head[msg.inband_start : msg.inband_end])
+            token = _begin_decode(state, size + self.decode_allowance, copy, writable)
+            if hashable:
+                _oob.get_state().hashable = True
+            try:
+                obj = self._fory.deserialize(inband, buffers=views)
+                break
+            except Exception as exc:
+                # A zero-copy view cannot be hashed (its memory is not immutable bytes): a
+                # message with a large bytes object in a set or as a dict key decodes again,
+                # its out-of-band bytes as private copies (arrays stay zero-copy).
+                if not hashable and buffers and _unhashable(exc):
+                    hashable = True
+                    continue
+                if isinstance(exc, ZcserError):
+                    raise
+                raise _decode_error(exc) from exc
+            finally:
+                _end_decode(state, token)
         unused = length_hint(views)
         if unused:
             raise CorruptMessage(
@@ -439,6 +481,17 @@ class Codec:
             )
 
 
+def _unhashable(exc: BaseException | None) -> bool:
+    """True when `exc` (or what it was raised from) is Python refusing to hash a value."""
+    while exc is not None:
+        if isinstance(exc, (TypeError, ValueError)) and (
+            "unhashable" in str(exc) or "cannot hash" in str(exc)
+        ):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def _decode_error(exc: Exception) -> DecodeError:
     return DecodeError(
         f"pyfory could not decode the message ({type(exc).__name__}: {exc}); "
@@ -446,9 +499,28 @@ def _decode_error(exc: Exception) -> DecodeError:
     )
 
 
+def _check_name(name: str) -> None:
+    """UsageError for a registered name that pyfory 1.7.7 writes but cannot read back: each
+    part (before / after the last dot) must encode to fewer than 63 bytes."""
+    namespace, _, typename = name.rpartition(".")
+    parts = (
+        (namespace, _NAMESPACE_ENCODER, _NAMESPACE_ENCODINGS, "module part"),
+        (typename, _TYPENAME_ENCODER, _TYPE_NAME_ENCODINGS, "class part"),
+    )
+    for part, encoder, encodings, what in parts:
+        size = len(encoder.encode(part, encodings).encoded_data)
+        if size >= _NAME_LIMIT:
+            raise UsageError(
+                f"the registered name {name!r} is too long: its {what} encodes to {size} bytes, "
+                f"pyfory reads back at most {_NAME_LIMIT - 1}; pass a shorter "
+                "codec.register(cls, name=...) on the writer and the reader"
+            )
+
+
 def _register_class(fory: Any, cls: type, name: str) -> None:
-    """Register by name: dataclasses field by field, other classes through their __dict__."""
-    if dataclasses.is_dataclass(cls):
+    """Register by name: enums by member name, dataclasses field by field, other classes
+    through their __dict__."""
+    if issubclass(cls, enum.Enum) or dataclasses.is_dataclass(cls):
         fory.register(cls, name=name)
     else:
         fory.register(cls, name=name, serializer=ObjectSerializer(fory.type_resolver, cls))

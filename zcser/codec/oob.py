@@ -87,6 +87,12 @@ def copy_requested() -> bool:
     return _STATE.get().copy
 
 
+def hashable_requested() -> bool:
+    """True while the codec decodes again a message whose out-of-band bytes must be hashable
+    (set elements, dict keys): bytes-likes then come back as private bytes copies."""
+    return _STATE.get().hashable
+
+
 def writable_requested() -> bool:
     """True while the codec decodes with `writable=True`: do not mark results read-only."""
     return _STATE.get().writable
@@ -152,11 +158,12 @@ class DecodeState:
     """The decode in progress: its read modes and the bytes it may still allocate (`left` is
     None outside a decode: no limit)."""
 
-    __slots__ = ("copy", "left", "size", "writable")
+    __slots__ = ("copy", "hashable", "left", "size", "writable")
 
     def __init__(self, copy: bool = False, writable: bool = False, size: int | None = None):
         self.copy = copy
         self.writable = writable
+        self.hashable = False
         self.size = size
         self.left = size
 
@@ -210,7 +217,7 @@ def end_decode(own: DecodeState, token: Token[DecodeState] | None) -> None:
     """End the decode started by `begin_decode`."""
     if token is None:
         own.left = own.size = None
-        own.copy = own.writable = False
+        own.copy = own.writable = own.hashable = False
     else:
         _STATE.reset(token)
 

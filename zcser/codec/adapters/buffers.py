@@ -20,7 +20,14 @@ import numpy as np
 from pyfory.serializer import Serializer
 
 from zcser.codec import typeids as _typeids
-from zcser.codec.oob import as_bytes_view, copy_requested, read_raw, read_raw_view, write_raw
+from zcser.codec.oob import (
+    as_bytes_view,
+    copy_requested,
+    hashable_requested,
+    read_raw,
+    read_raw_view,
+    write_raw,
+)
 from zcser.errors import CorruptMessage, UnsupportedType
 
 MAX_NDIM = 64
@@ -40,7 +47,7 @@ class BytesSerializer(Serializer):
 
     def read(self, read_context: Any) -> bytes | memoryview:
         view, out_of_band = read_raw_view(read_context)
-        if out_of_band and not copy_requested():
+        if out_of_band and not copy_requested() and not hashable_requested():
             return view
         return view.tobytes()
 
@@ -108,6 +115,8 @@ class MemoryViewSerializer(Serializer):
             )
         shape = tuple(read_context.read_var_uint64() for _ in range(ndim))
         view = read_raw(read_context, math.prod(shape) * itemsize)
+        if hashable_requested():  # over private bytes: hashable, as a set element must be
+            view = memoryview(view.tobytes())
         if fmt == "B" and ndim == 1:
             return view
         if view.nbytes == 0:
