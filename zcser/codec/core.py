@@ -458,7 +458,14 @@ class Codec:
         }
 
     def check_schema(self, other: dict[str, Any]) -> None:
-        """Raise IncompatibleStream unless this codec can decode what `other`'s codec wrote."""
+        """Raise IncompatibleStream unless this codec can decode what `other`'s codec wrote
+        (also when `other`, which comes from a peer or a file, is malformed)."""
+        problem = schema_problem(other)
+        if problem is not None:
+            raise IncompatibleStream(
+                f"the writer's codec schema is malformed ({problem}): it was not written by a "
+                "zcser codec, or it was damaged"
+            )
         mine = self.schema()
         problems = [
             f"{key}: writer {other.get(key)!r} vs reader {mine[key]!r}"
@@ -479,6 +486,39 @@ class Codec:
                 f"(pyfory {other.get('pyfory_version')}), read by {CODEC_NAME} "
                 f"{CODEC_VERSION} (pyfory {pyfory.__version__}): " + "; ".join(problems)
             )
+
+
+_SCHEMA_FIELDS: dict[str, type] = {
+    "format": str,
+    "format_version": int,
+    "codec": str,
+    "codec_version": str,
+    "pyfory_version": str,
+    "xlang": bool,
+    "ref": bool,
+    "strict": bool,
+    "checksum": bool,
+    "threshold": int,
+    "alignment": int,
+    "adapters": list,
+    "types": list,
+}
+
+
+def schema_problem(other: Any) -> str | None:
+    """What is malformed in a codec schema read from a peer or a file (JSON of any shape), or
+    None: every field `Codec.schema()` writes must have its type; lists hold strings."""
+    if not isinstance(other, dict):
+        return f"a JSON {type(other).__name__} where an object belongs"
+    for key, kind in _SCHEMA_FIELDS.items():
+        if key not in other:
+            continue
+        value = other[key]
+        if type(value) is not kind or (
+            isinstance(value, list) and not all(type(item) is str for item in value)
+        ):
+            return f"field {key!r} holds a {type(value).__name__} that is not a valid {key}"
+    return None
 
 
 def _unhashable(exc: BaseException | None) -> bool:
