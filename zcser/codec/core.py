@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 import struct
 import sys
+import types
 import warnings
 from importlib import import_module
 from operator import length_hint
@@ -26,6 +28,7 @@ from pyfory.meta.typedef import NAMESPACE_ENCODINGS as _NAMESPACE_ENCODINGS
 from pyfory.meta.typedef import TYPE_NAME_ENCODINGS as _TYPE_NAME_ENCODINGS
 from pyfory.meta.typedef_encoder import NAMESPACE_ENCODER as _NAMESPACE_ENCODER
 from pyfory.meta.typedef_encoder import TYPENAME_ENCODER as _TYPENAME_ENCODER
+from pyfory.policy import DeserializationPolicy
 from pyfory.serializer import ObjectSerializer
 
 from zcser.codec import layout as _message
@@ -173,7 +176,8 @@ class Codec:
 
     def _build(self) -> Any:
         """A configured pyfory.Fory: adapters installed, registered classes replayed."""
-        fory = pyfory.Fory(xlang=False, ref=self.ref, strict=not self.trusted)
+        self._policy = None if self.trusted else _DeclaredFieldsOnly()
+        fory = pyfory.Fory(xlang=False, ref=self.ref, strict=not self.trusted, policy=self._policy)
         adapters = []
         for module in (_pytypes, _numpy, _buffers):
             module.install(fory)
@@ -187,6 +191,8 @@ class Codec:
             adapters.append(name.rsplit(".", 1)[1].lstrip("_"))
         for type_name, cls in self._types.items():
             _register_class(fory, cls, type_name)
+            if self._policy is not None:
+                self._policy.add(cls)
         self._adapters = adapters
         self._types_info: dict[Any, Any] = fory.type_resolver._types_info
         self._known_types = len(self._types_info)
@@ -220,6 +226,8 @@ class Codec:
             self._fory = self._build()
         else:
             _register_class(self._fory, cls, name)
+            if self._policy is not None:
+                self._policy.add(cls)
             self._known_types = len(self._types_info)
 
     def pack(self, obj: Any) -> bytes | Plan:
@@ -555,6 +563,68 @@ def _check_name(name: str) -> None:
                 f"pyfory reads back at most {_NAME_LIMIT - 1}; pass a shorter "
                 "codec.register(cls, name=...) on the writer and the reader"
             )
+
+
+class _DeclaredFieldsOnly(DeserializationPolicy):  # type: ignore[misc,unused-ignore]
+    """pyfory's hook between reading a registered plain class's attributes and setting them:
+    zcser sets them itself, straight into the instance `__dict__` or its slots (never through
+    `setattr`, so no property setter, descriptor or `__setattr__` runs), and only declared
+    fields: slot names, or for `__dict__` classes identifiers that are neither dunder names
+    nor data descriptors (properties...) of the class. Other names raise CorruptMessage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fields: dict[type, tuple[dict[str, Any] | None, dict[str, bool]]] = {}
+
+    def add(self, cls: type) -> None:
+        """Take over the attributes of registered plain class `cls` (not enums, dataclasses or
+        classes with their own __setstate__, which pyfory reads another way)."""
+        if issubclass(cls, enum.Enum) or dataclasses.is_dataclass(cls):
+            return
+        slots: dict[str, Any] | None = None
+        names = getattr(cls, "__slots__", None)
+        if names is not None:
+            slots = {}
+            for slot in [names] if isinstance(names, str) else names:
+                descriptor = inspect.getattr_static(cls, slot, None)
+                if isinstance(descriptor, types.MemberDescriptorType):
+                    slots[slot] = descriptor
+        self._fields[cls] = (slots, {})
+
+    def intercept_setstate(self, obj: Any, state: Any, **kwargs: Any) -> None:
+        fields = self._fields.get(type(obj))
+        if fields is None or not isinstance(state, dict):
+            return
+        slots, seen = fields
+        target = None if slots is not None else obj.__dict__
+        for name, value in state.items():
+            if slots is not None and name in slots:
+                slots[name].__set__(obj, value)
+            elif target is not None and _settable(type(obj), name, seen):
+                target[name] = value
+            else:
+                raise CorruptMessage(
+                    f"the message sets attribute {str(name)[:64]!r} of "
+                    f"{type(obj).__qualname__}, which is not a field zcser decodes (dunder "
+                    "names, properties and other data descriptors, and names outside "
+                    "__slots__ are refused)"
+                )
+        state.clear()  # set above: pyfory's setattr loop that follows finds nothing
+
+
+def _settable(cls: type, name: Any, seen: dict[str, bool]) -> bool:
+    """True for an attribute name a `__dict__` instance of `cls` may get from a peer (cached:
+    at most 1024 names per class)."""
+    known = seen.get(name) if type(name) is str else False
+    if known is not None:
+        return known
+    ok = name.isidentifier() and not (name.startswith("__") and name.endswith("__"))
+    if ok:
+        kind = type(inspect.getattr_static(cls, name, None))
+        ok = not (hasattr(kind, "__set__") or hasattr(kind, "__delete__"))
+    if len(seen) < 1024:
+        seen[name] = ok
+    return ok
 
 
 def _register_class(fory: Any, cls: type, name: str) -> None:
