@@ -14,6 +14,7 @@ import struct
 import sys
 import types
 import warnings
+from collections import OrderedDict
 from importlib import import_module
 from operator import length_hint
 from typing import Any
@@ -62,6 +63,17 @@ version, which is `zcser.__version__`)."""
 DEFAULT_THRESHOLD = 16 * 1024
 """Bytes: smaller buffers are copied in band, larger ones travel out of band (zero-copy)."""
 
+MAX_NESTING = 100
+"""Containers (dict, list, tuple, set, frozenset, OrderedDict, object arrays, registered
+classes) nested inside each other at most this deep: deeper objects are refused at encode
+(UnsupportedType), and decoders accept exactly what encoders send (pyfory counts up to two
+read levels per container, so its max_depth is set to twice this, plus slack)."""
+_MAX_READ_DEPTH = 2 * MAX_NESTING + 2
+_MIN_LEVEL_BYTES = 2
+"""In-band bytes each nesting level takes at least (a reference flag and a type id): a message
+with fewer than MAX_NESTING times this cannot be too deep, and skips the check."""
+_NESTING = frozenset((dict, OrderedDict, list, tuple, set, frozenset))
+
 _OPTIONAL_ADAPTERS = (
     "zcser.codec.adapters.arrow",
     "zcser.codec.adapters.torch",
@@ -82,6 +94,8 @@ _inline_below = _oob.INLINE_BELOW.get
 _set_inline_below = _oob.INLINE_BELOW.set
 _begin_decode = _oob.begin_decode
 _end_decode = _oob.end_decode
+_get_state = _oob.get_state
+_set_state = _oob.set_state
 
 
 def _aligned_copy(mv: memoryview, phase: int, writable: bool = False) -> memoryview:
@@ -177,7 +191,13 @@ class Codec:
     def _build(self) -> Any:
         """A configured pyfory.Fory: adapters installed, registered classes replayed."""
         self._policy = None if self.trusted else _DeclaredFieldsOnly()
-        fory = pyfory.Fory(xlang=False, ref=self.ref, strict=not self.trusted, policy=self._policy)
+        fory = pyfory.Fory(
+            xlang=False,
+            ref=self.ref,
+            strict=not self.trusted,
+            policy=self._policy,
+            max_depth=_MAX_READ_DEPTH,
+        )
         adapters = []
         for module in (_pytypes, _numpy, _buffers):
             module.install(fory)
@@ -257,6 +277,7 @@ class Codec:
         self._used = True
         if _inline_below() != threshold:
             _set_inline_below(threshold)
+        object_arrays = _numpy.object_arrays_written()
         try:
             inband = self._fory.serialize(obj, buffer_callback=collect)
         except ZcserError:
@@ -277,7 +298,52 @@ class Codec:
             collect.buffers = None
         if len(self._types_info) != self._known_types:
             self._check_new_types()
+        if len(inband) > _MIN_LEVEL_BYTES * MAX_NESTING:
+            self._check_nesting(obj, _numpy.object_arrays_written() != object_arrays)
         return bytes(inband), buffers
+
+    def _check_nesting(self, obj: Any, object_arrays: bool) -> None:
+        """UnsupportedType when `obj` nests containers deeper than MAX_NESTING (which no
+        reader would decode). Walks containers only (arrays only when object arrays were
+        written); flat ones are passed over in C."""
+        registered = {cls for cls in self._types.values() if not issubclass(cls, enum.Enum)}
+        nesting = _NESTING | registered | ({np.ndarray} if object_arrays else set())
+        seen: set[int] | None = set() if self.ref else None
+        stack = [(obj, 1)]
+        while stack:
+            value, level = stack.pop()
+            kind = type(value)
+            items: Any
+            if kind is dict or kind is OrderedDict:
+                items = value.values()
+                if not nesting.isdisjoint(map(type, value)):
+                    items = [*value, *items]
+            elif kind is np.ndarray:
+                if value.dtype != object:
+                    continue
+                items = value.reshape(-1)
+            elif kind in registered:
+                state = getattr(value, "__dict__", None)
+                items = list(state.values()) if state is not None else []
+                for slot in _slot_names(kind):
+                    items.append(getattr(value, slot, None))
+            elif kind in nesting:
+                items = value
+            else:
+                continue
+            if seen is not None:
+                if id(value) in seen:
+                    continue
+                seen.add(id(value))
+            if level > MAX_NESTING:
+                raise UnsupportedType(
+                    f"the object nests containers more than {MAX_NESTING} levels deep "
+                    "(dicts, lists, tuples, sets, object arrays and registered classes inside "
+                    "each other), which no zcser reader decodes: flatten it"
+                )
+            if nesting.isdisjoint(map(type, items)):
+                continue
+            stack.extend((item, level + 1) for item in items if type(item) in nesting)
 
     def _check_new_types(self) -> None:
         """pyfory's strict mode writes an unregistered Enum by name, which no strict reader can
@@ -347,8 +413,16 @@ class Codec:
             if total == size == _TABLE_START + inband_len:
                 inband = pyfory.Buffer(data, _TABLE_START, inband_len)
                 self._used = True
+                # _oob.begin_decode / end_decode inlined for the idle case (two calls fewer)
                 state = self._state
-                token = _begin_decode(state, size + self.decode_allowance, False, False)
+                current = _get_state()
+                if current.left is None:  # no decode in progress: reuse this codec's state
+                    state.size = state.left = size + self.decode_allowance
+                    token = None
+                    if current is not state:
+                        _set_state(state)  # left current afterwards, idle, like begin_decode
+                else:
+                    token = _begin_decode(state, size + self.decode_allowance, False, False)
                 try:
                     obj = self._fory.deserialize(inband, buffers=_NO_BUFFERS)
                 except ZcserError:
@@ -356,7 +430,10 @@ class Codec:
                 except Exception as exc:
                     raise _decode_error(exc) from exc
                 finally:
-                    _end_decode(state, token)
+                    if token is None:
+                        state.size = state.left = None
+                    else:
+                        _end_decode(state, token)
                 if inband.get_reader_index() != inband_len:
                     raise CorruptMessage("trailing bytes after the serialized object")
                 return obj
@@ -545,6 +622,15 @@ def _decode_error(exc: Exception) -> DecodeError:
         f"pyfory could not decode the message ({type(exc).__name__}: {exc}); "
         "the bytes are corrupt or the writer's codec differs (compare codec.schema())"
     )
+
+
+def _slot_names(cls: type) -> list[str]:
+    """Every `__slots__` name of `cls` and its bases."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        names.extend([slots] if isinstance(slots, str) else slots)
+    return names
 
 
 def _check_name(name: str) -> None:

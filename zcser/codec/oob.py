@@ -185,6 +185,7 @@ _IDLE = DecodeState()
 """The state outside any decode (never changed): plain modes, no budget."""
 _STATE: ContextVar[DecodeState] = ContextVar("zcser_decode", default=_IDLE)
 get_state = _STATE.get
+set_state = _STATE.set
 
 
 def charge(nbytes: int, what: str) -> None:

@@ -46,6 +46,16 @@ used as an object."""
 _PLAIN_CACHE: dict[str, np.dtype] = {}
 _STR_OF: dict[np.dtype, str] = {}
 
+_object_arrays = [0]
+"""Object-dtype arrays written so far (the codec's nesting check walks arrays only when this
+changed during an encode)."""
+
+
+def object_arrays_written() -> int:
+    """How many object-dtype arrays this process has serialized."""
+    return _object_arrays[0]
+
+
 # One type id per scalar char, in this fixed order: ids are NP_SCALAR_FIRST + index.
 SCALAR_CHARS = "?bBhHiIlLqQefdgFDGMmSUV"
 
@@ -255,6 +265,7 @@ class NDArraySerializer(Serializer):
                 f"structured dtype {value.dtype} mixes objects and raw fields: "
                 "send the fields as separate arrays"
             )
+        _object_arrays[0] += 1
         write_context.write_uint8(_TAG_OBJECT)
         _write_shape(write_context, value.shape)
         for item in value.reshape(-1):
