@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
+import re
 import struct
 import sys
 import types
@@ -286,10 +287,7 @@ class Codec:
             if self._late_imports():
                 collect.buffers = None
                 return self._serialize(obj)
-            raise UnregisteredType(
-                f"{exc}: call codec.register(cls) on the writer and the reader "
-                "(or Codec(trusted=True) for trusted peers only)"
-            ) from exc
+            raise UnregisteredType(_unregistered_advice(exc)) from exc
         except Exception as exc:
             raise UnsupportedType(
                 f"cannot serialize {type(obj).__name__}: {type(exc).__name__}: {exc}"
@@ -621,6 +619,41 @@ def _decode_error(exc: Exception) -> DecodeError:
     return DecodeError(
         f"pyfory could not decode the message ({type(exc).__name__}: {exc}); "
         "the bytes are corrupt or the writer's codec differs (compare codec.schema())"
+    )
+
+
+def _named_class(text: str) -> type | None:
+    """The class pyfory names as `<class 'module.Qual'>` in `text`, if its module is already
+    imported (nothing is imported here)."""
+    match = re.search(r"<class '([\w.]+)'>", text)
+    if match is None:
+        return None
+    path = match.group(1)
+    for cut in range(path.count("."), 0, -1):
+        module_name, *qualname = path.rsplit(".", cut)
+        found: Any = sys.modules.get(module_name)
+        if found is None:
+            continue
+        for part in qualname:
+            found = getattr(found, part, None)
+        return found if isinstance(found, type) else None
+    return None
+
+
+def _unregistered_advice(exc: Exception) -> str:
+    """The UnregisteredType message: register the class, except for a torch.nn.Module, whose
+    state_dict() is what travels (a module is code plus tensors; zcser moves the tensors)."""
+    torch = sys.modules.get("torch")
+    cls = _named_class(str(exc))
+    if torch is not None and cls is not None and issubclass(cls, torch.nn.Module):
+        return (
+            f"{cls.__qualname__} is a torch.nn.Module, which zcser does not send: send "
+            "model.state_dict() (an OrderedDict of tensors, zero-copy) and load it into a "
+            "model built on the reader with model.load_state_dict(...)"
+        )
+    return (
+        f"{exc}: call codec.register(cls) on the writer and the reader "
+        "(or Codec(trusted=True) for trusted peers only)"
     )
 
 
