@@ -215,6 +215,7 @@ class Codec:
             if self._policy is not None:
                 self._policy.add(cls)
         self._adapters = adapters
+        self._cache_nesting()
         self._types_info: dict[Any, Any] = fory.type_resolver._types_info
         self._known_types = len(self._types_info)
         self._lazy_seen = _lazy_modules_imported()
@@ -249,6 +250,7 @@ class Codec:
             _register_class(self._fory, cls, name)
             if self._policy is not None:
                 self._policy.add(cls)
+            self._cache_nesting()
             self._known_types = len(self._types_info)
 
     def pack(self, obj: Any) -> bytes | Plan:
@@ -302,46 +304,56 @@ class Codec:
 
     def _check_nesting(self, obj: Any, object_arrays: bool) -> None:
         """UnsupportedType when `obj` nests containers deeper than MAX_NESTING (which no
-        reader would decode). Walks containers only (arrays only when object arrays were
-        written); flat ones are passed over in C."""
-        registered = {cls for cls in self._types.values() if not issubclass(cls, enum.Enum)}
-        nesting = _NESTING | registered | ({np.ndarray} if object_arrays else set())
+        reader would decode). Walks level by level, containers only (arrays only when object
+        arrays were written); the elements of flat containers are passed over in C."""
+        registered = self._registered_plain
+        nesting = self._nesting_with_arrays if object_arrays else self._nesting
         seen: set[int] | None = set() if self.ref else None
-        stack = [(obj, 1)]
-        while stack:
-            value, level = stack.pop()
-            kind = type(value)
-            items: Any
-            if kind is dict or kind is OrderedDict:
-                items = value.values()
-                if not nesting.isdisjoint(map(type, value)):
-                    items = [*value, *items]
-            elif kind is np.ndarray:
-                if value.dtype != object:
+        level = [obj]
+        for depth in range(1, MAX_NESTING + 2):
+            below: list[Any] = []
+            for value in level:
+                kind = type(value)
+                items: Any
+                if kind is dict or kind is OrderedDict:
+                    if not nesting.isdisjoint(map(type, value)):
+                        below += [key for key in value if type(key) in nesting]
+                    items = value.values()
+                elif kind is list or kind is tuple or kind is set or kind is frozenset:
+                    items = value
+                elif kind is np.ndarray:
+                    if value.dtype != object:
+                        continue
+                    items = value.reshape(-1)
+                elif kind in registered:
+                    state = getattr(value, "__dict__", None)
+                    items = [] if state is None else list(state.values())
+                    items += [getattr(value, slot, None) for slot in _slot_names(kind)]
+                else:
                     continue
-                items = value.reshape(-1)
-            elif kind in registered:
-                state = getattr(value, "__dict__", None)
-                items = list(state.values()) if state is not None else []
-                for slot in _slot_names(kind):
-                    items.append(getattr(value, slot, None))
-            elif kind in nesting:
-                items = value
-            else:
-                continue
-            if seen is not None:
-                if id(value) in seen:
-                    continue
-                seen.add(id(value))
-            if level > MAX_NESTING:
-                raise UnsupportedType(
-                    f"the object nests containers more than {MAX_NESTING} levels deep "
-                    "(dicts, lists, tuples, sets, object arrays and registered classes inside "
-                    "each other), which no zcser reader decodes: flatten it"
-                )
-            if nesting.isdisjoint(map(type, items)):
-                continue
-            stack.extend((item, level + 1) for item in items if type(item) in nesting)
+                if seen is not None:
+                    if id(value) in seen:
+                        continue
+                    seen.add(id(value))
+                if depth > MAX_NESTING:
+                    raise UnsupportedType(
+                        f"the object nests containers more than {MAX_NESTING} levels deep "
+                        "(dicts, lists, tuples, sets, object arrays and registered classes "
+                        "inside each other), which no zcser reader decodes: flatten it"
+                    )
+                if not nesting.isdisjoint(map(type, items)):
+                    below += [item for item in items if type(item) in nesting]
+            if not below:
+                return
+            level = below
+
+    def _cache_nesting(self) -> None:
+        """The types `_check_nesting` walks into: containers and registered plain classes."""
+        self._registered_plain = frozenset(
+            cls for cls in self._types.values() if not issubclass(cls, enum.Enum)
+        )
+        self._nesting = _NESTING | self._registered_plain
+        self._nesting_with_arrays = self._nesting | {np.ndarray}
 
     def _check_new_types(self) -> None:
         """pyfory's strict mode writes an unregistered Enum by name, which no strict reader can
