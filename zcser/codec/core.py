@@ -96,6 +96,7 @@ _set_inline_below = _oob.INLINE_BELOW.set
 _begin_decode = _oob.begin_decode
 _end_decode = _oob.end_decode
 _get_state = _oob.get_state
+_object_arrays = _numpy.OBJECT_ARRAYS
 _set_state = _oob.set_state
 
 
@@ -280,7 +281,7 @@ class Codec:
         self._used = True
         if _inline_below() != threshold:
             _set_inline_below(threshold)
-        object_arrays = _numpy.object_arrays_written()
+        object_arrays = _object_arrays[0]
         try:
             inband = self._fory.serialize(obj, buffer_callback=collect)
         except ZcserError:
@@ -299,7 +300,7 @@ class Codec:
         if len(self._types_info) != self._known_types:
             self._check_new_types()
         if len(inband) > _MIN_LEVEL_BYTES * MAX_NESTING:
-            self._check_nesting(obj, _numpy.object_arrays_written() != object_arrays)
+            self._check_nesting(obj, _object_arrays[0] != object_arrays)
         return bytes(inband), buffers
 
     def _check_nesting(self, obj: Any, object_arrays: bool) -> None:

@@ -46,14 +46,9 @@ used as an object."""
 _PLAIN_CACHE: dict[str, np.dtype] = {}
 _STR_OF: dict[np.dtype, str] = {}
 
-_object_arrays = [0]
-"""Object-dtype arrays written so far (the codec's nesting check walks arrays only when this
-changed during an encode)."""
-
-
-def object_arrays_written() -> int:
-    """How many object-dtype arrays this process has serialized."""
-    return _object_arrays[0]
+OBJECT_ARRAYS = [0]
+"""[count of object-dtype arrays serialized so far]: the codec's nesting check walks into
+arrays only when it changed during an encode (a list, so the codec reads it without a call)."""
 
 
 # One type id per scalar char, in this fixed order: ids are NP_SCALAR_FIRST + index.
@@ -265,7 +260,7 @@ class NDArraySerializer(Serializer):
                 f"structured dtype {value.dtype} mixes objects and raw fields: "
                 "send the fields as separate arrays"
             )
-        _object_arrays[0] += 1
+        OBJECT_ARRAYS[0] += 1
         write_context.write_uint8(_TAG_OBJECT)
         _write_shape(write_context, value.shape)
         for item in value.reshape(-1):
