@@ -73,6 +73,7 @@ _MAX_READ_DEPTH = 2 * MAX_NESTING + 2
 _MIN_LEVEL_BYTES = 2
 """In-band bytes each nesting level takes at least (a reference flag and a type id): a message
 with fewer than MAX_NESTING times this cannot be too deep, and skips the check."""
+_CHECK_NESTING_ABOVE = _MIN_LEVEL_BYTES * MAX_NESTING
 _NESTING = frozenset((dict, OrderedDict, list, tuple, set, frozenset))
 
 _OPTIONAL_ADAPTERS = (
@@ -299,7 +300,7 @@ class Codec:
             collect.buffers = None
         if len(self._types_info) != self._known_types:
             self._check_new_types()
-        if len(inband) > _MIN_LEVEL_BYTES * MAX_NESTING:
+        if len(inband) > _CHECK_NESTING_ABOVE:
             self._check_nesting(obj, _object_arrays[0] != object_arrays)
         return bytes(inband), buffers
 
