@@ -31,7 +31,11 @@ def schema_bytes(codec: Codec) -> bytes:
 
 
 def check_stream(codec: Codec, raw: Any) -> None:
-    """Raise IncompatibleStream unless `raw` (metadata bytes) is a stream `codec` can decode."""
+    """Raise IncompatibleStream unless `raw` (metadata bytes) is a stream `codec` can decode.
+
+    The metadata comes from the peer: missing, unparsable (also nested too deeply) or malformed
+    (a field of the wrong type) metadata is IncompatibleStream too, a CorruptData like every
+    error about bad peer bytes; never TypeError or RecursionError."""
     if raw is None or not len(raw):
         raise errors.IncompatibleStream(
             "the writer wrote no stream schema: it is not a zcser.Sender (raw ZeroBuffer "
@@ -39,7 +43,7 @@ def check_stream(codec: Codec, raw: Any) -> None:
         )
     try:
         other = json.loads(bytes(raw))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python goes
         other = None
     if not isinstance(other, dict) or other.get("stream") != STREAM_FORMAT:
         raise errors.IncompatibleStream(

@@ -8,9 +8,14 @@ header and table first, then hands pyfory zero-copy slices of one read-only root
 from __future__ import annotations
 
 import dataclasses
+import enum
+import inspect
+import re
 import struct
 import sys
+import types
 import warnings
+from collections import OrderedDict
 from operator import length_hint
 from typing import Any
 
@@ -19,12 +24,19 @@ import pyarrow as pa
 import pyfory
 import xxhash
 from pyfory.error import TypeUnregisteredError
+from pyfory.meta.typedef import BIG_NAME_THRESHOLD as _NAME_LIMIT
+from pyfory.meta.typedef import NAMESPACE_ENCODINGS as _NAMESPACE_ENCODINGS
+from pyfory.meta.typedef import TYPE_NAME_ENCODINGS as _TYPE_NAME_ENCODINGS
+from pyfory.meta.typedef_encoder import NAMESPACE_ENCODER as _NAMESPACE_ENCODER
+from pyfory.meta.typedef_encoder import TYPENAME_ENCODER as _TYPENAME_ENCODER
+from pyfory.policy import DeserializationPolicy
 from pyfory.serializer import ObjectSerializer
 
 from zcser.codec import adapters as _adapters
 from zcser.codec import layout as _message
 from zcser.codec import memory as _copy
 from zcser.codec import oob as _oob
+from zcser.codec.adapters import numpy as _numpy
 from zcser.codec.memory import address as _address
 from zcser.codec.plan import Plan, _byte_view, _meta_digest
 from zcser.errors import (
@@ -50,6 +62,18 @@ version, which is `zcser.__version__`)."""
 DEFAULT_THRESHOLD = 16 * 1024
 """Bytes: smaller buffers are copied in band, larger ones travel out of band (zero-copy)."""
 
+MAX_NESTING = 100
+"""Containers (dict, list, tuple, set, frozenset, OrderedDict, object arrays, registered
+classes) nested inside each other at most this deep: deeper objects are refused at encode
+(UnsupportedType), and decoders accept exactly what encoders send (pyfory counts up to two
+read levels per container, so its max_depth is set to twice this, plus slack)."""
+_MAX_READ_DEPTH = 2 * MAX_NESTING + 2
+_MIN_LEVEL_BYTES = 2
+"""In-band bytes each nesting level takes at least (a reference flag and a type id): a message
+with fewer than MAX_NESTING times this cannot be too deep, and skips the check."""
+_CHECK_NESTING_ABOVE = _MIN_LEVEL_BYTES * MAX_NESTING
+_NESTING = frozenset((dict, OrderedDict, list, tuple, set, frozenset))
+
 _HEADER_SIZE = _message.HEADER.size
 _TABLE_START = _message.TABLE_START
 _MAGIC = _message.MAGIC
@@ -63,6 +87,11 @@ _unpack_lengths = struct.Struct("<QQ").unpack_from
 _NO_BUFFERS: tuple[Any, ...] = ()
 _inline_below = _oob.INLINE_BELOW.get
 _set_inline_below = _oob.INLINE_BELOW.set
+_begin_decode = _oob.begin_decode
+_end_decode = _oob.end_decode
+_get_state = _oob.get_state
+_object_arrays = _numpy.OBJECT_ARRAYS
+_set_state = _oob.set_state
 
 
 def _aligned_copy(mv: memoryview, phase: int, writable: bool = False) -> memoryview:
@@ -117,6 +146,10 @@ class Codec:
     checksum: store xxh3-64 digests of in-band bytes and every buffer, and require them on
         decode (a corrupted message raises ChecksumMismatch instead of decoding wrongly).
     ref: track shared references (an object held twice travels once, identity is kept).
+    decode_allowance: bytes a decode may allocate beyond the size of the message itself, for
+        objects built from counts the message declares rather than carries (a hostile message
+        of a few bytes cannot make the decoder allocate gigabytes). Such a decode raises
+        CorruptMessage; raise the allowance for trusted data that needs more.
     A Codec is not thread-safe (it holds one pyfory.Fory): use one per thread.
     """
 
@@ -126,9 +159,14 @@ class Codec:
         trusted: bool = False,
         checksum: bool = False,
         ref: bool = False,
+        decode_allowance: int = _oob.DEFAULT_ALLOWANCE,
     ) -> None:
         if threshold < 0:
             raise UsageError(f"threshold must be >= 0 bytes, got {threshold}")
+        if type(decode_allowance) is not int or decode_allowance < 0:
+            raise UsageError(
+                f"decode_allowance must be an int >= 0 bytes, got {decode_allowance!r}"
+            )
         if trusted:
             warnings.warn(
                 "zcser.Codec(trusted=True) decodes like pickle: a crafted message can run "
@@ -139,6 +177,8 @@ class Codec:
         self.trusted = trusted
         self.checksum = checksum
         self.ref = ref
+        self.decode_allowance = decode_allowance
+        self._state = _oob.DecodeState()
         self._types: dict[str, type] = {}
         self._adapters: list[str] = []
         self._collect = _Collector()
@@ -146,14 +186,26 @@ class Codec:
 
     def _build(self) -> Any:
         """A configured pyfory.Fory: adapters installed, registered classes replayed."""
-        fory = pyfory.Fory(xlang=False, ref=self.ref, strict=not self.trusted)
+        self._policy = None if self.trusted else _DeclaredFieldsOnly()
+        fory = pyfory.Fory(
+            xlang=False,
+            ref=self.ref,
+            strict=not self.trusted,
+            policy=self._policy,
+            max_depth=_MAX_READ_DEPTH,
+        )
         adapters = []
         for module in _adapters.installed():
             module.install(fory)
             adapters.append(module.NAME)
         for type_name, cls in self._types.items():
             _register_class(fory, cls, type_name)
+            if self._policy is not None:
+                self._policy.add(cls)
         self._adapters = adapters
+        self._cache_nesting()
+        self._types_info: dict[Any, Any] = fory.type_resolver._types_info
+        self._known_types = len(self._types_info)
         self._lazy_seen = _lazy_modules_imported()
         self._used = False
         return fory
@@ -170,11 +222,13 @@ class Codec:
         """Allow `cls` (dataclass or plain class) in strict mode, on writer and reader alike.
 
         Types are matched across processes by `name` (default `module.QualName`), so the
-        reader must register the same classes under the same names, in any order.
+        reader must register the same classes under the same names, in any order. Enum
+        classes travel by member name and come back as the reader's own members.
         """
         if not isinstance(cls, type):
             raise UsageError(f"register() takes a class, got {type(cls).__name__}")
         name = name or f"{cls.__module__}.{cls.__qualname__}"
+        _check_name(name)
         if name in self._types:
             raise UsageError(f"a class is already registered under the name {name!r}")
         self._types[name] = cls
@@ -182,6 +236,10 @@ class Codec:
             self._fory = self._build()
         else:
             _register_class(self._fory, cls, name)
+            if self._policy is not None:
+                self._policy.add(cls)
+            self._cache_nesting()
+            self._known_types = len(self._types_info)
 
     def pack(self, obj: Any) -> bytes | Plan:
         """Serialize `obj`: the whole message as bytes when it has no out-of-band buffer (its
@@ -210,6 +268,7 @@ class Codec:
         self._used = True
         if _inline_below() != threshold:
             _set_inline_below(threshold)
+        object_arrays = _object_arrays[0]
         try:
             inband = self._fory.serialize(obj, buffer_callback=collect)
         except ZcserError:
@@ -218,17 +277,89 @@ class Codec:
             if self._late_imports():
                 collect.buffers = None
                 return self._serialize(obj)
-            raise UnregisteredType(
-                f"{exc}: call codec.register(cls) on the writer and the reader "
-                "(or Codec(trusted=True) for trusted peers only)"
-            ) from exc
+            raise UnregisteredType(_unregistered_advice(exc)) from exc
         except Exception as exc:
             raise UnsupportedType(
                 f"cannot serialize {type(obj).__name__}: {type(exc).__name__}: {exc}"
             ) from exc
         finally:
             collect.buffers = None
+        if len(self._types_info) != self._known_types:
+            self._check_new_types()
+        if len(inband) > _CHECK_NESTING_ABOVE:
+            self._check_nesting(obj, _object_arrays[0] != object_arrays)
         return bytes(inband), buffers
+
+    def _check_nesting(self, obj: Any, object_arrays: bool) -> None:
+        """UnsupportedType when `obj` nests containers deeper than MAX_NESTING (which no
+        reader would decode). Walks level by level, containers only (arrays only when object
+        arrays were written); the elements of flat containers are passed over in C."""
+        registered = self._registered_plain
+        nesting = self._nesting_with_arrays if object_arrays else self._nesting
+        seen: set[int] | None = set() if self.ref else None
+        level = [obj]
+        for depth in range(1, MAX_NESTING + 2):
+            below: list[Any] = []
+            for value in level:
+                kind = type(value)
+                items: Any
+                if kind is dict or kind is OrderedDict:
+                    if not nesting.isdisjoint(map(type, value)):
+                        below += [key for key in value if type(key) in nesting]
+                    items = value.values()
+                elif kind is list or kind is tuple or kind is set or kind is frozenset:
+                    items = value
+                elif kind is np.ndarray:
+                    if value.dtype != object:
+                        continue
+                    items = value.reshape(-1)
+                elif kind in registered:
+                    state = getattr(value, "__dict__", None)
+                    items = [] if state is None else list(state.values())
+                    items += [getattr(value, slot, None) for slot in _slot_names(kind)]
+                else:
+                    continue
+                if seen is not None:
+                    if id(value) in seen:
+                        continue
+                    seen.add(id(value))
+                if depth > MAX_NESTING:
+                    raise UnsupportedType(
+                        f"the object nests containers more than {MAX_NESTING} levels deep "
+                        "(dicts, lists, tuples, sets, object arrays and registered classes "
+                        "inside each other), which no zcser reader decodes: flatten it"
+                    )
+                if not nesting.isdisjoint(map(type, items)):
+                    below += [item for item in items if type(item) in nesting]
+            if not below:
+                return
+            level = below
+
+    def _cache_nesting(self) -> None:
+        """The types `_check_nesting` walks into: containers and registered plain classes."""
+        self._registered_plain = frozenset(
+            cls for cls in self._types.values() if not issubclass(cls, enum.Enum)
+        )
+        self._nesting = _NESTING | self._registered_plain
+        self._nesting_with_arrays = self._nesting | {np.ndarray}
+
+    def _check_new_types(self) -> None:
+        """pyfory's strict mode writes an unregistered Enum by name, which no strict reader can
+        decode: refuse it here, where the writer can still register it."""
+        known = set(self._types.values())
+        for cls in list(self._types_info)[self._known_types :]:
+            if (
+                not self.trusted
+                and isinstance(cls, type)
+                and issubclass(cls, enum.Enum)
+                and cls not in known
+            ):
+                self._fory = self._build()  # forget the class pyfory took on by itself
+                raise UnregisteredType(
+                    f"enum {cls.__module__}.{cls.__qualname__} is not registered: call "
+                    f"codec.register({cls.__qualname__}) on the writer and the reader"
+                )
+        self._known_types = len(self._types_info)
 
     def message_size(self, obj: Any) -> int:
         """Upper bound of the message size of `obj` (serializes it; prefer `plan` to reuse)."""
@@ -258,7 +389,7 @@ class Codec:
         if self.checksum:
             self._check_checksum_flag(msg)
         if not msg.buffers:
-            return self._deserialize(msg, mv, [], copy, writable)
+            return self._deserialize(msg, mv, [], copy, writable, msg.total)
         root = mv[: msg.total]
         if owner is not None and msg.total:
             root = _owned_view(root, owner)
@@ -269,7 +400,7 @@ class Codec:
         views = []
         for off, n in msg.buffers:
             views.append(root[off : off + n])
-        return self._deserialize(msg, root, views, copy, writable)
+        return self._deserialize(msg, root, views, copy, writable, msg.total)
 
     def decode_small(self, data: bytes) -> Any:
         """`decode(data)` for a whole message in private bytes: one with no out-of-band buffer
@@ -280,12 +411,27 @@ class Codec:
             if total == size == _TABLE_START + inband_len:
                 inband = pyfory.Buffer(data, _TABLE_START, inband_len)
                 self._used = True
+                # _oob.begin_decode / end_decode inlined for the idle case (two calls fewer)
+                state = self._state
+                current = _get_state()
+                if current.left is None:  # no decode in progress: reuse this codec's state
+                    state.size = state.left = size + self.decode_allowance
+                    token = None
+                    if current is not state:
+                        _set_state(state)  # left current afterwards, idle, like begin_decode
+                else:
+                    token = _begin_decode(state, size + self.decode_allowance, False, False)
                 try:
                     obj = self._fory.deserialize(inband, buffers=_NO_BUFFERS)
                 except ZcserError:
                     raise
                 except Exception as exc:
                     raise _decode_error(exc) from exc
+                finally:
+                    if token is None:
+                        state.size = state.left = None
+                    else:
+                        _end_decode(state, token)
                 if inband.get_reader_index() != inband_len:
                     raise CorruptMessage("trailing bytes after the serialized object")
                 return obj
@@ -312,13 +458,14 @@ class Codec:
         parts = [_byte_view(b).toreadonly() for b in buffers]
         _message.check_parts(msg, [p.nbytes for p in parts])
         self._check_checksum_flag(msg)
+        size = mv.nbytes + sum(p.nbytes for p in parts)
         views = []
         for part in parts:
             if _address(part) % align:
                 views.append(_aligned_copy(part, 0))
             else:
                 views.append(_owned_view(part, owner) if owner is not None else part)
-        return self._deserialize(msg, mv, views, copy, False)
+        return self._deserialize(msg, mv, views, copy, False, size)
 
     def _check_checksum_flag(self, msg: _message.Message) -> None:
         if self.checksum and not msg.checksum:
@@ -334,23 +481,37 @@ class Codec:
         buffers: list[memoryview],
         copy: bool,
         writable: bool,
+        size: int,
     ) -> Any:
-        """Verify digests, run pyfory over the in-band bytes of `head` with `buffers`, check
-        that both were consumed exactly."""
+        """Verify digests, run pyfory over the in-band bytes of `head` with `buffers` under a
+        budget of `size` (the message's bytes) plus the allowance, check that both were
+        consumed exactly."""
         if msg.digests is not None:
             _verify(head, msg, buffers)
-        views = iter(buffers)
-        inband = pyfory.Buffer(head[msg.inband_start : msg.inband_end])
         self._used = True
-        modes = _oob.enter_read_modes(copy, writable)
-        try:
-            obj = self._fory.deserialize(inband, buffers=views)
-        except ZcserError:
-            raise
-        except Exception as exc:
-            raise _decode_error(exc) from exc
-        finally:
-            _oob.exit_read_modes(modes)
+        state = self._state
+        hashable = False
+        while True:
+            views = iter(buffers)
+            inband = pyfory.Buffer(head[msg.inband_start : msg.inband_end])
+            token = _begin_decode(state, size + self.decode_allowance, copy, writable)
+            if hashable:
+                _oob.get_state().hashable = True
+            try:
+                obj = self._fory.deserialize(inband, buffers=views)
+                break
+            except Exception as exc:
+                # A zero-copy view cannot be hashed (its memory is not immutable bytes): a
+                # message with a large bytes object in a set or as a dict key decodes again,
+                # its out-of-band bytes as private copies (arrays stay zero-copy).
+                if not hashable and buffers and _unhashable(exc):
+                    hashable = True
+                    continue
+                if isinstance(exc, ZcserError):
+                    raise
+                raise _decode_error(exc) from exc
+            finally:
+                _end_decode(state, token)
         unused = length_hint(views)
         if unused:
             raise CorruptMessage(
@@ -380,7 +541,14 @@ class Codec:
         }
 
     def check_schema(self, other: dict[str, Any]) -> None:
-        """Raise IncompatibleStream unless this codec can decode what `other`'s codec wrote."""
+        """Raise IncompatibleStream unless this codec can decode what `other`'s codec wrote
+        (also when `other`, which comes from a peer or a file, is malformed)."""
+        problem = schema_problem(other)
+        if problem is not None:
+            raise IncompatibleStream(
+                f"the writer's codec schema is malformed ({problem}): it was not written by a "
+                "zcser codec, or it was damaged"
+            )
         mine = self.schema()
         problems = [
             f"{key}: writer {other.get(key)!r} vs reader {mine[key]!r}"
@@ -403,6 +571,50 @@ class Codec:
             )
 
 
+_SCHEMA_FIELDS: dict[str, type] = {
+    "format": str,
+    "format_version": int,
+    "codec": str,
+    "codec_version": str,
+    "pyfory_version": str,
+    "xlang": bool,
+    "ref": bool,
+    "strict": bool,
+    "checksum": bool,
+    "threshold": int,
+    "alignment": int,
+    "adapters": list,
+    "types": list,
+}
+
+
+def schema_problem(other: Any) -> str | None:
+    """What is malformed in a codec schema read from a peer or a file (JSON of any shape), or
+    None: every field `Codec.schema()` writes must have its type; lists hold strings."""
+    if not isinstance(other, dict):
+        return f"a JSON {type(other).__name__} where an object belongs"
+    for key, kind in _SCHEMA_FIELDS.items():
+        if key not in other:
+            continue
+        value = other[key]
+        if type(value) is not kind or (
+            isinstance(value, list) and not all(type(item) is str for item in value)
+        ):
+            return f"field {key!r} holds a {type(value).__name__} that is not a valid {key}"
+    return None
+
+
+def _unhashable(exc: BaseException | None) -> bool:
+    """True when `exc` (or what it was raised from) is Python refusing to hash a value."""
+    while exc is not None:
+        if isinstance(exc, (TypeError, ValueError)) and (
+            "unhashable" in str(exc) or "cannot hash" in str(exc)
+        ):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def _decode_error(exc: Exception) -> DecodeError:
     return DecodeError(
         f"pyfory could not decode the message ({type(exc).__name__}: {exc}); "
@@ -410,9 +622,134 @@ def _decode_error(exc: Exception) -> DecodeError:
     )
 
 
+def _named_class(text: str) -> type | None:
+    """The class pyfory names as `<class 'module.Qual'>` in `text`, if its module is already
+    imported (nothing is imported here)."""
+    match = re.search(r"<class '([\w.]+)'>", text)
+    if match is None:
+        return None
+    path = match.group(1)
+    for cut in range(path.count("."), 0, -1):
+        module_name, *qualname = path.rsplit(".", cut)
+        found: Any = sys.modules.get(module_name)
+        if found is None:
+            continue
+        for part in qualname:
+            found = getattr(found, part, None)
+        return found if isinstance(found, type) else None
+    return None
+
+
+def _unregistered_advice(exc: Exception) -> str:
+    """The UnregisteredType message: register the class, except for a torch.nn.Module, whose
+    state_dict() is what travels (a module is code plus tensors; zcser moves the tensors)."""
+    torch = sys.modules.get("torch")
+    cls = _named_class(str(exc))
+    if torch is not None and cls is not None and issubclass(cls, torch.nn.Module):
+        return (
+            f"{cls.__qualname__} is a torch.nn.Module, which zcser does not send: send "
+            "model.state_dict() (an OrderedDict of tensors, zero-copy) and load it into a "
+            "model built on the reader with model.load_state_dict(...)"
+        )
+    return (
+        f"{exc}: call codec.register(cls) on the writer and the reader "
+        "(or Codec(trusted=True) for trusted peers only)"
+    )
+
+
+def _slot_names(cls: type) -> list[str]:
+    """Every `__slots__` name of `cls` and its bases."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        names.extend([slots] if isinstance(slots, str) else slots)
+    return names
+
+
+def _check_name(name: str) -> None:
+    """UsageError for a registered name that pyfory 1.7.7 writes but cannot read back: each
+    part (before / after the last dot) must encode to fewer than 63 bytes."""
+    namespace, _, typename = name.rpartition(".")
+    parts = (
+        (namespace, _NAMESPACE_ENCODER, _NAMESPACE_ENCODINGS, "module part"),
+        (typename, _TYPENAME_ENCODER, _TYPE_NAME_ENCODINGS, "class part"),
+    )
+    for part, encoder, encodings, what in parts:
+        size = len(encoder.encode(part, encodings).encoded_data)
+        if size >= _NAME_LIMIT:
+            raise UsageError(
+                f"the registered name {name!r} is too long: its {what} encodes to {size} bytes, "
+                f"pyfory reads back at most {_NAME_LIMIT - 1}; pass a shorter "
+                "codec.register(cls, name=...) on the writer and the reader"
+            )
+
+
+class _DeclaredFieldsOnly(DeserializationPolicy):  # type: ignore[misc,unused-ignore]
+    """pyfory's hook between reading a registered plain class's attributes and setting them:
+    zcser sets them itself, straight into the instance `__dict__` or its slots (never through
+    `setattr`, so no property setter, descriptor or `__setattr__` runs), and only declared
+    fields: slot names, or for `__dict__` classes identifiers that are neither dunder names
+    nor data descriptors (properties...) of the class. Other names raise CorruptMessage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fields: dict[type, tuple[dict[str, Any] | None, dict[str, bool]]] = {}
+
+    def add(self, cls: type) -> None:
+        """Take over the attributes of registered plain class `cls` (not enums, dataclasses or
+        classes with their own __setstate__, which pyfory reads another way)."""
+        if issubclass(cls, enum.Enum) or dataclasses.is_dataclass(cls):
+            return
+        slots: dict[str, Any] | None = None
+        names = getattr(cls, "__slots__", None)
+        if names is not None:
+            slots = {}
+            for slot in [names] if isinstance(names, str) else names:
+                descriptor = inspect.getattr_static(cls, slot, None)
+                if isinstance(descriptor, types.MemberDescriptorType):
+                    slots[slot] = descriptor
+        self._fields[cls] = (slots, {})
+
+    def intercept_setstate(self, obj: Any, state: Any, **kwargs: Any) -> None:
+        fields = self._fields.get(type(obj))
+        if fields is None or not isinstance(state, dict):
+            return
+        slots, seen = fields
+        target = None if slots is not None else obj.__dict__
+        for name, value in state.items():
+            if slots is not None and name in slots:
+                slots[name].__set__(obj, value)
+            elif target is not None and _settable(type(obj), name, seen):
+                target[name] = value
+            else:
+                raise CorruptMessage(
+                    f"the message sets attribute {str(name)[:64]!r} of "
+                    f"{type(obj).__qualname__}, which is not a field zcser decodes (dunder "
+                    "names, properties and other data descriptors, and names outside "
+                    "__slots__ are refused)"
+                )
+        state.clear()  # set above: pyfory's setattr loop that follows finds nothing
+
+
+def _settable(cls: type, name: Any, seen: dict[str, bool]) -> bool:
+    """True for an attribute name a `__dict__` instance of `cls` may get from a peer (cached:
+    at most 1024 names per class)."""
+    known = seen.get(name) if type(name) is str else False
+    if known is not None:
+        return known
+    ok = name.isidentifier() and not (name.startswith("__") and name.endswith("__"))
+    if ok:
+        kind = type(inspect.getattr_static(cls, name, None))
+        ok = not (hasattr(kind, "__set__") or hasattr(kind, "__delete__"))
+    if len(seen) < 1024:
+        seen[name] = ok
+    return ok
+
+
 def _register_class(fory: Any, cls: type, name: str) -> None:
-    """Register by name: dataclasses field by field, other classes through their __dict__."""
-    if dataclasses.is_dataclass(cls):
+    """Register by name: enums by member name, dataclasses field by field, other classes
+    through their __dict__."""
+    if issubclass(cls, enum.Enum) or dataclasses.is_dataclass(cls):
         fory.register(cls, name=name)
     else:
         fory.register(cls, name=name, serializer=ObjectSerializer(fory.type_resolver, cls))

@@ -8,8 +8,6 @@ of band), or a private writable copy when the codec decodes with `copy=True`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -17,9 +15,6 @@ from pyfory._fory import BufferObject
 
 from zcser.errors import CorruptMessage
 
-_PLAIN = (False, False)
-_MODES: ContextVar[tuple[bool, bool]] = ContextVar("zcser_read_modes", default=_PLAIN)
-"""(copy, writable) of the decode in progress: one variable, so a decode sets it once."""
 INLINE_BELOW: ContextVar[int] = ContextVar("zcser_inline_below", default=0)
 """Regions under this many bytes are written in band directly (`write_inline`). Each codec sets
 its threshold here before it serializes and leaves it set (a set and reset per message cost
@@ -65,44 +60,6 @@ def as_bytes_view(obj: Any) -> memoryview:
     return mv
 
 
-@contextmanager
-def copy_mode(copy: bool) -> Iterator[None]:
-    """While active, `read_raw` returns private writable copies (the codec's `copy=True`)."""
-    token = _MODES.set((copy, _MODES.get()[1]))
-    try:
-        yield
-    finally:
-        _MODES.reset(token)
-
-
-@contextmanager
-def writable_mode(writable: bool) -> Iterator[None]:
-    """While active, views over writable memory stay writable (snapshot copy-on-write maps)."""
-    token = _MODES.set((_MODES.get()[0], writable))
-    try:
-        yield
-    finally:
-        _MODES.reset(token)
-
-
-def writable_requested() -> bool:
-    """True while the codec decodes with `writable=True`: do not mark results read-only."""
-    return _MODES.get()[1]
-
-
-def enter_read_modes(copy: bool, writable: bool) -> Token[tuple[bool, bool]] | None:
-    """Set copy and writable modes for one decode; pass the result to `exit_read_modes`. The
-    usual plain decode, outside any other, finds them set already and touches nothing."""
-    modes = (copy, writable) if copy or writable else _PLAIN
-    return None if _MODES.get() is modes else _MODES.set(modes)
-
-
-def exit_read_modes(token: Token[tuple[bool, bool]] | None) -> None:
-    """Undo `enter_read_modes`."""
-    if token is not None:
-        _MODES.reset(token)
-
-
 def inline_limit() -> int:
     """Regions smaller than this go in band via `write_inline` (the last threshold a codec set)."""
     return _INLINE_BELOW.get()
@@ -127,7 +84,18 @@ def read_inline(read_context: Any, nbytes: int) -> bytes:
 
 def copy_requested() -> bool:
     """True while the codec decodes with `copy=True`: adapters must return private objects."""
-    return _MODES.get()[0]
+    return _STATE.get().copy
+
+
+def hashable_requested() -> bool:
+    """True while the codec decodes again a message whose out-of-band bytes must be hashable
+    (set elements, dict keys): bytes-likes then come back as private bytes copies."""
+    return _STATE.get().hashable
+
+
+def writable_requested() -> bool:
+    """True while the codec decodes with `writable=True`: do not mark results read-only."""
+    return _STATE.get().writable
 
 
 def write_raw(write_context: Any, data: Any) -> None:
@@ -161,66 +129,107 @@ def read_raw_view(read_context: Any, nbytes: int | None = None) -> tuple[memoryv
             f"a buffer holds {mv.nbytes} bytes where its metadata says {nbytes}: "
             "the message is corrupt"
         )
-    return (mv if mv.readonly or _MODES.get()[1] else mv.toreadonly()), out_of_band
+    return (mv if mv.readonly or _STATE.get().writable else mv.toreadonly()), out_of_band
 
 
 def read_raw(read_context: Any, nbytes: int | None = None) -> memoryview:
     """The region written by `write_raw`: read-only zero-copy view, or private copy if copying."""
     mv, _ = read_raw_view(read_context, nbytes)
-    if _MODES.get()[0]:
+    if _STATE.get().copy:
         return memoryview(bytearray(mv))
     return mv
 
 
-# --- the decode budget ------------------------------------------------------------------------
+# --- the decode in progress: read modes and budget --------------------------------------------
 #
 # A message of n bytes may make its decode allocate at most about n bytes plus an allowance:
-# zero-copy views cost nothing, but objects built from counts the message declares (lengths of
-# Arrow null arrays, numbers of chunks, shapes of zero-itemsize arrays, ...) must be paid for
-# before they are built, with `charge`. The codec opens a budget for each decode (`budget`).
+# zero-copy views cost nothing, and objects built from bytes the message carries are bounded by
+# it, but objects built from counts the message merely declares (lengths of Arrow null arrays,
+# numbers of chunks, shapes of zero-itemsize arrays, ...) must be paid for before they are
+# built, with `charge`. The codec opens a budget of message size + `decode_allowance` for each
+# decode (`begin_decode`), in the same context variable as the read modes, so a decode sets at
+# most one variable (and usually none: see `begin_decode`).
 
 DEFAULT_ALLOWANCE = 1 << 20
 """Bytes a decode may allocate beyond the size of the message itself (see `charge`)."""
 
 
-class Budget:
-    """Bytes the decode in progress may still allocate."""
+class DecodeState:
+    """The decode in progress: its read modes and the bytes it may still allocate (`left` is
+    None outside a decode: no limit)."""
 
-    __slots__ = ("left", "size")
+    __slots__ = ("copy", "hashable", "left", "size", "writable")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, copy: bool = False, writable: bool = False, size: int | None = None):
+        self.copy = copy
+        self.writable = writable
+        self.hashable = False
         self.size = size
         self.left = size
 
     def charge(self, nbytes: int, what: str) -> None:
-        if nbytes > self.left:
+        left = self.left
+        if left is None:
+            return
+        if nbytes > left:
             raise CorruptMessage(
                 f"{what} would allocate {nbytes} bytes, more than this message may cost to "
                 f"decode ({self.size} bytes: its own size plus the codec's decode_allowance); "
                 "the message is corrupt or hostile. For trusted data, raise "
                 "Codec(decode_allowance=...)"
             )
-        self.left -= nbytes
+        self.left = left - nbytes
 
 
-_BUDGET: ContextVar[Budget | None] = ContextVar("zcser_decode_budget", default=None)
+_IDLE = DecodeState()
+"""The state outside any decode (never changed): plain modes, no budget."""
+_STATE: ContextVar[DecodeState] = ContextVar("zcser_decode", default=_IDLE)
+get_state = _STATE.get
+set_state = _STATE.set
 
 
 def charge(nbytes: int, what: str) -> None:
     """Pay for `nbytes` that the decode in progress is about to allocate because the message
     declares a count or a length (not for views of the message's own memory). CorruptMessage,
     naming `what`, when the message's budget would be exceeded. Outside a decode: no limit."""
-    budget = _BUDGET.get()
-    if budget is not None:
-        budget.charge(nbytes, what)
+    _STATE.get().charge(nbytes, what)
 
 
-def open_budget(nbytes: int) -> Token[Budget | None]:
-    """Start the budget of one decode (`nbytes` = message size + allowance); pass the result
-    to `close_budget`."""
-    return _BUDGET.set(Budget(nbytes))
+def begin_decode(
+    own: DecodeState, limit: int, copy: bool, writable: bool
+) -> Token[DecodeState] | None:
+    """Start one decode with read modes and a budget of `limit` bytes; pass the result to
+    `end_decode(own, ...)`. `own` is the codec's reusable state: outside any other decode it is
+    filled in and made current without a token (it stays current afterwards, idle, so the next
+    decode sets no context variable at all); a decode nested in another gets a fresh state,
+    reset after."""
+    current = _STATE.get()
+    if current.left is None:
+        own.copy = copy
+        own.writable = writable
+        own.size = own.left = limit
+        if current is not own:
+            _STATE.set(own)
+        return None
+    return _STATE.set(DecodeState(copy, writable, limit))
 
 
-def close_budget(token: Token[Budget | None]) -> None:
+def end_decode(own: DecodeState, token: Token[DecodeState] | None) -> None:
+    """End the decode started by `begin_decode`."""
+    if token is None:
+        own.left = own.size = None
+        own.copy = own.writable = own.hashable = False
+    else:
+        _STATE.reset(token)
+
+
+def open_budget(nbytes: int) -> Token[DecodeState]:
+    """Start a budget of `nbytes` in the current read modes (tests, or code that decodes
+    outside a Codec); pass the result to `close_budget`."""
+    current = _STATE.get()
+    return _STATE.set(DecodeState(current.copy, current.writable, nbytes))
+
+
+def close_budget(token: Token[DecodeState]) -> None:
     """End the budget opened by `open_budget`."""
-    _BUDGET.reset(token)
+    _STATE.reset(token)

@@ -20,6 +20,7 @@ NP_MASKED_ARRAY = 205
 COMPLEX = 206
 FROZENSET = 207
 ORDERED_DICT = 208
+TIME = 209  # datetime.time (datetime.datetime keeps pyfory's id, its serializer is zcser's)
 NP_SCALAR_FIRST = 210  # 210-232: one id per numpy scalar char, see `_numpy.SCALAR_CHARS`
 NP_SCALAR_LAST = 239
 

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import xxhash
 
 from zcser.codec import layout as message_layout
+from zcser.codec.core import schema_problem
 from zcser.errors import CorruptSnapshot, UnsupportedVersion
 
 MAGIC = b"ZCSNAP\r\n"
@@ -139,10 +140,15 @@ def parse_header(mv: memoryview) -> Header:
         raise CorruptSnapshot(f"unknown flags 0x{flags:04x} or digest algorithm {algo}")
     try:
         meta = json.loads(bytes(mv[META_START : META_START + meta_len]))
-    except ValueError as exc:
-        raise CorruptSnapshot(f"metadata is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python goes
+        raise CorruptSnapshot(f"metadata is not valid JSON: {type(exc).__name__}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("schema"), dict):
         raise CorruptSnapshot("metadata lacks the codec schema")
+    problem = schema_problem(meta["schema"])
+    if problem is None and not isinstance(meta.get("root_type", ""), str):
+        problem = "field 'root_type' is not a string"
+    if problem is not None:
+        raise CorruptSnapshot(f"metadata holds a malformed codec schema: {problem}")
     table_at = header_len - SEGMENT.size * count
     segments = [
         Segment(*SEGMENT.unpack_from(mv, table_at + i * SEGMENT.size)) for i in range(count)

@@ -310,3 +310,34 @@ def test_a_codec_made_before_torch_was_imported_sends_tensors() -> None:
         """
     )
     assert out.splitlines()[-1] == "True"
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 3)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: torch.nn.Linear(2, 3), _Net, lambda: {"model": _Net()}], ids=range(3)
+)
+def test_a_module_is_refused_with_state_dict_advice_not_register(make: Any, tmp_path: Path) -> None:
+    with pytest.raises(zcser.errors.UnregisteredType, match=r"send model\.state_dict\(\)") as info:
+        zcser.save(make(), tmp_path / "model.zcs")
+    assert "codec.register" not in str(info.value)
+    assert not (tmp_path / "model.zcs").exists()
+
+
+def test_tensor_metadata_with_more_than_64_dimensions_is_corrupt() -> None:
+    class Forge(pyfory.serializer.Serializer):
+        def write(self, write_context: Any, value: Any) -> None:
+            write_context.write_string("float32")
+            write_context.write_uint8(0)
+            write_context.write_var_uint32(65)
+
+    codec = zcser.Codec()
+    info = codec._fory.type_resolver.get_type_info(torch.Tensor)
+    info.serializer = Forge(codec._fory.type_resolver, torch.Tensor)
+    message = codec.pack(torch.zeros(1))
+    with pytest.raises(CorruptMessage, match="65 dimensions"):
+        zcser.Codec().decode(message)

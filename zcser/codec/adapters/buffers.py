@@ -13,17 +13,30 @@ from __future__ import annotations
 
 import math
 import pickle
+import struct
 from typing import Any
 
 import numpy as np
 from pyfory.serializer import Serializer
 
 from zcser.codec import typeids as _typeids
-from zcser.codec.oob import as_bytes_view, copy_requested, read_raw, read_raw_view, write_raw
+from zcser.codec.oob import (
+    as_bytes_view,
+    copy_requested,
+    hashable_requested,
+    read_raw,
+    read_raw_view,
+    write_raw,
+)
 from zcser.errors import CorruptMessage, UnsupportedType
 
 MAX_NDIM = 64
-MAX_FORMAT = 16
+_CAST_FORMATS = {
+    prefix + char: struct.calcsize(char) for char in "bBhHiIlLqQnNfdc?P" for prefix in ("", "@")
+}
+"""The formats `memoryview.cast` rebuilds (native single characters) and their itemsizes: the
+only ones a message may name (an object format 'O' would make raw bytes into pointers, and a
+declared itemsize of 0 would let any shape pass the size check)."""
 
 
 class BytesSerializer(Serializer):
@@ -34,7 +47,7 @@ class BytesSerializer(Serializer):
 
     def read(self, read_context: Any) -> bytes | memoryview:
         view, out_of_band = read_raw_view(read_context)
-        if out_of_band and not copy_requested():
+        if out_of_band and not copy_requested() and not hashable_requested():
             return view
         return view.tobytes()
 
@@ -96,10 +109,14 @@ class MemoryViewSerializer(Serializer):
         fmt = read_context.read_string()
         itemsize = read_context.read_var_uint32()
         ndim = read_context.read_var_uint32()
-        if ndim > MAX_NDIM or len(fmt) > MAX_FORMAT:
-            raise CorruptMessage(f"bad memoryview metadata (ndim {ndim}, format {fmt[:16]!r})")
+        if ndim > MAX_NDIM or _CAST_FORMATS.get(fmt) != itemsize:
+            raise CorruptMessage(
+                f"bad memoryview metadata (ndim {ndim}, format {fmt[:16]!r}, itemsize {itemsize})"
+            )
         shape = tuple(read_context.read_var_uint64() for _ in range(ndim))
         view = read_raw(read_context, math.prod(shape) * itemsize)
+        if hashable_requested():  # over private bytes: hashable, as a set element must be
+            view = memoryview(view.tobytes())
         if fmt == "B" and ndim == 1:
             return view
         if view.nbytes == 0:

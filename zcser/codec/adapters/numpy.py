@@ -17,6 +17,7 @@ from pyfory.serializer import Serializer
 
 from zcser.codec import typeids as _typeids
 from zcser.codec.oob import (
+    charge,
     copy_requested,
     inline_limit,
     read_inline,
@@ -38,8 +39,17 @@ MAX_NDIM = 64
 MAX_DESCR_DEPTH = 16
 MAX_DTYPE_STR = 64
 MAX_CACHED_DTYPES = 512
+UNBACKED_ELEMENT_COST = 8
+"""Bytes charged to the decode budget (`oob.charge`) per array element the message carries no
+bytes for (zero-size items such as 'U0' or 'V0', or subarrays of them): what each costs once
+used as an object."""
 _PLAIN_CACHE: dict[str, np.dtype] = {}
 _STR_OF: dict[np.dtype, str] = {}
+
+OBJECT_ARRAYS = [0]
+"""[count of object-dtype arrays serialized so far]: the codec's nesting check walks into
+arrays only when it changed during an encode (a list, so the codec reads it without a call)."""
+
 
 # One type id per scalar char, in this fixed order: ids are NP_SCALAR_FIRST + index.
 SCALAR_CHARS = "?bBhHiIlLqQefdgFDGMmSUV"
@@ -100,6 +110,32 @@ def _parse_descr(descr: Any, depth: int = 0) -> np.dtype:
         "itemsize": itemsize,
     }
     return _checked_dtype(spec, align=aligned)
+
+
+def _elements_per_item(dtype: np.dtype) -> int:
+    """How many elements one item of `dtype` holds, counting subarrays and fields of every
+    nesting level (a subarray of zero-size items hides elements that take no bytes)."""
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        return math.prod(shape) * _elements_per_item(base)
+    if dtype.names is not None:
+        fields = dtype.fields
+        assert fields is not None
+        return max(1, sum(_elements_per_item(fields[name][0]) for name in dtype.names))
+    return 1
+
+
+def _charge_unbacked(dtype: np.dtype, count: int, nbytes: int) -> None:
+    """Charge the decode budget for elements the message declares but carries no bytes for:
+    each element of a nonzero itemsize takes at least one of the `nbytes` the message holds."""
+    if dtype.itemsize and dtype.names is None and dtype.subdtype is None:
+        return
+    elements = count * _elements_per_item(dtype)
+    if elements > nbytes:
+        charge(
+            (elements - nbytes) * UNBACKED_ELEMENT_COST,
+            f"an array of {elements} elements of dtype {dtype} in {nbytes} bytes",
+        )
 
 
 def _checked_dtype(spec: Any, align: bool = False) -> np.dtype:
@@ -224,6 +260,7 @@ class NDArraySerializer(Serializer):
                 f"structured dtype {value.dtype} mixes objects and raw fields: "
                 "send the fields as separate arrays"
             )
+        OBJECT_ARRAYS[0] += 1
         write_context.write_uint8(_TAG_OBJECT)
         _write_shape(write_context, value.shape)
         for item in value.reshape(-1):
@@ -244,6 +281,7 @@ class NDArraySerializer(Serializer):
         fortran = bool(tag & _FLAG_FORTRAN)
         count = shape[0] if len(shape) == 1 else math.prod(shape)
         nbytes = count * dtype.itemsize
+        _charge_unbacked(dtype, count, nbytes)
         if nbytes == 0:
             try:
                 return _finish(np.empty(shape, dtype, order="F" if fortran else "C"))
@@ -284,6 +322,7 @@ class ScalarSerializer(Serializer):
         data = read_context.read_bytes_and_size()
         if len(data) != dtype.itemsize:
             raise CorruptMessage(f"scalar of {len(data)} bytes for dtype {dtype}")
+        _charge_unbacked(dtype, 1, len(data))
         if dtype.type is not self.type_:
             raise CorruptMessage(f"scalar dtype {dtype} does not match type {self.type_}")
         scalar: np.generic = np.frombuffer(data, dtype=dtype)[0]

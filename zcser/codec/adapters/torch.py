@@ -31,6 +31,7 @@ from zcser.errors import CorruptMessage, UnsupportedType
 
 _FLAG_REQUIRES_GRAD = 0x01
 _FLAG_PARAMETER = 0x02
+MAX_NDIM = 64
 
 
 class _TensorTag:
@@ -124,6 +125,8 @@ def _read_tensor(ctx: Any) -> Any:
     dtype = _dtype_from_name(ctx.read_string())
     flags = ctx.read_uint8()
     ndim = ctx.read_var_uint32()
+    if ndim > MAX_NDIM:
+        raise CorruptMessage(f"torch tensor with {ndim} dimensions: the message is damaged")
     dims = [(ctx.read_var_uint64(), ctx.read_var_uint64()) for _ in range(ndim)]
     raw = read_raw(ctx)
     shape = tuple(size for size, _ in dims)
@@ -175,9 +178,10 @@ class SizeSerializer(Serializer):
             write_context.write_var_uint64(dim)
 
     def read(self, read_context: Any) -> Any:
-        return _torch().Size(
-            [read_context.read_var_uint64() for _ in range(read_context.read_var_uint32())]
-        )
+        ndim = read_context.read_var_uint32()
+        if ndim > MAX_NDIM:
+            raise CorruptMessage(f"torch.Size with {ndim} dimensions: the message is damaged")
+        return _torch().Size([read_context.read_var_uint64() for _ in range(ndim)])
 
 
 class DtypeSerializer(Serializer):
