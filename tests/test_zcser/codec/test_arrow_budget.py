@@ -32,12 +32,9 @@ def message(obj: Any) -> np.ndarray:
 
 
 def decode_in_budget(mem: np.ndarray, allowance: int = oob.DEFAULT_ALLOWANCE) -> Any:
-    """Decode under the budget a Codec gives a message: its size plus the allowance."""
-    token = oob.open_budget(mem.nbytes + allowance)
-    try:
-        return CODEC.decode(mem)
-    finally:
-        oob.close_budget(token)
+    """Decode with the budget a Codec gives a message: its size plus the allowance."""
+    codec = CODEC if allowance == oob.DEFAULT_ALLOWANCE else zcser.Codec(decode_allowance=allowance)
+    return codec.decode(mem)
 
 
 HUGE = 1 << 40
@@ -175,7 +172,8 @@ def test_a_range_index_longer_than_its_message_can_pay_for_is_refused() -> None:
     mem = message(frame)
     with pytest.raises(CorruptMessage, match="RangeIndex"):
         decode_in_budget(mem)
-    assert len(CODEC.decode(mem).index) == HUGE
+    trusted = zcser.Codec(threshold=THRESHOLD, decode_allowance=1 << 40)
+    assert len(trusted.decode(mem).index) == HUGE
 
 
 def test_multiindex_codes_are_private_copies() -> None:
@@ -231,20 +229,27 @@ def test_a_length_its_buffers_do_not_carry_is_refused_before_the_array_is_built(
     ],
     ids=["int8", "string", "list", "dictionary"],
 )
-def test_what_many_chunks_are_charged_covers_the_memory_they_keep(make: Any) -> None:
+def test_what_many_chunks_are_charged_covers_the_memory_they_keep(
+    make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     chunks = 5000
     mem = message(pa.chunked_array([make(i) for i in range(chunks)]))
-    token = oob.open_budget(1 << 40)
+    codec = zcser.Codec(threshold=THRESHOLD, decode_allowance=1 << 40)
+    paid = [0]
+    real = oob.DecodeState.charge
+
+    def counting(self: oob.DecodeState, nbytes: int, what: str) -> None:
+        paid[0] += nbytes
+        real(self, nbytes, what)
+
+    monkeypatch.setattr(oob.DecodeState, "charge", counting)
     gc.collect()
     tracemalloc.start()
     try:
-        out = CODEC.decode(mem)
+        out = codec.decode(mem)
         kept, _ = tracemalloc.get_traced_memory()
-        budget = oob._BUDGET.get()
-        assert budget is not None
-        charged = budget.size - budget.left
     finally:
         tracemalloc.stop()
-        oob.close_budget(token)
+    charged = paid[0]
     assert out.num_chunks == chunks
     assert kept <= charged, (kept / chunks, charged / chunks)

@@ -707,7 +707,7 @@ def test_a_snapshot_saved_by_the_previous_release_still_loads() -> None:
 
 def test_adapter_names_in_the_schema_are_fixed() -> None:
     assert zcser.Codec().schema()["adapters"] == [
-        "pytypes", "numpy", "buffers", "arrow", "torch", "pandas",
+        "pytypes", "numpy", "buffers", "arrow", "torch", "pandas", "datetime",
     ]  # fmt: skip
 
 

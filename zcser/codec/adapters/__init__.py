@@ -24,6 +24,7 @@ REGISTRY: tuple[tuple[str, bool], ...] = (
     ("zcser.codec.adapters.arrow", False),
     ("zcser.codec.adapters.torch", False),
     ("zcser.codec.adapters.pandas", False),
+    ("zcser.codec.adapters.datetimes", True),  # last: see its docstring
 )
 """(module, required) for every adapter, in install order."""
 

@@ -178,5 +178,4 @@ def install(fory: Any) -> None:
         type_id=_typeids.ORDERED_DICT,
         serializer=OrderedDictSerializer(resolver, OrderedDict),
     )
-    fory.register_serializer(_dt.datetime, DateTimeSerializer(resolver, _dt.datetime))
     fory.register(_dt.time, type_id=_typeids.TIME, serializer=TimeSerializer(resolver, _dt.time))
