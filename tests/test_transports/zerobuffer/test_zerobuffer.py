@@ -33,9 +33,10 @@ from hypothesis import strategies as st
 
 from transports import errors as E
 from transports.zerobuffer import BufferConfig, Frame, Reader, Writer
-from transports.zerobuffer import core as zerobuffer
 from transports.zerobuffer import layout as L
 from transports.zerobuffer import posix as _shm
+from transports.zerobuffer import reader as zb_reader
+from transports.zerobuffer import writer as zb_writer
 from transports.zerobuffer.ring import REWIND_MIN
 
 P_SMALL = 1024
@@ -195,8 +196,8 @@ def test_read_small_copies_out_small_frames_and_keeps_ring_order(
     wraps and withheld bytes included. At the end everything is free again."""
     if backend == _shm.LIBATOMIC:  # as when transports._native could not be built
         monkeypatch.setattr(_shm, "_compiled", None)
-        monkeypatch.setattr(zerobuffer, "_PUT", None)
-        monkeypatch.setattr(zerobuffer, "_TAKE_RUN", None)
+        monkeypatch.setattr(zb_writer, "_PUT", None)
+        monkeypatch.setattr(zb_reader, "_TAKE_RUN", None)
     limit = 40
     rng = random.Random(7)
     with Reader(shm_name, BufferConfig(0, P_SMALL), timeout=2.0) as r, Writer(shm_name) as w:
@@ -243,7 +244,7 @@ def test_release_queued_under_the_lock_is_applied_on_the_small_path(
     is queued; the small-message path must apply the queue, else the held frame pins the ring
     until the writer reports BufferFull (found in review)."""
     if not compiled:
-        monkeypatch.setattr(zerobuffer, "_TAKE_RUN", None)
+        monkeypatch.setattr(zb_reader, "_TAKE_RUN", None)
     with Reader(shm_name, BufferConfig(0, P_SMALL), timeout=2.0) as r, Writer(shm_name) as w:
         w.write(b"L" * 300)
         big = r.read_small(200)
@@ -266,7 +267,7 @@ def test_read_small_publishes_read_pos_before_giving_bytes_back(
     frames taken, whose bytes may go back (a lagging read_pos made it write past the ring's
     end). One frame per call without the compiled path; a whole run per call with it."""
     if not compiled:
-        monkeypatch.setattr(zerobuffer, "_TAKE_RUN", None)
+        monkeypatch.setattr(zb_reader, "_TAKE_RUN", None)
     size = 64 * 1024
     with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:
         for seq in range(1, 11):
@@ -314,8 +315,8 @@ def test_read_small_reads_ahead_a_run_and_returns_it_in_order(shm_name: str) -> 
         for seq in range(6, 6 + 40):
             w.write(pattern(seq, 20))
         assert r.read_small(64) == pattern(6, 20)
-        assert field(shm_name, L.OFF_READ_COUNT) == 5 + zerobuffer._RUN_FRAMES  # frame bound
-        assert r.stats().free == size - (40 - zerobuffer._RUN_FRAMES) * (20 + HDR)
+        assert field(shm_name, L.OFF_READ_COUNT) == 5 + zb_reader._RUN_FRAMES  # frame bound
+        assert r.stats().free == size - (40 - zb_reader._RUN_FRAMES) * (20 + HDR)
         for seq in range(7, 6 + 40):
             assert r.read_small(64) == pattern(seq, 20)
         assert r.stats().free == size
@@ -332,7 +333,7 @@ def test_a_full_run_gives_its_bytes_back_at_once(shm_name: str) -> None:
     """A run of exactly _RUN_FRAMES cannot tell whether more is published: keeping its bytes
     back left a writer waiting for space already read (found in review)."""
     size = 1 << 20
-    run = zerobuffer._RUN_FRAMES
+    run = zb_reader._RUN_FRAMES
     with (
         Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r,
         Writer(shm_name, timeout=0.5) as w,
@@ -354,7 +355,7 @@ def test_small_reads_across_wraps_return_every_byte_exactly_once(
     more is posted; the next run must give those back once, not twice (a double give-back made
     the free counter exceed the ring, found by a channel test) and not never."""
     if not compiled:
-        monkeypatch.setattr(zerobuffer, "_TAKE_RUN", None)
+        monkeypatch.setattr(zb_reader, "_TAKE_RUN", None)
     size = 64 * 1024  # withholds up to 1 KiB
     rng = random.Random(5)
     with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:
@@ -378,7 +379,7 @@ def test_read_small_run_stops_past_its_byte_bound(shm_name: str) -> None:
         for seq in range(1, 41):
             w.write(pattern(seq, n))
         assert r.read_small(16 * 1024) == pattern(1, n)
-        taken = -(-zerobuffer._RUN_BYTES // n)
+        taken = -(-zb_reader._RUN_BYTES // n)
         assert field(shm_name, L.OFF_READ_COUNT) == taken
         for seq in range(2, 41):
             assert r.read_small(16 * 1024) == pattern(seq, n)
@@ -389,7 +390,7 @@ def test_read_small_withholds_only_while_more_is_published(
     shm_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without the compiled path: one frame a call, bytes batched while more are posted."""
-    monkeypatch.setattr(zerobuffer, "_TAKE_RUN", None)
+    monkeypatch.setattr(zb_reader, "_TAKE_RUN", None)
     size = 64 * 1024  # withholds up to size // 64 bytes
     with Reader(shm_name, BufferConfig(0, size), timeout=2.0) as r, Writer(shm_name) as w:
         for i in range(1, 6):
@@ -1235,8 +1236,6 @@ def test_fallocate_enospc_is_shm_full(shm_name: str, monkeypatch: pytest.MonkeyP
 def test_creation_is_failure_atomic(
     shm_name: str, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
-    import transports.zerobuffer.core as zb
-
     real = getattr(_shm, step)
     calls = []
 
@@ -1246,11 +1245,11 @@ def test_creation_is_failure_atomic(
             raise RuntimeError(f"injected failure in {step}")
         return real(*args)
 
-    monkeypatch.setattr(zb._shm, step, flaky)
+    monkeypatch.setattr(_shm, step, flaky)
     with pytest.raises(RuntimeError, match="injected"):
         Reader(shm_name, BufferConfig(0, 256))
     assert not any(resources(shm_name).values())
-    monkeypatch.setattr(zb._shm, step, real)
+    monkeypatch.setattr(_shm, step, real)
     Reader(shm_name, BufferConfig(0, 256)).close()
 
 
@@ -1642,8 +1641,8 @@ def test_frames_round_trip_with_and_without_the_compiled_path(
 ) -> None:
     """Every size and position, wraps included, through write() and read_small()/read()."""
     if not compiled:
-        monkeypatch.setattr(zerobuffer, "_PUT", None)
-        monkeypatch.setattr(zerobuffer, "_TAKE_RUN", None)
+        monkeypatch.setattr(zb_writer, "_PUT", None)
+        monkeypatch.setattr(zb_reader, "_TAKE_RUN", None)
     rng = random.Random(3)
     with Reader(shm_name, BufferConfig(0, P_SMALL), timeout=2.0) as r, Writer(shm_name) as w:
         for seq in range(1, 2000):
