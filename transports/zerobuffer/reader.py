@@ -33,6 +33,7 @@ import os
 import threading
 import time
 import weakref
+from array import array
 from collections import deque
 from collections.abc import Callable
 from pickle import PickleBuffer
@@ -78,12 +79,26 @@ _RUN_BYTES = 256 * 1024
 _WITHHOLD_MAX = 64 * 1024
 """Most bytes of small frames a reader without the compiled path keeps before one give-back; at
 most 1/64 of the ring, and only while more posts are waiting."""
+
+# The reader's state words: the ring's (ring.py: READ_POS, COUNT, FIRST), then these. An
+# array('Q') that the compiled calls update in the same step as the shared memory.
+EXPECTED = 3  # sequence number of the next frame
+FRAMES = 4  # frames read
+BYTES = 5  # data bytes read
+WITHHELD = 6  # ring bytes read and released, not yet given back to the writer
+POSTS = 7  # sem-w posts taken whose frames are not read yet
+_WORDS = 8
+
 _HDR = L.HEADER_SIZE
 _U64 = L.U64
 _HEADER = L.HEADER
 _U64_MAX = (1 << 64) - 1
 _SEM_VALUE = _shm.SEM_VALUE
 _TAKE_RUN = _shm.hotpath.take_run if _shm.hotpath is not None else None
+_TAKE_POST = _shm.hotpath.take_post if _shm.hotpath is not None else None
+_GIVE_BACK = _shm.hotpath.give_back if _shm.hotpath is not None else None
+if _shm.hotpath is not None:
+    _shm.hotpath.configure_reader(L.OFF_READ_POS, L.OFF_READ_COUNT)
 
 
 class Frame:
@@ -101,7 +116,7 @@ class Frame:
 
     def __init__(
         self,
-        core: _ReaderCore | _PrivateFrames,
+        core: _ReaderCore | _PrivateFrames | None,
         token: int,
         view: memoryview,
         size: int,
@@ -109,6 +124,7 @@ class Frame:
         offset: int,
         address: int,
     ) -> None:
+        # core None: not yet counted; the reader sets it in the step that takes the frame.
         self._core: _ReaderCore | _PrivateFrames | None = core
         self._token = token
         self._view = view
@@ -141,8 +157,13 @@ class Frame:
                 f"frame {self.sequence} is still in use: an array or view made from its data is "
                 "alive. Drop it (or copy what you need) before releasing the frame."
             ) from None
+        if isinstance(core, _PrivateFrames):
+            self._core = None
+            return
+        # One step (no call in between): the token is queued and the frame marked released.
+        core.deferred += (self._token,)
         self._core = None
-        core.release(self._token)
+        core.drain()
 
     def __enter__(self) -> Frame:
         return self
@@ -151,18 +172,20 @@ class Frame:
         self.release()
 
     def __del__(self) -> None:
-        core = self._core
-        if core is None:
+        core = getattr(self, "_core", None)  # None too when __init__ was interrupted
+        if core is None or isinstance(core, _PrivateFrames):
             return
-        self._core = None
         try:
             data = self.data
             # `bytes(r.read().data)`: the Frame dies while its data is still in use. Then the
             # reader finishes the release once nothing but itself refers to the data any more.
             if getrefcount(data) > 3 or not _release_views(data, self._view):
-                core.orphan(data, self._view, self._token)
+                core.orphans += ((data, self._view, self._token),)
+                self._core = None
             else:
-                core.release(self._token)
+                core.deferred += (self._token,)
+                self._core = None
+                core.drain()
         except Exception:  # pragma: no cover - interpreter teardown
             pass
 
@@ -174,12 +197,6 @@ class Frame:
 class _PrivateFrames:
     """The owner of Frames over frames a run already copied out (offset -1): releasing them
     gives nothing back, their ring space went back when they were copied."""
-
-    def release(self, token: int) -> None:
-        pass
-
-    def orphan(self, data: memoryview, view: memoryview, token: int) -> None:
-        pass
 
 
 _PRIVATE = _PrivateFrames()
@@ -201,7 +218,38 @@ def _release_views(data: memoryview, view: memoryview) -> bool:
 
 class _ReaderCore:
     """Everything a reader owns. Frames reference this (not the Reader) so the mapping lives as
-    long as any frame does, even after Reader.close()."""
+    long as any frame does, even after Reader.close().
+
+    The rules it keeps (docs/protocol.md "frame read"; the writer's side is in writer.py):
+
+    - One accounting path. A frame is taken in one step, whichever way it is handed back: the
+      compiled `take_run` for a run of plain small frames, `take_frame` for everything else
+      (wraps, frames over the caller's limit, sequence gaps). That step takes the frame's
+      sem-w post (counted in `words[POSTS]`: a post taken is a frame owed), advances the
+      state words (read position, read count, first token, expected sequence, frames, bytes),
+      stores the OIEB's payload_read_pos and payload_read_count, queues what will be handed
+      back on `pending`, and only then lets bytes go back to the writer (the reference writer
+      decides where to wrap from read_pos, so read_pos is stored before any byte is returned).
+    - What is handed back (bytes copied out, a Frame over shm, a private Frame) differs only in
+      `hand_back`, which removes the oldest entry of `pending` as its very last step.
+    - Bytes go back through `words[WITHHELD]` only: every path adds what it frees there in
+      the step that frees it, and `give_back` moves it all to the shared free counter and
+      posts sem-r in one compiled call. Before blocking the reader gives everything back.
+    - Ring space goes back in ring order (ring.py): a frame released while an older one is
+      held waits for it. Releases from other threads or the garbage collector only queue the
+      token (`deferred`) and apply the queue when no step is under way (`busy`); the reader
+      applies it after each step.
+    - A frame dropped while its data is still in use (an orphan) keeps its space until its
+      views are gone; the reader retries at its next read or stats().
+    - Under the lock: every change of the ring and the state words. The lock's holder sets
+      `busy` at once, so the garbage collector running a Frame's __del__ inside a step queues
+      its release instead of waiting for the lock it already holds.
+    - Interrupted, not lost: CPython runs a Python signal handler (KeyboardInterrupt) only at a
+      call or a loop, never between plain stores. Each step therefore plans with calls first
+      and then changes state in straight-line stores (or inside one compiled call), so a
+      KeyboardInterrupt lands before a step or after it: a frame is either still in the ring
+      with its post counted, or counted and waiting on `pending` for the next read.
+    """
 
     def __init__(self, name: str, metadata_block: int, payload_block: int) -> None:
         self.name = name
@@ -212,18 +260,17 @@ class _ReaderCore:
         self.closed = False
         self.broken: str | None = None
         self.lock = threading.Lock()  # guards ring state and the mapping's lifetime
-        self.deferred: list[int] = []  # tokens released while the lock was busy
+        self.busy = False  # a step holds the lock (set right after taking it)
+        self.deferred: list[int] = []  # tokens released, not yet applied to the ring
         self.orphans: list[tuple[memoryview, memoryview, int]] = []  # dead frames, data in use
-        self.ring = ReaderRing(payload_block)
-        self.posts_seen = 0  # sem-w posts known to be pending (read_small's fast path)
-        self.pending: deque[bytes] = deque()  # small frames taken by a run, not yet returned
-        self.sem_handle = 0  # this process's own sem_t for sem-w (take_run), 0 if none
-        self.sem_detach: Callable[[], Any] = _nothing  # closes sem_handle (at most once)
-        self.withheld = 0  # bytes of small frames read and released, not yet given back
+        self.words = array("Q", bytes(8 * _WORDS))
+        self.words[EXPECTED] = 1
+        self.ring = ReaderRing(payload_block, words=self.words)
+        self.pending: deque[bytes | Frame] = deque()  # taken and counted, not handed back yet
+        self.sem_handle = 0  # this process's own sem_t for sem-w (compiled calls), 0 if none
+        self.sem_r_handle = 0  # the same for sem-r (give_back's post)
+        self.sem_detach: Callable[[], Any] = _nothing  # closes both handles (at most once)
         self.withhold_max = min(payload_block // 64, _WITHHOLD_MAX)
-        self.expected = 1
-        self.frames = 0
-        self.bytes = 0
         self.blocked = 0.0
         self.writer_seen = False
         total = L.total_size(metadata_block, payload_block)
@@ -254,7 +301,7 @@ class _ReaderCore:
             self.write_pos_word = _shm.word_at(self.addr + L.OFF_WRITE_POS)
             self.ro = memoryview(self.mm).toreadonly()
             if _TAKE_RUN is not None:
-                self.attach_semaphore(L.sem_w_name(name))
+                self.attach_semaphores(L.sem_w_name(name), L.sem_r_name(name))
             # Publishing our PID last says "ready" to a connecting writer.
             _U64.pack_into(self.mm, L.OFF_READER_PID, self.pid)
         except BaseException:
@@ -269,21 +316,32 @@ class _ReaderCore:
 
     # -- waiting ---------------------------------------------------------------------------------
 
+    def take_post(self, wait: float) -> bool:
+        """Take one sem-w post (waiting up to `wait` s; 0: one try) and count it in the same
+        step. False on timeout or a signal (its handler runs as this returns)."""
+        if self.sem_handle:
+            assert _TAKE_POST is not None
+            return bool(_TAKE_POST(self.sem_handle, self.words, float(wait)))
+        # Without the compiled module: a signal between the two lines loses the post.
+        got = _shm.try_acquire(self.sem_w, wait) if wait else _shm.try_take(self.sem_w)
+        if got:
+            self.words[POSTS] += 1
+        return got
+
     def wait_frame(self, timeout: float | None, spin: int) -> None:
-        """Take one sem-w post (one published frame), or raise WriterDead / Timeout."""
-        if self.withheld:
-            with self.lock:
-                self.settle(0, more=False)
+        """Wait until a published frame is owed (`words[POSTS]`), or raise WriterDead / Timeout."""
+        if self.words[WITHHELD]:
+            self.give_back()  # before blocking: a writer may be waiting for these bytes
         if self.deferred:
             self.drain()
         sem = self.sem_w
         if _shm.SEM_VALUE:
             for i in range(spin):
-                if sem.value and _shm.try_acquire(sem, 0):
+                if sem.value and self.take_post(0.0):
                     return
                 if i >= _SPIN_FAST:
                     os.sched_yield()
-        if _shm.try_acquire(sem, 0):
+        if self.take_post(0.0):
             return
         # Before blocking, only the free check (a detached writer); a dead PID is looked for
         # after each blocking slice, so an idle wait costs one liveness syscall per slice.
@@ -306,7 +364,7 @@ class _ReaderCore:
                     wait = min(wait, deadline - time.monotonic())
                     if wait <= 0:
                         self.no_frame(timeout)
-                if _shm.try_acquire(sem, wait):
+                if self.take_post(wait):
                     return
                 if self.writer_gone(probe=True):
                     return
@@ -315,8 +373,8 @@ class _ReaderCore:
 
     def writer_gone(self, probe: bool) -> bool:
         """Check the writer (`probe`: also whether its PID is alive). Returns True if a frame
-        turned up meanwhile (its post is taken); raises WriterDead if the writer is gone and every
-        frame it published was read."""
+        turned up meanwhile (its post is counted); raises WriterDead if the writer is gone and
+        every frame it published was read."""
         mm = self.mm
         pid = _U64.unpack_from(mm, L.OFF_WRITER_PID)[0]
         if pid:
@@ -329,12 +387,16 @@ class _ReaderCore:
         else:
             return False  # no writer has connected yet
         # The writer posts before it detaches, so a post seen now is a frame still to read.
-        if _shm.try_acquire(self.sem_w, 0):
+        if self.take_post(0.0):
             return True
         if self.published_unread():
             # Killed after moving write_pos past a complete frame but before posting it: read
-            # that frame, unless a new writer took over meanwhile (its frames come with posts).
-            return bool(_U64.unpack_from(mm, L.OFF_WRITER_PID)[0] == pid)
+            # that frame (owed without a post), unless a new writer took over meanwhile (its
+            # frames come with posts).
+            if _U64.unpack_from(mm, L.OFF_WRITER_PID)[0] != pid:
+                return False
+            self.words[POSTS] += 1
+            return True
         raise WriterDead(
             f"buffer {self.name!r}: {why} and every frame it published has been read. "
             "A new Writer may connect to the same buffer; read() again to wait for it."
@@ -364,226 +426,197 @@ class _ReaderCore:
             timeout=timeout,
         )
 
-    def attach_semaphore(self, os_name: str) -> None:
-        """Open our own handle on sem-w for take_run (without one, read_small takes one frame a
-        call). Closed by close(), or when this core is collected if a read held the lock then."""
+    def attach_semaphores(self, sem_w_name: str, sem_r_name: str) -> None:
+        """Open our own handles on sem-w and sem-r for the compiled calls (without them, reads
+        take one frame a call). Closed by close(), or when this core is collected if a read held
+        the lock then."""
         hotpath = _shm.hotpath
         assert hotpath is not None
         try:
-            self.sem_handle = hotpath.sem_attach(os_name)
+            sem_w = hotpath.sem_attach(sem_w_name)
         except OSError:
             return
-        self.sem_detach = weakref.finalize(self, hotpath.sem_detach, self.sem_handle)
+        try:
+            sem_r = hotpath.sem_attach(sem_r_name)
+        except OSError:
+            hotpath.sem_detach(sem_w)
+            return
+        self.sem_handle = sem_w
+        self.sem_r_handle = sem_r
+        self.sem_detach = weakref.finalize(self, _detach_both, sem_w, sem_r)
         # Not at interpreter exit: a daemon thread may still be inside read_small then.
         self.sem_detach.atexit = False
 
     def detach_semaphore(self) -> None:
-        """Close our sem-w handle once closed and no read holds the lock (take_run uses it only
-        under the lock): an unlinked semaphore's page stays in /dev/shm while it is mapped."""
-        if not self.sem_handle or not self.lock.acquire(False):
+        """Close our semaphore handles once closed and no read holds the lock (the compiled calls
+        use them only under the lock): an unlinked semaphore's page stays in /dev/shm while it
+        is mapped."""
+        if not self.sem_handle or self.busy or not self.lock.acquire(False):
             return
+        self.busy = True
         try:
             self.sem_handle = 0
+            self.sem_r_handle = 0
             self.sem_detach()
         finally:
+            self.busy = False
             self.lock.release()
 
-    # -- reading ---------------------------------------------------------------------------------
+    # -- reading: taking frames (the one accounting path) ----------------------------------------
 
-    def take_run(self, limit: int) -> bytes | None:
-        """Copy out a run of plain small frames in one compiled call; return the first, keep the
-        rest in `pending`. None (nothing changed): take_frame handles the frame (wraps, etc.)."""
-        lock = self.lock
-        if not lock.acquire(False):
-            return None
-        try:
-            ring = self.ring
-            if self.closed or not self.sem_handle or ring.held or limit <= 0:
-                return None
-            if self.expected > _U64_MAX:
-                return None
-            assert _TAKE_RUN is not None
-            size = ring.size
-            got = _TAKE_RUN(
-                self.addr,
-                self.base,
-                size,
-                ring.read_pos,
-                min(limit, size),
-                self.expected,
-                _RUN_FRAMES,
-                _RUN_BYTES,
-                self.sem_handle,
-            )
-            k = len(got)
-            if not k:
-                return None
-            nbytes = len(got[0]) if k == 1 else sum(map(len, got))
-            freed = ring.consume(nbytes + k * _HDR, k)
-            # Before any byte goes back: the reference writer decides where to wrap from read_pos.
-            self.read_pos_word.value = ring.read_pos
-            self.read_count_word.value = ring.count
-            self.expected += k
-            self.frames += k
-            self.bytes += nbytes
-            # One give-back per run (with anything withheld before), never kept back: a full run
-            # cannot tell whether more is published, and bytes kept back then could leave a
-            # writer waiting (review).
-            self.give_back(freed)
-            if k == 1:
-                data = got[0]
-            elif self.closed:  # closed by another thread meanwhile: nothing more to return
-                self.pending.clear()
-                data = got[0]
-            else:
-                self.pending.extend(got)
-                data = self.pending.popleft()
-        finally:
-            lock.release()
-            if self.closed:  # closed meanwhile by another thread, which could not detach
-                self.detach_semaphore()
+    def take_run(self, limit: int) -> bool:
+        """Take a run of plain small frames (each at most `limit` bytes) in one compiled call
+        that also counts them and queues their bytes on `pending`. False: nothing taken,
+        take_frame handles the next frame (wraps, large frames, gaps)."""
+        if not self.sem_handle or self.ring.held or limit <= 0:
+            return False
+        with self.lock:
+            self.busy = True
+            try:
+                ring = self.ring
+                if self.closed or not self.sem_handle or ring.held:
+                    return False
+                assert _TAKE_RUN is not None
+                size = ring.size
+                taken = _TAKE_RUN(
+                    self.addr,
+                    self.base,
+                    size,
+                    self.words,
+                    min(limit, size),
+                    _RUN_FRAMES,
+                    _RUN_BYTES,
+                    self.sem_handle,
+                    self.sem_r_handle,
+                    self.pending,
+                )
+            finally:
+                self.busy = False
+        if self.closed:  # closed meanwhile by another thread, which could not detach
+            self.pending.clear()
+            self.detach_semaphore()
+            return False
         if self.deferred:  # releases queued while we held the lock (GC, other threads)
             self.drain()
-        return data
+        return bool(taken)
 
-    def next_pending(self, limit: int) -> Frame | bytes:
-        """The oldest frame a run read ahead: its bytes, or a private Frame (offset -1) when over
-        `limit` (read(), a smaller limit)."""
+    def take_frame(self, limit: int = -1) -> None:
+        """Take the frame whose post is counted in `words[POSTS]` (docs/protocol.md 'frame
+        read') and queue it on `pending`: its bytes when at most `limit` long (its space goes
+        back at once), else a Frame over shared memory (held until released)."""
+        with self.lock:
+            self.busy = True
+            try:
+                if self.closed:
+                    raise TransportClosed(f"reader of {self.name!r} is closed")
+                self._take_frame(limit)
+            finally:
+                self.busy = False
+        if self.deferred:  # releases queued while we held the lock (GC, other threads)
+            self.drain()
+
+    def _take_frame(self, limit: int) -> None:
+        mm = self.mm
+        ring = self.ring
+        words = self.words
+        base = self.base
+        # Plan: read and check everything; nothing changes until the step at the end.
+        pos = words[0]
+        wrapped = False
+        if ring.implicit_wrap():
+            wrapped = True
+            pos = 0
+        n, seq = _HEADER.unpack_from(mm, base + pos)
+        if n == 0:
+            if pos == 0:
+                self.corrupt("wrap marker at ring offset 0: no writer wraps there")
+            if seq != 0:
+                self.corrupt(f"wrap marker at ring offset {pos} carries sequence {seq}, not 0")
+            wrapped = True
+            pos = 0
+            n, seq = _HEADER.unpack_from(mm, base)
+        try:
+            ring.check(n, pos)
+        except CorruptBuffer as exc:
+            self.corrupt(str(exc))
+        total = _HDR + n
+        expected = words[EXPECTED]
+        offset = base + pos + _HDR
+        result: Frame | bytes | None = None
+        error: SequenceError | None = None
+        if seq != expected and seq != 1:
+            # A lost or repeated frame. Skip it (its space goes back) and resynchronise.
+            error = SequenceError(
+                f"buffer {self.name!r}: expected frame {expected}, got {seq}; frames were "
+                "lost or repeated. That frame was skipped; reading continues after it.",
+                expected=expected,
+                got=seq,
+            )
+        elif n <= limit:
+            result = mm[offset : offset + n]
+        else:
+            token = ring.next_token(wrapped)
+            view = self.ro[offset : offset + n]
+            result = Frame(None, token, view, n, seq, offset, self.addr + offset)
+        hold = type(result) is Frame
+        more = bool(_SEM_VALUE and self.sem_w.value) if result is not None and not hold else False
+        following = (seq + 1) & _U64_MAX  # seq == 1 out of turn: a new writer took over
+        posts = words[POSTS] - 1 if words[POSTS] else 0
+        # The step: straight-line stores after the ring's (signals land before or after it).
+        _, freed = ring.read(wrapped, total, hold)
+        words[POSTS] = posts
+        words[EXPECTED] = following
+        words[WITHHELD] += freed
+        self.read_pos_word.value = words[0]
+        self.read_count_word.value = words[1]
+        if error is not None:
+            self.give_back()
+            raise error
+        words[FRAMES] += 1
+        words[BYTES] += n
+        if hold:
+            result._core = self  # type: ignore[union-attr]
+        self.pending += (result,)  # type: ignore[arg-type]  # not None: error raised above
+        # Small frames' bytes may wait to go back together while more are published; a large
+        # frame is likely held a while, so everything goes back now.
+        if hold or not more or words[WITHHELD] >= self.withhold_max:
+            self.give_back()
+
+    def corrupt(self, why: str) -> None:
+        self.broken = why
+        raise CorruptBuffer(why)
+
+    def hand_back(self, limit: int) -> Frame | bytes:
+        """The oldest frame taken: its bytes, a Frame over shm, or a private Frame (offset -1)
+        over bytes a run read ahead when they are over `limit` (read(), a smaller limit)."""
         if self.closed:
             self.pending.clear()
             raise TransportClosed(f"reader of {self.name!r} is closed; create a new Reader")
-        data = self.pending.popleft()
-        n = len(data)
-        if n <= limit:
-            return data
-        seq = (self.expected - 1 - len(self.pending)) & _U64_MAX
-        view = memoryview(data)
-        assert _shm.hotpath is not None  # runs exist only with the compiled hot path
-        return Frame(_PRIVATE, 0, view, n, seq, -1, _shm.hotpath.address(view))
-
-    def take_small(self, limit: int, more: bool) -> bytes | None:
-        """take_run's single-frame twin without the compiled path; `more` (further posts seen)
-        lets the freed bytes wait to go back together. None: nothing changed, use take_frame."""
-        lock = self.lock
-        if not lock.acquire(False):
-            return None
-        try:
-            ring = self.ring
-            pos = ring.read_pos
-            if self.closed or ring.held or ring.size - pos < _HDR or limit <= 0:
-                return None
-            if self.expected > _U64_MAX:  # after a corrupt sequence: take_frame reports it
-                return None
-            start = self.base + pos
-            n, seq = _HEADER.unpack_from(self.mm, start)
-            if not 0 < n <= limit or seq != self.expected or n + _HDR > ring.size - pos:
-                return None
-            start += _HDR
-            data = self.mm[start : start + n]
-            freed = self.withheld + ring.consume(n + _HDR)
-            # Per frame, not per batch: the reference writer decides where to wrap from read_pos.
-            self.read_pos_word.value = ring.read_pos
-            self.read_count_word.value = ring.count
-            self.expected += 1
-            self.frames += 1
-            self.bytes += n
-            if more and freed < self.withhold_max:
-                self.withheld = freed  # settle()'s batching, inline for the common case
-            else:
-                self.withheld = 0
-                self.settle(freed, more)
-        finally:
-            lock.release()
-        if self.deferred:  # releases queued while we held the lock (GC, other threads)
-            self.drain()
-        return data
-
-    def settle(self, freed: int, more: bool) -> None:
-        """Small frames' freed bytes: kept for one batched give-back (one atomic add for many)
-        while `more` frames are published and the batch is under `withhold_max`, else given back
-        now with everything kept so far. Called with the lock held."""
-        freed += self.withheld
-        if freed < self.withhold_max and more:
-            self.withheld = freed
-            return
-        self.withheld = 0
-        self.give_back(freed)
-
-    def take_frame(self, limit: int = -1) -> Frame | bytes:
-        """Read the frame whose post was just taken (PROTOCOL.md 'frame read'). A frame of at
-        most `limit` data bytes is copied out and its space given back at once (bytes)."""
-        with self.lock:
-            if self.closed:
-                raise TransportClosed(f"reader of {self.name!r} is closed")
-            mm = self.mm
-            ring = self.ring
-            base = self.base
-            freed = 0
-            try:
-                if ring.implicit_wrap():
-                    freed += ring.wrap()
-                pos = ring.read_pos
-                n, seq = _HEADER.unpack_from(mm, base + pos)
-                if n == 0:
-                    if seq != 0:
-                        raise CorruptBuffer(
-                            f"wrap marker at ring offset {pos} carries sequence {seq}, not 0"
-                        )
-                    freed += ring.wrap()
-                    pos = 0
-                    n, seq = _HEADER.unpack_from(mm, base)
-                ring.check(n)
-            except CorruptBuffer as exc:
-                self.broken = str(exc)
-                if freed:
-                    self.give_back(freed)
-                raise
-            token = ring.push(_HDR + n)
-            self.read_pos_word.value = ring.read_pos
-            self.read_count_word.value = ring.count
-            expected = self.expected
-            if seq != expected and seq != 1:
-                # A lost or repeated frame. Skip it (its space goes back) and resynchronise.
-                freed += ring.release(token)
-                self.expected = seq + 1
-                if freed:
-                    self.give_back(freed)
-                raise SequenceError(
-                    f"buffer {self.name!r}: expected frame {expected}, got {seq}; frames were "
-                    "lost or repeated. That frame was skipped; reading continues after it.",
-                    expected=expected,
-                    got=seq,
-                )
-            # seq == 1 out of turn: a new writer took over (sequences restart per writer).
-            self.expected = seq + 1
-            self.frames += 1
-            self.bytes += n
-            offset = base + pos + _HDR
-            result: Frame | bytes
-            if n <= limit:
-                result = mm[offset : offset + n]
-                freed += ring.release(token)
-                if freed:
-                    self.settle(freed, _SEM_VALUE and bool(self.sem_w.value))
-            else:
-                if freed or self.withheld:  # a large frame is likely held a while: settle up
-                    self.give_back(freed)
-                result = Frame(
-                    self, token, self.ro[offset : offset + n], n, seq, offset, self.addr + offset
-                )
-        if self.deferred:  # releases queued while we held the lock (GC, other threads)
-            self.drain()
-        return result
+        pending = self.pending
+        item = pending[0]
+        if type(item) is bytes and len(item) > limit:
+            n = len(item)
+            seq = (self.words[EXPECTED] - len(pending)) & _U64_MAX
+            view = memoryview(item)
+            assert _shm.hotpath is not None  # runs exist only with the compiled hot path
+            item = Frame(_PRIVATE, 0, view, n, seq, -1, _shm.hotpath.address(view))
+        del pending[0]  # the last step: nothing between here and the caller runs a handler
+        return item
 
     # -- releasing -------------------------------------------------------------------------------
 
-    def give_back(self, freed: int) -> None:
-        """Return ring bytes (and any withheld ones) to the writer and wake it. Called with the
-        lock held."""
+    def give_back(self) -> None:
+        """Return the withheld ring bytes to the writer and wake it, in one step."""
         if self.closed:
             return
-        self.free.add(freed + self.withheld)
-        self.withheld = 0
+        if _GIVE_BACK is not None:
+            _GIVE_BACK(self.addr, self.words, self.sem_r_handle)
+            if self.sem_r_handle:
+                return
+        else:
+            freed = self.words[WITHHELD]
+            self.words[WITHHELD] = 0
+            self.free.add(freed)
         sem = self.sem_r
         # The writer waits on sem-r only when short of space and re-tests after every wake, so
         # one pending post is enough; capping the count keeps it far from SEM_VALUE_MAX.
@@ -591,51 +624,41 @@ class _ReaderCore:
             with contextlib.suppress(posix_ipc.Error):
                 _shm.post(sem)
 
-    def release(self, token: int) -> None:
-        if self.lock.acquire(False):
-            try:
-                freed = self.ring.release(token)
-                if freed:
-                    self.give_back(freed)
-            finally:
-                self.lock.release()
-            if self.deferred or self.closed:
-                self.drain()
-        else:  # inside read() (the GC ran a __del__) or another thread: the holder applies it
-            self.deferred.append(token)
-            self.drain()
-
     def drain(self) -> None:
-        """Apply releases queued while the lock was busy (GC inside read(), other threads). If the
-        lock is taken, its holder drains after letting go."""
+        """Apply the queued releases (frames released by the GC, other threads, or while a step
+        was under way) unless a step is under way: its holder drains after it."""
         deferred = self.deferred
-        while deferred:
-            if not self.lock.acquire(False):
-                return
-            try:
-                ring = self.ring
-                freed = 0
-                while deferred:
-                    freed += ring.release(deferred.pop())
-                if freed:
-                    self.give_back(freed)
-            finally:
-                self.lock.release()
+        while deferred and not self.busy:
+            with self.lock:
+                self.busy = True
+                try:
+                    ring = self.ring
+                    words = self.words
+                    while deferred:
+                        freed = ring.release(deferred[0])
+                        del deferred[0]
+                        words[WITHHELD] += freed
+                    if words[WITHHELD]:
+                        self.give_back()
+                finally:
+                    self.busy = False
         if self.closed:
             self.try_unmap()
 
-    def orphan(self, data: memoryview, view: memoryview, token: int) -> None:
-        """A frame died while its data was still in use: keep its space until nothing uses it."""
-        self.orphans.append((data, view, token))
-
     def retry_orphans(self) -> None:
-        pending, self.orphans = self.orphans, []
-        for data, view, token in pending:
-            # references to data here: the tuple, the loop variable, getrefcount's argument
+        """Release the orphans whose data nobody uses any more."""
+        keep = []
+        free = []
+        for data, view, token in self.orphans:
+            # references to data here: the list, the loop variable, getrefcount's argument
             if getrefcount(data) > 3 or not _release_views(data, view):
-                self.orphans.append((data, view, token))
+                keep.append((data, view, token))
             else:
-                self.deferred.append(token)
+                free.append(token)
+        tokens = tuple(free)
+        # One step: the tokens move from the orphans to the release queue.
+        self.deferred += tokens
+        self.orphans = keep
         self.drain()
 
     # -- closing ---------------------------------------------------------------------------------
@@ -660,14 +683,23 @@ class _ReaderCore:
     def try_unmap(self) -> None:
         """Unmap once nothing can touch the mapping any more; otherwise the mapping stays until
         the last frame (or export) dies and the garbage collector unmaps it."""
-        if self.ring.held or self.orphans or not self.lock.acquire(False):
+        if self.ring.held or self.orphans or self.busy or not self.lock.acquire(False):
             return
+        self.busy = True
         try:
             self.ro.release()
             with contextlib.suppress(BufferError):
                 self.mm.close()
         finally:
+            self.busy = False
             self.lock.release()
+
+
+def _detach_both(sem_w: int, sem_r: int) -> None:
+    hotpath = _shm.hotpath
+    assert hotpath is not None
+    hotpath.sem_detach(sem_w)
+    hotpath.sem_detach(sem_r)
 
 
 def _close_unlink(sem: posix_ipc.Semaphore, os_name: str) -> None:
@@ -710,43 +742,31 @@ class Reader:
         space is already given back (a run of them may be read ahead; see docs/protocol.md)."""
         core = self._core
         if core.pending:
-            return core.next_pending(limit)
-        if core.sem_handle:
-            if not (core.closed or core.orphans) and core.broken is None:
-                data = core.take_run(limit)
-                if data is not None:
-                    return data
-        elif not (core.closed or core.orphans) and core.broken is None and _SEM_VALUE:
-            sem = core.sem_w
-            # Posts seen earlier and not yet taken are still there (only this reader takes
-            # them): skip re-reading the semaphore, a cache line the writer keeps changing.
-            posts = core.posts_seen or sem.value
-            if posts:
-                try:
-                    sem.acquire(0)
-                except posix_ipc.Error:  # busy, or closed by another thread: the slow path says
-                    core.posts_seen = 0
-                else:
-                    core.posts_seen = posts - 1
-                    data = core.take_small(limit, posts > 1)
-                    return core.take_frame(limit) if data is None else data
+            return core.hand_back(limit)
+        if (
+            core.sem_handle
+            and not (core.closed or core.orphans)
+            and core.broken is None
+            and core.take_run(limit)
+        ):
+            return core.hand_back(limit)
         return self._next(timeout, limit)
 
     def _next(self, timeout: TimeoutArg, limit: int) -> Frame | bytes:
         core = self._core
         if core.pending:
-            return core.next_pending(limit)
-        core.posts_seen = 0
+            return core.hand_back(limit)
         if core.closed:
             raise TransportClosed(f"reader of {self.name!r} is closed; create a new Reader")
         if core.broken is not None:
             raise CorruptBuffer(f"buffer {self.name!r} is corrupt: {core.broken}")
         if core.orphans:
             core.retry_orphans()
-        if not _shm.try_take(core.sem_w):
+        if not core.words[POSTS] and not core.take_post(0.0):
             t = self._timeout if timeout is _UNSET else _check_timeout(timeout)
             core.wait_frame(t, self._spin)
-        return core.take_frame(limit)
+        core.take_frame(limit)
+        return core.hand_back(limit)
 
     @property
     def metadata(self) -> memoryview | None:
@@ -779,8 +799,8 @@ class Reader:
             used=P - free,
             free=free,
             utilisation=(P - free) / P,
-            frames=core.frames,
-            bytes=core.bytes,
+            frames=core.words[FRAMES],
+            bytes=core.words[BYTES],
             frames_held=core.ring.held,
             bytes_held=core.ring.held_bytes,
             blocked_seconds=core.blocked,

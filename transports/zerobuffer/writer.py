@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from array import array
 from typing import Any
 
 import posix_ipc
@@ -53,7 +54,16 @@ _U64_MAX = (1 << 64) - 1
 _unpack_u64 = _U64.unpack_from
 _OFF_READER_PID = L.OFF_READER_PID
 _SMALL_FRAME = REWIND_MIN - L.HEADER_SIZE  # writes below it skip _claim (they never rewind)
-_PUT = _shm.hotpath.put if _shm.hotpath is not None else None
+_PUBLISHER = _shm.hotpath.Publisher if _shm.hotpath is not None else None
+
+# The writer's state words: the ring's (ring.py: WRITE_POS), then these. An array('Q') that the
+# compiled Publisher advances in the same step as it publishes (transports/_native.c).
+SEQ = 1  # sequence number of the next frame
+WRITTEN = 2  # entries written, frames and wraps: the OIEB's payload_written_count
+FRAMES = 3  # frames written
+BYTES = 4  # data bytes written
+DONE = 5  # 1 if the last Publisher.put published its frame
+_WORDS = 6
 
 
 class Writer:
@@ -82,8 +92,6 @@ class Writer:
         # stays where arrays made in it live, whatever the reader released meanwhile.
         self._again: tuple[int, int] | None = None
         self._res_view: memoryview | None = None
-        self._frames = 0
-        self._bytes = 0
         self._blocked = 0.0
         mm = _shm.open_shm(name)
         sems: list[posix_ipc.Semaphore] = []
@@ -91,7 +99,7 @@ class Writer:
         try:
             M, P = _check_attach(name, mm)
             sems.append(_shm.open_semaphore(L.sem_w_name(name)))
-            if _PUT is not None:  # right after posix_ipc's open: the same semaphore
+            if _PUBLISHER is not None:  # right after posix_ipc's open: the same semaphore
                 assert _shm.hotpath is not None
                 with contextlib.suppress(OSError):
                     handle = _shm.hotpath.sem_attach(L.sem_w_name(name))
@@ -118,9 +126,13 @@ class Writer:
         self._M = M
         self._P = P
         self._base = L.OIEB_SIZE + M
-        self._ring = WriterRing(P, _U64.unpack_from(mm, L.OFF_WRITE_POS)[0])
-        self._written = _U64.unpack_from(mm, L.OFF_WRITTEN_COUNT)[0]
-        self._seq = 1
+        self._words = words = array("Q", bytes(8 * _WORDS))
+        self._ring = WriterRing(P, _U64.unpack_from(mm, L.OFF_WRITE_POS)[0], words)
+        words[WRITTEN] = _U64.unpack_from(mm, L.OFF_WRITTEN_COUNT)[0]
+        words[SEQ] = 1
+        self._publisher = (
+            _PUBLISHER(addr, self._base, P, handle, words) if _PUBLISHER is not None else None
+        )
         self._closed = False
         self._sem_handle = handle
 
@@ -156,22 +168,14 @@ class Writer:
             raise TransportClosed(f"writer of {self.name!r} is closed; create a new Writer")
         if self._res is not None:
             raise ReservationError("a reserved frame is pending: commit() or abort() it first")
-        if type(data) is bytes and _PUT is not None and len(data) < _SMALL_FRAME:
-            # The usual frame in one compiled call; -1: a case the code below handles.
-            written = (self._written + 1) & _U64_MAX
-            sem = self._sem_handle
-            end = _PUT(
-                self._addr, self._base, self._P, self._ring.write_pos, data, self._seq, written, sem
-            )
-            if end >= 0:
-                self._ring.write_pos = end
+        publisher = self._publisher
+        if type(data) is bytes and publisher is not None and len(data) < _SMALL_FRAME:
+            # The usual frame in one compiled step; not done: a case the code below handles.
+            publisher.put = data
+            if self._words[DONE]:
                 self._again = None
-                self._seq += 1
-                self._written = written
-                if not sem:
-                    _shm.post(self._sem_w)
-                self._frames += 1
-                self._bytes += len(data)
+                if not self._sem_handle:
+                    _shm.post(self._sem_w)  # without our own handle (not signal safe)
                 return
         if type(data) is bytes or type(data) is bytearray:
             n = len(data)
@@ -364,27 +368,37 @@ class Writer:
         )
 
     def _publish(self, skip: int, n: int) -> None:
-        """PROTOCOL.md 'frame written': header, then OIEB (write_pos, written_count, free), then
-        one sem-w post. A wrap's marker and tail are published together with the frame."""
+        """docs/protocol.md 'frame written': header, then OIEB (free, write_pos, written_count),
+        then one sem-w post. A wrap's marker and tail are published together with the frame.
+        Compiled, it is one attribute store (the commit): nothing after it runs a signal handler
+        before write()/commit() has returned."""
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.publish = (skip, n)
+            self._again = None
+            if not self._sem_handle:
+                _shm.post(self._sem_w)  # without our own handle (not signal safe)
+            return
         mm = self._mm
         ring = self._ring
+        words = self._words
         base = self._base
         total = n + _HDR
         if skip >= _HDR:
             _HEADER.pack_into(mm, base + ring.write_pos, 0, 0)
         pos, entries = ring.advance(skip, total)
-        _HEADER.pack_into(mm, base + pos, n, self._seq)
-        self._seq += 1
+        _HEADER.pack_into(mm, base + pos, n, words[SEQ])
+        words[SEQ] += 1
         self._again = None
-        self._written = (self._written + entries) & _U64_MAX  # a counter, wraps like C
-        # Free space first (PROTOCOL.md order): a writer killed between these steps then leaks
-        # the frame's bytes at worst, instead of leaving space counted free twice.
+        words[WRITTEN] = (words[WRITTEN] + entries) & _U64_MAX  # a counter, wraps like C
+        # Free space first (docs/protocol.md order): a writer killed between these steps then
+        # leaks the frame's bytes at worst, instead of leaving space counted free twice.
         self._free.sub(skip + total)
         self._write_pos_word.value = ring.write_pos
-        self._written_word.value = self._written
+        self._written_word.value = words[WRITTEN]
         _shm.post(self._sem_w)
-        self._frames += 1
-        self._bytes += n
+        words[FRAMES] += 1
+        words[BYTES] += n
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -401,14 +415,14 @@ class Writer:
             mm = self._mm
             free = min(self._free_word.value, P)
             read_count = _U64.unpack_from(mm, L.OFF_READ_COUNT)[0]
-            unread = max(0, self._written - read_count)
+            unread = max(0, self._words[WRITTEN] - read_count)
         return WriterStats(
             capacity=P,
             used=P - free,
             free=free,
             utilisation=(P - free) / P,
-            frames=self._frames,
-            bytes=self._bytes,
+            frames=self._words[FRAMES],
+            bytes=self._words[BYTES],
             frames_unread=unread,
             blocked_seconds=self._blocked,
         )
