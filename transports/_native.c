@@ -713,7 +713,7 @@ address(PyObject *module, PyObject *obj)
 #define STREAM_BLOCK 128
 
 /* Keeps the compiler from reordering the stores: streamed stores in address order fill one
- * write-combining buffer (a cache line) at a time; interleaving two lines was ~10% slower. */
+ * write-combining buffer (a cache line) at a time; interleaving two lines was slower. */
 #define STORE_ORDER() __asm__ __volatile__("" ::: "memory")
 
 /* dst is 32-byte aligned; n a multiple of STREAM_BLOCK. */

@@ -32,14 +32,14 @@ __all__ = [
 
 DEFAULT_SPIN = 500
 """Non-blocking looks at the semaphore (or the free counter) before a blocking wait. The first
-`_SPIN_FAST` looks (~0.1 µs each) go back to back, each later one yields the CPU first, so an
-idle wait spins for roughly 0.2 ms: long enough to catch a busy peer's answer without paying the
-~80 µs futex wake-up, bounded so an idle peer costs little CPU. `spin=0` disables it."""
+`_SPIN_FAST` looks go back to back, each later one yields the CPU first, so an idle wait spins
+briefly: long enough to catch a busy peer's answer without paying a futex wake-up, bounded so an
+idle peer costs little CPU (docs/benchmarks.md). `spin=0` disables it."""
 
 _SPIN_FAST = 64
 """Looks taken back to back before each further look first yields the CPU (`sched_yield`): on a
 busy or 2-core machine the peer may be waiting for this very core to produce its answer; without
-yielding, a spin there measured ~5x slower round trips (the peer ran only after the spin ended)."""
+yielding, round trips were several times slower (the peer ran only after the spin ended)."""
 
 POLL_INTERVAL = 0.05
 """Longest single blocking wait (seconds) before the peer's liveness is checked again."""
@@ -164,7 +164,7 @@ def _create_exclusive(name: str, total: int) -> mmap.mmap:
 
 
 def _check_attach(name: str, mm: mmap.mmap) -> tuple[int, int]:
-    """PROTOCOL.md writer attach checks. Returns (M, P)."""
+    """docs/protocol.md writer attach checks. Returns (M, P)."""
     # reader_pid first: the reader stores it last, so once it is set the rest is complete;
     # while it is 0 a half-written OIEB means the buffer is still being created.
     reader_pid = _U64.unpack_from(mm, L.OFF_READER_PID)[0]

@@ -219,6 +219,11 @@ class Writer:
         return view
 
     @property
+    def reserved(self) -> bool:
+        """Whether a frame is reserved (reserve() called, commit() or abort() not yet)."""
+        return self._res is not None
+
+    @property
     def reserved_offset(self) -> int:
         """Offset in the mapping of the reserved frame's data (mapping is page aligned)."""
         if self._res is None:
