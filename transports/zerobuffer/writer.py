@@ -70,7 +70,27 @@ class Writer:
     """Connects to buffer NAME (created by a live Reader) and writes frames into it.
     `timeout` is the default for write() and reserve(). Use it from one thread at a time:
     closing it from another thread while a write is under way is undefined (the compiled
-    write path holds a raw address into the mapping)."""
+    write path holds a raw address into the mapping).
+
+    The rules it keeps (docs/protocol.md "frame written"; the reader's side is in reader.py):
+
+    - Claim, fill, publish. `_claim` only looks (placement, wrap, rewind, waiting for free
+      space) and changes nothing; the data is copied into space nobody reads yet; `_publish`
+      is the one step that makes the frame visible.
+    - Publish order: the wrap marker (when the wasted tail holds a header), the frame header,
+      free -= tail + 16 + N (first: a writer killed in between leaks bytes at worst, never
+      counts space free twice), payload_write_pos, payload_written_count, one sem-w post.
+    - The writer's state words (write position, next sequence, written count, frames, bytes)
+      advance in that same step; `_again` keeps an aborted reservation's placement until the
+      next publish.
+    - Interrupted, not lost: compiled, the publish is one attribute store on the Publisher
+      (`put` for the usual small frame, `publish` for the rest), and nothing after it in
+      write()/commit() calls anything. CPython runs a Python signal handler only after a call
+      or at a loop, so a KeyboardInterrupt either comes out of write()/commit() before the
+      frame is published (send it again) or after they have returned: never both published
+      and raised. Without the compiled module the publish is several calls and this does not
+      hold.
+    """
 
     def __init__(
         self,
