@@ -30,6 +30,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <errno.h>
 #include <semaphore.h>
 #include <time.h>
@@ -694,6 +695,68 @@ static PyTypeObject PublisherType = {
     .tp_getset = Publisher_getset,
 };
 
+/* --- a held frame's ticket --------------------------------------------------------------- */
+
+/* Ticket(orphans, entry): a held Frame's last word. A Frame's __del__ is Python code, and a
+ * signal handler's exception at its first line skips it: the frame would pin its ring space
+ * for good. The Frame also holds a Ticket; when the Frame dies, so does the ticket, in C (no
+ * signal handler runs there), and an armed ticket appends `entry` (data, view, token) to the
+ * reader's orphans, which the reader releases once nothing uses the data. The reader arms the
+ * ticket in the step that takes the frame; a release (or a __del__ that ran) disarms it. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *orphans; /* the reader's list of orphans */
+    PyObject *entry;   /* (data, view, token) */
+    int armed;
+} Ticket;
+
+static int
+Ticket_init(Ticket *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *orphans, *entry;
+    if (!PyArg_ParseTuple(args, "O!O!:Ticket", &PyList_Type, &orphans, &PyTuple_Type, &entry)) {
+        return -1;
+    }
+    Py_INCREF(orphans);
+    Py_INCREF(entry);
+    Py_XSETREF(self->orphans, orphans);
+    Py_XSETREF(self->entry, entry);
+    self->armed = 0;
+    return 0;
+}
+
+static void
+Ticket_dealloc(Ticket *self)
+{
+    if (self->armed && self->orphans != NULL && self->entry != NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyList_Append(self->orphans, self->entry) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        PyErr_Restore(type, value, tb);
+    }
+    Py_CLEAR(self->orphans);
+    Py_CLEAR(self->entry);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef Ticket_members[] = {
+    {"armed", T_INT, offsetof(Ticket, armed), 0, "1: the Frame's death makes it an orphan."},
+    {NULL},
+};
+
+static PyTypeObject TicketType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "transports._native.Ticket",
+    .tp_basicsize = sizeof(Ticket),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Ticket(orphans, entry): appends entry to orphans when it dies armed.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Ticket_init,
+    .tp_dealloc = (destructor)Ticket_dealloc,
+    .tp_members = Ticket_members,
+};
+
 /* address(buffer) -> int: where a contiguous buffer's first byte lives (0 when empty). */
 static PyObject *
 address(PyObject *module, PyObject *obj)
@@ -861,7 +924,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__native(void)
 {
-    if (PyType_Ready(&PublisherType) < 0) {
+    if (PyType_Ready(&PublisherType) < 0 || PyType_Ready(&TicketType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&module_def);
@@ -871,6 +934,12 @@ PyInit__native(void)
     Py_INCREF(&PublisherType);
     if (PyModule_AddObject(module, "Publisher", (PyObject *)&PublisherType) < 0) {
         Py_DECREF(&PublisherType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&TicketType);
+    if (PyModule_AddObject(module, "Ticket", (PyObject *)&TicketType) < 0) {
+        Py_DECREF(&TicketType);
         Py_DECREF(module);
         return NULL;
     }

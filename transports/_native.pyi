@@ -46,3 +46,9 @@ class Publisher:
     def publish(self) -> None: ...
     @publish.setter
     def publish(self, value: tuple[int, int]) -> None: ...
+
+class Ticket:
+    """A held frame's ticket: appends `entry` to `orphans` when it dies armed."""
+
+    armed: int
+    def __init__(self, orphans: list[Any], entry: tuple[Any, ...], /) -> None: ...

@@ -97,6 +97,7 @@ _SEM_VALUE = _shm.SEM_VALUE
 _TAKE_RUN = _shm.hotpath.take_run if _shm.hotpath is not None else None
 _TAKE_POST = _shm.hotpath.take_post if _shm.hotpath is not None else None
 _GIVE_BACK = _shm.hotpath.give_back if _shm.hotpath is not None else None
+_TICKET = _shm.hotpath.Ticket if _shm.hotpath is not None else None
 if _shm.hotpath is not None:
     _shm.hotpath.configure_reader(L.OFF_READ_POS, L.OFF_READ_COUNT)
 
@@ -112,7 +113,17 @@ class Frame:
     made from it, `np.frombuffer(f.data)`, `f.data[a:b]`, `memoryview(f.data)`, keeps that buffer
     exported; release() checks it and refuses while any of them is alive."""
 
-    __slots__ = ("_core", "_token", "_view", "address", "data", "offset", "sequence", "size")
+    __slots__ = (
+        "_core",
+        "_ticket",
+        "_token",
+        "_view",
+        "address",
+        "data",
+        "offset",
+        "sequence",
+        "size",
+    )
 
     def __init__(
         self,
@@ -126,6 +137,7 @@ class Frame:
     ) -> None:
         # core None: not yet counted; the reader sets it in the step that takes the frame.
         self._core: _ReaderCore | _PrivateFrames | None = core
+        self._ticket: Any = None  # a held frame's ticket (compiled): its death, if __del__ fails
         self._token = token
         self._view = view
         wrapper = PickleBuffer(view)
@@ -161,8 +173,11 @@ class Frame:
             self._core = None
             return
         # One step (no call in between): the token is queued and the frame marked released.
+        ticket = self._ticket
         core.deferred += (self._token,)
         self._core = None
+        if ticket is not None:
+            ticket.armed = 0
         core.drain()
 
     def __enter__(self) -> Frame:
@@ -177,14 +192,21 @@ class Frame:
             return
         try:
             data = self.data
+            ticket = self._ticket
             # `bytes(r.read().data)`: the Frame dies while its data is still in use. Then the
             # reader finishes the release once nothing but itself refers to the data any more.
-            if getrefcount(data) > 3 or not _release_views(data, self._view):
+            # References to data here: the slot, `data`, getrefcount's argument, the ticket.
+            mine = 3 if ticket is None else 4
+            if getrefcount(data) > mine or not _release_views(data, self._view):
                 core.orphans += ((data, self._view, self._token),)
                 self._core = None
+                if ticket is not None:
+                    ticket.armed = 0
             else:
                 core.deferred += (self._token,)
                 self._core = None
+                if ticket is not None:
+                    ticket.armed = 0
                 core.drain()
         except Exception:  # pragma: no cover - interpreter teardown
             pass
@@ -240,7 +262,10 @@ class _ReaderCore:
       token (`deferred`) and apply the queue when no step is under way (`busy`); the reader
       applies it after each step.
     - A frame dropped while its data is still in use (an orphan) keeps its space until its
-      views are gone; the reader retries at its next read or stats().
+      views are gone; the reader retries at its next read or stats(). A held Frame also
+      carries a compiled ticket, armed in the step that takes the frame and disarmed by its
+      release: if a signal handler's exception skips the Frame's __del__, the ticket, dying
+      with the Frame in C, appends it to the orphans, so its space is not pinned for good.
     - Under the lock: every change of the ring and the state words. The lock's holder sets
       `busy` at once, so the garbage collector running a Frame's __del__ inside a step queues
       its release instead of waiting for the lock it already holds.
@@ -558,6 +583,8 @@ class _ReaderCore:
             token = ring.next_token(wrapped)
             view = self.ro[offset : offset + n]
             result = Frame(None, token, view, n, seq, offset, self.addr + offset)
+            if _TICKET is not None:  # disarmed until the step below
+                result._ticket = _TICKET(self.orphans, (result.data, view, token))
         hold = type(result) is Frame
         more = bool(_SEM_VALUE and self.sem_w.value) if result is not None and not hold else False
         following = (seq + 1) & _U64_MAX  # seq == 1 out of turn: a new writer took over
@@ -576,6 +603,9 @@ class _ReaderCore:
         words[BYTES] += n
         if hold:
             result._core = self  # type: ignore[union-attr]
+            ticket = result._ticket  # type: ignore[union-attr]
+            if ticket is not None:
+                ticket.armed = 1
         self.pending += (result,)  # type: ignore[arg-type]  # not None: error raised above
         # Small frames' bytes may wait to go back together while more are published; a large
         # frame is likely held a while, so everything goes back now.
@@ -646,19 +676,25 @@ class _ReaderCore:
             self.try_unmap()
 
     def retry_orphans(self) -> None:
-        """Release the orphans whose data nobody uses any more."""
+        """Release the orphans whose data nobody uses any more. The list is changed in place:
+        tickets (and the garbage collector) may append to it at any moment."""
+        orphans = self.orphans
+        n = len(orphans)
         keep = []
         free = []
-        for data, view, token in self.orphans:
-            # references to data here: the list, the loop variable, getrefcount's argument
+        for data, view, token in orphans[:n]:
+            # references to data here: the tuple, the loop variable, getrefcount's argument
             if getrefcount(data) > 3 or not _release_views(data, view):
                 keep.append((data, view, token))
             else:
                 free.append(token)
         tokens = tuple(free)
+        kept = tuple(keep)
+        del keep
         # One step: the tokens move from the orphans to the release queue.
+        del orphans[:n]
+        orphans += kept
         self.deferred += tokens
-        self.orphans = keep
         self.drain()
 
     # -- closing ---------------------------------------------------------------------------------

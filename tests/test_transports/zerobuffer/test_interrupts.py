@@ -18,7 +18,9 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from conftest import unique_name
 
@@ -207,3 +209,41 @@ def test_a_writer_in_a_sigint_storm_loses_and_duplicates_nothing() -> None:
     assert sent > 1000
     assert got["messages"] == wrote["messages"] > 1000
     assert wrote["caught"] > 100  # the storm did interrupt writes
+
+
+def test_a_frame_whose_collection_is_interrupted_still_gives_its_space_back(
+    shm_name: str,
+) -> None:
+    """A signal handler's exception at the first line of a Frame's __del__ skips it (CPython
+    prints "Exception ignored" and goes on): the frame's space must still go back, through
+    the frame's ticket, once nothing uses its data. The interrupt is injected by a profile hook
+    raising KeyboardInterrupt as __del__ is called, which is where a real signal lands."""
+    from transports.zerobuffer import BufferConfig, Frame, Reader, Writer
+
+    def interrupt_del(frame: Any, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code is Frame.__del__.__code__:
+            raise KeyboardInterrupt
+
+    unraisable: list[object] = []
+    with Reader(shm_name, BufferConfig(0, 4096), timeout=2.0) as r, Writer(shm_name) as w:
+        w.write(b"a" * 1000)
+        w.write(b"b" * 1000)
+        kept = r.read()
+        dropped = r.read()
+        view = np.frombuffer(kept.data, np.uint8)  # kept's data stays in use after it dies
+        # (only the type: the traceback would keep the dying Frame alive)
+        hook, sys.unraisablehook = sys.unraisablehook, lambda u: unraisable.append(u.exc_type)
+        try:
+            sys.setprofile(interrupt_del)  # a hook that raises is switched off: once per del
+            del kept
+            sys.setprofile(interrupt_del)
+            del dropped
+        finally:
+            sys.setprofile(None)
+            sys.unraisablehook = hook
+        assert unraisable == [KeyboardInterrupt] * 2  # both __del__ were skipped
+        assert r.stats().frames_held == 1  # dropped went back; kept's data is in use
+        assert bytes(view[:3]) == b"aaa"
+        del view
+        stats = r.stats()
+        assert (stats.frames_held, stats.free) == (0, 4096)
