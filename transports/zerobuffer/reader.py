@@ -65,7 +65,7 @@ from transports.zerobuffer.common import (
     _create_exclusive,
     is_orphan,
 )
-from transports.zerobuffer.ring import ReaderRing
+from transports.zerobuffer.ring import COUNT, READ_POS, ReaderRing
 
 __all__ = ["Frame", "Reader"]
 
@@ -545,10 +545,11 @@ class _ReaderCore:
         ring = self.ring
         words = self.words
         base = self.base
+        size = ring.size
         # Plan: read and check everything; nothing changes until the step at the end.
-        pos = words[0]
+        pos = words[READ_POS]
         wrapped = False
-        if ring.implicit_wrap():
+        if size - pos < _HDR:  # a tail under one header: the writer wrapped without a marker
             wrapped = True
             pos = 0
         n, seq = _HEADER.unpack_from(mm, base + pos)
@@ -560,10 +561,11 @@ class _ReaderCore:
             wrapped = True
             pos = 0
             n, seq = _HEADER.unpack_from(mm, base)
-        try:
-            ring.check(n, pos)
-        except CorruptBuffer as exc:
-            self.corrupt(str(exc))
+        if n <= 0 or n > size - pos - _HDR:
+            try:
+                ring.check(n, pos)
+            except CorruptBuffer as exc:
+                self.corrupt(str(exc))
         total = _HDR + n
         expected = words[EXPECTED]
         offset = base + pos + _HDR
@@ -594,8 +596,8 @@ class _ReaderCore:
         words[POSTS] = posts
         words[EXPECTED] = following
         words[WITHHELD] += freed
-        self.read_pos_word.value = words[0]
-        self.read_count_word.value = words[1]
+        self.read_pos_word.value = words[READ_POS]
+        self.read_count_word.value = words[COUNT]
         if error is not None:
             self.give_back()
             raise error
@@ -609,7 +611,7 @@ class _ReaderCore:
         self.pending += (result,)  # type: ignore[arg-type]  # not None: error raised above
         # Small frames' bytes may wait to go back together while more are published; a large
         # frame is likely held a while, so everything goes back now.
-        if hold or not more or words[WITHHELD] >= self.withhold_max:
+        if words[WITHHELD] and (hold or not more or words[WITHHELD] >= self.withhold_max):
             self.give_back()
 
     def corrupt(self, why: str) -> None:

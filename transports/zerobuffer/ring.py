@@ -53,7 +53,7 @@ class WriterRing:
         """Bytes wasted before a frame of `total` bytes (header included): 0 when it fits at
         `write_pos`, else the whole tail `size - write_pos` (the frame wraps to offset 0; the tail
         may be 0 when `write_pos == size`). The space to wait for is `skip + total`."""
-        tail = self.size - self.write_pos
+        tail = self.size - self.words[WRITE_POS]
         return 0 if tail >= total else tail
 
     def rewind(self, total: int, free: int) -> int:
@@ -63,13 +63,9 @@ class WriterRing:
         large (`REWIND_MIN`): offset 0 is then where the last such frame went, so its memory is
         still in cache (docs/benchmarks.md). Any reader sees a normal wrap, marker included;
         nothing is waited for, since the whole ring is free."""
-        tail = self.size - self.write_pos
-        if (
-            free == self.size
-            and total >= REWIND_MIN
-            and total <= self.write_pos
-            and tail >= HEADER_SIZE
-        ):
+        write_pos = self.words[WRITE_POS]
+        tail = self.size - write_pos
+        if free == self.size and total >= REWIND_MIN and total <= write_pos and tail >= HEADER_SIZE:
             return tail
         return 0
 
@@ -77,11 +73,12 @@ class WriterRing:
         """Largest `total` placeable from the current position. A frame wrapping from here needs the
         tail *and* its own bytes free at once, so frames above `size // 2` only fit from some positions;
         every frame of at most `size // 2` bytes always fits eventually."""
-        return max(self.size - self.write_pos, self.write_pos)
+        write_pos = self.words[WRITE_POS]
+        return max(self.size - write_pos, write_pos)
 
     def offset(self, skip: int) -> int:
         """Header offset of the next frame given its `skip`."""
-        pos = self.write_pos + skip
+        pos = self.words[WRITE_POS] + skip
         return 0 if pos >= self.size else pos
 
     def advance(self, skip: int, total: int) -> tuple[int, int]:
@@ -89,7 +86,7 @@ class WriterRing:
         A wrap counts as an entry only when it wastes bytes (skip > 0): with write_pos at the very
         end the reader's position is already back at 0 and it sees no wrap."""
         pos = self.offset(skip)
-        self.write_pos = pos + total
+        self.words[WRITE_POS] = pos + total
         return pos, (2 if skip else 1)
 
 
@@ -248,10 +245,11 @@ class ReaderRing:
         while first + k in released:
             freed += entries[k]
             k += 1
-        gone = set(range(first + 1, first + k))
+        gone = set(range(first + 1, first + k)) if k > 1 else None
         # ... then change everything at once.
         del entries[:k]
-        released -= gone
+        if gone is not None:
+            released -= gone
         self.queued -= k
         words[FIRST] = first + k
         self.held -= 1
