@@ -86,6 +86,7 @@ while True:
         sys.exit(1)
     expected += 1
 r.close()
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the storm may outlive us
 print(json.dumps({"messages": expected, "caught": caught[0], "signals": signals[0]}), flush=True)
 """
 
@@ -129,6 +130,7 @@ while True:
     except KeyboardInterrupt:
         armed[0] = False
 w.close()
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the storm may outlive us
 print(json.dumps({"messages": seq, "caught": caught[0], "signals": signals[0]}), flush=True)
 """
 
