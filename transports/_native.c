@@ -2,25 +2,38 @@
  *
  * - fetch_add / fetch_sub / compare_exchange: sequentially consistent u64 atomics at a raw
  *   address (the shared free-space word), the twin of libatomic through ctypes in
- *   transports/_shm.py without ctypes' per-call conversions (~0.05 us instead of 0.3-0.4 us).
- * - put / take_run: the common small frame written, or a run of them copied out, in one call;
- *   take_run takes each frame's sem-w post through the reader's own handle on the semaphore
- *   (sem_attach / sem_detach). They only do the memory work of the cases they handle and
- *   answer "not handled" (-1 / an empty list) for everything else (wraps, full ring, gone
- *   reader, sequence gaps, corruption), which the Python code in transports/zerobuffer.py then
- *   handles, so the protocol logic stays there.
+ *   transports/zerobuffer/posix.py without ctypes' per-call conversions.
+ * - put: the common small frame written in one call (kept for callers of the old API).
+ * - Publisher: the writer's commit. `p.put = data` writes and publishes a small frame,
+ *   `p.publish = (skip, n)` publishes a frame whose data is in place; both update the writer's
+ *   state words in the same step. They are attribute stores, not calls, on purpose: CPython runs
+ *   Python signal handlers after every call returns but not after a store, so a
+ *   KeyboardInterrupt can never arrive between a frame's publication and the end of the
+ *   Python function that published it (see transports/zerobuffer/writer.py).
+ * - take_run / take_post / give_back: the reader's accounting, each step in one call that also
+ *   updates the reader's state words (and its queue of frames taken, not handed back yet), so
+ *   a signal handler between two calls never finds a frame taken but not counted (see
+ *   transports/zerobuffer/reader.py). Posts go through the reader's own handles on the
+ *   semaphores (sem_attach / sem_detach).
+ *   put, Publisher.put and take_run only do the cases they handle and answer "not handled"
+ *   for everything else (wraps, full ring, gone reader, sequence gaps, corruption), which the
+ *   Python code then handles, so the protocol logic stays there.
  * - address: where a contiguous buffer lives, for alignment checks (no pyarrow round trip).
  * - stream_copy: a large copy with non-temporal stores and the GIL released, so several threads
- *   can each copy a part (zcser/_copy.py). glibc's memcpy only streams above ~3/4 of the cache
- *   per thread (99 MiB on the benchmark VM); a part below that used cached stores, and two
- *   threads copying 100 MiB were then no faster than one.
+ *   can each copy a part (zcser's streaming copy). glibc's memcpy only streams above a share
+ *   of the cache per thread; a part below that used cached stores, and two threads were then
+ *   no faster than one (docs/benchmarks.md).
  *
  * Internal: callers pass addresses inside a live mapping; a wrong address crashes the process,
- * as with ctypes. Layout offsets come from transports/_layout.py through configure().
+ * as with ctypes. Layout offsets come from transports/zerobuffer/layout.py through configure()
+ * and configure_reader().
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <errno.h>
 #include <semaphore.h>
+#include <time.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define HOTPATH_STREAMING 1
@@ -37,8 +50,9 @@
 #endif
 
 static struct {
-    int configured;
+    int configured, reader_configured;
     uint64_t off_free, off_write_pos, off_written, off_reader_pid, header_size;
+    uint64_t off_read_pos, off_read_count;
 } layout;
 
 static int
@@ -154,7 +168,7 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* put(addr, base, size, pos, data, seq, written, sem) -> new write_pos, or -1 when not handled.
  * Writes one frame of len(data) bytes at ring offset `pos` when it fits before the ring's end,
  * a reader is attached and the free counter covers it: data, header, then free -= 16+N,
- * write_pos, written_count (PROTOCOL.md order), then posts sem-w through `sem` (a handle from
+ * write_pos, written_count (docs/protocol.md order), then posts sem-w through `sem` (a handle from
  * sem_attach; 0: the caller posts). A count already at its maximum says "wake up" as it is. */
 static PyObject *
 put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -246,68 +260,502 @@ sem_detach(PyObject *module, PyObject *handle)
     Py_RETURN_NONE;
 }
 
-/* take_run(addr, base, size, pos, limit, expected, max_frames, max_bytes, sem) -> list[bytes].
- * Copies out consecutive frames from ring offset `pos` while each one's sem-w post can be taken
- * without waiting and the frame is a plain one (not a wrap marker, 1..limit bytes, fits before
- * the ring's end, sequence expected, expected + 1, ...), up to max_frames frames and, past the
- * first, max_bytes bytes; stops after a frame that ends
- * exactly at the ring's end. A post taken for a frame it does not handle is posted back, so an
- * empty list means nothing changed. The caller does the accounting for the frames returned. */
-static PyObject *
-take_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* --- the reader's accounting ------------------------------------------------------------ */
+
+/* The reader's state words, an array('Q') owned by the reader core (reader.py, ring.py):
+ *
+ *   [0] read_pos   ring offset of the next entry to read            (ring.py: ReaderRing)
+ *   [1] count      entries read, frames and wraps: payload_read_count (ring.py)
+ *   [2] first      token of the oldest entry not given back yet        (ring.py)
+ *   [3] expected   sequence number of the next frame
+ *   [4] frames     frames read
+ *   [5] bytes      data bytes read
+ *   [6] withheld   ring bytes read and released, not given back to the writer yet
+ *   [7] posts      sem-w posts taken whose frames are not read yet
+ */
+enum { R_READ_POS, R_COUNT, R_FIRST, R_EXPECTED, R_FRAMES, R_BYTES, R_WITHHELD, R_POSTS, R_WORDS };
+
+/* The reader's state words as a C array; 0 with the buffer held, -1 with an error set. */
+static int
+state_words(PyObject *obj, Py_buffer *view, Py_ssize_t want, uint64_t **words)
 {
-    uint64_t a[9];
-    if (parse_u64s(args, nargs, 9,
-                   "take_run(addr, base, size, pos, limit, expected, max_frames, max_bytes, sem)",
-                   a) < 0 ||
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        return -1;
+    }
+    if (view->itemsize != sizeof(uint64_t) || view->len < want * (Py_ssize_t)sizeof(uint64_t) ||
+        view->format == NULL || strcmp(view->format, "Q") != 0) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_TypeError, "state words must be an array('Q') of at least %zd", want);
+        return -1;
+    }
+    *words = (uint64_t *)view->buf;
+    return 0;
+}
+
+/* configure_reader(off_read_pos, off_read_count): the OIEB words only the reader writes. */
+static PyObject *
+configure_reader(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t a[2];
+    if (parse_u64s(args, nargs, 2, "configure_reader(off_read_pos, off_read_count)", a) < 0) {
+        return NULL;
+    }
+    if (a[0] % sizeof(uint64_t) != 0 || a[1] % sizeof(uint64_t) != 0) {
+        PyErr_SetString(PyExc_ValueError, "OIEB offsets must be multiples of 8");
+        return NULL;
+    }
+    layout.off_read_pos = a[0];
+    layout.off_read_count = a[1];
+    layout.reader_configured = 1;
+    Py_RETURN_NONE;
+}
+
+/* Hand `words[R_WITHHELD]` back to the writer: free += withheld, withheld = 0, and one post on
+ * sem-r unless one is pending already (the writer re-tests the free counter after each wake). */
+static void
+give_back_words(char *oieb, uint64_t *words, sem_t *sem_r)
+{
+    uint64_t freed = words[R_WITHHELD];
+    if (freed == 0) {
+        return;
+    }
+    words[R_WITHHELD] = 0;
+    __atomic_fetch_add((uint64_t *)(oieb + layout.off_free), freed, __ATOMIC_SEQ_CST);
+    if (sem_r != NULL) {
+        int value = 0;
+        if (sem_getvalue(sem_r, &value) != 0 || value <= 0) {
+            sem_post(sem_r);
+        }
+    }
+}
+
+/* give_back(addr, words, sem_r): free += words[withheld] (then 0), post sem-r; one step. sem_r
+ * 0: no post (the caller posts). */
+static PyObject *
+give_back(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "give_back(addr, words, sem_r) takes 3 arguments, got %zd",
+                     nargs);
+        return NULL;
+    }
+    PyObject *const nums[2] = {args[0], args[2]};
+    uint64_t a[2];
+    if (parse_u64s(nums, 2, 2, "give_back(addr, words, sem_r)", a) < 0 ||
         check_address(a[0]) < 0 || check_configured() < 0) {
         return NULL;
     }
-    uint64_t addr = a[0], base = a[1], size = a[2], pos = a[3], limit = a[4], expected = a[5];
-    uint64_t max_frames = a[6], max_bytes = a[7];
-    sem_t *sem = (sem_t *)(uintptr_t)a[8];
-    if (sem == NULL) {
+    Py_buffer view;
+    uint64_t *words;
+    if (state_words(args[1], &view, R_WORDS, &words) < 0) {
+        return NULL;
+    }
+    give_back_words((char *)(uintptr_t)a[0], words, (sem_t *)(uintptr_t)a[1]);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+/* take_post(sem_w, words, seconds) -> bool: take one sem-w post, waiting up to `seconds` (0: one
+ * try) with the GIL released, and count it in words[posts] in the same step. False on timeout
+ * or when a signal arrived (the caller re-tests; Python's handlers then run). */
+static PyObject *
+take_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyFloat_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "take_post(sem_w, words, seconds: float)");
+        return NULL;
+    }
+    uint64_t handle;
+    if (parse_u64s(args, 1, 1, "take_post(sem_w, words, seconds)", &handle) < 0) {
+        return NULL;
+    }
+    sem_t *sem = (sem_t *)(uintptr_t)handle;
+    double seconds = PyFloat_AS_DOUBLE(args[2]);
+    if (sem == NULL || !(seconds >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "take_post(): sem handle is 0 or seconds < 0");
+        return NULL;
+    }
+    Py_buffer view;
+    uint64_t *words;
+    if (state_words(args[1], &view, R_WORDS, &words) < 0) {
+        return NULL;
+    }
+    int got = sem_trywait(sem) == 0;
+    if (!got && seconds > 0) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        double whole = (double)(time_t)seconds;
+        until.tv_sec += (time_t)seconds;
+        until.tv_nsec += (long)((seconds - whole) * 1e9);
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec += 1;
+            until.tv_nsec -= 1000000000L;
+        }
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = sem_timedwait(sem, &until);
+        Py_END_ALLOW_THREADS
+        got = rc == 0;
+    }
+    if (got) {
+        words[R_POSTS] += 1; /* with the GIL held: no Python code runs between take and count */
+    }
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(got);
+}
+
+/* take_run(addr, base, size, words, limit, max_frames, max_bytes, sem_w, sem_r, pending) -> k.
+ * Copies out consecutive plain frames from words[read_pos] (not a wrap marker, 1..limit bytes,
+ * fitting before the ring's end, sequence words[expected], expected + 1, ...) while each one has
+ * a post (one counted in words[posts] first, else one taken from sem-w without waiting), up to
+ * max_frames frames and, past the first, max_bytes bytes; stops after a frame that ends exactly
+ * at the ring's end. Nothing held may be pending (the caller checks ring.held).
+ *
+ * Then, in the same call, the accounting (the order of docs/protocol.md "frame read"): the
+ * frames' bytes objects are appended to `pending`; the state words advance (read_pos, count,
+ * first, expected, frames, bytes); the OIEB's payload_read_pos and payload_read_count are
+ * stored before any byte goes back (the reference writer decides where to wrap from them);
+ * then the run's bytes and anything withheld go back (free += ..., one sem-r post). A post
+ * taken for a frame it does not handle stays counted in words[posts] for the Python path.
+ * Returns the number of frames taken (0: nothing changed but words[posts]). */
+static PyObject *
+take_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char usage[] =
+        "take_run(addr, base, size, words, limit, max_frames, max_bytes, sem_w, sem_r, pending)";
+    if (nargs != 10) {
+        PyErr_Format(PyExc_TypeError, "%s takes 10 arguments, got %zd", usage, nargs);
+        return NULL;
+    }
+    PyObject *const nums[8] = {args[0], args[1], args[2], args[4],
+                               args[5], args[6], args[7], args[8]};
+    uint64_t a[8];
+    if (parse_u64s(nums, 8, 8, usage, a) < 0 || check_address(a[0]) < 0 ||
+        check_configured() < 0) {
+        return NULL;
+    }
+    if (!layout.reader_configured) {
+        PyErr_SetString(PyExc_RuntimeError, "configure_reader() was not called");
+        return NULL;
+    }
+    uint64_t addr = a[0], base = a[1], size = a[2], limit = a[3];
+    uint64_t max_frames = a[4], max_bytes = a[5];
+    sem_t *sem_w = (sem_t *)(uintptr_t)a[6];
+    sem_t *sem_r = (sem_t *)(uintptr_t)a[7];
+    PyObject *pending = args[9];
+    if (sem_w == NULL) {
         PyErr_SetString(PyExc_ValueError, "take_run(): sem handle is 0");
         return NULL;
     }
-    PyObject *out = PyList_New(0);
-    if (out == NULL) {
+    Py_buffer view;
+    uint64_t *words;
+    if (state_words(args[3], &view, R_WORDS, &words) < 0) {
         return NULL;
     }
-    uint64_t copied = 0;
-    while (HOTPATH_LITTLE_ENDIAN && (uint64_t)PyList_GET_SIZE(out) < max_frames &&
-           (copied == 0 || copied < max_bytes) && pos <= size &&
-           size - pos >= layout.header_size) {
-        if (sem_trywait(sem) != 0) {
+    PyObject *run = PyList_New(0);
+    if (run == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    char *oieb = (char *)(uintptr_t)addr;
+    uint64_t pos = words[R_READ_POS], expected = words[R_EXPECTED];
+    uint64_t copied = 0, k = 0;
+    while (HOTPATH_LITTLE_ENDIAN && k < max_frames && (copied == 0 || copied < max_bytes) &&
+           pos <= size && size - pos >= layout.header_size) {
+        if (words[R_POSTS] > 0) {
+            words[R_POSTS] -= 1;
+        } else if (sem_trywait(sem_w) != 0) {
             break; /* no post (EAGAIN) or a signal (EINTR): the caller waits its own way */
         }
-        const char *frame = (const char *)(uintptr_t)addr + base + pos;
+        const char *frame = oieb + base + pos;
         uint64_t header[2];
         memcpy(header, frame, sizeof header);
         uint64_t n = header[0];
         if (n == 0 || n > limit || header[1] != expected ||
             n > size - pos - layout.header_size || n > (uint64_t)PY_SSIZE_T_MAX) {
-            sem_post(sem);
+            words[R_POSTS] += 1; /* the post stays ours: the Python path reads that frame */
             break;
         }
         PyObject *data = PyBytes_FromStringAndSize(frame + layout.header_size, (Py_ssize_t)n);
-        if (data == NULL || PyList_Append(out, data) < 0) {
+        if (data == NULL || PyList_Append(run, data) < 0) {
             Py_XDECREF(data);
-            sem_post(sem);
-            if (PyList_GET_SIZE(out) == 0) {
-                Py_DECREF(out);
-                return NULL;
-            }
-            PyErr_Clear(); /* return what was taken: the next call reports the shortage */
+            words[R_POSTS] += 1;
+            PyErr_Clear(); /* take what was copied: the next call reports the shortage */
             break;
         }
         Py_DECREF(data);
         copied += n;
         expected += 1;
+        k += 1;
         pos += n + layout.header_size; /* at the ring's end the loop's test ends the run */
     }
-    return out;
+    if (k > 0) {
+        PyObject *ok = PyObject_CallMethod(pending, "extend", "O", run);
+        if (ok == NULL) { /* nothing consumed: the frames stay in the ring, their posts counted */
+            words[R_POSTS] += k;
+            Py_DECREF(run);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        Py_DECREF(ok);
+        words[R_READ_POS] = pos >= size ? 0 : pos;
+        words[R_COUNT] += k;
+        words[R_FIRST] += k;
+        words[R_EXPECTED] = expected;
+        words[R_FRAMES] += k;
+        words[R_BYTES] += copied;
+        __atomic_store_n((uint64_t *)(oieb + layout.off_read_pos), words[R_READ_POS],
+                         __ATOMIC_RELEASE);
+        __atomic_store_n((uint64_t *)(oieb + layout.off_read_count), words[R_COUNT],
+                         __ATOMIC_RELEASE);
+        words[R_WITHHELD] += copied + k * layout.header_size;
+        give_back_words(oieb, words, sem_r);
+    }
+    Py_DECREF(run);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(k);
 }
+
+/* --- the writer's commit ---------------------------------------------------------------- */
+
+/* The writer's state words, an array('Q') owned by the Writer (writer.py, ring.py):
+ *
+ *   [0] write_pos  ring offset where the next frame goes, in [0, size]  (ring.py: WriterRing)
+ *   [1] seq        sequence number of the next frame
+ *   [2] written    entries written, frames and wraps: payload_written_count
+ *   [3] frames     frames written
+ *   [4] bytes      data bytes written
+ *   [5] done       1 if the last `put` published its frame, 0 if it declined
+ */
+enum { W_WRITE_POS, W_SEQ, W_WRITTEN, W_FRAMES, W_BYTES, W_DONE, W_WORDS };
+
+typedef struct {
+    PyObject_HEAD
+    char *oieb;         /* first byte of the mapping */
+    uint64_t base;      /* payload ring offset in the mapping */
+    uint64_t size;      /* payload ring bytes */
+    sem_t *sem;         /* our handle on sem-w, NULL: the caller posts */
+    Py_buffer state;    /* the writer's state words (holds the array) */
+    int has_state;
+} Publisher;
+
+static int
+Publisher_init(Publisher *self, PyObject *args, PyObject *kwds)
+{
+    unsigned long long addr, base, size, sem;
+    PyObject *state;
+    if (!PyArg_ParseTuple(args, "KKKKO:Publisher", &addr, &base, &size, &sem, &state)) {
+        return -1;
+    }
+    if (check_configured() < 0 || check_address(addr) < 0) {
+        return -1;
+    }
+    if (size < layout.header_size + 1) {
+        PyErr_SetString(PyExc_ValueError, "Publisher(): ring too small for a frame");
+        return -1;
+    }
+    if (self->has_state) {
+        PyErr_SetString(PyExc_RuntimeError, "Publisher() initialised twice");
+        return -1;
+    }
+    uint64_t *words;
+    if (state_words(state, &self->state, W_WORDS, &words) < 0) {
+        return -1;
+    }
+    self->has_state = 1;
+    self->oieb = (char *)(uintptr_t)addr;
+    self->base = base;
+    self->size = size;
+    self->sem = (sem_t *)(uintptr_t)sem;
+    return 0;
+}
+
+static void
+Publisher_dealloc(Publisher *self)
+{
+    if (self->has_state) {
+        PyBuffer_Release(&self->state);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The protocol's "frame written" steps once the frame's data is in place at header offset
+ * `pos` (after a wasted tail of `skip` bytes): the frame header; free -= skip + 16 + n first (a
+ * writer killed between these steps then leaks the frame's bytes at worst, instead of leaving
+ * space counted free twice); write_pos; written_count; one sem-w post; the state words. */
+static void
+publish_frame(Publisher *self, uint64_t *w, uint64_t skip, uint64_t pos, uint64_t n)
+{
+    char *oieb = self->oieb;
+    uint64_t total = n + layout.header_size;
+    uint64_t header[2] = {n, w[W_SEQ]};
+    memcpy(oieb + self->base + pos, header, sizeof header);
+    w[W_WRITE_POS] = pos + total;
+    w[W_SEQ] += 1;
+    w[W_WRITTEN] += skip ? 2 : 1; /* a wrap wasting bytes is an entry too; a counter, wraps */
+    w[W_FRAMES] += 1;
+    w[W_BYTES] += n;
+    w[W_DONE] = 1;
+    __atomic_fetch_sub((uint64_t *)(oieb + layout.off_free), skip + total, __ATOMIC_SEQ_CST);
+    __atomic_store_n((uint64_t *)(oieb + layout.off_write_pos), w[W_WRITE_POS], __ATOMIC_RELEASE);
+    __atomic_store_n((uint64_t *)(oieb + layout.off_written), w[W_WRITTEN], __ATOMIC_RELEASE);
+    if (self->sem != NULL) {
+        sem_post(self->sem); /* fails only with EOVERFLOW: pending posts wake the reader anyway */
+    }
+}
+
+/* `p.put = data`: the usual small frame in one step: when it fits before the ring's end, a
+ * reader is attached and the free counter covers it, copy it in and publish it (done = 1);
+ * otherwise change nothing (done = 0) and the Python code takes the long way. */
+static int
+Publisher_set_put(Publisher *self, PyObject *data, void *closure)
+{
+    if (data == NULL || !PyBytes_CheckExact(data)) {
+        PyErr_SetString(PyExc_TypeError, "Publisher.put takes bytes");
+        return -1;
+    }
+    uint64_t *w = (uint64_t *)self->state.buf;
+    uint64_t n = (uint64_t)PyBytes_GET_SIZE(data);
+    uint64_t total = n + layout.header_size;
+    uint64_t pos = w[W_WRITE_POS], size = self->size;
+    char *oieb = self->oieb;
+    w[W_DONE] = 0;
+    if (!HOTPATH_LITTLE_ENDIAN || n == 0 || pos > size || total > size - pos) {
+        return 0;
+    }
+    if (__atomic_load_n((uint64_t *)(oieb + layout.off_reader_pid), __ATOMIC_ACQUIRE) == 0) {
+        return 0;
+    }
+    uint64_t free_bytes = __atomic_load_n((uint64_t *)(oieb + layout.off_free), __ATOMIC_ACQUIRE);
+    if (free_bytes < total || free_bytes > size) {
+        return 0;
+    }
+    memcpy(oieb + self->base + pos + layout.header_size, PyBytes_AS_STRING(data), (size_t)n);
+    publish_frame(self, w, 0, pos, n);
+    return 0;
+}
+
+/* `p.publish = (skip, n)`: publish the frame of n data bytes already in place after a wasted
+ * tail of `skip` bytes from write_pos (a wrap marker first when the tail holds a header). The
+ * Python code claimed the space (Writer._claim); the bounds are checked again here. */
+static int
+Publisher_set_publish(Publisher *self, PyObject *value, void *closure)
+{
+    unsigned long long skip, n;
+    if (value == NULL || !PyTuple_Check(value) ||
+        !PyArg_ParseTuple(value, "KK:Publisher.publish", &skip, &n)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "Publisher.publish takes (skip, n)");
+        }
+        return -1;
+    }
+    uint64_t *w = (uint64_t *)self->state.buf;
+    uint64_t size = self->size, start = w[W_WRITE_POS];
+    uint64_t total = (uint64_t)n + layout.header_size;
+    if (n == 0 || start > size || skip > size - start || total > size) {
+        PyErr_SetString(PyExc_ValueError, "Publisher.publish: the frame does not fit the ring");
+        return -1;
+    }
+    uint64_t pos = start + skip >= size ? 0 : start + skip;
+    if (total > size - pos) {
+        PyErr_SetString(PyExc_ValueError, "Publisher.publish: the frame does not fit the ring");
+        return -1;
+    }
+    if (skip >= layout.header_size) {
+        uint64_t marker[2] = {0, 0};
+        memcpy(self->oieb + self->base + start, marker, sizeof marker);
+    }
+    publish_frame(self, w, skip, pos, n);
+    return 0;
+}
+
+static PyObject *
+Publisher_get_none(Publisher *self, void *closure)
+{
+    PyErr_SetString(PyExc_AttributeError, "Publisher.put and .publish can only be set");
+    return NULL;
+}
+
+static PyGetSetDef Publisher_getset[] = {
+    {"put", (getter)Publisher_get_none, (setter)Publisher_set_put,
+     "Set to bytes: write and publish a small frame if it fits now (state done = 1).", NULL},
+    {"publish", (getter)Publisher_get_none, (setter)Publisher_set_publish,
+     "Set to (skip, n): publish the frame of n bytes already in place.", NULL},
+    {NULL},
+};
+
+static PyTypeObject PublisherType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "transports._native.Publisher",
+    .tp_basicsize = sizeof(Publisher),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Publisher(addr, base, size, sem, state): the writer's commit, as attribute stores.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Publisher_init,
+    .tp_dealloc = (destructor)Publisher_dealloc,
+    .tp_getset = Publisher_getset,
+};
+
+/* --- a held frame's ticket --------------------------------------------------------------- */
+
+/* Ticket(orphans, entry): a held Frame's last word. A Frame's __del__ is Python code, and a
+ * signal handler's exception at its first line skips it: the frame would pin its ring space
+ * for good. The Frame also holds a Ticket; when the Frame dies, so does the ticket, in C (no
+ * signal handler runs there), and an armed ticket appends `entry` (data, view, token) to the
+ * reader's orphans, which the reader releases once nothing uses the data. The reader arms the
+ * ticket in the step that takes the frame; a release (or a __del__ that ran) disarms it. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *orphans; /* the reader's list of orphans */
+    PyObject *entry;   /* (data, view, token) */
+    int armed;
+} Ticket;
+
+static int
+Ticket_init(Ticket *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *orphans, *entry;
+    if (!PyArg_ParseTuple(args, "O!O!:Ticket", &PyList_Type, &orphans, &PyTuple_Type, &entry)) {
+        return -1;
+    }
+    Py_INCREF(orphans);
+    Py_INCREF(entry);
+    Py_XSETREF(self->orphans, orphans);
+    Py_XSETREF(self->entry, entry);
+    self->armed = 0;
+    return 0;
+}
+
+static void
+Ticket_dealloc(Ticket *self)
+{
+    if (self->armed && self->orphans != NULL && self->entry != NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyList_Append(self->orphans, self->entry) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        PyErr_Restore(type, value, tb);
+    }
+    Py_CLEAR(self->orphans);
+    Py_CLEAR(self->entry);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef Ticket_members[] = {
+    {"armed", T_INT, offsetof(Ticket, armed), 0, "1: the Frame's death makes it an orphan."},
+    {NULL},
+};
+
+static PyTypeObject TicketType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "transports._native.Ticket",
+    .tp_basicsize = sizeof(Ticket),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Ticket(orphans, entry): appends entry to orphans when it dies armed.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Ticket_init,
+    .tp_dealloc = (destructor)Ticket_dealloc,
+    .tp_members = Ticket_members,
+};
 
 /* address(buffer) -> int: where a contiguous buffer's first byte lives (0 when empty). */
 static PyObject *
@@ -328,7 +776,7 @@ address(PyObject *module, PyObject *obj)
 #define STREAM_BLOCK 128
 
 /* Keeps the compiler from reordering the stores: streamed stores in address order fill one
- * write-combining buffer (a cache line) at a time; interleaving two lines was ~10% slower. */
+ * write-combining buffer (a cache line) at a time; interleaving two lines was slower. */
 #define STORE_ORDER() __asm__ __volatile__("" ::: "memory")
 
 /* dst is 32-byte aligned; n a multiple of STREAM_BLOCK. */
@@ -443,8 +891,15 @@ static PyMethodDef methods[] = {
      "configure(off_free, off_write_pos, off_written, off_reader_pid, header_size): the layout."},
     {"put", (PyCFunction)(void (*)(void))put, METH_FASTCALL,
      "put(addr, base, size, pos, data, seq, written, sem) -> new write_pos, or -1 if not handled."},
+    {"configure_reader", (PyCFunction)(void (*)(void))configure_reader, METH_FASTCALL,
+     "configure_reader(off_read_pos, off_read_count): the OIEB words only the reader writes."},
     {"take_run", (PyCFunction)(void (*)(void))take_run, METH_FASTCALL,
-     "take_run(addr, base, size, pos, limit, expected, max_frames, max_bytes, sem) -> list[bytes]."},
+     "take_run(addr, base, size, words, limit, max_frames, max_bytes, sem_w, sem_r, pending) -> "
+     "frames taken, counted and queued on pending."},
+    {"take_post", (PyCFunction)(void (*)(void))take_post, METH_FASTCALL,
+     "take_post(sem_w, words, seconds) -> bool: take one post and count it in the same step."},
+    {"give_back", (PyCFunction)(void (*)(void))give_back, METH_FASTCALL,
+     "give_back(addr, words, sem_r): free += the withheld bytes (then 0), post sem-r."},
     {"stream_copy", (PyCFunction)(void (*)(void))stream_copy, METH_FASTCALL,
      "stream_copy(dst, src): dst[:] = src with streaming stores, the GIL released."},
     {"sem_attach", (PyCFunction)sem_attach, METH_O,
@@ -457,7 +912,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     "transports._native",
-    "The ZeroBuffer ring's per-frame hot path: u64 atomics and small-frame put/take_run.",
+    "The ZeroBuffer ring's per-frame hot path: u64 atomics, the writer's commit, the reader's accounting.",
     -1,
     methods,
     NULL,
@@ -469,5 +924,24 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__native(void)
 {
-    return PyModule_Create(&module_def);
+    if (PyType_Ready(&PublisherType) < 0 || PyType_Ready(&TicketType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&PublisherType);
+    if (PyModule_AddObject(module, "Publisher", (PyObject *)&PublisherType) < 0) {
+        Py_DECREF(&PublisherType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&TicketType);
+    if (PyModule_AddObject(module, "Ticket", (PyObject *)&TicketType) < 0) {
+        Py_DECREF(&TicketType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -23,11 +23,11 @@ class Lease:
 
     __slots__ = ("__weakref__", "_frame")
 
-    def __init__(self, frame: _Releasable) -> None:
+    def __init__(self, frame: _Releasable | None) -> None:
         self._frame: _Releasable | None = frame
 
     def __del__(self) -> None:
-        frame = self._frame
+        frame = getattr(self, "_frame", None)  # None too when __init__ was interrupted
         self._frame = None
         if frame is not None:
             with contextlib.suppress(BufferError):

@@ -83,6 +83,7 @@ default codec threshold) carries no out-of-band buffer, so nothing decoded would
 _EOS = b"ZCSREOS\x00"
 """End-of-stream frame written by Sender.close(); shorter than any message header."""
 _EOS_SIZE = len(_EOS)
+_NOTHING: Any = object()  # no message waiting in ShmReceiver._ready
 
 _COUNT = struct.Struct("<I")
 _OFF_COUNT = layout.OFF_COUNT
@@ -324,6 +325,8 @@ class ShmSender(base.Sender):
         """Reserve exactly the message's size where the frame will land (its buffers' padding
         depends on the address), write the message into the frame, publish."""
         w = self._w
+        if w.reserved and self._arena.frame is None:  # left by an interrupted send: give it back
+            w.abort()
         guess = self._next_addr
         n = plan.nbytes_at(guess) if guess else plan.nbytes
         for _ in range(2):
@@ -492,6 +495,10 @@ class ShmReceiver(base.Receiver):
         self._messages = 0
         self._bytes = 0
         self._small = _small_limit(self.codec.threshold)
+        # Interrupted, not lost (recv): the frame taken from the ring stays in `_unread` until
+        # its message is decoded, the message in `_ready` until it is returned.
+        self._unread: Frame | bytes | None = None
+        self._ready: Any = _NOTHING
 
     def _read(self, limit: int, timeout: float | None) -> Frame | bytes:
         """The next frame, or its bytes when at most `limit` long (already given back)."""
@@ -523,17 +530,14 @@ class ShmReceiver(base.Receiver):
                 )
         return _translate(exc)
 
-    def _accept(self, got: Frame | bytes) -> Frame | bytes:
-        """Stop at the end-of-stream mark, check the stream schema once, count the message."""
+    def _accept(self, got: Frame | bytes) -> None:
+        """Stop at the end-of-stream mark, check the stream schema once."""
         if isinstance(got, bytes):
-            size = len(got)
-            if size == _EOS_SIZE and got == _EOS:
+            if len(got) == _EOS_SIZE and got == _EOS:
                 self._end()
-        else:
-            size = got.size
-            if size == _EOS_SIZE and got.data == _EOS:
-                got.release()
-                self._end()
+        elif got.size == _EOS_SIZE and got.data == _EOS:
+            got.release()
+            self._end()
         self._ended = False  # a sender that connects after an end of stream starts a new one
         if not self._checked:
             try:
@@ -541,13 +545,10 @@ class ShmReceiver(base.Receiver):
             except _TransportError as exc:  # a corrupt metadata block
                 _release_quietly(got)
                 raise _translate(exc) from None
-            except BaseException:
+            except errors.ZcserError:
                 _release_quietly(got)
                 raise
             self._checked = True
-        self._messages += 1
-        self._bytes += size
-        return got
 
     def _end(self) -> None:
         self._ended = True
@@ -558,55 +559,100 @@ class ShmReceiver(base.Receiver):
     def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
         """The next object. Blocks up to `timeout` s (None: while the sender lives). Arrays are
         read-only views pinning their frame until garbage-collected; copy=True gives private
-        writable objects and frees the frame at once."""
+        writable objects and frees the frame at once.
+
+        A KeyboardInterrupt (or any signal handler's exception) raised inside recv loses no
+        message: the next recv returns it. A message that fails with a zcser error (corrupt,
+        of an unregistered type, ...) is dropped."""
         if timeout is not None:
             _check_timeout(timeout)
         with self._lock:
             return self._recv(timeout, copy)
 
     def _recv(self, timeout: float | None, copy: bool) -> Any:
-        got = self._read(self._small, timeout)
+        value = self._ready
+        if value is not _NOTHING:  # decoded by a recv that a signal handler interrupted
+            self._ready = _NOTHING
+            return value
+        got = self._unread
+        if got is None:
+            got = self._read(self._small, timeout)
+            self._unread = got  # no call in between: a signal lands before or after both
+        size = len(got) if isinstance(got, bytes) else got.size
+        try:
+            value, release = self._decode_got(got, copy)
+        except errors.ZcserError:  # a corrupt or undecodable message, the end of the stream
+            self._unread = None
+            raise
+        # Straight-line stores (CPython runs signal handlers only at calls and loops): the
+        # message moves from the frame to `_ready`, so an interrupted release cannot lose it.
+        self._ready = value
+        self._unread = None
+        self._messages += 1
+        self._bytes += size
+        if release:
+            _release_quietly(got)
+        self._ready = _NOTHING
+        return value
+
+    def _decode_got(self, got: Frame | bytes, copy: bool) -> tuple[Any, bool]:
+        """The message in `got` and whether its frame goes back now (the caller releases it)."""
         if isinstance(got, bytes) and len(got) != _EOS_SIZE and self._checked and not copy:
-            self._messages += 1
-            self._bytes += len(got)
-            return self.codec.decode_small(got)
-        got = self._accept(got)
+            return self.codec.decode_small(got), False
+        self._accept(got)
         if isinstance(got, bytes):
             # A small message, copied out whole: its frame went back to the writer already.
-            return self.codec.decode(got, copy=True) if copy else self.codec.decode_small(got)
+            if copy:
+                return self.codec.decode(got, copy=True), False
+            return self.codec.decode_small(got), False
         if copy:
             try:
-                return self.codec.decode(got.data, copy=True)
-            finally:
+                return self.codec.decode(got.data, copy=True), True
+            except errors.ZcserError:
                 _release_quietly(got)
-        return self._decode(got)[0]
+                raise
+        value, lease = self._decode(got)
+        return value, lease is None
 
     def recv_message(self, timeout: float | None = None) -> Message:
         """The next message with an explicit lifetime: `with rx.recv_message() as msg:`."""
         if timeout is not None:
             _check_timeout(timeout)
         with self._lock:
-            frame = self._accept(self._read(-1, timeout))
+            frame = self._read(-1, timeout)
             assert type(frame) is Frame
+            self._accept(frame)
             value, lease = self._decode(frame)
+            if lease is None:
+                _release_quietly(frame)
+            self._messages += 1
+            self._bytes += frame.size
         return Message(value, lease, frame.sequence, frame.size)
 
     def _decode(self, frame: Frame) -> tuple[Any, Lease | None]:
+        """The message in `frame` and the lease its views pin the frame with; None: nothing
+        decoded refers to the frame, the caller releases it. On a signal handler's exception
+        the frame stays as it was (recv decodes it again); a zcser error releases it."""
         data = frame.data
         if frame.size >= layout.TABLE_START and not _COUNT.unpack_from(data, _OFF_COUNT)[0]:
             # No out-of-band buffers: nothing decoded refers to the frame (in-band bytes are
-            # copied), so it goes back at once; if anything did, release() refuses and the
+            # copied), so it can go back at once; if anything did, release() refuses and the
             # frame's own garbage collection frees it later.
             try:
                 return self.codec.decode(data), None
-            finally:
+            except errors.ZcserError:
                 _release_quietly(frame)
-        lease = Lease(frame)
+                raise
+        lease = Lease(None)
         try:
+            lease._frame = frame  # pinned by a store: a signal cannot land between the two
             return self.codec.decode(frame.data, owner=lease), lease
-        except BaseException:
+        except errors.ZcserError:
             del lease
             _release_quietly(frame)
+            raise
+        except BaseException:
+            lease._frame = None  # the frame stays for the next recv (a store: no signal here)
             raise
 
     def stats(self) -> ReceiverStats:

@@ -301,3 +301,20 @@ def test_stale_cleanup_and_peer_death_are_logged(
         with pytest.raises(errors.WriterDead):
             rx.recv(timeout=WAIT)
     assert any(r.levelno == logging.WARNING and "died" in r.getMessage() for r in caplog.records)
+
+
+def test_a_clean_close_behind_held_messages_is_closed_not_writer_dead(shm_name: str) -> None:
+    """The receiver holds every message, so the sender's close() finds no room for its end
+    mark within its timeout; the receiver still learns that the sender closed (before:
+    WriterDead, and the getting-started loop that catches Closed crashed)."""
+    with zcser.Receiver(shm_name, capacity=MIB) as rx:
+        tx = zcser.Sender(shm_name)
+        held = []
+        for _ in range(3):
+            tx.send({"a": np.ones(40_000)}, timeout=WAIT)
+            held.append(rx.recv(timeout=WAIT))
+        tx.close(timeout=0.05)
+        assert [type(m) for m in rx] == []  # the loop ends: Closed, not WriterDead
+        with pytest.raises(errors.Closed):
+            rx.recv(timeout=WAIT)
+        assert len(held) == 3

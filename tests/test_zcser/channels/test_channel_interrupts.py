@@ -1,0 +1,161 @@
+"""Interrupted, not lost, through the channel API: a storm of SIGINTs from another process
+against a `zcser.Receiver` (or a `zcser.Sender`) that catches `KeyboardInterrupt` and goes on.
+Small and large messages (arrays out of band), received with copy=True and as views; each one
+carries its sequence number and a checksum and must arrive exactly once, in order, intact.
+
+The children's SIGINT handler raises `KeyboardInterrupt` only inside `send`/`recv` (`armed`);
+elsewhere it only counts, so the test's own bookkeeping cannot be what loses a message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import unique_name
+
+STORM_SECONDS = 3.0
+
+PRELUDE = """
+import json, signal, sys, time, zlib
+import numpy as np
+import zcser
+from zcser import errors
+armed = [False]
+caught = [0]
+
+def handler(signum, frame):
+    if armed[0]:
+        raise KeyboardInterrupt
+
+signal.signal(signal.SIGINT, handler)
+
+def message(seq):
+    rng = np.random.default_rng(seq)
+    n = 20_000 + seq % 1000 if seq % 25 == 3 else seq % 7  # every 25th is large (out of band)
+    a = rng.integers(0, 1 << 30, n, dtype=np.int64)
+    return {"seq": seq, "crc": zlib.crc32(a.tobytes()), "a": a}
+"""
+
+RECEIVER = """
+name = sys.argv[1]
+rx = zcser.Receiver(name, capacity=4 << 20)
+print("ready", flush=True)
+expected = 0
+while True:
+    try:
+        armed[0] = True
+        msg = rx.recv(timeout=30, copy=expected % 2 == 0)
+        armed[0] = False
+    except KeyboardInterrupt:
+        armed[0] = False
+        caught[0] += 1
+        continue
+    except errors.Closed:
+        armed[0] = False
+        break
+    a = msg["a"]
+    if msg["seq"] != expected:
+        print(json.dumps({"error": f"expected message {expected}, got {msg['seq']}"}))
+        sys.exit(1)
+    if zlib.crc32(np.ascontiguousarray(a).tobytes()) != msg["crc"]:
+        print(json.dumps({"error": f"message {expected}: checksum mismatch"}))
+        sys.exit(1)
+    del msg, a  # views pin their frame until dropped
+    expected += 1
+rx.close()
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the storm may outlive us
+print(json.dumps({"messages": expected, "caught": caught[0]}), flush=True)
+"""
+
+SENDER = """
+name, seconds = sys.argv[1], float(sys.argv[2])
+tx = zcser.Sender(name)
+print("ready", flush=True)
+sys.stdin.readline()  # go
+end = time.monotonic() + seconds
+seq = 0
+while time.monotonic() < end:
+    obj = message(seq)
+    while True:
+        try:
+            armed[0] = True
+            tx.send(obj, timeout=30)
+            armed[0] = False
+            break
+        except KeyboardInterrupt:
+            armed[0] = False
+            caught[0] += 1
+    seq += 1
+tx.close()
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the storm may outlive us
+print(json.dumps({"messages": seq, "caught": caught[0]}), flush=True)
+"""
+
+
+def _child(script: str, *args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
+    return subprocess.Popen(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(script), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _storm(pid: int, seconds: float) -> int:
+    """SIGINTs to `pid` for `seconds`, back to back with a short pause; returns how many."""
+    sent = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            break
+        sent += 1
+        time.sleep(0.0002)
+    return sent
+
+
+def _result(proc: subprocess.Popen[str]) -> dict[str, int]:
+    out, _ = proc.communicate(timeout=120)
+    lines = out.strip().splitlines()
+    result: dict[str, int] = json.loads(lines[-1]) if lines else {}
+    if "error" not in result:
+        assert proc.returncode == 0, f"child failed: {out}"
+    return result
+
+
+@pytest.mark.parametrize("victim", ["receiver", "sender"])
+def test_a_channel_in_a_sigint_storm_loses_and_duplicates_nothing(victim: str) -> None:
+    name = unique_name("chsig")
+    rx = _child(RECEIVER, name)
+    tx = None
+    try:
+        assert rx.stdout is not None
+        assert rx.stdout.readline().strip() == "ready"
+        tx = _child(SENDER, name, str(STORM_SECONDS))
+        assert tx.stdout is not None and tx.stdin is not None
+        assert tx.stdout.readline().strip() == "ready"
+        tx.stdin.write("go\n")
+        tx.stdin.flush()
+        sent = _storm((rx if victim == "receiver" else tx).pid, STORM_SECONDS)
+        got = _result(rx)
+        wrote = _result(tx) if "error" not in got else {}
+    finally:
+        for proc in (tx, rx):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert "error" not in got, got["error"]
+    assert sent > 1000
+    assert got["messages"] == wrote["messages"] > 1000
+    assert (got if victim == "receiver" else wrote)["caught"] > 100  # the storm did interrupt
