@@ -290,6 +290,8 @@ def test_send_to_a_stopped_receiver_is_buffer_full(name: str) -> None:
     zcser.Receiver(name, capacity=RING).close()
 
 
-def test_sender_with_no_receiver_fails_at_once(name: str) -> None:
-    exc, _ = _within(lambda: zcser.Sender(name), MARGIN)
-    assert isinstance(exc, ZE.ZcserError) and "start the reader first" in str(exc)
+def test_sender_with_no_receiver_fails_within_its_timeout(name: str) -> None:
+    exc, _ = _within(lambda: zcser.Sender(name, timeout=0), MARGIN)
+    assert isinstance(exc, ZE.ChannelError) and "start the Receiver first" in str(exc)
+    exc, _ = _within(lambda: zcser.Sender(name, timeout=0.5), 0.5 + MARGIN)
+    assert isinstance(exc, ZE.ChannelError) and "waited 0.5 s" in str(exc)
