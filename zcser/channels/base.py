@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import inspect
 import operator
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -31,7 +33,7 @@ import numpy as np
 
 from zcser import errors
 
-__all__ = ["Receiver", "Sender", "register", "scheme_of"]
+__all__ = ["Gate", "Receiver", "Sender", "register", "scheme_of"]
 
 _SENDERS: dict[str, type[Sender]] = {}
 _RECEIVERS: dict[str, type[Receiver]] = {}
@@ -227,3 +229,51 @@ def plain_dtype(dtype: Any) -> np.dtype[Any]:
     if dt.hasobject:
         raise errors.UsageError(f"empty() needs a plain dtype, not {dt} (objects hold pointers)")
     return dt
+
+
+class Gate:
+    """Serialises the calls of one channel end across threads, with no lock while only the
+    thread that made the end uses it.
+
+    Why not always a lock: releasing a lock is a call, and CPython runs signal handlers right
+    after a call returns. A KeyboardInterrupt raised there would surface from `send()` after the
+    message went out (the caller then sends it again) or from `recv()` after it was taken. The
+    ends are written so that a signal can only land where it loses and duplicates nothing; the
+    lock's release would add such a point after the work is done.
+
+    Protocol (sequentially consistent under the GIL): the owner stores `busy = True`, then loads
+    `shared`; another thread stores `shared = True`, then waits until `busy` is False. Either
+    the owner sees `shared` and takes the lock, or the other thread waits for the owner's
+    unlocked call to end. Once shared, every call takes the lock (and the window above exists
+    for the main thread's calls in that mode only).
+    """
+
+    __slots__ = ("busy", "lock", "owner", "shared")
+
+    def __init__(self) -> None:
+        self.owner = threading.get_ident()
+        self.busy = False
+        self.shared = False
+        self.lock = threading.Lock()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` serialised with every other call through this gate."""
+        if threading.get_ident() == self.owner:
+            self.busy = True
+            if not self.shared:
+                try:
+                    return fn(*args)
+                finally:
+                    self.busy = False
+            self.busy = False
+        with self.enter_shared():
+            return fn(*args)
+
+    def enter_shared(self) -> threading.Lock:
+        """Switch to (or stay in) locked mode; the lock, once no unlocked call is running."""
+        self.shared = True
+        pause = 0.0001
+        while self.busy:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+        return self.lock

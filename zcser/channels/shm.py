@@ -89,6 +89,7 @@ _COUNT = struct.Struct("<I")
 _OFF_COUNT = layout.OFF_COUNT
 _translate = errors.translate
 _TransportError = terr.TransportError
+_get_ident = threading.get_ident
 _log = logging.getLogger("zcser.channels")
 
 
@@ -260,7 +261,7 @@ class ShmSender(base.Sender):
         self._messages = 0
         self._bytes = 0
         self._next_addr = 0  # where the next frame's data will most likely start
-        self._lock = threading.Lock()
+        self._gate = base.Gate()
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -269,7 +270,19 @@ class ShmSender(base.Sender):
         long as the receiver lives; 0: one try, to drop messages) then BufferFull."""
         if timeout is not None:
             _check_timeout(timeout)
-        with self._lock:
+        gate = self._gate
+        if _get_ident() == gate.owner:
+            gate.busy = True
+            if not gate.shared:
+                try:
+                    if self._closed:
+                        self._check_open()
+                    self._send(obj, timeout)
+                finally:
+                    gate.busy = False
+                return
+            gate.busy = False
+        with gate.enter_shared():
             if self._closed:
                 self._check_open()
             self._send(obj, timeout)
@@ -368,14 +381,17 @@ class ShmSender(base.Sender):
             _check_timeout(timeout)
         dt = base.plain_dtype(dtype)
         dims = base.array_shape(shape)
-        with self._lock:
-            self._check_open()
-            try:
-                return self._arena.empty(dims, dt, timeout)
-            except terr.BufferFull as exc:
-                raise self._full(exc) from exc
-            except _TransportError as exc:
-                raise _translate(exc) from exc
+        array: np.ndarray = self._gate.run(self._empty, dims, dt, timeout)
+        return array
+
+    def _empty(self, dims: tuple[int, ...], dt: np.dtype[Any], timeout: float | None) -> Any:
+        self._check_open()
+        try:
+            return self._arena.empty(dims, dt, timeout)
+        except terr.BufferFull as exc:
+            raise self._full(exc) from exc
+        except _TransportError as exc:
+            raise _translate(exc) from exc
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -406,11 +422,13 @@ class ShmSender(base.Sender):
         if os.getpid() != self._pid:
             self._closed = True
             return  # a forked child's copy: the stream belongs to the parent
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._close(timeout)
+        self._gate.run(self._close_once, timeout)
+
+    def _close_once(self, timeout: float) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._close(timeout)
 
     def _close(self, timeout: float) -> None:
         self._arena.abort()
@@ -489,7 +507,7 @@ class ShmReceiver(base.Receiver):
             ) from exc
         except _TransportError as exc:
             raise _translate(exc) from exc
-        self._lock = threading.Lock()
+        self._gate = base.Gate()
         self._checked = False
         self._ended = False
         self._messages = 0
@@ -566,7 +584,16 @@ class ShmReceiver(base.Receiver):
         of an unregistered type, ...) is dropped."""
         if timeout is not None:
             _check_timeout(timeout)
-        with self._lock:
+        gate = self._gate
+        if _get_ident() == gate.owner:
+            gate.busy = True
+            if not gate.shared:
+                try:
+                    return self._recv(timeout, copy)
+                finally:
+                    gate.busy = False
+            gate.busy = False
+        with gate.enter_shared():
             return self._recv(timeout, copy)
 
     def _recv(self, timeout: float | None, copy: bool) -> Any:
@@ -618,15 +645,18 @@ class ShmReceiver(base.Receiver):
         """The next message with an explicit lifetime: `with rx.recv_message() as msg:`."""
         if timeout is not None:
             _check_timeout(timeout)
-        with self._lock:
-            frame = self._read(-1, timeout)
-            assert type(frame) is Frame
-            self._accept(frame)
-            value, lease = self._decode(frame)
-            if lease is None:
-                _release_quietly(frame)
-            self._messages += 1
-            self._bytes += frame.size
+        message: Message = self._gate.run(self._recv_message, timeout)
+        return message
+
+    def _recv_message(self, timeout: float | None) -> Message:
+        frame = self._read(-1, timeout)
+        assert type(frame) is Frame
+        self._accept(frame)
+        value, lease = self._decode(frame)
+        if lease is None:
+            _release_quietly(frame)
+        self._messages += 1
+        self._bytes += frame.size
         return Message(value, lease, frame.sequence, frame.size)
 
     def _decode(self, frame: Frame) -> tuple[Any, Lease | None]:

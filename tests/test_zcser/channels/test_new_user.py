@@ -267,10 +267,18 @@ def test_the_readme_example_runs_in_dockers_default_64_mib_shm() -> None:
 
 
 def test_stale_cleanup_and_peer_death_are_logged(
-    shm_name: str, caplog: pytest.LogCaptureFixture
+    shm_name: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
 ) -> None:
     import multiprocessing as mp
     import signal
+
+    # A private lock directory: no other process's stale sweep can remove the ring first.
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    monkeypatch.setenv("ZEROBUFFER_LOCK_DIR", str(locks))
 
     ready = mp.get_context("fork").Event()
 
