@@ -467,7 +467,7 @@ class Codec:
                 views.append(_owned_view(part, owner) if owner is not None else part)
         return self._deserialize(msg, mv, views, copy, False, size)
 
-    def _check_checksum_flag(self, msg: _message.Message) -> None:
+    def _check_checksum_flag(self, msg: _message.MessageLayout) -> None:
         if self.checksum and not msg.checksum:
             raise CorruptMessage(
                 "this codec requires checksums but the message has none: "
@@ -476,7 +476,7 @@ class Codec:
 
     def _deserialize(
         self,
-        msg: _message.Message,
+        msg: _message.MessageLayout,
         head: memoryview,
         buffers: list[memoryview],
         copy: bool,
@@ -761,7 +761,7 @@ def _owned_view(root: memoryview, owner: Any) -> memoryview:
     return memoryview(foreign)
 
 
-def _verify(head: memoryview, msg: _message.Message, buffers: list[memoryview]) -> None:
+def _verify(head: memoryview, msg: _message.MessageLayout, buffers: list[memoryview]) -> None:
     """Raise ChecksumMismatch unless every stored digest matches (`head` starts the message)."""
     assert msg.digests is not None
     digest_start = msg.meta_end

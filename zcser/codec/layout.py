@@ -45,7 +45,7 @@ _unpack_header = HEADER.unpack_from
 _unpack_entry = ENTRY.unpack_from
 
 
-class Message(NamedTuple):
+class MessageLayout(NamedTuple):
     """A validated message: where each part lies inside the memory it was parsed from."""
 
     flags: int
@@ -186,18 +186,18 @@ def check_room(total: int, available: int) -> None:
         )
 
 
-def parse(mv: memoryview) -> Message:
+def parse(mv: memoryview) -> MessageLayout:
     """Validate header, table and digest area against `mv` (a byte memoryview) before any use."""
     return _parse(mv, whole=True)
 
 
-def parse_head(mv: memoryview) -> Message:
+def parse_head(mv: memoryview) -> MessageLayout:
     """Validate a message head sent apart from its buffers (network frames): `mv` holds exactly
     header, table, digests and in-band bytes; offsets are checked as if the message were whole."""
     return _parse(mv, whole=False)
 
 
-def check_parts(msg: Message, lengths: Sequence[int]) -> None:
+def check_parts(msg: MessageLayout, lengths: Sequence[int]) -> None:
     """Raise CorruptMessage unless the separate buffers match the table in number and size."""
     if len(lengths) != len(msg.buffers):
         raise CorruptMessage(
@@ -208,7 +208,7 @@ def check_parts(msg: Message, lengths: Sequence[int]) -> None:
             raise CorruptMessage(f"buffer {i} has {got} bytes, the table says {n}")
 
 
-def _parse(mv: memoryview, whole: bool) -> Message:
+def _parse(mv: memoryview, whole: bool) -> MessageLayout:
     size = mv.nbytes
     if size < _HEADER_SIZE:
         raise CorruptMessage(f"{size} bytes is shorter than the {_HEADER_SIZE}-byte header")
@@ -247,7 +247,7 @@ def _parse(mv: memoryview, whole: bool) -> Message:
         buffers = list(zip(flat[0::2], flat[1::2], strict=True))
         _check_buffers(buffers, inband_end, total)
     digests = list(_u64s(count + 1).unpack_from(mv, table_end)) if checksum else None
-    return Message(flags, inband_start, inband_end, buffers, digests, total)
+    return MessageLayout(flags, inband_start, inband_end, buffers, digests, total)
 
 
 def _outside(off: int, n: int, inband_end: int, total: int) -> CorruptMessage:
