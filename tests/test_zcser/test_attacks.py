@@ -459,3 +459,32 @@ def test_a_forked_child_cannot_use_its_parents_ends(child_call: str, lock_dir: P
     assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
     assert "CHILD EXIT 0" in done.stdout, done.stdout
     assert "PARENT GOT ['m1', 'm2', [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]]" in done.stdout, done.stdout
+
+
+# --- hostile neighbours ------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="`zcser snapshot clean DIR` removes any unlocked file whose name looks like a temp "
+    "snapshot, whoever owns it: run by root in a shared directory it deletes other users' files",
+)
+def test_snapshot_clean_leaves_files_of_other_users(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the planted file to another user")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    planted = shared / ".notes.zcser-tmp-1-abcd"
+    planted.write_text("another user's file")
+    os.chown(planted, 65534, 65534)  # nobody's
+    done = subprocess.run(
+        [sys.executable, "-m", "zcser", "snapshot", "clean", str(shared)],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert planted.exists(), f"removed another user's file: {done.stdout}"
