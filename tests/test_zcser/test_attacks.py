@@ -288,7 +288,19 @@ def _codec_registered_twice() -> None:
     codec.register(int)
 
 
+def _sender_closed_with_a_timeout_of_text() -> None:
+    name = _name()
+    rx = zcser.Receiver(name, capacity=1 << 16)
+    tx = zcser.Sender(name)
+    try:
+        tx.close(timeout="x")
+    finally:
+        tx.close(timeout=0)
+        rx.close()
+
+
 WRONG_ARGUMENTS = {
+    "Sender.close(timeout='x')": _sender_closed_with_a_timeout_of_text,
     "Receiver(spin='x')": lambda: zcser.Receiver(_name(), capacity=1 << 16, spin="x"),
     "Codec(threshold='x')": lambda: zcser.Codec(threshold="x"),
     "Codec(threshold=nan)": lambda: zcser.Codec(threshold=float("nan")),
