@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import textwrap
@@ -601,3 +602,29 @@ def test_ctrl_c_while_creating_and_closing_channels_leaks_nothing(lock_dir: Path
     done = _run_child(code, lock_dir)  # removes whatever the child left
     assert done.returncode == 0, done.stderr[-2000:]
     assert "LEFT []" in done.stdout, done.stdout[-1500:]
+
+
+# --- a reader killed while creating its ring ------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="create_shm signs the segment (8 bytes, file size 8) before posix_fallocate: a reader "
+    "killed between the two leaves an 8-byte segment that the next Receiver of that name refuses "
+    "as 'not a ZeroBuffer' (seen under load in test_kill_loop); the existing cut-short test pads "
+    "the signed segment to 4096 bytes, a state create_shm never leaves",
+)
+def test_receiver_replaces_the_8_byte_segment_a_killed_creation_leaves(lock_dir: Path) -> None:
+    name = _name()
+    path = Path("/dev/shm") / name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, struct.pack("<I4B", 128, 1, 0, 0, 0))  # oieb_size and version, as signed
+    finally:
+        os.close(fd)
+    try:
+        rx = zcser.Receiver(name, capacity=1 << 16)
+        rx.close()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
