@@ -72,11 +72,6 @@ def _run_child(code: str, lock_dir: Path) -> subprocess.CompletedProcess[str]:
 # --- careless users: threads -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Receiver.close() in one thread while others block in recv/recv_message crashes the "
-    "process (SIGSEGV in the semaphore wait on a closed posix_ipc semaphore)",
-)
 def test_closing_a_receiver_while_other_threads_receive_never_crashes(lock_dir: Path) -> None:
     prefix = "zatk" + unique_name("c")
     code = f"""
@@ -247,11 +242,6 @@ def test_threads_sharing_a_sender_with_empty_never_deliver_foreign_bytes(lock_di
 # --- careless users: snapshots over odd paths ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="save() renames its temp file over whatever is at the path: a FIFO (or /dev/null, "
-    "as root) is replaced by a regular file",
-)
 def test_save_over_a_fifo_refuses_and_leaves_the_fifo(tmp_path: Path) -> None:
     target = tmp_path / "pipe"
     os.mkfifo(target)
@@ -264,11 +254,6 @@ def test_save_over_a_fifo_refuses_and_leaves_the_fifo(tmp_path: Path) -> None:
         assert sorted(os.listdir(tmp_path)) == ["pipe"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="save() to a directory raises a bare IsADirectoryError from the final rename (after "
-    "writing the whole file beside it), not a zcser error",
-)
 def test_save_to_a_directory_raises_a_zcser_error(tmp_path: Path) -> None:
     target = tmp_path / "d"
     target.mkdir()
@@ -313,11 +298,6 @@ WRONG_ARGUMENTS = {
 
 
 @pytest.mark.parametrize("call", list(WRONG_ARGUMENTS))
-@pytest.mark.xfail(
-    strict=True,
-    reason="these wrong arguments escape as TypeError/ValueError (or are accepted) instead of "
-    "zcser.errors.UsageError",
-)
 def test_wrong_argument_types_raise_usage_error(call: str, lock_dir: Path) -> None:
     with pytest.raises(errors.UsageError):
         WRONG_ARGUMENTS[call]()
@@ -345,12 +325,6 @@ def test_net_receiver_refuses_a_port_out_of_range() -> None:
 # --- careless users: Ctrl-C ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a KeyboardInterrupt between taking a frame's semaphore post and reading the frame "
-    "loses the post: the receiver then never sees as many published messages, the ring fills "
-    "and the channel is wedged (BufferFull / Timeout with messages 'waiting to be read')",
-)
 def test_ctrl_c_while_sending_and_receiving_leaves_a_working_channel(lock_dir: Path) -> None:
     name = _name()
     code = f"""
@@ -448,7 +422,7 @@ _FORK_CHILD = """
     print("CHILD EXIT", os.waitstatus_to_exitcode(status))
     got = [rx.recv(timeout=1) for _ in range(2)]
     tx.send(np.arange(10), timeout=1)
-    got.append(list(rx.recv(timeout=1, copy=True)))
+    got.append(rx.recv(timeout=1, copy=True).tolist())
     print("PARENT GOT", got)
     tx.close(timeout=0.3)
     rx.close()
@@ -461,12 +435,6 @@ _FORK_CHILD = """
         pytest.param("tx.send('from the child', timeout=1)", id="send"),
         pytest.param("rx.recv(timeout=0.5, copy=True)", id="recv"),
     ],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="a forked child can send or receive through its parent's Sender/Receiver: its send "
-    "desynchronises the parent's write position (the parent's next frame lands on the "
-    "child's: CorruptStream); its recv takes the parent's messages (the parent then times out)",
 )
 def test_a_forked_child_cannot_use_its_parents_ends(child_call: str, lock_dir: Path) -> None:
     code = _FORK_CHILD.replace("{name}", _name()).replace("{child_call}", child_call)

@@ -28,6 +28,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +140,31 @@ def _check_timeout(timeout: object) -> None:
         )
 
 
+def _check_spin(spin: object) -> None:
+    if isinstance(spin, bool) or not isinstance(spin, int) or spin < 0:
+        raise errors.UsageError(f"spin must be an int >= 0 (polls before waiting), not {spin!r}")
+
+
+_LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Every open end of this process, so a forked child can mark its copies unusable."""
+
+
+def _after_fork_in_child() -> None:
+    for end in list(_LIVE):
+        end._forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _forked_error(end: Any) -> errors.UsageError:
+    return errors.UsageError(
+        f"{type(end).__name__} of {end.name!r} belongs to the process that made it: this "
+        "forked child cannot use it (its position in the ring is the parent's). Make a new "
+        "one in the child (zcser.Sender(name), or call the SenderFactory there)"
+    )
+
+
 def _check_capacity(capacity: object) -> int:
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 4096:
         raise errors.UsageError(
@@ -217,7 +243,9 @@ class ShmSender(base.Sender):
         timeout: float | None = CONNECT_TIMEOUT,
     ) -> None:
         self._closed = True
+        self._forked = False
         _check_timeout(timeout)
+        _check_spin(spin)
         if copy_threads is not None and (
             isinstance(copy_threads, bool) or not isinstance(copy_threads, int) or copy_threads < 1
         ):
@@ -262,6 +290,7 @@ class ShmSender(base.Sender):
         self._bytes = 0
         self._next_addr = 0  # where the next frame's data will most likely start
         self._gate = base.Gate()
+        _LIVE.add(self)
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -288,6 +317,8 @@ class ShmSender(base.Sender):
             self._send(obj, timeout)
 
     def _send(self, obj: Any, timeout: float | None) -> None:
+        if self._forked:
+            raise _forked_error(self)
         arena = self._arena
         try:
             if arena.frame is not None:
@@ -385,6 +416,8 @@ class ShmSender(base.Sender):
         return array
 
     def _empty(self, dims: tuple[int, ...], dt: np.dtype[Any], timeout: float | None) -> Any:
+        if self._forked:
+            raise _forked_error(self)
         self._check_open()
         try:
             return self._arena.empty(dims, dt, timeout)
@@ -417,9 +450,11 @@ class ShmSender(base.Sender):
     def close(self, timeout: float = 1.0) -> None:
         """Mark the end of the stream (the receiver then gets Closed once it has read every
         message; if the ring stays full for `timeout` s it gets WriterDead) and detach."""
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+            raise errors.UsageError(f"close(timeout=) takes seconds >= 0, not {timeout!r}")
         if self._closed:
             return
-        if os.getpid() != self._pid:
+        if self._forked or os.getpid() != self._pid:
             self._closed = True
             return  # a forked child's copy: the stream belongs to the parent
         self._gate.run(self._close_once, timeout)
@@ -481,6 +516,8 @@ class ShmReceiver(base.Receiver):
         metadata_size: int = METADATA_SIZE,
         spin: int = DEFAULT_SPIN,
     ) -> None:
+        _check_spin(spin)
+        self._forked = False
         name = _shm_name(name)
         self.name = name
         if codec is not None and not isinstance(codec, Codec):
@@ -508,6 +545,7 @@ class ShmReceiver(base.Receiver):
         except _TransportError as exc:
             raise _translate(exc) from exc
         self._gate = base.Gate()
+        _LIVE.add(self)
         self._checked = False
         self._ended = False
         self._messages = 0
@@ -597,6 +635,8 @@ class ShmReceiver(base.Receiver):
             return self._recv(timeout, copy)
 
     def _recv(self, timeout: float | None, copy: bool) -> Any:
+        if self._forked:
+            raise _forked_error(self)
         value = self._ready
         if value is not _NOTHING:  # decoded by a recv that a signal handler interrupted
             self._ready = _NOTHING
@@ -649,6 +689,8 @@ class ShmReceiver(base.Receiver):
         return message
 
     def _recv_message(self, timeout: float | None) -> Message:
+        if self._forked:
+            raise _forked_error(self)
         frame = self._read(-1, timeout)
         assert type(frame) is Frame
         self._accept(frame)
@@ -704,8 +746,9 @@ class ShmReceiver(base.Receiver):
         return self._r.closed
 
     def close(self) -> None:
-        """Remove the ring's names (shm, semaphores, lock). Views alive stay valid."""
-        self._r.close()
+        """Remove the ring's names (shm, semaphores, lock). Views alive stay valid. A recv in
+        progress in another thread finishes first (close waits for it)."""
+        self._gate.run(self._r.close)
 
 
 def _small_limit(threshold: int) -> int:

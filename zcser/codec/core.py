@@ -103,6 +103,10 @@ def _aligned_copy(mv: memoryview, phase: int, writable: bool = False) -> memoryv
     return dst.data if writable else dst.data.toreadonly()
 
 
+_BUILTIN_TYPES = frozenset(
+    (int, float, bool, str, bytes, bytearray, list, tuple, dict, set, frozenset, type(None))
+)
+
 _LAZY_MODULES = ("torch", "pandas")
 
 
@@ -161,8 +165,8 @@ class Codec:
         ref: bool = False,
         decode_allowance: int = _oob.DEFAULT_ALLOWANCE,
     ) -> None:
-        if threshold < 0:
-            raise UsageError(f"threshold must be >= 0 bytes, got {threshold}")
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
+            raise UsageError(f"threshold must be an int >= 0 bytes, got {threshold!r}")
         if type(decode_allowance) is not int or decode_allowance < 0:
             raise UsageError(
                 f"decode_allowance must be an int >= 0 bytes, got {decode_allowance!r}"
@@ -231,6 +235,11 @@ class Codec:
         _check_name(name)
         if name in self._types:
             raise UsageError(f"a class is already registered under the name {name!r}")
+        if cls in self._types.values() or cls in _BUILTIN_TYPES:
+            raise UsageError(
+                f"{cls.__qualname__} is already known to this codec (registered, or built in): "
+                "register each class once"
+            )
         self._types[name] = cls
         if self._used:
             self._fory = self._build()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import sys
 import warnings
 from collections.abc import Iterator
@@ -87,6 +88,8 @@ def save(
     checksum: store xxh3-64 digests of every segment (the head is checked on each load, every
     buffer with `load(verify=True)`). progress: show a tqdm bar.
     """
+    path = _user_path(path)
+    _refuse_odd_target(path)
     codec = codec or default_codec()
     plan = codec.plan(obj)
     meta = {"schema": codec.schema(), "root_type": _type_name(obj)}
@@ -147,7 +150,7 @@ def load(
     if mode not in MODES:
         raise UsageError(f'mode must be "r", "c" or "copy", got {mode!r}')
     codec = codec or default_codec()
-    path = os.fspath(path)
+    path = _user_path(path)
     obj = _decode(memoryview(_open(path, mode)), path, mode, verify, codec)
     if mode == "r" and "torch" in sys.modules and _holds_tensor(obj):
         warnings.warn(
@@ -177,6 +180,35 @@ def _holds_tensor(obj: Any, budget: list[int] | None = None) -> bool:
         return any(_holds_tensor(v, budget) for v in obj)
     attrs = getattr(obj, "__dict__", None)
     return isinstance(attrs, dict) and any(_holds_tensor(v, budget) for v in attrs.values())
+
+
+def _user_path(path: Any) -> str:
+    """`path` as a str (UsageError for anything that is not a str, bytes or os.PathLike)."""
+    try:
+        text = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise UsageError(f"a snapshot path must be a str or os.PathLike, not {path!r}") from None
+    if not text:
+        raise UsageError("a snapshot path must not be empty")
+    return text
+
+
+def _refuse_odd_target(path: str) -> None:
+    """UsageError unless `path` is missing or a regular file: save replaces the file at the
+    path by renaming over it, which would turn a FIFO, a device, a symlink or a directory into
+    a snapshot."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot save to {path!r}: {exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise UsageError(
+            f"cannot save to {path!r}: it is {kind} (save replaces a regular file or creates "
+            "one; pass the path of a file)"
+        )
 
 
 def _open(path: str, mode: Mode) -> Any:
@@ -288,7 +320,7 @@ def snapshot_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What a snapshot holds: versions, sizes, layout from its headers, and every array it holds
     (name, dtype, shape, bytes) from a zero-copy decode with the default codec (`arrays` is
     None, with `arrays_error` saying why, when that codec cannot decode it)."""
-    path = os.fspath(path)
+    path = _user_path(path)
     with _mapped(path) as (mv, header):
         message = mv[header.message_offset : header.file_len]
         try:
