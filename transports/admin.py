@@ -51,7 +51,7 @@ _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 @dataclass(frozen=True)
 class Oieb:
-    """The 128-byte Operation Info Exchange Block, field by field (PROTOCOL.md)."""
+    """The 128-byte Operation Info Exchange Block, field by field (docs/protocol.md)."""
 
     oieb_size: int
     version: tuple[int, int, int, int]

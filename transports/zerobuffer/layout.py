@@ -1,4 +1,4 @@
-"""ZeroBuffer layout constants: every offset, size and struct format in one place (see PROTOCOL.md).
+"""ZeroBuffer layout constants: every offset, size and struct format in one place (see docs/protocol.md).
 
 ```
 0         OIEB, 128 bytes
@@ -57,7 +57,7 @@ METADATA_PREFIX = 8
 """The metadata block starts with a u64 length L, then L bytes."""
 
 DEFAULT_TIMEOUT = 5.0
-"""Seconds a blocking call waits by default (PROTOCOL.md: the reference's default)."""
+"""Seconds a blocking call waits by default (docs/protocol.md: the reference's default)."""
 
 LOCK_DIR = Path("/tmp/zerobuffer")
 """The lock directory every ZeroBuffer implementation of the machine shares (zerobuffer-ipc

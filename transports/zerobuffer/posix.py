@@ -492,7 +492,7 @@ def release_lock(name: str, fd: int) -> None:
 
 
 def cleanup_stale(is_orphan: Callable[[str], bool]) -> list[str]:
-    """PROTOCOL.md stale-resource cleanup, limited to what is provably ours and stale. For every
+    """docs/protocol.md stale-resource cleanup, limited to what is provably ours and stale. For every
     lock file of a valid buffer name that is this user's and that nobody holds, while holding it
     (so no new reader of that name can start meanwhile): if `is_orphan(name)` proves no live
     process uses NAME's buffer (or there is none), remove the shm and both semaphores (those of

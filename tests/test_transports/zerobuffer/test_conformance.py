@@ -4,7 +4,7 @@
 Every runner scenario runs in both of ZeroBuffer's modes, in-process (writer on a thread) and
 cross-process (writer in a forked process), and in three pairings (writer-reader): ours-ours,
 ours-ref and ref-ours, where `ref` is `zerobuffer-ipc` 1.3.0; a pairing is left out only where a
-listed reference bug (PROTOCOL.md) makes the reference side wrong. Scenarios covered elsewhere are
+listed reference bug (docs/protocol.md) makes the reference side wrong. Scenarios covered elsewhere are
 not repeated: 2.1/2.2/10.4/10.5 (peer death: test_interop.py, test_peer_death.py), 2.3 (kill
 loop), 4.2/4.3/11.1 (test_zerobuffer.py, test_reference_bugs.py), 5.4 (test_zerobuffer.py),
 10.1-10.3 (test_zerobuffer.py, test_fuzz_live.py), 10.6 (test_shm_full.py), 10.7 and
@@ -216,7 +216,7 @@ def r_502(side: Side, r: Any, name: str, sync: Sync) -> None:
 
 
 SECOND_503 = 4608
-"""ZeroBuffer's 5.3 writes 7 KB after 6 KB in a 10 KB ring. Under PROTOCOL.md's accounting a
+"""ZeroBuffer's 5.3 writes 7 KB after 6 KB in a 10 KB ring. Under docs/protocol.md's accounting a
 wrapping frame needs the wasted tail and itself free at once (4080 + 7184 > 10240), so that frame
 can never be placed: our writer raises FrameTooLarge (test_zerobuffer.py), the reference 1.3.0
 blocks forever. 4.5 KB keeps the point of the scenario: it must wait for the release."""

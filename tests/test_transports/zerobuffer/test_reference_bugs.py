@@ -1,4 +1,4 @@
-"""The six known bugs of the reference `zerobuffer-ipc` 1.3.0 (PROTOCOL.md, end).
+"""The six known bugs of the reference `zerobuffer-ipc` 1.3.0 (docs/protocol.md, end).
 
 For each: a test that our implementation behaves correctly, and a test marked `REFERENCE BUG`
 asserting that the reference really misbehaves, so the divergence is documented and a fixed

@@ -218,7 +218,7 @@ def _pattern(seq: int, n: int) -> bytes:
 
 
 class RingModel(RuleBasedStateMachine):
-    """Writer + reader over one bytearray, the free counter shared as PROTOCOL.md says."""
+    """Writer + reader over one bytearray, the free counter shared as docs/protocol.md says."""
 
     @initialize(size=st.sampled_from([64, 128, 192, 256, 448]))
     def setup(self, size: int) -> None:
