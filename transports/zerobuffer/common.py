@@ -116,6 +116,21 @@ class WriterStats:
     blocked_seconds: float  # time spent blocked waiting for space
 
 
+def metadata_span(name: str, mm: mmap.mmap, block: int) -> tuple[int, int] | None:
+    """Where the written metadata lies in the mapping, as (start, length); None before any
+    writer wrote it. CorruptBuffer when its length does not fit the `block`-byte block."""
+    written = _U64.unpack_from(mm, L.OFF_METADATA_WRITTEN)[0]
+    if not written:
+        return None
+    length = _U64.unpack_from(mm, L.OIEB_SIZE)[0]
+    if length > block or L.METADATA_PREFIX + length > min(written, block):
+        raise CorruptBuffer(
+            f"buffer {name!r}: metadata claims {length} bytes ({written} written) in a "
+            f"{block}-byte block"
+        )
+    return L.OIEB_SIZE + L.METADATA_PREFIX, length
+
+
 def _peek_pids(name: str) -> tuple[int, int] | None:
     """(reader_pid, writer_pid) of an existing buffer, or None if it has no readable OIEB."""
     try:

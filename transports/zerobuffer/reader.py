@@ -64,6 +64,7 @@ from transports.zerobuffer.common import (
     _check_timeout,
     _create_exclusive,
     is_orphan,
+    metadata_span,
 )
 from transports.zerobuffer.ring import COUNT, READ_POS, ReaderRing
 
@@ -813,17 +814,10 @@ class Reader:
         core = self._core
         if core.closed:
             raise TransportClosed(f"reader of {self.name!r} is closed")
-        mm = core.mm
-        written = _U64.unpack_from(mm, L.OFF_METADATA_WRITTEN)[0]
-        if not written:
+        span = metadata_span(self.name, core.mm, core.M)
+        if span is None:
             return None
-        length = _U64.unpack_from(mm, L.OIEB_SIZE)[0]
-        if length > core.M or L.METADATA_PREFIX + length > min(written, core.M):
-            raise CorruptBuffer(
-                f"buffer {self.name!r}: metadata claims {length} bytes ({written} written) in a "
-                f"{core.M}-byte block"
-            )
-        start = L.OIEB_SIZE + L.METADATA_PREFIX
+        start, length = span
         return core.ro[start : start + length]
 
     def stats(self) -> ReaderStats:

@@ -42,6 +42,7 @@ from transports.zerobuffer.common import (
     _check_name,
     _check_timeout,
     _claim_writer,
+    metadata_span,
 )
 from transports.zerobuffer.ring import REWIND_MIN, WriterRing
 
@@ -184,18 +185,11 @@ class Writer:
     def metadata(self) -> bytes | None:
         """The buffer's metadata as written (by this or an earlier writer), or None before."""
         self._check_open()
-        mm = self._mm
-        written = _U64.unpack_from(mm, L.OFF_METADATA_WRITTEN)[0]
-        if not written:
+        span = metadata_span(self.name, self._mm, self._M)
+        if span is None:
             return None
-        length = _U64.unpack_from(mm, L.OIEB_SIZE)[0]
-        if length > self._M or L.METADATA_PREFIX + length > min(written, self._M):
-            raise CorruptBuffer(
-                f"buffer {self.name!r}: metadata claims {length} bytes ({written} written) in a "
-                f"{self._M}-byte block"
-            )
-        start = L.OIEB_SIZE + L.METADATA_PREFIX
-        return bytes(mm[start : start + length])
+        start, length = span
+        return bytes(self._mm[start : start + length])
 
     # -- frames ----------------------------------------------------------------------------------
 

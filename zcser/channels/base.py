@@ -67,6 +67,18 @@ def _chosen(table: dict[str, Any], role: str, name: object) -> Any:
         ) from None
 
 
+def _subclass(
+    cls: type, role: type, table: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> type:
+    """The class to build: `cls` itself, or for the base `role` the one registered for the
+    name's scheme, after checking that the arguments fit its signature."""
+    if cls is not role:
+        return cls
+    chosen: type = _chosen(table, role.__name__, args[0] if args else kwargs.get("name"))
+    _check_call(chosen, args, kwargs)
+    return chosen
+
+
 def _check_call(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """UsageError naming the option when `cls(*args, **kwargs)` does not fit its signature."""
     try:
@@ -89,11 +101,7 @@ class Sender:
     name: str
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls is Sender:
-            name = args[0] if args else kwargs.get("name")
-            cls = _chosen(_SENDERS, "Sender", name)
-            _check_call(cls, args, kwargs)
-        return object.__new__(cls)
+        return object.__new__(_subclass(cls, Sender, _SENDERS, args, kwargs))
 
     def send(self, obj: Any, timeout: float | None = None) -> None:
         """Send `obj` as one message."""
@@ -149,11 +157,7 @@ class Receiver:
     name: str
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls is Receiver:
-            name = args[0] if args else kwargs.get("name")
-            cls = _chosen(_RECEIVERS, "Receiver", name)
-            _check_call(cls, args, kwargs)
-        return object.__new__(cls)
+        return object.__new__(_subclass(cls, Receiver, _RECEIVERS, args, kwargs))
 
     def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
         """The next object."""

@@ -11,12 +11,11 @@ the test checks. The statvfs pre-check on the real /dev/shm is in test_zerobuffe
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 import pytest
 from conftest import unique_name
-from fixtures.procs import script
+from fixtures.procs import namespaces_work, script
 
 MIB = 1 << 20
 NAMESPACE = (
@@ -59,20 +58,8 @@ def report(**facts):
 """
 
 
-def _namespaces_work() -> bool:
-    try:
-        probe = subprocess.run(
-            ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
-            capture_output=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return probe.returncode == 0
-
-
 pytestmark = pytest.mark.skipif(
-    not _namespaces_work(), reason="needs root and unshare -m to mount a private /dev/shm"
+    not namespaces_work(), reason="needs root and unshare -m to mount a private /dev/shm"
 )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fixtures.procs import REPO
+from fixtures.procs import REPO, namespaces_work
 
 import zcser
 from zcser import errors
@@ -223,18 +223,6 @@ NAMESPACE_64M = (
 )
 
 
-def _namespaces_work() -> bool:
-    try:
-        probe = subprocess.run(
-            ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
-            capture_output=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return probe.returncode == 0
-
-
 def _readme_quickstart() -> str:
     text = (REPO / "README.md").read_text()
     block = text.split("```python", 1)[1].split("```", 1)[0]
@@ -242,9 +230,7 @@ def _readme_quickstart() -> str:
     return block
 
 
-@pytest.mark.skipif(
-    not _namespaces_work(), reason="needs root and unshare -m for a 64 MiB /dev/shm"
-)
+@pytest.mark.skipif(not namespaces_work(), reason="needs root and unshare -m for a 64 MiB /dev/shm")
 def test_the_readme_example_runs_in_dockers_default_64_mib_shm() -> None:
     code = _readme_quickstart().replace(
         "    make_sender, rx = zcser.channel()",

@@ -23,6 +23,7 @@ import pytest
 import torch
 from conftest import unique_name
 from fixtures.maps import mappings
+from fixtures.procs import namespaces_work
 
 import zcser
 from transports.mmapfile import remove_stale_temp_files
@@ -711,16 +712,7 @@ def test_adapter_names_in_the_schema_are_fixed() -> None:
     ]  # fmt: skip
 
 
-def _unshare_works() -> bool:
-    probe = subprocess.run(
-        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
-        capture_output=True,
-        check=False,
-    )
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare -m for a small tmpfs")
+@pytest.mark.skipif(not namespaces_work(), reason="needs root and unshare -m for a small tmpfs")
 def test_saving_onto_a_full_disk_raises_disk_full_from_zcser_errors() -> None:
     code = (
         "import numpy as np, zcser\n"
