@@ -157,12 +157,7 @@ def test_recv_blocked_in_another_thread_gets_closed_when_the_receiver_closes(
 # --- careless users: Sender.empty() ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a small (in-band) empty() array whose frame already carried another message is "
-    "sent again without UsageError: the receiver gets whatever the ring holds there now",
-)
-def test_resending_a_small_empty_array_after_its_frame_was_sent_is_refused(
+def test_resending_a_small_empty_array_sends_its_own_values(
     lock_dir: Path,
 ) -> None:
     name = _name()
@@ -176,20 +171,16 @@ def test_resending_a_small_empty_array_after_its_frame_was_sent_is_refused(
         for i in range(20):  # the ring space of that frame is reused
             tx.send(np.full(500, i), timeout=1)
             rx.recv(timeout=1, copy=True)
-        with pytest.raises(errors.UsageError):  # what docs/getting-started.md promises
-            tx.send(a, timeout=1)
-            got = rx.recv(timeout=1, copy=True)
-            assert (got == 7.0).all(), f"received {got[:4]} for an array of 7.0 (silently)"
+        # An array below the codec threshold travels in band, so empty() gives it ordinary
+        # memory: sending it later sends its own values, never what the ring holds now.
+        tx.send(a, timeout=1)
+        got = rx.recv(timeout=1, copy=True)
+        assert (got == 7.0).all(), f"received {got[:4]} for an array of 7.0 (silently)"
     finally:
         tx.close(timeout=0.2)
         rx.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="threads sharing one Sender, some using empty() and some send(): the receiver gets "
-    "arrays holding bytes of other messages, silently",
-)
 def test_threads_sharing_a_sender_with_empty_never_deliver_foreign_bytes(lock_dir: Path) -> None:
     name = _name()
     rx = zcser.Receiver(name, capacity=1 << 20)

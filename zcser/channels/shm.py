@@ -24,6 +24,7 @@ ZeroBuffer rings have one writer.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 import threading
@@ -419,6 +420,10 @@ class ShmSender(base.Sender):
         if self._forked:
             raise _forked_error(self)
         self._check_open()
+        if math.prod(dims) * dt.itemsize < self.codec.threshold:
+            # Below the threshold the array travels in band (copied at send) wherever it lies:
+            # ordinary memory, so it can never alias a frame that already carried a message.
+            return np.empty(dims, dt)
         try:
             return self._arena.empty(dims, dt, timeout)
         except terr.BufferFull as exc:
