@@ -252,9 +252,17 @@ def write_file_atomic(
 
 
 def _temp_files(directory: Path) -> Iterator[Path]:
+    """Temp files of this user (whoever runs the cleanup, root included, never touches another
+    user's)."""
+    me = os.geteuid()
     for entry in os.scandir(directory):
         if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
-            yield Path(entry.path)
+            try:
+                owner = entry.stat(follow_symlinks=False).st_uid
+            except FileNotFoundError:
+                continue
+            if owner == me:
+                yield Path(entry.path)
 
 
 def _writer_alive(path: Path) -> bool:

@@ -294,11 +294,6 @@ def test_wrong_argument_types_raise_usage_error(call: str, lock_dir: Path) -> No
         WRONG_ARGUMENTS[call]()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a tcp port above 65535 is not refused: ZeroMQ keeps its low 16 bits and the "
-    "receiver silently listens on another port (65536 + p -> p, 99999 -> 34463)",
-)
 def test_net_receiver_refuses_a_port_out_of_range() -> None:
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
@@ -438,11 +433,6 @@ def test_a_forked_child_cannot_use_its_parents_ends(child_call: str, lock_dir: P
 # --- hostile neighbours ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`zcser snapshot clean DIR` removes any unlocked file whose name looks like a temp "
-    "snapshot, whoever owns it: run by root in a shared directory it deletes other users' files",
-)
 def test_snapshot_clean_leaves_files_of_other_users(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to give the planted file to another user")

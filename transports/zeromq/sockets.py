@@ -94,6 +94,12 @@ def _check_url(url: str) -> None:
         raise errors.InvalidName(
             f"{url!r} is not a ZeroMQ endpoint: use tcp://HOST:PORT or ipc:///PATH"
         )
+    if url.startswith("tcp://"):
+        port = url.rpartition(":")[2]
+        if port != "*" and not (port.isdigit() and int(port) <= 65535):
+            raise errors.InvalidName(
+                f"{url!r}: the port must be 0-65535 (0 or * picks a free one), not {port!r}"
+            )
 
 
 def _ipc_path(url: str) -> str | None:
