@@ -357,11 +357,35 @@ def _open_dir(path: Path) -> int:
 
 
 def open_lock_dir(create: bool = True) -> int:
-    """A descriptor of the lock directory (layout.lock_dir()), created (mode 0700) if missing and
-    `create`. Every lock file is then reached relative to it, so the directory checked is the one
-    used. Raises ForeignResource for a symlink, another user's directory (root's is fine) or one
-    others may write without the sticky bit; FileNotFoundError if missing and not `create`."""
+    """A descriptor of the lock directory (layout.lock_dir()). Every lock file is then reached
+    relative to it, so the directory checked is the one used.
+
+    The shared directory (/tmp/zerobuffer, as the reference uses) is created sticky and
+    writable by all (mode 1777, like /tmp) when missing, so every user can keep lock files in
+    it; one named by $ZEROBUFFER_LOCK_DIR is created 0700. When it cannot be used by this user (another user's, or root's without write access
+    for others), this user's own `<dir>-<uid>` (mode 0700) is used instead, unless the
+    directory was named by $ZEROBUFFER_LOCK_DIR: then ForeignResource. ForeignResource also
+    for a symlink or a directory others may write without the sticky bit;
+    FileNotFoundError if missing and not `create`."""
     path = L.lock_dir()
+    named = bool(os.environ.get(L.LOCK_DIR_ENV))  # the user's own choice: kept private
+    try:
+        return _open_lock_dir(path, create, 0o700 if named else 0o1777)
+    except _NotOurs:
+        if named:
+            raise
+        own = path.with_name(f"{path.name}-{os.geteuid()}")
+        _log.debug("lock directory %s is not usable by this user; using %s", path, own)
+        return _open_lock_dir(own, create, 0o700)
+
+
+class _NotOurs(ForeignResource):
+    """A lock directory that is well formed but not usable by this user: root's without write
+    access for others, or another user's shared (sticky, 1777) one. Not hostile: this user then
+    keeps its lock files in a directory of its own."""
+
+
+def _open_lock_dir(path: Path, create: bool, mode: int) -> int:
     try:
         fd = _open_dir(path)
     except FileNotFoundError:
@@ -369,6 +393,7 @@ def open_lock_dir(create: bool = True) -> int:
             raise
         try:
             os.mkdir(path, 0o700)
+            os.chmod(path, mode, follow_symlinks=False)  # mkdir's mode is masked by the umask
         except FileExistsError:
             pass
         except OSError as exc:
@@ -377,15 +402,21 @@ def open_lock_dir(create: bool = True) -> int:
             ) from exc
         fd = _open_dir(path)
     st = os.fstat(fd)
-    uid = st.st_uid
-    if uid not in (os.geteuid(), 0) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+    uid, me = st.st_uid, os.geteuid()
+    sticky = st.st_mode & stat.S_ISVTX
+    shared = sticky and st.st_mode & 0o002
+    if (uid == 0 and me != 0 and not st.st_mode & 0o002) or (uid not in (me, 0) and shared):
+        os.close(fd)
+        raise _NotOurs(f"the ZeroBuffer lock directory {path} is not usable by this user")
+    if uid not in (me, 0) or (st.st_mode & 0o022 and not sticky):
         os.close(fd)
         raise _foreign(
             "the ZeroBuffer lock directory",
             path,
             st,
-            "Its owner could remove or replace the lock files in it. Use a directory of this "
-            f"user (set {L.LOCK_DIR_ENV}), or have root create {path} with mode 1777.",
+            "Its owner could remove or replace the lock files in it, or this user cannot write "
+            f"there. Use a directory of this user (set {L.LOCK_DIR_ENV}), or have root create "
+            f"{path} with mode 1777.",
         )
     return fd
 
