@@ -10,19 +10,15 @@ not made signal safe) cannot be what loses a message.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from conftest import unique_name
+from fixtures.storm import storm, storm_child, storm_result
 
 STORM_SECONDS = 3.0
 
@@ -136,39 +132,7 @@ print(json.dumps({"messages": seq, "caught": caught[0], "signals": signals[0]}),
 
 
 def _child(script: str, *args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
-    code = PRELUDE + textwrap.dedent(script)
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def _storm(pid: int, seconds: float) -> int:
-    """SIGINTs to `pid` for `seconds`, back to back with a short pause; returns how many."""
-    sent = 0
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            os.kill(pid, signal.SIGINT)
-        except ProcessLookupError:
-            break
-        sent += 1
-        time.sleep(0.0002)
-    return sent
-
-
-def _result(proc: subprocess.Popen[str]) -> dict[str, int]:
-    """The child's last line (its summary, or the first problem it found)."""
-    out, _ = proc.communicate(timeout=120)
-    lines = out.strip().splitlines()
-    result: dict[str, int] = json.loads(lines[-1]) if lines else {}
-    if "error" not in result:
-        assert proc.returncode == 0, f"child failed: {out}"
-    return result
+    return storm_child(PRELUDE + textwrap.dedent(script), *args)
 
 
 def _run(victim: str, reader_limit: int) -> tuple[int, dict[str, int], dict[str, int]]:
@@ -185,9 +149,9 @@ def _run(victim: str, reader_limit: int) -> tuple[int, dict[str, int], dict[str,
         assert writer.stdout.readline().strip() == "ready"
         writer.stdin.write("go\n")
         writer.stdin.flush()
-        sent = _storm((reader if victim == "reader" else writer).pid, STORM_SECONDS)
-        got = _result(reader)
-        wrote = _result(writer) if "error" not in got else {}
+        sent = storm((reader if victim == "reader" else writer).pid, STORM_SECONDS)
+        got = storm_result(reader)
+        wrote = storm_result(writer) if "error" not in got else {}
     finally:
         for proc in (writer, reader):
             if proc is not None and proc.poll() is None:

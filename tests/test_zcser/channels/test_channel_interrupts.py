@@ -9,17 +9,12 @@ elsewhere it only counts, so the test's own bookkeeping cannot be what loses a m
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import sys
 import textwrap
-import time
-from pathlib import Path
 
 import pytest
 from conftest import unique_name
+from fixtures.storm import storm, storm_child, storm_result
 
 STORM_SECONDS = 3.0
 
@@ -101,37 +96,7 @@ print(json.dumps({"messages": seq, "caught": caught[0]}), flush=True)
 
 
 def _child(script: str, *args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
-    return subprocess.Popen(
-        [sys.executable, "-c", PRELUDE + textwrap.dedent(script), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def _storm(pid: int, seconds: float) -> int:
-    """SIGINTs to `pid` for `seconds`, back to back with a short pause; returns how many."""
-    sent = 0
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            os.kill(pid, signal.SIGINT)
-        except ProcessLookupError:
-            break
-        sent += 1
-        time.sleep(0.0002)
-    return sent
-
-
-def _result(proc: subprocess.Popen[str]) -> dict[str, int]:
-    out, _ = proc.communicate(timeout=120)
-    lines = out.strip().splitlines()
-    result: dict[str, int] = json.loads(lines[-1]) if lines else {}
-    if "error" not in result:
-        assert proc.returncode == 0, f"child failed: {out}"
-    return result
+    return storm_child(PRELUDE + textwrap.dedent(script), *args)
 
 
 @pytest.mark.parametrize("victim", ["receiver", "sender"])
@@ -147,9 +112,9 @@ def test_a_channel_in_a_sigint_storm_loses_and_duplicates_nothing(victim: str) -
         assert tx.stdout.readline().strip() == "ready"
         tx.stdin.write("go\n")
         tx.stdin.flush()
-        sent = _storm((rx if victim == "receiver" else tx).pid, STORM_SECONDS)
-        got = _result(rx)
-        wrote = _result(tx) if "error" not in got else {}
+        sent = storm((rx if victim == "receiver" else tx).pid, STORM_SECONDS)
+        got = storm_result(rx)
+        wrote = storm_result(tx) if "error" not in got else {}
     finally:
         for proc in (tx, rx):
             if proc is not None and proc.poll() is None:
