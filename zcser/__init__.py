@@ -31,6 +31,7 @@ from zcser.channels import (
     ShmReceiver,
     ShmSender,
     channel,
+    wait,
 )
 from zcser.codec import CODEC_VERSION, DEFAULT_THRESHOLD, Codec, Plan, dumps, loads
 from zcser.snapshot import load, save, snapshot_info
@@ -81,4 +82,5 @@ __all__ = [
     "loads",
     "save",
     "snapshot_info",
+    "wait",
 ]

@@ -8,6 +8,7 @@ net.py       NetSender / NetReceiver: ZeroMQ between processes and hosts
 lease.py     Lease and Message: how long a received frame stays pinned
 schema.py    the stream schema a sender writes and a receiver checks
 factory.py   zcser.channel() and the picklable SenderFactory
+waiting.py   zcser.wait on many ends; what arecv / asend await
 ```
 """
 
@@ -25,6 +26,7 @@ from zcser.channels.shm import (
     ShmReceiver,
     ShmSender,
 )
+from zcser.channels.waiting import wait
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -46,4 +48,5 @@ __all__ = [
     "net",
     "shm",
     "stream_schema",
+    "wait",
 ]

@@ -26,12 +26,13 @@ import inspect
 import operator
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
 
 from zcser import errors
+from zcser.channels import waiting
 
 __all__ = ["Gate", "Receiver", "Sender", "register", "scheme_of"]
 
@@ -125,6 +126,12 @@ class Sender:
         """Mark the end of the stream and detach."""
         raise NotImplementedError
 
+    async def asend(self, obj: Any, timeout: float | None = None) -> None:
+        """`send(obj, timeout)` for asyncio: while the channel is full the task waits, the
+        event loop does not. Cancelled while waiting, the message is not sent (a try already
+        under way in the worker thread, at most `waiting.ASEND_SLICE` s, may still send it)."""
+        await waiting.asend(self, obj, timeout)
+
     def _check_open(self) -> None:
         if self.closed:
             raise errors.Closed(f"sender of {self.name!r} is closed; create a new Sender")
@@ -180,7 +187,7 @@ class Receiver:
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Any]:
-        """Every message until the sender closes the stream (then the loop ends)."""
+        """Every message until the stream ends (then the loop ends)."""
         recv: Callable[[], Any] = self.recv
         while True:
             try:
@@ -188,6 +195,61 @@ class Receiver:
             except errors.Closed:
                 return
             yield value
+
+    # -- asyncio and zcser.wait (channels/waiting.py) --------------------------------------------
+
+    async def arecv(self, timeout: float | None = None, copy: bool = False) -> Any:
+        """`recv()` for asyncio: awaits a message with the event loop's readers on the
+        channel (no thread, no polling). Cancelled, it has taken nothing: the next call gets
+        the message."""
+        return await self._await(self.recv, timeout, copy)
+
+    async def arecv_message(self, timeout: float | None = None) -> Any:
+        """`recv_message()` for asyncio (see arecv)."""
+        return await self._await(self.recv_message, timeout)
+
+    async def _await(self, take: Callable[..., Any], timeout: float | None, *args: Any) -> Any:
+        limit = waiting._check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            if self._wait_ready():
+                try:
+                    return take(0, *args)
+                except errors.Timeout:
+                    pass  # taken by another thread first, or not whole yet: wait again
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return take(0, *args)  # the channel's own Timeout, in its words
+            await waiting.wait_readable(self, remaining)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._messages_async()
+
+    async def _messages_async(self) -> AsyncIterator[Any]:
+        while True:
+            try:
+                value = await self.arecv()
+            except errors.Closed:
+                return
+            yield value
+
+    def _wait_ready(self) -> bool:
+        raise NotImplementedError
+
+    def _wait_fds(self) -> list[Any]:
+        raise NotImplementedError
+
+    def _wait_arm(self) -> None:
+        pass
+
+    def _wait_disarm(self) -> None:
+        pass
+
+    def _wait_woken(self) -> None:
+        pass
+
+    def _wait_backstop(self) -> float | None:
+        return None
 
     def __enter__(self) -> Receiver:
         return self
