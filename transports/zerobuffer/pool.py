@@ -147,9 +147,14 @@ class Departure:
 class Place:
     """A writer's place in pool NAME: which ring to write, and its bell. See the module rules."""
 
-    def __init__(self, name: str, mm: Any, places: int, sparse: bool, index: int) -> None:
+    def __init__(
+        self, name: str, mm: Any, places: int, sparse: bool, index: int, after_death: bool
+    ) -> None:
         self.name = name
         self.index = index
+        self.after_death = after_death
+        """The place's previous writer died without giving it back (its ring may end without
+        an end-of-stream mark): the new writer may say so first."""
         self.places = places
         self.ring = ring_name(name, places, index)
         self._mm = mm
@@ -198,7 +203,7 @@ class Place:
             swapped, _ = _shm.compare_exchange(owner_addr, owner, pid)
             if swapped:
                 _shm.atomic_add(owner_addr + 8, 1)
-                return cls(name, mm, places, sparse, index)
+                return cls(name, mm, places, sparse, index, after_death=bool(owner))
         raise PlacesTaken(
             f"pool {name!r}: all {places} places have a live writer (senders={places})"
         )
@@ -208,7 +213,8 @@ class Place:
         Writer of our ring: it rings after every publish) and announce ourselves: the bell
         rings once and joins grows."""
         if self._sparse:
-            _shm.reserve_pages(self.ring, *writer.payload_span)
+            offset, size = writer.payload_span
+            _shm.reserve_pages(self.ring, 0, offset + size)
         self._bell = _shm.open_bell(self.ring)
         if self._bell is not None:
             writer.set_bell(self._addr + _OFF_SLEEPERS, self._bell)
@@ -288,6 +294,7 @@ class PoolReader:
         self._joins_word = _shm.word_at(self._addr + _OFF_JOINS)
         self._joins = 0
         self.active = [False] * places  # a writer was seen and has not been seen leaving
+        self._generations = [0] * places  # each place's generation when last looked at
         self._draining = [False] * places  # its writer is gone: read to the end, then free
         self._reclaim: set[int] = set()  # freed places whose pages wait to go back
         self._next = 0  # round robin: the place looked at first
@@ -300,7 +307,8 @@ class PoolReader:
 
     def read_small(self, limit: int, timeout: float | None) -> Frame | bytes:
         """The next frame of any writer, round robin (as Reader.read_small); `self.place` says
-        whose. WriterDead (with `.place`) after the last frame of a writer that died; Timeout."""
+        whose. WriterDead (with `.place`, and `.closed` when it closed) once a writer has left
+        and its last frame was read: the caller may look at who is left; Timeout."""
         if self._closed:
             raise TransportClosed(f"pool reader of {self.name!r} is closed")
         got = self._take(limit)
@@ -364,11 +372,14 @@ class PoolReader:
         return None
 
     def _look_for_writers(self) -> None:
+        """A place taken since we last looked (its generation moved) is active, even if its
+        writer has left again already: what it wrote is still to be read."""
         self._joins = self._joins_word.value
         mm = self._mm
         for i in range(self.places):
-            owner = _U64.unpack_from(mm, _owner_at(i))[0]
-            if owner and not owner & RECLAIMING and not self.active[i]:
+            generation = _U64.unpack_from(mm, _owner_at(i) + 8)[0]
+            if generation != self._generations[i]:
+                self._generations[i] = generation
                 self.active[i] = True
                 self._reclaim.discard(i)
 
@@ -396,13 +407,14 @@ class PoolReader:
             self._give_back_pages()
         if died:
             self.lost += 1
-            exc = WriterDead(
-                f"pool {self.name!r}: the writer of place {index} (pid {pid or owner}) died; "
-                "every frame it published has been read",
-                closed=False,
-            )
-            exc.place = index  # type: ignore[attr-defined]
-            raise exc
+        what = "died" if died else "closed"
+        exc = WriterDead(
+            f"pool {self.name!r}: the writer of place {index} (pid {pid or owner}) {what}; "
+            "every frame it published has been read",
+            closed=not died,
+        )
+        exc.place = index  # type: ignore[attr-defined]
+        raise exc
 
     def _give_back_pages(self) -> None:
         for index in list(self._reclaim):
@@ -435,7 +447,11 @@ class PoolReader:
         return list(self._bells)
 
     def arm(self) -> None:
+        """Before a sleep: writers ring from now on; every ring gives back what was read (a
+        writer waiting for room must not wait for us while we wait for it)."""
         _shm.atomic_add(self._sleepers, 1)
+        for ring in self.rings:
+            ring.settle()
 
     def disarm(self) -> None:
         _shm.atomic_sub(self._sleepers, 1)
@@ -487,6 +503,11 @@ class PoolReader:
             self._draining[index] = True
 
     # -- state -----------------------------------------------------------------------------------
+
+    def claims(self) -> int:
+        """Places taken since the pool was created (every writer's connection counts once)."""
+        mm = self._mm
+        return sum(int(_U64.unpack_from(mm, _owner_at(i) + 8)[0]) for i in range(self.places))
 
     def writers(self) -> int:
         """Places held by a live writer now."""

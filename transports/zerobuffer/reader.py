@@ -303,7 +303,9 @@ class _ReaderCore:
         self.writer_seen = False
         total = L.total_size(metadata_block, payload_block)
 
-        reserve = L.OIEB_SIZE + metadata_block if sparse else None
+        # Sparse: only the OIEB's page now; the writer that takes the ring reserves the rest
+        # (metadata included: writing it into a hole could fault on a full /dev/shm).
+        reserve = L.OIEB_SIZE if sparse else None
         _shm.check_space(name, total if reserve is None else reserve)
         _shm.cleanup_stale(is_orphan)
         self.lock_fd = _shm.acquire_lock(name)
@@ -819,9 +821,25 @@ class Reader:
         """Whether a published frame is waiting (read() would not block for it); takes nothing.
         False for a writer that is gone: read() then tells."""
         core = self._core
-        return bool(core.pending or core.words[POSTS]) or (
-            not core.closed and core.published_unread()
-        )
+        if core.pending or core.words[POSTS]:
+            return True
+        if core.closed:
+            return False
+        # Positions first (no call); a full ring has them equal, its posts tell.
+        return core.published_unread() or (_shm.SEM_VALUE and core.sem_w.value > 0)
+
+    def settle(self) -> None:
+        """Before sleeping elsewhere than in read() (a pool's bells): give the writer every
+        byte read and released (read() does this before it blocks)."""
+        core = self._core
+        if core.closed:
+            return
+        if core.orphans:
+            core.retry_orphans()
+        if core.deferred:
+            core.drain()
+        if core.words[WITHHELD]:
+            core.give_back()
 
     def idle(self) -> bool:
         """Nothing waiting, nothing held: every frame read and released, its bytes given back."""
