@@ -121,11 +121,6 @@ def test_closing_a_receiver_while_other_threads_receive_never_crashes(lock_dir: 
     assert "ODD []" in done.stdout, done.stdout[-2000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a recv blocked in another thread when the Receiver is closed raises a bare "
-    "ValueError('mmap closed or invalid'), not zcser.errors.Closed",
-)
 def test_recv_blocked_in_another_thread_gets_closed_when_the_receiver_closes(
     lock_dir: Path,
 ) -> None:
@@ -454,12 +449,6 @@ def test_snapshot_clean_leaves_files_of_other_users(tmp_path: Path) -> None:
     assert planted.exists(), f"removed another user's file: {done.stdout}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Sender.close() from another thread waits for the Sender's lock, which a send "
-    "blocked on a full ring holds: close(timeout=0.1) does not return while the receiver "
-    "lives (send timeout=None), instead of waking that send with Closed",
-)
 def test_closing_a_sender_while_another_thread_is_blocked_sending_returns(lock_dir: Path) -> None:
     name = _name()
     code = f"""

@@ -258,6 +258,7 @@ class PoolReader:
         self.sparse = places > 1
         self._spin = max(0, int(spin))
         self._closed = True
+        self.interrupted = False  # interrupt(): the next wait for a frame ends
         self.rings: list[Reader] = []
         self._bells: list[int] = []
         self._cname = control_name(name)
@@ -314,6 +315,9 @@ class PoolReader:
             if i >= 4:
                 os.sched_yield()
         while True:
+            if self.interrupted:
+                self.interrupted = False
+                raise TransportClosed(f"pool reader of {self.name!r} was closed while waiting")
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(
@@ -517,6 +521,14 @@ class PoolReader:
     @property
     def metadata(self) -> Any:
         return self.rings[self.place].metadata
+
+    def interrupt(self) -> None:
+        """Make a wait for a frame in progress (in another thread) raise TransportClosed (within
+        `BACKSTOP`; a ring read directly, within its `POLL_INTERVAL`), so that thread lets go
+        before close(); stores, safe from any thread. Taken once, as Reader.interrupt."""
+        self.interrupted = True
+        for ring in self.rings:
+            ring.interrupt()
 
     @property
     def closed(self) -> bool:

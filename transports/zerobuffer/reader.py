@@ -286,6 +286,7 @@ class _ReaderCore:
         self.P = payload_block
         self.base = L.OIEB_SIZE + metadata_block  # payload ring offset in the mapping
         self.closed = False
+        self.interrupted = False  # Reader.interrupt(): the next blocking wait ends
         self.broken: str | None = None
         self.lock = threading.Lock()  # guards ring state and the mapping's lifetime
         self.busy = False  # a step holds the lock (set right after taking it)
@@ -386,7 +387,8 @@ class _ReaderCore:
                     self.retry_orphans()
                 if self.deferred:
                     self.drain()
-                if self.closed:
+                if self.closed or self.interrupted:
+                    self.interrupted = False
                     raise TransportClosed(f"reader of {self.name!r} was closed while waiting")
                 wait = POLL_INTERVAL
                 if deadline is not None:
@@ -891,6 +893,12 @@ class Reader:
             bytes_held=core.ring.held_bytes,
             blocked_seconds=core.blocked,
         )
+
+    def interrupt(self) -> None:
+        """Make a blocking wait for a frame in progress (in another thread) raise
+        TransportClosed within `POLL_INTERVAL`, so that thread lets go before close(); a store,
+        safe from any thread. Taken once: by the wait it ends, or by the next one."""
+        self._core.interrupted = True
 
     @property
     def closed(self) -> bool:

@@ -121,6 +121,7 @@ class Writer:
         self._again: tuple[int, int] | None = None
         self._res_view: memoryview | None = None
         self._blocked = 0.0
+        self.interrupted = False  # interrupt(): the next wait for space raises TransportClosed
         mm = _shm.open_shm(name)
         sems: list[posix_ipc.Semaphore] = []
         handle = 0  # our own sem_t for sem-w: the compiled put posts it in the same call
@@ -396,6 +397,12 @@ class Writer:
                     self._corrupt_free(free)
                 if free >= required:
                     return
+                if self.interrupted:
+                    self.interrupted = False
+                    raise TransportClosed(
+                        f"writer of {self.name!r} was closed while it waited for space; the "
+                        "frame was not written"
+                    )
                 pid = _U64.unpack_from(mm, L.OFF_READER_PID)[0]
                 if not pid:
                     raise ReaderDead(
@@ -491,6 +498,12 @@ class Writer:
             frames_unread=unread,
             blocked_seconds=self._blocked,
         )
+
+    def interrupt(self) -> None:
+        """Make a wait for space in progress (in another thread) raise TransportClosed within
+        `POLL_INTERVAL`, so that thread lets go before close(); a store, safe from any thread.
+        Taken once: by the wait it ends, or by the next one (clear `interrupted` to cancel)."""
+        self.interrupted = True
 
     @property
     def closed(self) -> bool:

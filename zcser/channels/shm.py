@@ -522,12 +522,15 @@ class ShmSender(base.Sender):
         if self._forked or os.getpid() != self._pid:
             self._closed = True
             return  # a forked child's copy: the stream belongs to the parent
+        if self._gate.in_use():
+            self._w.interrupt()  # a send waiting for room in another thread raises Closed
         self._gate.run(self._close_once, timeout)
 
     def _close_once(self, timeout: float) -> None:
         if self._closed:
             return
         self._closed = True
+        self._w.interrupted = False  # the end-of-stream mark waits for room up to `timeout`
         self._close(timeout)
 
     def _close(self, timeout: float) -> None:
@@ -939,7 +942,10 @@ class ShmReceiver(base.Receiver):
 
     def close(self) -> None:
         """Remove the channel's names (shm, semaphores, lock, bells). Views alive stay valid. A
-        recv in progress in another thread finishes first (close waits for it)."""
+        recv waiting in another thread raises Closed (within `POLL_INTERVAL`; with senders > 1
+        within the pool's `BACKSTOP`) before this closes."""
+        if self._gate.in_use():
+            self._pool.interrupt()
         self._gate.run(self._pool.close)
 
     # -- zcser.wait and asyncio (channels/waiting.py) --------------------------------------------
