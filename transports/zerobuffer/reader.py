@@ -63,6 +63,7 @@ from transports.zerobuffer.common import (
     _check_name,
     _check_timeout,
     _create_exclusive,
+    interrupts_deferred,
     is_orphan,
     metadata_span,
 )
@@ -709,6 +710,10 @@ class _ReaderCore:
     # -- closing ---------------------------------------------------------------------------------
 
     def close(self) -> None:
+        with interrupts_deferred():  # Ctrl-C: every name is removed, or none yet
+            self._close()
+
+    def _close(self) -> None:
         if self.closed:
             return
         self.closed = True
@@ -775,10 +780,11 @@ class Reader:
         _shm.require_atomics()
         self.name = name
         self.config = config
-        self._core = _ReaderCore(
-            name, L.align(config.metadata_size), L.align(config.payload_size), sparse
-        )
-        self._finalizer = weakref.finalize(self, self._core.close)
+        with interrupts_deferred():  # Ctrl-C: the names are made and owned, or never made
+            self._core = _ReaderCore(
+                name, L.align(config.metadata_size), L.align(config.payload_size), sparse
+            )
+            self._finalizer = weakref.finalize(self, self._core.close)
 
     def read(self, timeout: TimeoutArg = _UNSET) -> Frame:
         """Next frame (blocks). Raises Timeout, WriterDead, SequenceError, CorruptBuffer."""

@@ -42,6 +42,7 @@ from transports.zerobuffer.common import (
     _check_name,
     _check_timeout,
     _claim_writer,
+    interrupts_deferred,
     metadata_span,
 )
 from transports.zerobuffer.ring import REWIND_MIN, WriterRing
@@ -122,6 +123,10 @@ class Writer:
         self._res_view: memoryview | None = None
         self._blocked = 0.0
         self.interrupted = False  # interrupt(): the next wait for space raises TransportClosed
+        with interrupts_deferred():  # Ctrl-C: attached (and closed by __del__), or not at all
+            self._attach(name)
+
+    def _attach(self, name: str) -> None:
         mm = _shm.open_shm(name)
         sems: list[posix_ipc.Semaphore] = []
         handle = 0  # our own sem_t for sem-w: the compiled put posts it in the same call
@@ -511,6 +516,12 @@ class Writer:
 
     def close(self) -> None:
         """Detach (writer_pid = 0; a reserved frame is dropped). Never unlinks. Safe twice."""
+        if self._closed:
+            return
+        with interrupts_deferred():  # Ctrl-C: detached whole, or not yet
+            self._close()
+
+    def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
