@@ -544,13 +544,6 @@ def test_ctrl_c_while_creating_and_closing_channels_leaks_nothing(lock_dir: Path
 # --- a reader killed while creating its ring ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="create_shm signs the segment (8 bytes, file size 8) before posix_fallocate: a reader "
-    "killed between the two leaves an 8-byte segment that the next Receiver of that name refuses "
-    "as 'not a ZeroBuffer' (seen under load in test_kill_loop); the existing cut-short test pads "
-    "the signed segment to 4096 bytes, a state create_shm never leaves",
-)
 def test_receiver_replaces_the_8_byte_segment_a_killed_creation_leaves(lock_dir: Path) -> None:
     name = _name()
     path = Path("/dev/shm") / name
