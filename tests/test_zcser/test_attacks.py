@@ -121,11 +121,12 @@ def test_closing_a_receiver_while_other_threads_receive_never_crashes(lock_dir: 
     assert "ODD []" in done.stdout, done.stdout[-2000:]
 
 
+@pytest.mark.parametrize("senders", [1, 2])
 def test_recv_blocked_in_another_thread_gets_closed_when_the_receiver_closes(
-    lock_dir: Path,
+    lock_dir: Path, senders: int
 ) -> None:
     name = _name()
-    rx = zcser.Receiver(name, capacity=1 << 16)
+    rx = zcser.Receiver(name, capacity=1 << 16, senders=senders)
     tx = zcser.Sender(name)
     raised: list[BaseException] = []
 
@@ -449,14 +450,17 @@ def test_snapshot_clean_leaves_files_of_other_users(tmp_path: Path) -> None:
     assert planted.exists(), f"removed another user's file: {done.stdout}"
 
 
-def test_closing_a_sender_while_another_thread_is_blocked_sending_returns(lock_dir: Path) -> None:
+@pytest.mark.parametrize("senders", [1, 2])
+def test_closing_a_sender_while_another_thread_is_blocked_sending_returns(
+    lock_dir: Path, senders: int
+) -> None:
     name = _name()
     code = f"""
         import threading, time
         import numpy as np
         import zcser
         from zcser import errors
-        rx = zcser.Receiver("{name}", capacity=1 << 16)
+        rx = zcser.Receiver("{name}", capacity=1 << 16, senders={senders})
         tx = zcser.Sender("{name}")
         raised = []
         def fill():
