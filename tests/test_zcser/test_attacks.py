@@ -321,14 +321,19 @@ def test_ctrl_c_while_sending_and_receiving_leaves_a_working_channel(lock_dir: P
             while not stop.is_set():
                 time.sleep(random.random() * 0.002)
                 os.kill(os.getpid(), signal.SIGINT)
+        armed = False  # Ctrl-C raises inside the sends and receives only (not in this loop)
+        def on_sigint(signum, frame):
+            if armed:
+                raise KeyboardInterrupt
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # not while the thread starts
         thread = threading.Thread(target=interrupter, daemon=True)
         thread.start()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, on_sigint)
         escaped = []
         i = 0
         end = time.monotonic() + 4.0
         while time.monotonic() < end:
+            armed = True
             try:
                 i += 1
                 if i % 4 == 0:
@@ -352,6 +357,7 @@ def test_ctrl_c_while_sending_and_receiving_leaves_a_working_channel(lock_dir: P
                 pass
             except Exception as exc:
                 escaped.append(repr(exc))
+            armed = False
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stop.set()
         thread.join()
