@@ -47,6 +47,7 @@ from transports.zerobuffer import (
     shm_available,
 )
 from transports.zerobuffer import pool as tpool
+from transports.zerobuffer.common import interrupts_deferred
 from zcser import errors
 from zcser.channels import base
 from zcser.channels.arena import FrameArena
@@ -162,6 +163,11 @@ def _connect(name: str, spin: int, timeout: float | None) -> tuple[Writer, tpool
 
 
 def _attach(name: str, spin: int) -> tuple[Writer, tpool.Place | None]:
+    with interrupts_deferred():  # Ctrl-C: a place is taken and handed over whole, or not at all
+        return _attach_now(name, spin)
+
+
+def _attach_now(name: str, spin: int) -> tuple[Writer, tpool.Place | None]:
     found = tpool.Place.open(name)
     if found is None:
         w = Writer(name, spin=spin)  # a plain ring (another ZeroBuffer reader), or BufferNotFound
@@ -540,12 +546,15 @@ class ShmSender(base.Sender):
         if self._forked or os.getpid() != self._pid:
             self._closed = True
             return  # a forked child's copy: the stream belongs to the parent
+        if self._gate.in_use():
+            self._w.interrupt()  # a send waiting for room in another thread raises Closed
         self._gate.run(self._close_once, timeout)
 
     def _close_once(self, timeout: float) -> None:
         if self._closed:
             return
         self._closed = True
+        self._w.interrupted = False  # the end-of-stream mark waits for room up to `timeout`
         self._close(timeout)
 
     def _close(self, timeout: float) -> None:
@@ -971,7 +980,10 @@ class ShmReceiver(base.Receiver):
 
     def close(self) -> None:
         """Remove the channel's names (shm, semaphores, lock, bells). Views alive stay valid. A
-        recv in progress in another thread finishes first (close waits for it)."""
+        recv waiting in another thread raises Closed (within `POLL_INTERVAL`; with senders > 1
+        within the pool's `BACKSTOP`) before this closes."""
+        if self._gate.in_use():
+            self._pool.interrupt()
         self._gate.run(self._pool.close)
 
     # -- zcser.wait and asyncio (channels/waiting.py) --------------------------------------------

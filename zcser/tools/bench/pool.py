@@ -34,7 +34,7 @@ _ctx = mp.get_context("fork")
 def _peers() -> list[str]:
     methods = ["zcser", "mp.Queue"]
     with contextlib.suppress(ImportError):
-        import faster_fifo  # noqa: F401
+        import faster_fifo  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
 
         methods.append("faster-fifo")
     with contextlib.suppress(ImportError):
@@ -83,7 +83,7 @@ def _zmq_producer(url: str, kind: str, count: int, ready: Any, go: Any) -> None:
     import zmq
 
     payload = _payload(kind)
-    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock: Any = zmq.Context.instance().socket(zmq.PUSH)
     sock.connect(url)
     ready.release()
     go.wait(WAIT)
@@ -106,6 +106,8 @@ def _run(method: str, kind: str, producers: int, count: int) -> float:
     touch: Callable[[Any], Any]
     touch = (lambda obj: obj["id"]) if kind == "dict" else (lambda obj: obj[0])
     cleanup: list[Callable[[], Any]] = []
+    target: Callable[..., None]
+    args: tuple[Any, ...]
     try:
         if method == "zcser":
             make, rx = zcser.channel(capacity=8 * MIB, senders=producers)
@@ -121,8 +123,8 @@ def _run(method: str, kind: str, producers: int, count: int) -> float:
             def take() -> Any:
                 return queue.get(timeout=WAIT)
         elif method == "faster-fifo":
-            import faster_fifo
-            import faster_fifo_reduction  # noqa: F401  (picklable queues for the producers)
+            import faster_fifo  # type: ignore[import-not-found,unused-ignore]
+            import faster_fifo_reduction  # type: ignore[import-untyped,unused-ignore]  # noqa: F401
 
             ff = faster_fifo.Queue(max_size_bytes=64 * MIB)
             target, args = _ff_producer, (ff,)
@@ -134,10 +136,10 @@ def _run(method: str, kind: str, producers: int, count: int) -> float:
 
             path = os.path.join(tempfile.gettempdir(), f"zcbench-pool-{os.getpid()}.ipc")
             url = f"ipc://{path}"
-            sock = zmq.Context.instance().socket(zmq.PULL)
+            sock: Any = zmq.Context.instance().socket(zmq.PULL)
             sock.bind(url)
             cleanup.append(lambda: sock.close(linger=0))
-            cleanup.append(lambda: contextlib.suppress(OSError) and os.unlink(path))
+            cleanup.append(lambda: os.path.exists(path) and os.remove(path))  # type: ignore[func-returns-value]
             target, args = _zmq_producer, (url,)
             if kind == "dict":
 
