@@ -203,6 +203,7 @@ class Writer:
             self._publisher.bell = (sleepers_address, fd)
 
     def clear_bell(self) -> None:
+        """Stop ringing the pool bell (before its descriptor is closed)."""
         self._bell = None
         if self._publisher is not None:
             self._publisher.bell = (0, -1)

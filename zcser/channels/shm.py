@@ -340,7 +340,7 @@ class ShmSender(base.Sender):
         except _TransportError as exc:
             self._withdraw()
             raise _translate(exc) from exc
-        if self._place is not None and self._place.after_death:
+        if self._place is not None and self._place.places > 1 and self._place.after_death:
             try:
                 self._w.write(_LOST)
             except _TransportError as exc:
