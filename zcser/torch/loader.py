@@ -28,8 +28,8 @@ import warnings
 from typing import Any
 
 import torch.multiprocessing as torch_mp
-from torch.utils.data import IterDataPipe, MapDataPipe
 from torch.utils.data import DataLoader as _TorchDataLoader
+from torch.utils.data import IterDataPipe, MapDataPipe
 from torch.utils.data import _utils as _torch_utils
 from torch.utils.data._utils.collate import default_collate
 from torch.utils.data._utils.worker import _IterableDatasetStopIteration, _ResumeIteration
@@ -47,7 +47,7 @@ _SLICE = 0.5  # seconds between checks that the workers live while waiting for a
 _HOLD_WARNING = 10.0  # seconds of waiting, with the ring mostly held, before a warning
 
 
-class DataLoader(_TorchDataLoader):  # type: ignore[misc]
+class DataLoader(_TorchDataLoader):
     """`torch.utils.data.DataLoader` whose workers collate into shared memory.
 
     Same arguments and behaviour as torch's (batches, order, seeds, `get_worker_info()`,
@@ -148,12 +148,12 @@ def _wrapped_error(payload: tuple[str, str, str, str]) -> Any:
     return wrapper
 
 
-class _RingLoaderIter(_BaseDataLoaderIter):  # type: ignore[misc]
+class _RingLoaderIter(_BaseDataLoaderIter):
     """torch's `_MultiProcessingDataLoaderIter` with one ring per worker for the results."""
 
     def __init__(self, loader: DataLoader) -> None:
         super().__init__(loader)
-        self._prefetch_factor: int = loader.prefetch_factor
+        self._prefetch_factor: int = loader.prefetch_factor or 2
         self._in_order = loader.in_order
         self._shutdown = True  # until the workers exist
         self._workers: list[Any] = []
@@ -166,7 +166,9 @@ class _RingLoaderIter(_BaseDataLoaderIter):  # type: ignore[misc]
             init_fn = _partial_sharding(init_fn, self._world_size, self._rank)
         # the default collate stacks into the ring (worker.py); any other runs as given
         collate = None if self._collate_fn is default_collate else self._collate_fn
-        self._channels = WorkerChannels(self._num_workers, loader.capacity, loader.codec, loader.copy)
+        self._channels = WorkerChannels(
+            self._num_workers, loader.capacity, loader.codec, loader.copy
+        )
         self._workers_done_event = ctx.Event()
         self._shutdown = False
         try:
@@ -308,7 +310,9 @@ class _RingLoaderIter(_BaseDataLoaderIter):  # type: ignore[misc]
         waited = 0.0
         warned = False
         while True:
-            step = _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - time.monotonic()))
+            step = (
+                _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - time.monotonic()))
+            )
             try:
                 if worker is not None:
                     message = channels.recv(worker, step)
@@ -336,9 +340,7 @@ class _RingLoaderIter(_BaseDataLoaderIter):  # type: ignore[misc]
 
     def _check_workers(self) -> None:
         dead = [
-            i
-            for i, w in enumerate(self._workers)
-            if self._workers_status[i] and not w.is_alive()
+            i for i, w in enumerate(self._workers) if self._workers_status[i] and not w.is_alive()
         ]
         if dead:
             self._raise_dead(dead)
@@ -405,4 +407,3 @@ def _partial_sharding(init_fn: Any, world_size: int, rank: int) -> Any:
     import functools
 
     return functools.partial(_sharding_worker_init_fn, init_fn, world_size, rank)
-

@@ -39,9 +39,7 @@ class WorkerGone(Exception):
 class WorkerChannels:
     """One ring per worker; messages are `(kind, idx, payload)` tuples (see worker.py)."""
 
-    def __init__(
-        self, count: int, capacity: int | None, codec: Codec | None, copy: bool
-    ) -> None:
+    def __init__(self, count: int, capacity: int | None, codec: Codec | None, copy: bool) -> None:
         self.copy = copy
         self.factories: list[SenderFactory] = []
         self.receivers: list[Receiver] = []

@@ -59,8 +59,7 @@ def _stack_in_ring(batch: Any, *, collate_fn_map: Any = None) -> Any:
         and elem.layout == torch.strided
         and not elem.is_nested
         and all(
-            type(t) is type(elem) and t.dtype == elem.dtype and t.shape == elem.shape
-            for t in batch
+            type(t) is type(elem) and t.dtype == elem.dtype and t.shape == elem.shape for t in batch
         )
     )
     shape = (len(batch), *elem.shape)
@@ -165,7 +164,7 @@ def worker_loop(
                     tx.send((RESUME, -1, None))
                     iteration_end = False
                     if isinstance(dataset, IterDataPipe):
-                        shared_rng.manual_seed(r.seed)
+                        shared_rng.manual_seed(r.seed or 0)
                         dataset = apply_random_seed(dataset, shared_rng)
                     fetcher = _DatasetKind.create_fetcher(
                         dataset_kind, dataset, auto_collation, collate, drop_last

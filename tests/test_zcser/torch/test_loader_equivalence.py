@@ -67,7 +67,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kwargs", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize(
+    "kwargs", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items())
+)
 def test_map_style_same_batches(kwargs: dict[str, Any]) -> None:
     epochs = 2 if kwargs.get("persistent_workers") else 1
     _check_same(Samples(), epochs=epochs, **kwargs)
@@ -78,7 +80,8 @@ def test_default_collate_stacks_into_the_ring() -> None:
                                  capacity=SMALL_RING)))  # fmt: skip
     x = batch["x"]
     assert x.shape == (8, 3, 64, 64) and x.dtype == torch.float32
-    maps = open("/proc/self/maps").read().splitlines()
+    with open("/proc/self/maps") as f:
+        maps = f.read().splitlines()
     ptr = x.data_ptr()
     inside = [
         line for line in maps

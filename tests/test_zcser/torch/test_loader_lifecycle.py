@@ -42,7 +42,9 @@ def test_a_killed_worker_raises_naming_it(sig: int) -> None:
         for _ in loader:
             seen += 1
     text = str(info.value)
-    assert re.search(rf"worker 0 \(pid \d+\) killed by signal {sig} \({signal.Signals(sig).name}\)", text), text
+    assert re.search(
+        rf"worker 0 \(pid \d+\) killed by signal {sig} \({signal.Signals(sig).name}\)", text
+    ), text
     assert 0 < seen <= 10
     gc.collect()
     assert _our_shm() - before == set()
@@ -59,7 +61,7 @@ def test_timeout_raises_like_torch() -> None:
 def test_worker_exceptions_are_reraised_like_torch() -> None:
     def first_error(cls: type) -> BaseException:
         kwargs = {"capacity": RING} if cls is DataLoader else {}
-        with pytest.raises(Exception) as info:  # noqa: PT011
+        with pytest.raises(Exception) as info:
             list(cls(Failing(), batch_size=2, num_workers=2, **kwargs))
         return info.value
 
