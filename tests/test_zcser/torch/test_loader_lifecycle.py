@@ -20,7 +20,8 @@ RING = 8 << 20
 
 
 def _our_shm() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("zcser-")}
+    mine = f"zcser-{os.getpid()}-"  # the rings this process made (other runs make theirs)
+    return {n for n in os.listdir("/dev/shm") if n.startswith(mine)}
 
 
 def _fds() -> int:
