@@ -81,8 +81,9 @@ def main() -> int:
         start = time.perf_counter()
         batches = 0
         for epoch in range(args.epochs):
-            want = list(theirs)
-            fds = _fds()  # torch's batches held: each keeps a descriptor while alive
+            # torch's batches, cloned: each of torch's own keeps a descriptor while alive
+            want = [(x.clone(), y.clone()) for x, y in theirs]
+            fds = _fds()
             for i, (images, labels) in enumerate(ours):
                 if i == 0 and epoch == 0:
                     where = _ring_of(images.data_ptr())
