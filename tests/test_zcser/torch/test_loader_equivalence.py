@@ -120,3 +120,20 @@ def test_start_methods(method: str) -> None:
         pytest.skip("fork is unsafe on macOS")
     _check_same(Samples(20), batch_size=4, shuffle=True, num_workers=2,
                 multiprocessing_context=method)  # fmt: skip
+
+
+def test_persistent_workers_after_a_break_resume_like_torch() -> None:
+    def run(cls: type) -> list[Any]:
+        torch.manual_seed(0)
+        np.random.seed(0)
+        kwargs = {"capacity": SMALL_RING} if cls is DataLoader else {}
+        loader = cls(Samples(), batch_size=4, shuffle=True, num_workers=2, persistent_workers=True,
+                     generator=torch.Generator().manual_seed(9), **kwargs)  # fmt: skip
+        for i, _ in enumerate(loader):
+            if i == 2:
+                break
+        return list(loader) + list(loader)
+
+    want, got = run(TorchDataLoader), run(DataLoader)
+    assert len(want) == len(got) == 26
+    assert all(_same(w, g) for w, g in zip(want, got, strict=True))

@@ -150,3 +150,19 @@ def test_unlinked_rings_are_in_dev_shm_only_while_iterating(tmp_path: Path) -> N
     assert len(_our_shm() - before) == 2
     list(it)  # the end of the epoch shuts the workers down
     assert _our_shm() - before == set()
+
+
+def test_holding_the_ring_full_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zcser.torch import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "_HOLD_WARNING", 1.0)
+    loader = DataLoader(Samples(64, shape=(48, 64, 64)), batch_size=4, num_workers=1,
+                        capacity=8 << 20, timeout=4, prefetch_factor=1)  # fmt: skip
+    kept = []
+    with (
+        pytest.warns(RuntimeWarning, match="holds .* MiB of batches"),
+        pytest.raises(RuntimeError, match="timed out"),
+    ):
+        for batch in loader:
+            kept.append(batch)  # 3 MiB a batch in an 8 MiB ring: the third one cannot come
+    assert len(kept) >= 1
