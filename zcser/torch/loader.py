@@ -151,6 +151,8 @@ def _wrapped_error(payload: tuple[str, str, str, str]) -> Any:
 class _RingLoaderIter(_BaseDataLoaderIter):
     """torch's `_MultiProcessingDataLoaderIter` with one ring per worker for the results."""
 
+    _shutdown = True  # until the workers exist (so __del__ of a half-built one is quiet)
+
     def __init__(self, loader: DataLoader) -> None:
         super().__init__(loader)
         self._prefetch_factor: int = loader.prefetch_factor or 2

@@ -59,7 +59,11 @@ def _stack_in_ring(batch: Any, *, collate_fn_map: Any = None) -> Any:
         and elem.layout == torch.strided
         and not elem.is_nested
         and all(
-            type(t) is type(elem) and t.dtype == elem.dtype and t.shape == elem.shape for t in batch
+            type(t) is type(elem)
+            and t.dtype == elem.dtype
+            and t.shape == elem.shape
+            and not t.requires_grad  # stack(out=) refuses autograd inputs
+            for t in batch
         )
     )
     shape = (len(batch), *elem.shape)
