@@ -25,6 +25,7 @@ from zcser.errors import Closed, PeerDead, Timeout
 __all__ = ["WorkerChannels", "WorkerGone"]
 
 _POLL_SLEEP = 0.0002
+_POLL_SLEEP_MAX = 0.005
 
 
 class WorkerGone(Exception):
@@ -64,6 +65,7 @@ class WorkerChannels:
         # TODO(#16): wait on every ring at once with zcser.wait(receivers) when the shm
         # receivers implement the waitable hooks; until then poll them with recv(timeout=0).
         deadline = time.monotonic() + timeout
+        pause = _POLL_SLEEP
         while True:
             for worker in workers:
                 try:
@@ -72,7 +74,8 @@ class WorkerChannels:
                     continue
             if time.monotonic() >= deadline:
                 raise Timeout(f"no worker of {list(workers)} sent within {timeout} s")
-            time.sleep(_POLL_SLEEP)
+            time.sleep(pause)
+            pause = min(pause * 2, _POLL_SLEEP_MAX)  # idle workers: poll less often
 
     def pinned(self, worker: int) -> tuple[int, int]:
         """(bytes held by live views of `worker`'s ring, its capacity)."""
