@@ -12,13 +12,16 @@ Rules of this file:
 - a batch is a view of its frame in the worker's ring: torch tensors over shared memory, no
   copy. Each frame carries one batch and nothing else reads it, so writing into a batch is safe;
   the frame goes back to its worker when the last tensor of the batch is collected. Keeping
-  batches keeps their ring space: `copy=True` gives private tensors (one copy per batch);
+  batches keeps their ring space: a worker waiting for space that live batches hold (a shared
+  flag says it waits) raises RuntimeError here instead of a hang; `copy=True` gives private
+  tensors (one copy per batch);
 - a worker that dies raises RuntimeError naming its id, pid and exit (code or signal), and
   `timeout` raises torch's RuntimeError; shutdown stops the workers and removes the rings.
 """
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import signal
@@ -44,7 +47,11 @@ __all__ = ["DataLoader"]
 
 _log = logging.getLogger("zcser.torch")
 _SLICE = 0.5  # seconds between checks that the workers live while waiting for a batch
-_HOLD_WARNING = 10.0  # seconds of waiting, with the ring mostly held, before a warning
+# A worker waiting for ring space that this process's batches hold: a warning after
+# _STUCK_WARN seconds, RuntimeError after _STUCK_SECONDS (a single-threaded loop would hang;
+# a consumer thread that releases batches later gets that long to do it).
+_STUCK_WARN = 10.0
+_STUCK_SECONDS = 60.0
 
 
 class DataLoader(_TorchDataLoader):
@@ -55,8 +62,9 @@ class DataLoader(_TorchDataLoader):
 
     copy: False (default): batches are tensors over the worker's ring, written once by the
         worker and never copied; writing into them is safe (each batch has its own frame),
-        keeping them holds ring space until they are collected. True: private tensors, one
-        copy per batch, nothing held.
+        keeping them holds ring space until they are collected (holding a ring's worth raises
+        RuntimeError rather than hang). True: private tensors, one copy per batch, nothing
+        held.
     capacity: bytes of each worker's ring (None: zcser's default, 256 MiB when /dev/shm has
         room); the largest batch is half of it.
     codec: the `zcser.Codec` for batches (to `register` your classes); default: zcser's.
@@ -172,6 +180,7 @@ class _RingLoaderIter(_BaseDataLoaderIter):
             self._num_workers, loader.capacity, loader.codec, loader.copy
         )
         self._workers_done_event = ctx.Event()
+        self._blocked = [ctx.Value("b", 0, lock=False) for _ in range(self._num_workers)]
         self._shutdown = False
         try:
             for i in range(self._num_workers):
@@ -184,6 +193,7 @@ class _RingLoaderIter(_BaseDataLoaderIter):
                         self._dataset,
                         index_queue,
                         self._channels.factories[i],
+                        self._blocked[i],
                         self._workers_done_event,
                         self._auto_collation,
                         collate,
@@ -309,8 +319,7 @@ class _RingLoaderIter(_BaseDataLoaderIter):
         channels = self._channels
         assert channels is not None
         deadline = time.monotonic() + self._timeout if self._timeout > 0 else None
-        waited = 0.0
-        warned = False
+        stuck: tuple[Any, ...] | None = None  # (since when, bytes held[, warned]): _check_held
         while True:
             step = (
                 _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - time.monotonic()))
@@ -330,9 +339,7 @@ class _RingLoaderIter(_BaseDataLoaderIter):
                     raise RuntimeError(
                         f"DataLoader timed out after {self._timeout} seconds"
                     ) from None
-                waited += step
-                if not warned and waited >= _HOLD_WARNING:
-                    warned = self._warn_if_held(worker)
+                stuck = self._check_held(worker, stuck)
         kind, idx, payload = message
         if kind == _worker.STOP:
             return kind, idx, _IterableDatasetStopIteration(payload)
@@ -358,22 +365,47 @@ class _RingLoaderIter(_BaseDataLoaderIter):
         self._shutdown_workers()
         raise RuntimeError(f"DataLoader worker exited unexpectedly: {'; '.join(parts)}")
 
-    def _warn_if_held(self, worker: int | None) -> bool:
+    def _check_held(
+        self, worker: int | None, stuck: tuple[Any, ...] | None
+    ) -> tuple[Any, ...] | None:
+        """RuntimeError when the awaited workers (`worker`, or every active one with tasks)
+        have waited `_STUCK_SECONDS` for ring space that this process's live batches hold, the
+        held bytes unchanged (another thread that releases batches would change them), a
+        collection included (cycles may hold the last references): the loader would hang.
+        `stuck` is what the previous call returned."""
         channels = self._channels
         assert channels is not None
-        for i in range(self._num_workers) if worker is None else [worker]:
-            held, capacity = channels.pinned(i)
-            if held * 2 >= capacity:
-                warnings.warn(
-                    f"zcser.torch.DataLoader: worker {i} waits for ring space: this process "
-                    f"still holds {held >> 20} MiB of batches from its {capacity >> 20} MiB "
-                    "ring. Batches you keep hold their ring space: clone() what you keep, or "
-                    "use DataLoader(copy=True), or a larger capacity=",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-                return True
-        return False
+        awaited = [worker] if worker is not None else [
+            i for i, up in enumerate(self._workers_status) if up and self._workers_num_tasks[i]
+        ]  # fmt: skip
+        held = [channels.pinned(i) for i in awaited]
+        total = sum(pinned for pinned, _ in held)
+        if not awaited or not all(
+            self._blocked[i].value and pinned for i, (pinned, _) in zip(awaited, held, strict=True)
+        ):
+            return None
+        now = time.monotonic()
+        if stuck is None or stuck[1] != total:  # (again) since now
+            gc.collect()
+            return now, total
+        waited = now - stuck[0]
+        if waited < _STUCK_WARN:
+            return stuck
+        i, (pinned, capacity) = awaited[0], held[0]
+        text = (
+            f"DataLoader worker {i} cannot hand over its next batch: this process still holds "
+            f"{pinned / 2**20:.1f} MiB of earlier batches in its {capacity >> 20} MiB ring (a "
+            "batch's memory goes back to its worker when the last tensor of the batch is "
+            "collected). Keep clones of what you keep (t.clone()), or pass copy=True for "
+            "private batches, or a larger capacity="
+        )
+        if waited >= _STUCK_SECONDS:
+            raise RuntimeError(text)
+        if len(stuck) == 2:  # warned once per wait
+            warnings.warn(
+                f"{text} (an error after {_STUCK_SECONDS:g} s)", RuntimeWarning, stacklevel=5
+            )
+        return (*stuck, 1)
 
     # -- shutdown -------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from torch.utils.data._utils import signal_handling as _signals
 from torch.utils.data._utils import worker as _torch_worker
 
 from zcser.channels import Sender, SenderFactory
-from zcser.errors import Closed, PeerDead, ZcserError
+from zcser.errors import BufferFull, Closed, PeerDead, ZcserError
 
 __all__ = ["DATA", "ERROR", "RESUME", "STOP", "ring_collate", "worker_loop"]
 
@@ -36,6 +36,8 @@ DATA, STOP, ERROR, RESUME = 0, 1, 2, 3
 _STATUS_INTERVAL = 1.0  # seconds between checks that the main process is alive
 
 _sender: Sender | None = None  # this worker's sender, for the ring collate
+_blocked: Any = None  # shared flag: 1 while this worker waits for space in its ring
+_SPACE_CHECK = 0.5  # seconds between tries while the ring has no space (the flag stays up)
 _numpy_dtypes: dict[torch.dtype, np.dtype[Any] | None] = {}
 
 
@@ -69,7 +71,7 @@ def _stack_in_ring(batch: Any, *, collate_fn_map: Any = None) -> Any:
     shape = (len(batch), *elem.shape)
     if not plain or math.prod(shape) * elem.element_size() < _sender.codec.threshold:  # type: ignore[union-attr]
         return torch.stack(batch, 0)  # torch's own errors for ragged or mixed inputs
-    out = torch.from_numpy(_sender.empty(shape, np_dtype))  # type: ignore[union-attr]
+    out = torch.from_numpy(_waiting_for_space(_sender.empty, shape, np_dtype))  # type: ignore[union-attr]
     return torch.stack(batch, 0, out=out)
 
 
@@ -79,6 +81,21 @@ _RING_COLLATE_MAP = {**_collate.default_collate_fn_map, torch.Tensor: _stack_in_
 def ring_collate(batch: Any) -> Any:
     """torch's `default_collate`, stacking tensors into the ring (see the module rules)."""
     return _collate.collate(batch, collate_fn_map=_RING_COLLATE_MAP)
+
+
+def _waiting_for_space(call: Any, *args: Any) -> Any:
+    """`call(*args, timeout=...)` retried while the ring is full, with the shared flag up so the
+    main process can tell a worker waiting for ring space from a slow one."""
+    try:
+        while True:
+            try:
+                return call(*args, timeout=_SPACE_CHECK)
+            except BufferFull:
+                if _blocked is not None:
+                    _blocked.value = 1
+    finally:
+        if _blocked is not None:
+            _blocked.value = 0
 
 
 def _error_payload(where: str) -> tuple[str, str, str]:
@@ -112,6 +129,7 @@ def worker_loop(
     dataset: Any,
     index_queue: Any,
     make_sender: SenderFactory,
+    blocked: Any,
     done_event: Any,
     auto_collation: bool,
     collate_fn: Any,
@@ -124,8 +142,10 @@ def worker_loop(
     shared_seed: Any,
 ) -> None:
     """One worker process (its arguments are torch's `_worker_loop`'s, with the ring's sender
-    factory in place of the result queue; `collate_fn` None means the ring collate)."""
-    global _sender
+    factory in place of the result queue and the shared `blocked` flag; `collate_fn` None
+    means the ring collate)."""
+    global _sender, _blocked
+    _blocked = blocked
     try:
         _signals._set_worker_signal_handlers()
         torch.multiprocessing._set_thread_name("pt_data_worker")
@@ -165,7 +185,8 @@ def worker_loop(
                 except queue.Empty:
                     continue
                 if isinstance(r, _torch_worker._ResumeIteration):
-                    tx.send((RESUME, -1, None))
+                    if not _send(tx, (RESUME, -1, None), ""):
+                        break
                     iteration_end = False
                     if isinstance(dataset, IterDataPipe):
                         shared_rng.manual_seed(r.seed or 0)
@@ -206,12 +227,12 @@ def _send(tx: Sender, message: tuple[int, int, Any], where: str) -> bool:
     """Send one result; a batch the codec refuses goes as that error. False: the main
     process's ring is gone (it stopped or died), so the worker ends."""
     try:
-        tx.send(message)
+        _waiting_for_space(tx.send, message)
     except (PeerDead, Closed):
         return False
     except ZcserError:
         try:
-            tx.send((ERROR, message[1], (*_error_payload(where), where)))
+            _waiting_for_space(tx.send, (ERROR, message[1], (*_error_payload(where), where)))
         except (PeerDead, Closed):
             return False
     return True
