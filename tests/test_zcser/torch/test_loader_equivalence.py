@@ -137,3 +137,15 @@ def test_persistent_workers_after_a_break_resume_like_torch() -> None:
     want, got = run(TorchDataLoader), run(DataLoader)
     assert len(want) == len(got) == 26
     assert all(_same(w, g) for w, g in zip(want, got, strict=True))
+
+
+def test_custom_collate_numpy_and_arrow() -> None:
+    from fixtures.loader_data import numpy_arrow_collate
+
+    want = list(TorchDataLoader(Samples(), batch_size=8, collate_fn=numpy_arrow_collate))
+    got = list(DataLoader(Samples(), batch_size=8, num_workers=2, capacity=SMALL_RING,
+                          collate_fn=numpy_arrow_collate))  # fmt: skip
+    assert len(want) == len(got) == 7
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(w["y"], g["y"])
+        assert g["table"].equals(w["table"])
