@@ -34,6 +34,7 @@ from zcser.errors import (
     ZcserError,
     translate,
 )
+from zcser.snapshot import refs
 from zcser.snapshot.layout import (
     HEADER,
     MAGIC,
@@ -151,7 +152,11 @@ def load(
         raise UsageError(f'mode must be "r", "c" or "copy", got {mode!r}')
     codec = codec or default_codec()
     path = _user_path(path)
-    obj = _decode(memoryview(_open(path, mode)), path, mode, verify, codec)
+    mm, ident = _open(path, mode)
+    obj = _decode(memoryview(mm), path, mode, verify, codec)
+    if mode != "copy":
+        refs.register_mapping(mm, path, mode, ident)
+        refs.install()
     if mode == "r" and "torch" in sys.modules and _holds_tensor(obj):
         warnings.warn(
             f"zcser.load({path!r}, mode='r') maps the file read-only, and torch has no read-only "
@@ -211,12 +216,19 @@ def _refuse_odd_target(path: str) -> None:
         )
 
 
-def _open(path: str, mode: Mode) -> Any:
-    """The file's mapping (or private copy); its errors become CorruptSnapshot naming the file.
-    A private copy reads the whole file, so its header is checked against the file first."""
-    check = (lambda fd, size: _check_head(fd, size, path)) if mode == "copy" else None
+def _open(path: str, mode: Mode) -> tuple[Any, refs.Identity]:
+    """The file's mapping (or private copy) and the file's identity (refs.py); its errors
+    become CorruptSnapshot naming the file. A private copy reads the whole file, so its header
+    is checked against the file first."""
+    seen: list[refs.Identity] = []
+
+    def check(fd: int, size: int) -> None:
+        if mode == "copy":
+            _check_head(fd, size, path)
+        seen.append(refs.identity_of(fd, os.pread(fd, HEADER.size, 0).ljust(HEADER.size, b"\0")))
+
     try:
-        return open_mapping(path, mode, check=check)
+        return open_mapping(path, mode, check=check), seen[0]
     except SnapshotFileError as exc:
         raise CorruptSnapshot(f"{path}: {exc}") from None
 
@@ -247,7 +259,7 @@ def _check_head(fd: int, size: int, path: str) -> None:
 @contextlib.contextmanager
 def _mapped(path: str) -> Iterator[tuple[memoryview, Header]]:
     """The file mapped read-only with its parsed header, for inspection; unmapped at the end."""
-    mm = _open(path, "r")
+    mm, _ = _open(path, "r")
     mv = memoryview(mm)
     try:
         yield mv, _parse_file(mv, path)

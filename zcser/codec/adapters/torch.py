@@ -26,7 +26,7 @@ from pyfory.serializer import Serializer
 
 from zcser.codec import typeids as _typeids
 from zcser.codec.adapters.arrow import register_family
-from zcser.codec.oob import read_raw, write_raw
+from zcser.codec.oob import copy_requested, read_raw_view, write_raw
 from zcser.errors import CorruptMessage, UnsupportedType
 
 _FLAG_REQUIRES_GRAD = 0x01
@@ -52,7 +52,8 @@ class _DeviceTag:
 
 def _torch() -> Any:
     """The torch module, imported on first use (seconds the first time)."""
-    return importlib.import_module("torch")
+    module = sys.modules.get("torch")
+    return module if module is not None else importlib.import_module("torch")
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -60,14 +61,21 @@ def _dtype_name(dtype: Any) -> str:
     return str(dtype).rpartition(".")[2]
 
 
+_DTYPES: dict[str, Any] = {}
+
+
 def _dtype_from_name(name: str) -> Any:
     """The torch dtype called `name`, or CorruptMessage."""
+    found = _DTYPES.get(name)
+    if found is not None:
+        return found
     torch = _torch()
     dtype = getattr(torch, name, None) if name.isidentifier() else None
     if not isinstance(dtype, torch.dtype):
         raise CorruptMessage(
             f"torch dtype {name!r} is unknown to this torch: the message is damaged"
         )
+    _DTYPES[name] = dtype
     return dtype
 
 
@@ -88,6 +96,10 @@ def _check_sendable(t: Any) -> None:
 
 def _dense_strides(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
     """True when the elements fill a gap-free region exactly once (a permuted contiguous layout)."""
+    if len(shape) == 2 and strides[1] == 1 and (strides[0] == shape[1] or shape[0] == 1):
+        return True  # the common case: a C-contiguous matrix
+    if len(shape) == 1:
+        return strides[0] == 1 or shape[0] == 1
     dims = sorted((st, size) for size, st in zip(shape, strides, strict=True) if size != 1)
     expected = 1
     for stride, size in dims:
@@ -128,7 +140,7 @@ def _read_tensor(ctx: Any) -> Any:
     if ndim > MAX_NDIM:
         raise CorruptMessage(f"torch tensor with {ndim} dimensions: the message is damaged")
     dims = [(ctx.read_var_uint64(), ctx.read_var_uint64()) for _ in range(ndim)]
-    raw = read_raw(ctx)
+    raw, out_of_band = read_raw_view(ctx)
     shape = tuple(size for size, _ in dims)
     strides = tuple(stride for _, stride in dims)
     numel = math.prod(shape)
@@ -145,7 +157,10 @@ def _read_tensor(ctx: Any) -> Any:
     if numel == 0:
         tensor = torch.empty(shape, dtype=dtype)
     else:
-        flat = torch.from_dlpack(np.frombuffer(raw, dtype=np.uint8)).view(dtype)
+        if not out_of_band or copy_requested():  # a private copy: in band, or copy=True
+            flat = torch.frombuffer(bytearray(raw), dtype=dtype)
+        else:
+            flat = torch.from_dlpack(np.frombuffer(raw, dtype=np.uint8)).view(dtype)
         tensor = flat.as_strided(shape, strides)
     if flags & _FLAG_PARAMETER:
         return torch.nn.Parameter(tensor, requires_grad=bool(flags & _FLAG_REQUIRES_GRAD))

@@ -21,6 +21,7 @@ import numpy as np
 
 from zcser.codec import DEFAULT_THRESHOLD, Codec, Plan, layout
 from zcser.tools.bench.channel import bench_channel
+from zcser.tools.bench.dataloader import bench_dataloader
 from zcser.tools.bench.net import bench_net
 from zcser.tools.bench.snapshot import bench_snapshot
 
@@ -319,6 +320,7 @@ SECTIONS: dict[str, Callable[[bool], list[Row]]] = {
     "snapshot": bench_snapshot,
     "net": bench_net,
     "channel": bench_channel,
+    "dataloader": bench_dataloader,
 }
 
 
