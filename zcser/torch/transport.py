@@ -18,14 +18,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from zcser.channels import Receiver, SenderFactory, channel
+from zcser.channels import Receiver, SenderFactory, channel, wait
 from zcser.codec import Codec
 from zcser.errors import Closed, PeerDead, Timeout
 
 __all__ = ["WorkerChannels", "WorkerGone"]
-
-_POLL_SLEEP = 0.0002
-_POLL_SLEEP_MAX = 0.005
 
 
 class WorkerGone(Exception):
@@ -62,20 +59,19 @@ class WorkerChannels:
 
     def recv_any(self, workers: Sequence[int], timeout: float) -> tuple[int, Any]:
         """(worker, message) from the first of `workers` with a message ready."""
-        # TODO(#16): wait on every ring at once with zcser.wait(receivers) when the shm
-        # receivers implement the waitable hooks; until then poll them with recv(timeout=0).
         deadline = time.monotonic() + timeout
-        pause = _POLL_SLEEP
+        receivers = [self.receivers[worker] for worker in workers]
         while True:
-            for worker in workers:
+            remaining = max(0.0, deadline - time.monotonic())
+            ready = wait(receivers, timeout=remaining)  # one sleep on every worker's ring
+            if not ready:
+                raise Timeout(f"no worker of {list(workers)} sent within {timeout} s")
+            for receiver in ready:
+                worker = workers[receivers.index(receiver)]
                 try:
                     return worker, self.recv(worker, 0)
                 except Timeout:
                     continue
-            if time.monotonic() >= deadline:
-                raise Timeout(f"no worker of {list(workers)} sent within {timeout} s")
-            time.sleep(pause)
-            pause = min(pause * 2, _POLL_SLEEP_MAX)  # idle workers: poll less often
 
     def pinned(self, worker: int) -> tuple[int, int]:
         """(bytes held by live views of `worker`'s ring, its capacity)."""

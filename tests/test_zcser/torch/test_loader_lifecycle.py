@@ -89,7 +89,8 @@ def test_breaking_out_and_deleting_stop_everything() -> None:
     persistent = DataLoader(Samples(), batch_size=4, num_workers=2, capacity=RING,
                             persistent_workers=True)  # fmt: skip
     assert len(list(persistent)) == len(list(persistent)) == 13
-    assert len(_our_shm() - before_shm) == 2  # one ring per worker, kept between epochs
+    rings = {n for n in _our_shm() - before_shm if not n.endswith("--pool")}
+    assert len(rings) == 2  # one ring per worker, kept between epochs
     del persistent
     gc.collect()
     assert _our_shm() - before_shm == set()
@@ -147,7 +148,7 @@ def test_unlinked_rings_are_in_dev_shm_only_while_iterating(tmp_path: Path) -> N
     before = _our_shm()
     it = iter(DataLoader(Samples(), batch_size=4, num_workers=2, capacity=RING))
     next(it)
-    assert len(_our_shm() - before) == 2
+    assert len({n for n in _our_shm() - before if not n.endswith("--pool")}) == 2
     list(it)  # the end of the epoch shuts the workers down
     assert _our_shm() - before == set()
 
