@@ -578,7 +578,12 @@ class ShmSender(base.Sender):
 
 @dataclass(frozen=True)
 class ReceiverStats:
-    """A receiver's counters and ring usage; `frames_pinned` are held by live views."""
+    """A receiver's counters and ring usage; `frames_pinned` are held by live views.
+
+    With `senders=N`, `capacity`, `used`, `free` and the pinned counts add up every sender's
+    ring; `senders` is N, `senders_connected` the senders connected now, `senders_closed` those
+    whose end of stream was read and `senders_lost` those that died without closing (what they
+    sent was delivered)."""
 
     capacity: int
     used: int
