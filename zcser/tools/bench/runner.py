@@ -23,6 +23,7 @@ from zcser.codec import DEFAULT_THRESHOLD, Codec, Plan, layout
 from zcser.tools.bench.channel import bench_channel
 from zcser.tools.bench.dataloader import bench_dataloader
 from zcser.tools.bench.net import bench_net
+from zcser.tools.bench.pool import bench_pool
 from zcser.tools.bench.snapshot import bench_snapshot
 
 Row = dict[str, Any]
@@ -321,6 +322,7 @@ SECTIONS: dict[str, Callable[[bool], list[Row]]] = {
     "net": bench_net,
     "channel": bench_channel,
     "dataloader": bench_dataloader,
+    "pool": bench_pool,
 }
 
 
