@@ -58,8 +58,17 @@ class FanoutFrame:
     copy, `private`), `sequence`, `size`, `missed` (messages skipped right before it),
     `address` of its first byte. release() gives it back; BufferError while views live."""
 
-    __slots__ = ("_reader", "_start", "_view", "address", "data", "missed", "private")
-    __slots__ += ("sequence", "size")
+    __slots__ = (
+        "_reader",
+        "_start",
+        "_view",
+        "address",
+        "data",
+        "missed",
+        "private",
+        "sequence",
+        "size",
+    )
 
     def __init__(
         self,

@@ -34,7 +34,6 @@ from transports.errors import (
     FrameTooLarge,
     InvalidConfig,
     InvalidFrameSize,
-    MetadataTooLarge,
     ReservationError,
     TransportClosed,
 )
@@ -78,8 +77,20 @@ _POLICY_NAMES = {v: k for k, v in F.POLICIES.items()}
 class _Slot:
     """The publisher's handles on one subscriber slot (words in shared memory)."""
 
-    __slots__ = ("armed", "bell", "bell_pid", "end", "index", "pid", "pin", "policy", "read", "seq")
-    __slots__ += ("state", "addr")
+    __slots__ = (
+        "addr",
+        "armed",
+        "bell",
+        "bell_pid",
+        "end",
+        "index",
+        "pid",
+        "pin",
+        "policy",
+        "read",
+        "seq",
+        "state",
+    )
 
     def __init__(self, base: int, index: int) -> None:
         addr = base + F.slot_offset(index)
