@@ -14,9 +14,11 @@ Rules it keeps (docs/protocol.md "Fan-out"; the publisher's side is in writer.py
   cursor with a compare-and-swap from where the frame was read. If the publisher moved the
   cursor first (a "drop" or "latest" subscriber it skipped), the swap fails, the hold is
   withdrawn, and the frames it skipped are counted as missed (by sequence numbers).
-- Pins beyond this subscriber's share (`share`, ring bytes from the oldest frame held to the
-  newest) are not taken: such a frame is copied into private memory and given back at once,
-  so one subscriber's pins never take more than its share of the ring from the others.
+- Pins are measured as the span of ring bytes from the oldest frame held to the newest. A
+  subscriber may always hold one frame while it takes the next (the `for obj in sub` loop);
+  beyond that its span may reach its `share` (ring / (2 x slots)), and never half the ring.
+  A frame beyond that is copied into private memory and given back at once, so one
+  subscriber's pins cannot take more than that from the others.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ class FanoutReader:
         self._pub_pid = c_uint64.from_address(addr + F.OFF_PUB_PID)
         self._pub_armed = c_uint64.from_address(addr + F.OFF_PUB_ARMED)
         self.share = max(1, P // (2 * slots))
+        self._cap = P // 2
         self._holds = Holds()
         self._skip_idx = 0
         self._last_seq = -1  # known once active
@@ -300,7 +303,8 @@ class FanoutReader:
                     f"frame header at {r} claims {n} bytes, sequence {seq} (head {h}, last "
                     f"sequence {self._last_seq})"
                 )
-            over = len(holds) > 0 and holds.span_with(r + total) > self.share
+            span = holds.span_with(r + total)
+            over = span > self._cap or (len(holds) >= 2 and span > self.share)
             old_pin, old_end = holds.pin, holds.end
             self._s_end.value = r + total
             if old_pin == _NONE:
@@ -357,8 +361,8 @@ class FanoutReader:
             raise TransportClosed(f"publisher {self.name!r} closed; every message was read")
         pid = self._pub_pid.value
         if owner_dead(pid):
-            if self._s_read.value < self._head.value:
-                return
+            if self._s_state.value == F.ACTIVE and self._s_read.value < self._head.value:
+                return  # its last messages first
             seg.remove_stale_quietly(self.name)
             raise WriterDead(
                 f"publisher {self.name!r} (pid {pid}) died; every message it published was read"
