@@ -519,6 +519,7 @@ class FanoutWriter:
             return
         F.U64.pack_into(self._mm, F.OFF_CLOSED, 1)
         _shm.atomic_add(self._head_addr, 0)  # fence
+        self._reap_dead(self._slots)  # their bells too
         self._update_slots()
         for s in self._slots:
             if s.bell >= 0:
