@@ -565,6 +565,11 @@ class ZmqReader:
         self._blocked = 0.0
         self._closed = False
 
+    @property
+    def socket(self) -> Any:
+        """The ZeroMQ socket, for pollers (zcser.wait); receive through recv(), not from it."""
+        return self._s.sock
+
     def recv(self, timeout: float | None = None) -> Received:
         """The next message (data or end mark). Blocks up to `timeout` s (None: while a writer
         is connected or none has come yet); WriterDead once no writer is connected any more

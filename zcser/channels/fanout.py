@@ -694,7 +694,7 @@ class NetSubscriber(Subscriber):
         self._missed = 0
 
     def _sock(self) -> Any:
-        return self._rx._r.sock
+        return self._rx._r.socket
 
     def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
         if self.policy == "latest":
