@@ -303,6 +303,24 @@ class FanoutReader:
                     f"frame header at {r} claims {n} bytes, sequence {seq} (head {h}, last "
                     f"sequence {self._last_seq})"
                 )
+            if n <= limit:
+                # Small: copied out before the claim, no hold needed. If the claim succeeds,
+                # the publisher had not moved this cursor past r, so it had not overwritten
+                # the frame while it was copied; if it fails, the copy is dropped.
+                start = self._base + off + _HDR
+                data = mm[start : start + n]
+                if not _cas(self._s_read_addr, r, r + total)[0]:
+                    continue
+                missed = seq - self._last_seq - 1
+                self._last_seq = seq
+                self._s_seq.value = seq
+                self.frames += 1
+                if missed:
+                    self.missed += missed
+                self._missed_last = missed
+                if self._pub_armed.value:
+                    seg.ring(self._pub_bell)
+                return data
             span = holds.span_with(r + total)
             over = span > self._cap or (len(holds) >= 2 and span > self.share)
             old_pin, old_end = holds.pin, holds.end
@@ -325,11 +343,6 @@ class FanoutReader:
             view = self._rw[start : start + n]
             if self._pub_armed.value:
                 seg.ring(self._pub_bell)
-            if n <= limit:
-                data = bytes(view)
-                view.release()
-                self._give_back_copied(r, old_end)
-                return data
             if over:
                 self.copied += 1
                 private, address = _private_copy(view, self._addr + start)

@@ -199,6 +199,7 @@ class FanoutWriter:
         self._active: list[_Slot] = []
         self._bells: list[tuple[c_uint64, int]] = []
         self._joins_seen = 0
+        self._floor = 0
         self._w = 0
         self._seq = 0
         self._entries = Entries(P)
@@ -312,11 +313,30 @@ class FanoutWriter:
             )
         if self._joins.value != self._joins_seen:
             self._update_slots()
+        w = self._w
+        P = self._P
+        if P - w % P >= t and w + t - P <= self._floor:
+            return w  # fast path: no cursor nor pin is within a lap of the frame's bytes
         blockers: list[_Slot] = []
         c = self._try_place(t, blockers)
-        if c >= 0:
-            return c
-        return self._wait_room(t, timeout)
+        if c < 0:
+            c = self._wait_room(t, timeout)
+        self._floor = self._lowest()
+        return c
+
+    def _lowest(self) -> int:
+        """The lowest cursor or pin of any subscriber now: none can go below it later (cursors
+        and pins only move forward; a new pin is at or after its cursor; a joining subscriber
+        starts at the write position), so a frame whose old lap ends below it overwrites
+        nothing anyone may read."""
+        low = self._w
+        for s in self._active:
+            if s.state.value == F.ACTIVE:
+                low = min(low, s.read.value)
+            pin = s.pin.value
+            if pin != _NONE:
+                low = min(low, pin)
+        return low
 
     def _wait_room(self, t: int, timeout: float | None) -> int:
         start = time.monotonic()
