@@ -83,7 +83,7 @@ def _receiver(method: str, where: Any) -> Any:
     if method == "zmq ipc":
         import zmq
 
-        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock: Any = zmq.Context.instance().socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         sock.connect(where)
@@ -116,7 +116,7 @@ def _receiver(method: str, where: Any) -> Any:
                     view = np.frombuffer(sample.payload().as_memory_view(), np.uint8)
                     if view[0] == 1:  # raw array after a one-byte tag
                         return {"x": view[1:], "sample": sample}
-                    return pickle.loads(view[1:])
+                    return pickle.loads(view[1:].tobytes())
 
         irecv.keep = (node, service, sub)  # type: ignore[attr-defined]
         return irecv
@@ -145,7 +145,7 @@ class _Pub:
 
             self.dir = tempfile.mkdtemp(prefix="zcfo")
             self.where = f"ipc://{self.dir}/s"
-            self.sock = zmq.Context.instance().socket(zmq.PUB)
+            self.sock: Any = zmq.Context.instance().socket(zmq.PUB)
             self.sock.setsockopt(zmq.SNDHWM, 0)
             self.sock.bind(self.where)
         elif method == "mp.Queue":
