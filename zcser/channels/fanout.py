@@ -151,21 +151,26 @@ class Publisher:
         return object.__new__(base._subclass(cls, Publisher, _PUBLISHERS, args, kwargs))
 
     def send(self, obj: Any, timeout: float | None = None) -> None:
+        """Publish `obj` to every subscriber (written once into shared memory)."""
         raise NotImplementedError
 
     def empty(
         self, shape: int | tuple[int, ...], dtype: Any = float, *, timeout: float | None = None
     ) -> np.ndarray:
+        """A new uninitialised array inside the next message, to fill and send (no copy)."""
         raise NotImplementedError
 
     def stats(self) -> Any:
+        """Counters, and the subscribers connected with their lag and pinned bytes."""
         raise NotImplementedError
 
     @property
     def closed(self) -> bool:
+        """Whether close() was called."""
         raise NotImplementedError
 
     def close(self, timeout: float = 1.0) -> None:
+        """End the stream: subscribers get every message published, then the end."""
         raise NotImplementedError
 
     async def asend(self, obj: Any, timeout: float | None = None) -> None:
@@ -202,14 +207,25 @@ class Subscriber(base.Receiving):
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         return object.__new__(base._subclass(cls, Subscriber, _SUBSCRIBERS, args, kwargs))
 
+    def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
+        """The next object (read-only views pinning its message; copy=True: private)."""
+        raise NotImplementedError
+
+    def recv_message(self, timeout: float | None = None) -> Any:
+        """The next message with an explicit lifetime and `missed` (messages skipped)."""
+        raise NotImplementedError
+
     def stats(self) -> Any:
+        """Counters: messages received, missed, copied; frames pinned."""
         raise NotImplementedError
 
     @property
     def closed(self) -> bool:
+        """Whether close() was called."""
         raise NotImplementedError
 
     def close(self) -> None:
+        """Leave the publisher; views of received messages stay valid."""
         raise NotImplementedError
 
     def __enter__(self) -> Subscriber:
