@@ -52,7 +52,7 @@ _unpack_header = F.FRAME_HEADER.unpack_from
 _cas = _shm.compare_exchange
 BACKSTOP = 0.1
 """Longest sleep before the publisher's liveness is looked at again."""
-SPIN = 200
+SPIN = 64
 
 
 class FanoutFrame:
