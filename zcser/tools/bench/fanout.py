@@ -159,13 +159,13 @@ class _Pub:
                 self.node.service_builder(iox2.ServiceName.new(self.where))
                 .publish_subscribe(iox2.Slice[ctypes.c_uint8])
                 .max_subscribers(k)
-                .subscriber_max_buffer_size(2)
+                .subscriber_max_buffer_size(2 if nbytes else 4096)
                 .enable_safe_overflow(False)
                 .open_or_create()
             )
             self.pub = (
                 self.service.publisher_builder()
-                .initial_max_slice_len(nbytes + 64)
+                .initial_max_slice_len(max(nbytes + 64, 256))
                 .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
                 .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
                 .create()
@@ -211,6 +211,8 @@ class _Pub:
     def close(self) -> None:
         if self.method.startswith("zcser"):
             self.pub.close()
+        elif self.method == "iceoryx2":
+            del self.pub, self.service, self.node
         elif self.method == "zmq ipc":
             self.sock.close(linger=0)
             with _suppress():
@@ -292,7 +294,7 @@ def bench_fanout(quick: bool) -> list[Row]:
     nbytes = 16 * MIB if quick else 100 * MIB
     rounds = 1 if quick else 3
     n_big = 3 if quick else 5
-    n_small = 2000 if quick else 20000
+    n_small = 2000 if quick else 10000
     methods = _methods()
     rows: list[Row] = []
     big_pub: dict[tuple[str, int], list[float]] = {}
