@@ -261,3 +261,41 @@ def remove_stale_quietly(name: str) -> None:
             remove_stale(name)
         finally:
             _shm.release_lock(F.lock_stem(name), fd)
+
+
+_LOCK_SUFFIX = ".fanout.lock"
+
+
+def collect(prefix: str = "") -> list[str]:
+    """Remove the fan-out segments (with their bells and lock file) of this user whose publisher
+    is dead: nobody holds the publisher lock and the segment's publisher pid is not alive.
+    Returns the names removed; live ones and what is not ours are left alone."""
+    removed: list[str] = []
+    try:
+        dir_fd = _shm.open_lock_dir(create=False)
+    except (OSError, Exception):
+        return removed
+    try:
+        files = [f for f in os.listdir(dir_fd) if f.endswith(_LOCK_SUFFIX)]
+    finally:
+        os.close(dir_fd)
+    for file in files:
+        name = file[: -len(_LOCK_SUFFIX)]
+        if (
+            not name.startswith(prefix)
+            or not name
+            or not all(c.isalnum() or c in "_-" for c in name)
+        ):
+            continue
+        try:
+            fd = _shm.acquire_lock(F.lock_stem(name))  # BufferExists while a publisher lives
+        except Exception:
+            continue
+        try:
+            remove_stale(name)
+            removed.append(name)
+        except Exception:
+            pass
+        finally:
+            _shm.release_lock(F.lock_stem(name), fd)
+    return removed

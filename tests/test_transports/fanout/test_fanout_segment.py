@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import unique_name
+from conftest import RUN_TOKEN, unique_name
 
 from transports.errors import (
     BufferExists,
@@ -182,4 +182,30 @@ def test_timeout_when_nothing_comes() -> None:
             r.read(timeout=0.05)
     finally:
         r.close()
+        w.close()
+
+
+def test_gc_removes_a_dead_publishers_segment_and_keeps_live_ones() -> None:
+    from transports.admin import collect_garbage
+
+    dead, live = unique_name("ft"), unique_name("ft")
+    code = (
+        "import time; from transports.fanout import FanoutWriter\n"
+        f"w = FanoutWriter({dead!r}, payload_size=1 << 14, slots=2)\n"
+        "print('ready', flush=True); time.sleep(60)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO)
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == b"ready"
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    assert os.path.exists(f"/dev/shm/{dead}")
+    w = FanoutWriter(live, payload_size=1 << 14)
+    try:
+        removed = collect_garbage(prefix=RUN_TOKEN)  # this test run's names only
+        assert dead in removed and live not in removed
+        assert not os.path.exists(f"/dev/shm/{dead}")
+        assert os.path.exists(f"/dev/shm/{live}")
+    finally:
         w.close()
