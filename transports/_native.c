@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <semaphore.h>
 #include <time.h>
+#include <unistd.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define HOTPATH_STREAMING 1
@@ -537,6 +538,8 @@ typedef struct {
     sem_t *sem;         /* our handle on sem-w, NULL: the caller posts */
     Py_buffer state;    /* the writer's state words (holds the array) */
     int has_state;
+    uint64_t *sleepers; /* a pool's sleepers word (pool.py), NULL: no bell */
+    int bell;           /* the place's bell (a FIFO's writing end, non-blocking) */
 } Publisher;
 
 static int
@@ -567,6 +570,8 @@ Publisher_init(Publisher *self, PyObject *args, PyObject *kwds)
     self->base = base;
     self->size = size;
     self->sem = (sem_t *)(uintptr_t)sem;
+    self->sleepers = NULL;
+    self->bell = -1;
     return 0;
 }
 
@@ -577,6 +582,23 @@ Publisher_dealloc(Publisher *self)
         PyBuffer_Release(&self->state);
     }
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A pool's bell (transports/zerobuffer/pool.py): after the publish, a full fence, then one
+ * byte to the bell if a reader is armed to sleep on it. A full FIFO (EAGAIN) has rung already;
+ * a reader gone (EPIPE, SIGPIPE is ignored by Python) is its own business. */
+static void
+ring_bell(Publisher *self)
+{
+    if (self->sleepers == NULL) {
+        return;
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(self->sleepers, __ATOMIC_SEQ_CST) != 0) {
+        char byte = 1;
+        ssize_t ignored = write(self->bell, &byte, 1);
+        (void)ignored;
+    }
 }
 
 /* The protocol's "frame written" steps once the frame's data is in place at header offset
@@ -602,6 +624,7 @@ publish_frame(Publisher *self, uint64_t *w, uint64_t skip, uint64_t pos, uint64_
     if (self->sem != NULL) {
         sem_post(self->sem); /* fails only with EOVERFLOW: pending posts wake the reader anyway */
     }
+    ring_bell(self);
 }
 
 /* `p.put = data`: the usual small frame in one step: when it fits before the ring's end, a
@@ -669,6 +692,30 @@ Publisher_set_publish(Publisher *self, PyObject *value, void *closure)
     return 0;
 }
 
+/* `p.bell = (sleepers_addr, fd)`: ring that bell after every publish; (0, -1): none. */
+static int
+Publisher_set_bell(Publisher *self, PyObject *value, void *closure)
+{
+    unsigned long long addr;
+    int fd;
+    if (value == NULL || !PyTuple_Check(value) ||
+        !PyArg_ParseTuple(value, "Ki:Publisher.bell", &addr, &fd)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "Publisher.bell takes (sleepers_addr, fd)");
+        }
+        return -1;
+    }
+    if (addr != 0 && (check_address(addr) < 0 || fd < 0)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "Publisher.bell: a bell needs a descriptor");
+        }
+        return -1;
+    }
+    self->sleepers = addr ? (uint64_t *)(uintptr_t)addr : NULL;
+    self->bell = addr ? fd : -1;
+    return 0;
+}
+
 static PyObject *
 Publisher_get_none(Publisher *self, void *closure)
 {
@@ -681,6 +728,9 @@ static PyGetSetDef Publisher_getset[] = {
      "Set to bytes: write and publish a small frame if it fits now (state done = 1).", NULL},
     {"publish", (getter)Publisher_get_none, (setter)Publisher_set_publish,
      "Set to (skip, n): publish the frame of n bytes already in place.", NULL},
+    {"bell", (getter)Publisher_get_none, (setter)Publisher_set_bell,
+     "Set to (sleepers_addr, fd): ring that pool bell after each publish; (0, -1): none.",
+     NULL},
     {NULL},
 };
 

@@ -149,16 +149,16 @@ def is_orphan(name: str) -> bool:
     return not any(pid and _shm.pid_alive(pid) for pid in pids)
 
 
-def _create_exclusive(name: str, total: int) -> mmap.mmap:
+def _create_exclusive(name: str, total: int, reserve: int | None = None) -> mmap.mmap:
     """Create the shm with O_EXCL. We hold NAME's lock, so an existing shm of that name belongs to
     a dead reader (or one that skipped the lock): replace the former, refuse the latter."""
     try:
-        return _shm.create_shm(name, total)
+        return _shm.create_shm(name, total, reserve)
     except FileExistsError:
         pass
     _shm.remove_stale_ring(name)  # only a stale ZeroBuffer of this user; raises otherwise
     try:
-        return _shm.create_shm(name, total)
+        return _shm.create_shm(name, total, reserve)
     except FileExistsError:
         raise BufferExists(f"buffer {name!r} keeps being recreated by another process") from None
 

@@ -560,6 +560,7 @@ def cleanup_stale(is_orphan: Callable[[str], bool]) -> list[str]:
                     unlink_shm(name),
                     unlink_semaphore(L.sem_w_name(name)),
                     unlink_semaphore(L.sem_r_name(name)),
+                    _unlink_bell_at(name, dir_fd),
                 ]
                 if any(found):
                     cleaned.append(name)
@@ -571,6 +572,19 @@ def cleanup_stale(is_orphan: Callable[[str], bool]) -> list[str]:
     finally:
         os.close(dir_fd)
     return cleaned
+
+
+def _unlink_bell_at(name: str, dir_fd: int) -> bool:
+    file = _bell_file(name)
+    try:
+        st = os.stat(file, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid():
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(file, dir_fd=dir_fd)
+    return True
 
 
 def _valid_name(name: str) -> bool:
@@ -634,10 +648,14 @@ def sem_path(os_name: str) -> str:
     return f"{_SHM_DIR}/sem.{os_name.lstrip('/')}"
 
 
-def create_shm(name: str, size: int) -> mmap.mmap:
+def create_shm(name: str, size: int, reserve: int | None = None) -> mmap.mmap:
     """Create shm NAME exclusively (mode 0600), sign it (oieb_size and version, so a creation cut
     short is still recognisably ours), reserve its pages and map it. Raises FileExistsError if it
-    exists, ShmFullError if the pages cannot be reserved. On failure nothing is left behind."""
+    exists, ShmFullError if the pages cannot be reserved. On failure nothing is left behind.
+
+    `reserve`: reserve only the first `reserve` bytes; the rest stays a hole that costs no
+    memory until `reserve_pages` (a pool's ring, reserved when a writer takes its place). Such
+    a segment is mapped without populating it."""
     try:
         shm = posix_ipc.SharedMemory(
             L.shm_name(name), flags=posix_ipc.O_CREX, mode=L.FILE_MODE, size=0
@@ -648,16 +666,15 @@ def create_shm(name: str, size: int) -> mmap.mmap:
         os.fchmod(shm.fd, L.FILE_MODE)
         if _FILES:
             os.pwrite(shm.fd, _SIGNATURE, 0)
+        flags = _MAP_FLAGS
+        if reserve is not None and reserve < size:
+            os.ftruncate(shm.fd, size)
+            flags = mmap.MAP_SHARED
         if hasattr(os, "posix_fallocate"):
-            try:
-                os.posix_fallocate(shm.fd, 0, size)
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
-                    raise _shm_full(name, size, shm_available()) from exc
-                raise
+            _fallocate(shm.fd, name, 0, size if reserve is None else min(reserve, size))
         else:  # pragma: no cover - macOS
             os.ftruncate(shm.fd, size)
-        return mmap.mmap(shm.fd, size, flags=_MAP_FLAGS)
+        return mmap.mmap(shm.fd, size, flags=flags)
     except BaseException:
         with contextlib.suppress(posix_ipc.Error):
             shm.unlink()
@@ -665,6 +682,147 @@ def create_shm(name: str, size: int) -> mmap.mmap:
     finally:
         with contextlib.suppress(posix_ipc.Error, OSError):
             shm.close_fd()
+
+
+def _fallocate(fd: int, name: str, offset: int, length: int) -> None:
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            raise _shm_full(name, length, shm_available()) from exc
+        raise
+
+
+def reserve_pages(name: str, offset: int, length: int) -> None:
+    """Reserve the pages of shm NAME's bytes [offset, offset+length) (a hole left by
+    create_shm(reserve=...)): ShmFullError, never a later SIGBUS, when /dev/shm is short."""
+    if not hasattr(os, "posix_fallocate"):  # pragma: no cover - macOS: no holes there
+        return
+    fd = _open_shm_fd(name, write=True)
+    try:
+        _fallocate(fd, name, offset, length)
+    finally:
+        os.close(fd)
+
+
+def release_pages(mm: mmap.mmap, offset: int, length: int) -> None:
+    """Give the pages of [offset, offset+length) (whole pages inside it) back to the system;
+    they read as zeros afterwards. Only for bytes nobody uses (a pool's empty ring)."""
+    advice = getattr(mmap, "MADV_REMOVE", None)
+    if advice is None:  # pragma: no cover - not Linux
+        return
+    page = mmap.PAGESIZE
+    start = -(-offset // page) * page
+    end = (offset + length) // page * page
+    if end > start:
+        mm.madvise(advice, start, end - start)
+
+
+# --- bells: FIFOs in the lock directory (pools, docs/protocol.md) ------------------------------
+
+_BELL_SUFFIX = ".bell"
+
+
+def _bell_file(name: str) -> str:
+    return name + _BELL_SUFFIX
+
+
+def _check_bell(fd: int, path: object) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISFIFO(st.st_mode):
+        raise NameInUse(
+            f"{path} is {file_kind(st.st_mode)}, not a ZeroBuffer bell (a FIFO): the name is in "
+            "use by something else; pick another buffer name"
+        )
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise _foreign("the bell", path, st, _FIX_NAME)
+
+
+def create_bell(name: str) -> int:
+    """Create NAME's bell, a FIFO (mode 0600) in the lock directory, replacing a leftover FIFO
+    of this user (the caller holds NAME's lock), and open its reading end (non-blocking).
+    Returns the descriptor."""
+    file = _bell_file(name)
+    dir_fd = open_lock_dir()
+    try:
+        for _ in range(3):
+            try:
+                os.mkfifo(file, L.FILE_MODE, dir_fd=dir_fd)
+                break
+            except FileExistsError:
+                try:
+                    st = os.stat(file, dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                path = L.lock_dir() / file
+                if not stat.S_ISFIFO(st.st_mode):
+                    raise NameInUse(
+                        f"{path} is {file_kind(st.st_mode)}, not a bell: the name is in use by "
+                        "something else; pick another buffer name"
+                    ) from None
+                if st.st_uid != os.geteuid():
+                    raise _foreign("the bell", path, st, _FIX_NAME) from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(file, dir_fd=dir_fd)
+        return _open_bell(file, dir_fd, os.O_RDONLY)
+    finally:
+        os.close(dir_fd)
+
+
+def _open_bell(file: str, dir_fd: int, mode: int) -> int:
+    fd = os.open(file, mode | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        _check_bell(fd, L.lock_dir() / file)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def reopen_bell(name: str, fd: int) -> int:
+    """A fresh reading end of NAME's bell in place of `fd` (which reported a hang-up: its last
+    writer left; a FIFO keeps saying so until reopened)."""
+    dir_fd = open_lock_dir()
+    try:
+        new = _open_bell(_bell_file(name), dir_fd, os.O_RDONLY)
+    finally:
+        os.close(dir_fd)
+    os.close(fd)
+    return new
+
+
+def open_bell(name: str) -> int | None:
+    """The writing end of NAME's bell (non-blocking), or None when there is none or nobody
+    reads it."""
+    try:
+        dir_fd = open_lock_dir(create=False)
+    except (OSError, ForeignResource):
+        return None
+    try:
+        return _open_bell(_bell_file(name), dir_fd, os.O_WRONLY)
+    except (FileNotFoundError, OSError):
+        return None  # ENXIO: no reader has it open (closing), ELOOP: a symlink
+    finally:
+        os.close(dir_fd)
+
+
+def ring_bell(fd: int) -> None:
+    """One byte into a bell; a full FIFO (EAGAIN) has rung already, a vanished reader (EPIPE)
+    is the reader's business."""
+    with contextlib.suppress(BlockingIOError, BrokenPipeError):
+        os.write(fd, b"\x01")
+
+
+def unlink_bell(name: str) -> bool:
+    """Remove NAME's bell if it is a FIFO of this user."""
+    try:
+        dir_fd = open_lock_dir(create=False)
+    except (OSError, ForeignResource):
+        return False
+    try:
+        return _unlink_bell_at(name, dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _open_shm_fd(name: str, write: bool) -> int:

@@ -277,7 +277,9 @@ class _ReaderCore:
       with its post counted, or counted and waiting on `pending` for the next read.
     """
 
-    def __init__(self, name: str, metadata_block: int, payload_block: int) -> None:
+    def __init__(
+        self, name: str, metadata_block: int, payload_block: int, sparse: bool = False
+    ) -> None:
         self.name = name
         self.pid = os.getpid()
         self.M = metadata_block
@@ -301,12 +303,13 @@ class _ReaderCore:
         self.writer_seen = False
         total = L.total_size(metadata_block, payload_block)
 
-        _shm.check_space(name, total)
+        reserve = L.OIEB_SIZE + metadata_block if sparse else None
+        _shm.check_space(name, total if reserve is None else reserve)
         _shm.cleanup_stale(is_orphan)
         self.lock_fd = _shm.acquire_lock(name)
         undo: list[Any] = []
         try:
-            self.mm = _create_exclusive(name, total)
+            self.mm = _create_exclusive(name, total, reserve)
             undo.append(lambda: _shm.unlink_shm(name))
             L.OIEB_STRUCT.pack_into(
                 self.mm, 0, L.OIEB_SIZE, *L.VERSION,
@@ -749,7 +752,8 @@ def _close_unlink(sem: posix_ipc.Semaphore, os_name: str) -> None:
 
 class Reader:
     """Creates buffer NAME and reads frames from it. `timeout` is the default for read();
-    `spin` the number of non-blocking looks before a blocking wait."""
+    `spin` the number of non-blocking looks before a blocking wait. `sparse`: the payload's
+    pages are not reserved at creation (the writer reserves them: a pool's ring, pool.py)."""
 
     def __init__(
         self,
@@ -758,6 +762,7 @@ class Reader:
         *,
         timeout: float | None = L.DEFAULT_TIMEOUT,
         spin: int = DEFAULT_SPIN,
+        sparse: bool = False,
     ) -> None:
         _check_name(name)
         config = config if config is not None else BufferConfig()
@@ -768,7 +773,9 @@ class Reader:
         _shm.require_atomics()
         self.name = name
         self.config = config
-        self._core = _ReaderCore(name, L.align(config.metadata_size), L.align(config.payload_size))
+        self._core = _ReaderCore(
+            name, L.align(config.metadata_size), L.align(config.payload_size), sparse
+        )
         self._finalizer = weakref.finalize(self, self._core.close)
 
     def read(self, timeout: TimeoutArg = _UNSET) -> Frame:
@@ -807,6 +814,52 @@ class Reader:
             core.wait_frame(t, self._spin)
         core.take_frame(limit)
         return core.hand_back(limit)
+
+    def poll(self) -> bool:
+        """Whether a published frame is waiting (read() would not block for it); takes nothing.
+        False for a writer that is gone: read() then tells."""
+        core = self._core
+        return bool(core.pending or core.words[POSTS]) or (
+            not core.closed and core.published_unread()
+        )
+
+    def idle(self) -> bool:
+        """Nothing waiting, nothing held: every frame read and released, its bytes given back."""
+        core = self._core
+        if core.orphans and not core.closed:
+            core.retry_orphans()
+        if core.words[WITHHELD] and not core.closed:
+            core.give_back()
+        return not (core.pending or core.words[POSTS] or core.ring.held or core.published_unread())
+
+    def give_back_pages(self) -> None:
+        """Give the payload's pages back to the system (they read as zeros). Only while idle()
+        and with no writer: the pool's rule for a freed place (pool.py)."""
+        core = self._core
+        if not core.closed:
+            _shm.release_pages(core.mm, core.base, core.P)
+
+    def peer_gone(self) -> bool:
+        """Whether a writer connected and is gone now (closed, or its PID dead): read() then
+        returns what it published, then raises WriterDead. Takes nothing."""
+        core = self._core
+        if core.closed:
+            return True
+        pid = _U64.unpack_from(core.mm, L.OFF_WRITER_PID)[0]
+        if pid:
+            return not _shm.pid_alive(pid)
+        return core.writer_seen or bool(_U64.unpack_from(core.mm, L.OFF_WRITTEN_COUNT)[0])
+
+    def forget_dead_writer(self) -> None:
+        """writer_pid from a dead PID to 0 (a pool frees a dead writer's place with it)."""
+        core = self._core
+        pid = _U64.unpack_from(core.mm, L.OFF_WRITER_PID)[0]
+        if pid and not _shm.pid_alive(pid):
+            _shm.compare_exchange(core.addr + L.OFF_WRITER_PID, pid, 0)
+
+    def writer_pid(self) -> int:
+        """The writer_pid field now (0: none connected)."""
+        return int(_U64.unpack_from(self._core.mm, L.OFF_WRITER_PID)[0])
 
     @property
     def metadata(self) -> memoryview | None:

@@ -48,6 +48,13 @@ from transports.zerobuffer.ring import REWIND_MIN, WriterRing
 
 __all__ = ["Writer"]
 
+
+def _ring_bell(bell: tuple[int, int]) -> None:
+    """The pool bell without the compiled publish (pool.py)."""
+    if _shm.word_at(bell[0]).value:
+        _shm.ring_bell(bell[1])
+
+
 _HDR = L.HEADER_SIZE
 _U64 = L.U64
 _HEADER = L.HEADER
@@ -156,6 +163,7 @@ class Writer:
         )
         self._closed = False
         self._sem_handle = handle
+        self._bell: tuple[int, int] | None = None  # a pool's (sleepers address, bell fd)
 
     # -- metadata --------------------------------------------------------------------------------
 
@@ -180,6 +188,23 @@ class Writer:
         _U64.pack_into(mm, L.OIEB_SIZE, length)
         _U64.pack_into(mm, L.OFF_METADATA_FREE, self._M - L.METADATA_PREFIX - length)
         _U64.pack_into(mm, L.OFF_METADATA_WRITTEN, L.METADATA_PREFIX + length)
+
+    def set_bell(self, sleepers_address: int, fd: int) -> None:
+        """Ring this pool bell after every publish while the word at `sleepers_address` is
+        non-zero (pool.py). The compiled publish rings it in the same call."""
+        self._bell = (sleepers_address, fd)
+        if self._publisher is not None:
+            self._publisher.bell = (sleepers_address, fd)
+
+    def clear_bell(self) -> None:
+        self._bell = None
+        if self._publisher is not None:
+            self._publisher.bell = (0, -1)
+
+    @property
+    def payload_span(self) -> tuple[int, int]:
+        """(offset, size) of the payload ring in the buffer."""
+        return self._base, self._P
 
     @property
     def metadata(self) -> bytes | None:
@@ -414,6 +439,8 @@ class Writer:
             self._again = None
             if not self._sem_handle:
                 _shm.post(self._sem_w)  # without our own handle (not signal safe)
+                if self._bell is not None:
+                    _ring_bell(self._bell)
             return
         mm = self._mm
         ring = self._ring
@@ -433,6 +460,8 @@ class Writer:
         self._write_pos_word.value = ring.write_pos
         self._written_word.value = words[WRITTEN]
         _shm.post(self._sem_w)
+        if self._bell is not None:
+            _ring_bell(self._bell)
         words[FRAMES] += 1
         words[BYTES] += n
 

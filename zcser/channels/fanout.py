@@ -553,7 +553,7 @@ class ShmSubscriber(Subscriber):
             value, lease = self._decode(got)
             self._messages += 1
             self._bytes += got.size
-            return Message(value, lease, got.sequence, got.size, got.missed)
+            return Message(value, lease, got.sequence, got.size, missed=got.missed)
 
     def _decode(self, frame: FanoutFrame) -> tuple[Any, Lease | None]:
         data = frame.data
@@ -742,7 +742,11 @@ class NetSubscriber(Subscriber):
         self._missed += skipped
         missed = skipped + max(0, self._rx.stats().lost - lost)
         return Message(
-            msg.value, msg._lease() if msg._lease else None, msg.sequence, msg.nbytes, missed
+            msg.value,
+            msg._lease() if msg._lease else None,
+            msg.sequence,
+            msg.nbytes,
+            missed=missed,
         )
 
     def stats(self) -> Any:

@@ -47,16 +47,25 @@ class Message:
     channels).
     """
 
-    __slots__ = ("_lease", "_value", "missed", "nbytes", "sequence")
+    __slots__ = ("_lease", "_value", "missed", "nbytes", "sender", "sequence")
 
     def __init__(
-        self, value: Any, lease: Lease | None, sequence: int, nbytes: int, missed: int = 0
+        self,
+        value: Any,
+        lease: Lease | None,
+        sequence: int,
+        nbytes: int,
+        sender: int = 0,
+        missed: int = 0,
     ) -> None:
         self._value = value
         self.missed = missed
         self._lease = weakref.ref(lease) if lease is not None else None
         self.sequence = sequence
         self.nbytes = nbytes
+        self.sender = sender
+        """Which sender sent it: its place in the receiver (0 .. senders-1), the same for
+        every message of a sender while it is connected; a later sender may reuse it."""
 
     @property
     def value(self) -> Any:

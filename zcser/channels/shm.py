@@ -45,6 +45,7 @@ from transports.zerobuffer import (
     Writer,
     shm_available,
 )
+from transports.zerobuffer import pool as tpool
 from zcser import errors
 from zcser.channels import base
 from zcser.channels.arena import FrameArena
@@ -87,6 +88,15 @@ _EOS = b"ZCSREOS\x00"
 _EOS_SIZE = len(_EOS)
 _NOTHING: Any = object()  # no message waiting in ShmReceiver._ready
 
+FOREIGN_POLL = 0.005
+"""How often zcser.wait and arecv look at a channel whose writer is not a zcser Sender (it
+rings no bell)."""
+
+
+class _SenderEnded(errors.ZcserError):
+    """Internal (senders > 1): one sender's end of stream was read; the stream goes on."""
+
+
 _COUNT = struct.Struct("<I")
 _OFF_COUNT = layout.OFF_COUNT
 _translate = errors.translate
@@ -110,16 +120,24 @@ CONNECT_TIMEOUT = 5.0
 """Seconds a Sender waits by default for its Receiver to create the channel."""
 
 
-def _connect(name: str, spin: int, timeout: float | None) -> Writer:
-    """The transport writer of channel NAME, waiting up to `timeout` s for it to be created
-    (polling, with backoff up to 50 ms: creation is rare and has no event to wait on)."""
+def _connect(name: str, spin: int, timeout: float | None) -> tuple[Writer, tpool.Place | None]:
+    """The transport writer of channel NAME and its place in the receiver's pool (None for a
+    plain ring of another ZeroBuffer reader), waiting up to `timeout` s for the channel to be
+    created and, when every place is taken, for one to be freed (polling with backoff up to
+    50 ms: connecting is rare and has no event to wait on)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = 0.001
     while True:
         try:
-            return Writer(name, spin=spin)
-        except terr.BufferNotFound as exc:
+            return _attach(name, spin)
+        except (terr.BufferNotFound, tpool.PlacesTaken) as exc:
             if deadline is not None and time.monotonic() >= deadline:
+                if isinstance(exc, tpool.PlacesTaken):
+                    raise errors.ChannelError(
+                        f"channel {name!r}: {exc}; waited {timeout} s for one to be freed. "
+                        "Close a sender first, give Sender(timeout=...) more time, or create "
+                        "the Receiver with more senders=..."
+                    ) from None
                 raise errors.ChannelError(
                     f"no channel {name!r} (waited {timeout} s for its Receiver to create it): "
                     "start the Receiver first, check the name, or give Sender(timeout=...) more "
@@ -127,8 +145,41 @@ def _connect(name: str, spin: int, timeout: float | None) -> Writer:
                 ) from exc
             time.sleep(pause if deadline is None else min(pause, deadline - time.monotonic()))
             pause = min(pause * 2, 0.05)
+        except terr.ShmFullError as exc:
+            raise errors.ShmFull(
+                f"channel {name!r}: a sender's ring needs {getattr(exc, 'needed', 0):,} bytes of "
+                f"shared memory but /dev/shm has {getattr(exc, 'available', None) or 0:,} free. "
+                "Create the Receiver with a smaller capacity (it is per sender), remove stale "
+                "rings (`zcser gc`), or give the machine more shared memory (Docker: "
+                "--shm-size=2g)."
+            ) from exc
         except _TransportError as exc:
             raise _translate(exc) from exc
+
+
+def _attach(name: str, spin: int) -> tuple[Writer, tpool.Place | None]:
+    found = tpool.Place.open(name)
+    if found is None:
+        w = Writer(name, spin=spin)  # a plain ring (another ZeroBuffer reader), or BufferNotFound
+        if tpool.Place.open(name) is None:
+            return w, None
+        w.close()  # a zcser Receiver finished creating its pool meanwhile: take a place
+        found = tpool.Place.open(name)
+        if found is None:
+            raise terr.BufferNotFound(f"channel {name!r} is being replaced; retry")
+    place = tpool.Place.claim(name, found)
+    try:
+        w = Writer(place.ring, spin=spin)
+    except BaseException:
+        place.leave()
+        raise
+    try:
+        place.reserve(w)
+    except BaseException:
+        w.close()
+        place.leave()
+        raise
+    return w, place
 
 
 def _check_timeout(timeout: object) -> None:
@@ -153,6 +204,9 @@ _LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for end in list(_LIVE):
         end._forked = True
+        place = getattr(end, "_place", None)
+        if place is not None:
+            place.forget()  # the parent's bell: a child holding it would hide the parent's death
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -245,6 +299,7 @@ class ShmSender(base.Sender):
     ) -> None:
         self._closed = True
         self._forked = False
+        self._place: tpool.Place | None = None
         _check_timeout(timeout)
         _check_spin(spin)
         if copy_threads is not None and (
@@ -259,21 +314,21 @@ class ShmSender(base.Sender):
         self.codec = codec if codec is not None else Codec()
         if headroom < layout.TABLE_START:
             raise errors.UsageError(f"headroom must be >= {layout.TABLE_START} bytes")
-        self._w = _connect(name, spin, timeout)
+        self._w, self._place = _connect(name, spin, timeout)
         schema = schema_bytes(self.codec)
         try:
             self._w.set_metadata(schema)
         except terr.MetadataAlreadyWritten:
             written = self._w.metadata
             if written is None or bytes(written) != schema:
-                self._w.close()
+                self._leave()
                 raise errors.IncompatibleStream(
                     f"channel {name!r} carries a stream started by a sender with another codec "
                     "(other registered classes or settings): a new Sender must use the same "
                     "codec configuration, or a new Receiver (a new name)"
                 ) from None
         except _TransportError as exc:
-            self._w.close()
+            self._leave()
             raise _translate(exc) from exc
         self._closed = False
         self._pid = os.getpid()
@@ -344,6 +399,11 @@ class ShmSender(base.Sender):
             raise _translate(exc) from exc
         self._messages += 1
         self._bytes += used
+
+    def _leave(self) -> None:
+        self._w.close()
+        if self._place is not None:
+            self._place.leave()
 
     def _full(self, exc: terr.BufferFull) -> errors.BufferFull:
         """BufferFull in the channel's words, saying whether the receiver holds what it read."""
@@ -477,7 +537,7 @@ class ShmSender(base.Sender):
         except _TransportError:
             pass  # the receiver is gone or holds the whole ring
         finally:
-            self._w.close()
+            self._leave()
 
     def __del__(self) -> None:
         try:  # noqa: SIM105
@@ -501,6 +561,10 @@ class ReceiverStats:
     frames_pinned: int
     bytes_pinned: int
     blocked_seconds: float
+    senders: int = 1  # places: the most senders connected at once
+    senders_connected: int = 0  # connected now (senders > 1; 0 or 1 otherwise)
+    senders_closed: int = 0  # senders that closed (their end of stream read)
+    senders_lost: int = 0  # senders that died without closing (what they sent was delivered)
 
 
 class ShmReceiver(base.Receiver):
@@ -508,7 +572,14 @@ class ShmReceiver(base.Receiver):
     bytes; the largest message is half of it; None: `DEFAULT_CAPACITY`, or less when /dev/shm
     is short). Decodes with `codec`, which must match the sender's. `metadata_size`: bytes for
     the stream schema; `spin`: polls before a blocking wait. Safe to share between threads:
-    each message goes to exactly one `recv`."""
+    each message goes to exactly one `recv`.
+
+    `senders`: how many Senders may be connected at once (1 to 64). Each gets a ring of
+    `capacity` bytes of its own, whose shared memory is reserved when it connects and given
+    back when it leaves; `recv()` takes from whichever has a message, in turn, and
+    `msg.sender` says whose. The stream ends (`Closed`, the end of `for obj in rx`) once
+    `senders` Senders have finished: closed, or died (counted in `stats().senders_lost`; what
+    they sent is delivered first). A Sender connecting after that starts a new stream."""
 
     scheme = "shm"
 
@@ -520,8 +591,18 @@ class ShmReceiver(base.Receiver):
         *,
         metadata_size: int = METADATA_SIZE,
         spin: int = DEFAULT_SPIN,
+        senders: int = 1,
     ) -> None:
         _check_spin(spin)
+        if (
+            isinstance(senders, bool)
+            or not isinstance(senders, int)
+            or not (1 <= senders <= tpool.MAX_PLACES)
+        ):
+            raise errors.UsageError(
+                f"senders must be an int from 1 to {tpool.MAX_PLACES} (Senders connected at "
+                f"once), not {senders!r}"
+            )
         self._forked = False
         name = _shm_name(name)
         self.name = name
@@ -538,7 +619,9 @@ class ShmReceiver(base.Receiver):
                 DEFAULT_CAPACITY,
             )
         try:
-            self._r = Reader(name, BufferConfig(metadata_size, capacity), timeout=None, spin=spin)
+            self._pool = tpool.PoolReader(
+                name, BufferConfig(metadata_size, capacity), senders, spin=spin
+            )
         except terr.ShmFullError as exc:
             raise errors.ShmFull(
                 f"channel {name!r}: a ring of capacity {capacity:,} bytes needs "
@@ -549,9 +632,23 @@ class ShmReceiver(base.Receiver):
             ) from exc
         except _TransportError as exc:
             raise _translate(exc) from exc
+        self.senders = senders
+        self._r: Reader | tpool.PoolReader = self._pool.rings[0] if senders == 1 else self._pool
         self._gate = base.Gate()
         _LIVE.add(self)
         self._checked = False
+        self._sender = 0  # the place of the frame in `_unread` (or read last)
+        self._closes = 0  # senders whose end of stream was read
+        self._lost = 0
+        self._finished = 0  # closes and deaths in the current stream (senders > 1)
+        self._over = False  # `senders` senders finished: the stream ended (senders > 1)
+        self._place_ended = [False] * senders
+        self._checked_places: set[int] = set()
+        if senders > 1:
+            self._read = self._read_pool  # type: ignore[method-assign]
+            self._end = self._end_pool  # type: ignore[method-assign]
+            self._recv = self._recv_pool  # type: ignore[method-assign]
+            self._recv_message = self._recv_message_pool  # type: ignore[method-assign]
         self._ended = False
         self._messages = 0
         self._bytes = 0
@@ -567,6 +664,87 @@ class ShmReceiver(base.Receiver):
             return self._r.read_small(limit, timeout)
         except _TransportError as exc:
             raise self._read_error(exc) from None
+
+    # -- many senders (senders > 1): the pool's rings in turn -------------------------------------
+
+    def _read_pool(self, limit: int, timeout: float | None) -> Frame | bytes:
+        """The next frame of any sender, not an end of stream; ends and deaths are counted
+        here. `_unread` and `_sender` are stored right after the take (see recv)."""
+        pool = self._pool
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._over and not pool.ready():
+                raise self._stream_ended()
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                got = pool.read_small(limit, remaining)
+                self._unread = got
+                self._sender = pool.place
+            except terr.WriterDead as exc:
+                self._sender_finished(getattr(exc, "place", 0), died=True)
+                continue
+            except _TransportError as exc:
+                raise self._read_error(exc) from None
+            place = self._sender
+            if self._over:  # a sender connected after the end: a new stream
+                self._over = False
+                self._finished = 0
+            size = len(got) if isinstance(got, bytes) else got.size
+            if size == _EOS_SIZE and (got == _EOS if isinstance(got, bytes) else got.data == _EOS):
+                return got  # _accept -> _end_pool counts it
+            self._place_ended[place] = False
+            self._checked = place in self._checked_places
+            return got
+
+    def _end_pool(self) -> None:
+        self._unread = None
+        self._sender_finished(self._sender, died=False)
+        if self._over:
+            raise self._stream_ended()
+        raise _SenderEnded
+
+    def _sender_finished(self, place: int, died: bool) -> None:
+        if died:
+            self._lost += 1
+            _log.warning(
+                "channel %r: sender %d died; the messages it sent were delivered", self.name, place
+            )
+            if self._place_ended[place]:
+                return  # it had closed its stream already
+        else:
+            self._closes += 1
+        self._place_ended[place] = True
+        self._finished += 1
+        if self._finished >= self.senders:
+            self._over = True
+
+    def _stream_ended(self) -> errors.Closed:
+        return errors.Closed(
+            f"channel {self.name!r}: all {self.senders} senders finished (closed: "
+            f"{self._closes}, died: {self._lost}) and every message has been read"
+        )
+
+    def _recv_pool(self, timeout: float | None, copy: bool) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                value = ShmReceiver._recv(self, remaining, copy)
+            except _SenderEnded:
+                continue
+            self._checked_places.add(self._sender)  # its schema was checked by now
+            return value
+
+    def _recv_message_pool(self, timeout: float | None) -> Message:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                message = ShmReceiver._recv_message(self, remaining)
+            except _SenderEnded:
+                continue
+            self._checked_places.add(self._sender)
+            return message
 
     def _read_error(self, exc: terr.TransportError) -> errors.ZcserError:
         if isinstance(exc, terr.WriterDead):
@@ -697,6 +875,7 @@ class ShmReceiver(base.Receiver):
         if self._forked:
             raise _forked_error(self)
         frame = self._read(-1, timeout)
+        self._unread = None  # the pool's read keeps it there for recv; this call owns it
         assert type(frame) is Frame
         self._accept(frame)
         value, lease = self._decode(frame)
@@ -704,7 +883,7 @@ class ShmReceiver(base.Receiver):
             _release_quietly(frame)
         self._messages += 1
         self._bytes += frame.size
-        return Message(value, lease, frame.sequence, frame.size)
+        return Message(value, lease, frame.sequence, frame.size, self._sender)
 
     def _decode(self, frame: Frame) -> tuple[Any, Lease | None]:
         """The message in `frame` and the lease its views pin the frame with; None: nothing
@@ -744,16 +923,56 @@ class ShmReceiver(base.Receiver):
             frames_pinned=rs.frames_held,
             bytes_pinned=rs.bytes_held,
             blocked_seconds=rs.blocked_seconds,
+            senders=self.senders,
+            senders_connected=self._pool.writers()
+            if self.senders > 1
+            else int(
+                bool(self._r.writer_pid())  # type: ignore[union-attr]
+            ),
+            senders_closed=self._closes,
+            senders_lost=self._lost,
         )
 
     @property
     def closed(self) -> bool:
-        return self._r.closed
+        return self._pool.closed
 
     def close(self) -> None:
-        """Remove the ring's names (shm, semaphores, lock). Views alive stay valid. A recv in
-        progress in another thread finishes first (close waits for it)."""
-        self._gate.run(self._r.close)
+        """Remove the channel's names (shm, semaphores, lock, bells). Views alive stay valid. A
+        recv in progress in another thread finishes first (close waits for it)."""
+        self._gate.run(self._pool.close)
+
+    # -- zcser.wait and asyncio (channels/waiting.py) --------------------------------------------
+
+    def _wait_ready(self) -> bool:
+        if self._unread is not None or self._ready is not _NOTHING or self._pool.closed:
+            return True
+        if self.senders > 1:
+            return self._over or self._pool.ready()
+        ring = self._pool.rings[0]
+        return ring.poll() or ring.peer_gone()
+
+    def _wait_fds(self) -> list[Any]:
+        return self._pool.fds()
+
+    def _wait_arm(self) -> None:
+        self._pool.arm()
+
+    def _wait_disarm(self) -> None:
+        self._pool.disarm()
+
+    def _wait_woken(self) -> None:
+        if self.senders > 1:
+            self._gate.run(self._pool.woken)
+        else:
+            self._pool.woken()  # bells only: the ring's reads stay with recv
+
+    def _wait_backstop(self) -> float | None:
+        if self.senders > 1:
+            return tpool.BACKSTOP
+        # A writer that is not a zcser Sender (another ZeroBuffer implementation) rings no bell.
+        pid = self._pool.rings[0].writer_pid()
+        return tpool.BACKSTOP if not pid or self._pool.owner(0) == pid else FOREIGN_POLL
 
 
 def _small_limit(threshold: int) -> int:
