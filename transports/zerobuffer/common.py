@@ -3,10 +3,14 @@ stats records, and the checks made when a buffer is created or attached (docs/pr
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import mmap
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from transports.errors import (
     BufferExists,
@@ -27,6 +31,7 @@ __all__ = [
     "BufferConfig",
     "ReaderStats",
     "WriterStats",
+    "interrupts_deferred",
     "is_orphan",
 ]
 
@@ -44,6 +49,34 @@ yielding, round trips were several times slower (the peer ran only after the spi
 POLL_INTERVAL = 0.05
 """Longest single blocking wait (seconds) before the peer's liveness is checked again."""
 _U64 = L.U64
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Run the block with Ctrl-C held back: SIGINT's Python handler (KeyboardInterrupt) runs
+    as the block ends, not inside it, so creating or removing a buffer's names (shm,
+    semaphores, lock file) is never cut in half. Python runs signal handlers in the main
+    thread only, so elsewhere (and when SIGINT has no Python handler) this changes nothing.
+    Never around a wait: Ctrl-C must still interrupt those."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):
+        yield
+        return
+    caught: list[Any] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(frame)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            previous(signal.SIGINT, caught[0])
 
 
 class _Unset(enum.Enum):

@@ -61,6 +61,7 @@ import random
 import select
 import struct
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,7 @@ from transports.zerobuffer.common import (
     ReaderStats,
     _check_name,
     _create_exclusive,
+    interrupts_deferred,
     is_orphan,
 )
 from transports.zerobuffer.reader import Frame, Reader
@@ -147,9 +149,14 @@ class Departure:
 class Place:
     """A writer's place in pool NAME: which ring to write, and its bell. See the module rules."""
 
-    def __init__(self, name: str, mm: Any, places: int, sparse: bool, index: int) -> None:
+    def __init__(
+        self, name: str, mm: Any, places: int, sparse: bool, index: int, after_death: bool
+    ) -> None:
         self.name = name
         self.index = index
+        self.after_death = after_death
+        """The place's previous writer died without giving it back (its ring may end without
+        an end-of-stream mark): the new writer may say so first."""
         self.places = places
         self.ring = ring_name(name, places, index)
         self._mm = mm
@@ -198,7 +205,7 @@ class Place:
             swapped, _ = _shm.compare_exchange(owner_addr, owner, pid)
             if swapped:
                 _shm.atomic_add(owner_addr + 8, 1)
-                return cls(name, mm, places, sparse, index)
+                return cls(name, mm, places, sparse, index, after_death=bool(owner))
         raise PlacesTaken(
             f"pool {name!r}: all {places} places have a live writer (senders={places})"
         )
@@ -208,7 +215,8 @@ class Place:
         Writer of our ring: it rings after every publish) and announce ourselves: the bell
         rings once and joins grows."""
         if self._sparse:
-            _shm.reserve_pages(self.ring, *writer.payload_span)
+            offset, size = writer.payload_span
+            _shm.reserve_pages(self.ring, 0, offset + size)
         self._bell = _shm.open_bell(self.ring)
         if self._bell is not None:
             writer.set_bell(self._addr + _OFF_SLEEPERS, self._bell)
@@ -238,6 +246,47 @@ class Place:
 # --- the reader's side ---------------------------------------------------------------------------
 
 
+class _Names:
+    """What a PoolReader made (lock, control segment, rings, bells), removed by `teardown`: at
+    close(), when its creation fails, or when the PoolReader is dropped (a finalizer, as for a
+    Reader). A forked child removes nothing (the names are the parent's)."""
+
+    def __init__(self, name: str, places: int, cname: str) -> None:
+        self.name = name
+        self.places = places
+        self.cname = cname
+        self.pid = os.getpid()
+        self.lock_fd: int | None = None
+        self.mm: Any = None
+        self.rings: list[Reader] = []
+        self.bells: list[int] = []
+
+    def teardown(self) -> None:
+        with interrupts_deferred():  # Ctrl-C: every name is removed, or none yet
+            self._teardown()
+
+    def _teardown(self) -> None:
+        if os.getpid() != self.pid:
+            return
+        for ring in self.rings:
+            with contextlib.suppress(Exception):
+                ring.close()
+        for i, fd in enumerate(self.bells):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            _shm.unlink_bell(ring_name(self.name, self.places, i))
+        self.bells.clear()
+        mm = self.mm
+        if mm is not None:
+            with contextlib.suppress(Exception):
+                _U64.pack_into(mm, L.OFF_READER_PID, 0)
+            _shm.unlink_shm(self.cname)
+            with contextlib.suppress(BufferError):
+                mm.close()
+        if self.lock_fd is not None:
+            _shm.release_lock(self.cname, self.lock_fd)
+
+
 class PoolReader:
     """Creates pool NAME (its control segment, its rings and their bells) and reads the frames
     of all its writers. Not thread-safe (one reading thread, as a Reader)."""
@@ -258,15 +307,36 @@ class PoolReader:
         self.sparse = places > 1
         self._spin = max(0, int(spin))
         self._closed = True
-        self.rings: list[Reader] = []
-        self._bells: list[int] = []
+        self.interrupted = False  # interrupt(): the next wait for a frame ends
         self._cname = control_name(name)
         self._pid = os.getpid()
+        self._names = names = _Names(name, places, self._cname)
+        self.rings = names.rings
+        self._bells = names.bells
         _shm.cleanup_stale(is_orphan)
-        self._lock_fd = _shm.acquire_lock(self._cname)
+        with interrupts_deferred():  # Ctrl-C: every name is made and owned, or none
+            self._finalizer = weakref.finalize(self, names.teardown)
+            self._create(config, spin)
+        self._sleepers = self._addr + _OFF_SLEEPERS
+        self._joins_word = _shm.word_at(self._addr + _OFF_JOINS)
+        self._joins = 0
+        self.active = [False] * places  # a writer was seen and has not been seen leaving
+        self._generations = [0] * places  # each place's generation when last looked at
+        self._draining = [False] * places  # its writer is gone: read to the end, then free
+        self._reclaim: set[int] = set()  # freed places whose pages wait to go back
+        self._next = 0  # round robin: the place looked at first
+        self.place = 0  # the place of the frame read last
+        self.lost = 0
+        self.departures = 0
+        self._checked_at = time.monotonic()
+
+    def _create(self, config: BufferConfig, spin: int) -> None:
+        """The lock, the control segment, each ring and its bell; all removed on failure."""
+        name, places = self.name, self.places
         try:
+            self._names.lock_fd = _shm.acquire_lock(self._cname)
             total = L.OIEB_SIZE + _table_size(places)
-            self._mm = _create_exclusive(self._cname, total)
+            self._mm = self._names.mm = _create_exclusive(self._cname, total)
             self._addr = _shm.address_of(self._mm)
             block = _table_size(places)
             L.OIEB_STRUCT.pack_into(
@@ -281,26 +351,16 @@ class PoolReader:
                 self.rings.append(Reader(ring, config, timeout=None, spin=spin, sparse=self.sparse))
             _U64.pack_into(self._mm, L.OFF_READER_PID, self._pid)  # ready
         except BaseException:
-            self._teardown()
+            self._finalizer()
             raise
         self._closed = False
-        self._sleepers = self._addr + _OFF_SLEEPERS
-        self._joins_word = _shm.word_at(self._addr + _OFF_JOINS)
-        self._joins = 0
-        self.active = [False] * places  # a writer was seen and has not been seen leaving
-        self._draining = [False] * places  # its writer is gone: read to the end, then free
-        self._reclaim: set[int] = set()  # freed places whose pages wait to go back
-        self._next = 0  # round robin: the place looked at first
-        self.place = 0  # the place of the frame read last
-        self.lost = 0
-        self.departures = 0
-        self._checked_at = time.monotonic()
 
     # -- reading ---------------------------------------------------------------------------------
 
     def read_small(self, limit: int, timeout: float | None) -> Frame | bytes:
         """The next frame of any writer, round robin (as Reader.read_small); `self.place` says
-        whose. WriterDead (with `.place`) after the last frame of a writer that died; Timeout."""
+        whose. WriterDead (with `.place`, and `.closed` when it closed) once a writer has left
+        and its last frame was read: the caller may look at who is left; Timeout."""
         if self._closed:
             raise TransportClosed(f"pool reader of {self.name!r} is closed")
         got = self._take(limit)
@@ -314,6 +374,9 @@ class PoolReader:
             if i >= 4:
                 os.sched_yield()
         while True:
+            if self.interrupted:
+                self.interrupted = False
+                raise TransportClosed(f"pool reader of {self.name!r} was closed while waiting")
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(
@@ -364,11 +427,14 @@ class PoolReader:
         return None
 
     def _look_for_writers(self) -> None:
+        """A place taken since we last looked (its generation moved) is active, even if its
+        writer has left again already: what it wrote is still to be read."""
         self._joins = self._joins_word.value
         mm = self._mm
         for i in range(self.places):
-            owner = _U64.unpack_from(mm, _owner_at(i))[0]
-            if owner and not owner & RECLAIMING and not self.active[i]:
+            generation = _U64.unpack_from(mm, _owner_at(i) + 8)[0]
+            if generation != self._generations[i]:
+                self._generations[i] = generation
                 self.active[i] = True
                 self._reclaim.discard(i)
 
@@ -396,13 +462,14 @@ class PoolReader:
             self._give_back_pages()
         if died:
             self.lost += 1
-            exc = WriterDead(
-                f"pool {self.name!r}: the writer of place {index} (pid {pid or owner}) died; "
-                "every frame it published has been read",
-                closed=False,
-            )
-            exc.place = index  # type: ignore[attr-defined]
-            raise exc
+        what = "died" if died else "closed"
+        exc = WriterDead(
+            f"pool {self.name!r}: the writer of place {index} (pid {pid or owner}) {what}; "
+            "every frame it published has been read",
+            closed=not died,
+        )
+        exc.place = index  # type: ignore[attr-defined]
+        raise exc
 
     def _give_back_pages(self) -> None:
         for index in list(self._reclaim):
@@ -435,7 +502,11 @@ class PoolReader:
         return list(self._bells)
 
     def arm(self) -> None:
+        """Before a sleep: writers ring from now on; every ring gives back what was read (a
+        writer waiting for room must not wait for us while we wait for it)."""
         _shm.atomic_add(self._sleepers, 1)
+        for ring in self.rings:
+            ring.settle()
 
     def disarm(self) -> None:
         _shm.atomic_sub(self._sleepers, 1)
@@ -488,6 +559,11 @@ class PoolReader:
 
     # -- state -----------------------------------------------------------------------------------
 
+    def claims(self) -> int:
+        """Places taken since the pool was created (every writer's connection counts once)."""
+        mm = self._mm
+        return sum(int(_U64.unpack_from(mm, _owner_at(i) + 8)[0]) for i in range(self.places))
+
     def writers(self) -> int:
         """Places held by a live writer now."""
         count = 0
@@ -518,32 +594,20 @@ class PoolReader:
     def metadata(self) -> Any:
         return self.rings[self.place].metadata
 
+    def interrupt(self) -> None:
+        """Make a wait for a frame in progress (in another thread) raise TransportClosed (within
+        `BACKSTOP`; a ring read directly, within its `POLL_INTERVAL`), so that thread lets go
+        before close(); stores, safe from any thread. Taken once, as Reader.interrupt."""
+        self.interrupted = True
+        for ring in self.rings:
+            ring.interrupt()
+
     @property
     def closed(self) -> bool:
         return self._closed
 
     def close(self) -> None:
         """Close every ring (frames alive stay readable), remove the bells and the control
-        segment. Safe twice."""
-        if self._closed:
-            return
+        segment. Safe twice, and again after a Ctrl-C in it."""
         self._closed = True
-        self._teardown()
-
-    def _teardown(self) -> None:
-        for ring in self.rings:
-            with contextlib.suppress(Exception):
-                ring.close()
-        for i, fd in enumerate(self._bells):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            _shm.unlink_bell(ring_name(self.name, self.places, i))
-        self._bells = []
-        mm = getattr(self, "_mm", None)
-        if mm is not None:
-            with contextlib.suppress(Exception):
-                _U64.pack_into(mm, L.OFF_READER_PID, 0)
-            _shm.unlink_shm(self._cname)
-            with contextlib.suppress(BufferError):
-                mm.close()
-        _shm.release_lock(self._cname, self._lock_fd)
+        self._finalizer()  # runs the teardown once

@@ -885,10 +885,11 @@ def open_shm(name: str) -> mmap.mmap:
 
 def ring_pids(name: str) -> tuple[int, int]:
     """(reader_pid, writer_pid) of an existing shm NAME that is a ZeroBuffer of this user, read
-    with pread (no mapping: a shrunk segment cannot SIGBUS us). A creation cut short (empty, or
-    signed only) counts, with both PIDs 0. Raises BufferNotFound if there is none, NameInUse
-    if it is not a ZeroBuffer (another program's shared memory, a FIFO), ForeignResource if it
-    is not this user's alone."""
+    with pread (no mapping: a shrunk segment cannot SIGBUS us). A creation cut short (empty,
+    signed only: 8 bytes, or signed and sized) counts, with both PIDs 0; callers hold NAME's
+    lock, so a creation under way is never taken for one cut short. Raises BufferNotFound if
+    there is none, NameInUse if it is not a ZeroBuffer (another program's shared memory, a
+    FIFO), ForeignResource if it is not this user's alone."""
     fd = _open_shm_fd(name, write=False)
     try:
         size = os.fstat(fd).st_size
@@ -897,6 +898,11 @@ def ring_pids(name: str) -> tuple[int, int]:
         os.close(fd)
     if size == 0:
         return 0, 0  # killed between creating and signing it
+    if size == len(_SIGNATURE) and head[:5] == _SIGNATURE[:5]:
+        # Killed between signing it and reserving its pages: create_shm leaves this exact
+        # state (8 bytes, our signature) and nothing else does. Every caller holds NAME's lock,
+        # so the creation that signed it is over: a stale segment, with no process attached.
+        return 0, 0
     if len(head) < L.OIEB_SIZE or head[:5] != _SIGNATURE[:5]:  # oieb_size, major version
         raise NameInUse(
             f"{shm_path(name)} ({size} bytes) is not a ZeroBuffer buffer (no ZeroBuffer "

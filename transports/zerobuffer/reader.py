@@ -63,6 +63,7 @@ from transports.zerobuffer.common import (
     _check_name,
     _check_timeout,
     _create_exclusive,
+    interrupts_deferred,
     is_orphan,
     metadata_span,
 )
@@ -286,6 +287,7 @@ class _ReaderCore:
         self.P = payload_block
         self.base = L.OIEB_SIZE + metadata_block  # payload ring offset in the mapping
         self.closed = False
+        self.interrupted = False  # Reader.interrupt(): the next blocking wait ends
         self.broken: str | None = None
         self.lock = threading.Lock()  # guards ring state and the mapping's lifetime
         self.busy = False  # a step holds the lock (set right after taking it)
@@ -303,7 +305,9 @@ class _ReaderCore:
         self.writer_seen = False
         total = L.total_size(metadata_block, payload_block)
 
-        reserve = L.OIEB_SIZE + metadata_block if sparse else None
+        # Sparse: only the OIEB's page now; the writer that takes the ring reserves the rest
+        # (metadata included: writing it into a hole could fault on a full /dev/shm).
+        reserve = L.OIEB_SIZE if sparse else None
         _shm.check_space(name, total if reserve is None else reserve)
         _shm.cleanup_stale(is_orphan)
         self.lock_fd = _shm.acquire_lock(name)
@@ -386,7 +390,8 @@ class _ReaderCore:
                     self.retry_orphans()
                 if self.deferred:
                     self.drain()
-                if self.closed:
+                if self.closed or self.interrupted:
+                    self.interrupted = False
                     raise TransportClosed(f"reader of {self.name!r} was closed while waiting")
                 wait = POLL_INTERVAL
                 if deadline is not None:
@@ -707,6 +712,10 @@ class _ReaderCore:
     # -- closing ---------------------------------------------------------------------------------
 
     def close(self) -> None:
+        with interrupts_deferred():  # Ctrl-C: every name is removed, or none yet
+            self._close()
+
+    def _close(self) -> None:
         if self.closed:
             return
         self.closed = True
@@ -773,10 +782,11 @@ class Reader:
         _shm.require_atomics()
         self.name = name
         self.config = config
-        self._core = _ReaderCore(
-            name, L.align(config.metadata_size), L.align(config.payload_size), sparse
-        )
-        self._finalizer = weakref.finalize(self, self._core.close)
+        with interrupts_deferred():  # Ctrl-C: the names are made and owned, or never made
+            self._core = _ReaderCore(
+                name, L.align(config.metadata_size), L.align(config.payload_size), sparse
+            )
+            self._finalizer = weakref.finalize(self, self._core.close)
 
     def read(self, timeout: TimeoutArg = _UNSET) -> Frame:
         """Next frame (blocks). Raises Timeout, WriterDead, SequenceError, CorruptBuffer."""
@@ -819,9 +829,25 @@ class Reader:
         """Whether a published frame is waiting (read() would not block for it); takes nothing.
         False for a writer that is gone: read() then tells."""
         core = self._core
-        return bool(core.pending or core.words[POSTS]) or (
-            not core.closed and core.published_unread()
-        )
+        if core.pending or core.words[POSTS]:
+            return True
+        if core.closed:
+            return False
+        # Positions first (no call); a full ring has them equal, its posts tell.
+        return core.published_unread() or (_shm.SEM_VALUE and core.sem_w.value > 0)
+
+    def settle(self) -> None:
+        """Before sleeping elsewhere than in read() (a pool's bells): give the writer every
+        byte read and released (read() does this before it blocks)."""
+        core = self._core
+        if core.closed:
+            return
+        if core.orphans:
+            core.retry_orphans()
+        if core.deferred:
+            core.drain()
+        if core.words[WITHHELD]:
+            core.give_back()
 
     def idle(self) -> bool:
         """Nothing waiting, nothing held: every frame read and released, its bytes given back."""
@@ -891,6 +917,12 @@ class Reader:
             bytes_held=core.ring.held_bytes,
             blocked_seconds=core.blocked,
         )
+
+    def interrupt(self) -> None:
+        """Make a blocking wait for a frame in progress (in another thread) raise
+        TransportClosed within `POLL_INTERVAL`, so that thread lets go before close(); a store,
+        safe from any thread. Taken once: by the wait it ends, or by the next one."""
+        self._core.interrupted = True
 
     @property
     def closed(self) -> bool:

@@ -42,6 +42,7 @@ from transports.zerobuffer.common import (
     _check_name,
     _check_timeout,
     _claim_writer,
+    interrupts_deferred,
     metadata_span,
 )
 from transports.zerobuffer.ring import REWIND_MIN, WriterRing
@@ -121,6 +122,11 @@ class Writer:
         self._again: tuple[int, int] | None = None
         self._res_view: memoryview | None = None
         self._blocked = 0.0
+        self.interrupted = False  # interrupt(): the next wait for space raises TransportClosed
+        with interrupts_deferred():  # Ctrl-C: attached (and closed by __del__), or not at all
+            self._attach(name)
+
+    def _attach(self, name: str) -> None:
         mm = _shm.open_shm(name)
         sems: list[posix_ipc.Semaphore] = []
         handle = 0  # our own sem_t for sem-w: the compiled put posts it in the same call
@@ -396,6 +402,12 @@ class Writer:
                     self._corrupt_free(free)
                 if free >= required:
                     return
+                if self.interrupted:
+                    self.interrupted = False
+                    raise TransportClosed(
+                        f"writer of {self.name!r} was closed while it waited for space; the "
+                        "frame was not written"
+                    )
                 pid = _U64.unpack_from(mm, L.OFF_READER_PID)[0]
                 if not pid:
                     raise ReaderDead(
@@ -492,12 +504,24 @@ class Writer:
             blocked_seconds=self._blocked,
         )
 
+    def interrupt(self) -> None:
+        """Make a wait for space in progress (in another thread) raise TransportClosed within
+        `POLL_INTERVAL`, so that thread lets go before close(); a store, safe from any thread.
+        Taken once: by the wait it ends, or by the next one (clear `interrupted` to cancel)."""
+        self.interrupted = True
+
     @property
     def closed(self) -> bool:
         return self._closed
 
     def close(self) -> None:
         """Detach (writer_pid = 0; a reserved frame is dropped). Never unlinks. Safe twice."""
+        if self._closed:
+            return
+        with interrupts_deferred():  # Ctrl-C: detached whole, or not yet
+            self._close()
+
+    def _close(self) -> None:
         if self._closed:
             return
         self._closed = True

@@ -79,6 +79,8 @@ _POLL_MS = 50
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: enum arithmetic costs microseconds per message
 _SNDMORE = int(zmq.SNDMORE)
 _POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+_NOT_SENT = object()
 _RCVMORE = int(zmq.RCVMORE)
 _OPEN_EVENTS = (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED)
 _CLOSE_EVENTS = (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED)
@@ -348,6 +350,37 @@ class ZmqWriter:
         if self._pending:
             self._flush(deadline, timeout)
 
+    def try_send(self, head: Any, buffers: Sequence[Any] = ()) -> bool:
+        """One try that never blocks: True once the message is queued (its buffers copied, so
+        the caller may modify them at once), False when every reader's queue is full or none
+        is connected yet (nothing was sent; `wait_sockets` signal when that may have changed);
+        ReaderDead once every reader left."""
+        self._check_open()
+        first = self._first(wire.KIND_DATA, len(buffers), head)
+        if self._send([first, *buffers], None, 0, block=False) is _NOT_SENT:
+            self._s.events()
+            if self._s.peers.lost:
+                raise errors.ReaderDead(
+                    f"no reader is connected to {self.url} any more (it closed or died); the "
+                    "message was not sent. Start a reader, then a new writer."
+                )
+            return False
+        self._messages += 1
+        self._bytes += len(first) + sum(memoryview(b).nbytes for b in buffers)
+        return True
+
+    def writable(self) -> bool:
+        """Whether a reader's queue has room now (reads the socket's EVENTS, which re-arms its
+        edge-triggered FD, and applies pending connection events)."""
+        self._s.events()
+        return bool(int(self._s.sock.getsockopt(zmq.EVENTS)) & _POLLOUT)
+
+    def wait_sockets(self) -> list[Any]:
+        """The ZeroMQ sockets that become readable when the queue's room or the connections
+        may have changed: the socket itself and its monitor (their FDs are edge triggered:
+        call `writable()` before sleeping on them)."""
+        return [] if self._closed else [self._s.sock, self._s.monitor]
+
     def flush(self, timeout: float | None = None) -> None:
         """Wait until ZeroMQ has released the buffers of every message sent (Timeout after
         `timeout` s, ReaderDead if every reader left)."""
@@ -357,8 +390,11 @@ class ZmqWriter:
         env = wire.pack_envelope(kind, self._writer, self._sequence, count, len(self._meta))
         return b"".join((env, self._meta, head))
 
-    def _send(self, frames: list[Any], deadline: float | None, timeout: float | None) -> Any:
-        """Queue one multipart message; returns a tracker of every frame ZeroMQ holds."""
+    def _send(
+        self, frames: list[Any], deadline: float | None, timeout: float | None, block: bool = True
+    ) -> Any:
+        """Queue one multipart message; returns a tracker of every frame ZeroMQ holds (without
+        `block`: `_NOT_SENT` when the first frame does not get in at once)."""
         s = self._s
         last = len(frames) - 1
         flags = _NOBLOCK | (_SNDMORE if last else 0)
@@ -367,6 +403,8 @@ class ZmqWriter:
         try:
             first = s.sock.send(frames[0], flags, copy=not tracked, track=tracked)
         except zmq.Again:
+            if not block:
+                return _NOT_SENT
             first = self._send_blocked(frames[0], flags, deadline, timeout)
         if tracked:
             trackers.append(first)
@@ -563,6 +601,7 @@ class ZmqReader:
         self._messages = 0
         self._bytes = 0
         self._blocked = 0.0
+        self._held: Received | errors.TransportError | None = None  # taken by ready()
         self._closed = False
 
     @property
@@ -578,6 +617,12 @@ class ZmqReader:
             raise errors.TransportClosed(f"the reader of {self.url} is closed")
         s = self._s
         s.check_process()
+        held = self._held
+        if held is not None:
+            self._held = None
+            if isinstance(held, errors.TransportError):
+                raise held
+            return held
         sock = s.sock
         try:
             return self._parse(_receive(sock))
@@ -607,6 +652,46 @@ class ZmqReader:
         finally:
             self._blocked += time.monotonic() - start
         return self._parse(frames)
+
+    def ready(self) -> bool:
+        """Whether `recv(timeout=0)` returns at once, never blocking: a message waiting (taken
+        from ZeroMQ and held for the next recv: `held`), or an error (closed, used from
+        another process, every writer gone, frames no zcser writer sends). Reads the socket's
+        and the monitor's EVENTS, which re-arms their edge-triggered FDs (`wait_sockets`)."""
+        if self._closed or os.getpid() != self._s._pid or self._held is not None:
+            return True
+        s = self._s
+        if self._hold():
+            return True
+        s.events()
+        return self._hold() or s.peers.lost
+
+    def _hold(self) -> bool:
+        if not _readable(self._s.sock):
+            return False
+        try:
+            self._held = self._parse(_receive(self._s.sock))
+        except zmq.Again:  # pragma: no cover - EVENTS said POLLIN: a whole message is there
+            return False
+        except errors.TransportError as exc:
+            self._held = exc
+        return True
+
+    @property
+    def held(self) -> Received | None:
+        """The message `ready()` took, which the next recv returns (None if none, or if what
+        it took is an error the next recv raises)."""
+        held = self._held
+        return None if isinstance(held, errors.TransportError) else held
+
+    def drop_held(self) -> None:
+        """Forget the message `ready()` took (one the caller would skip anyway)."""
+        self._held = None
+
+    def wait_sockets(self) -> list[Any]:
+        """The ZeroMQ sockets that become readable when `ready()` may have changed: the socket
+        and its monitor (their FDs are edge triggered: call `ready()` before sleeping)."""
+        return [] if self._closed else [self._s.sock, self._s.monitor]
 
     def _parse(self, frames: list[Any]) -> Received:
         views = [memoryview(f).cast("B") for f in frames]
@@ -647,6 +732,7 @@ class ZmqReader:
         """Close the socket (stop listening); views of received messages stay valid."""
         if not self._closed:
             self._closed = True
+            self._held = None
             self._s.close()
 
     def __enter__(self) -> ZmqReader:

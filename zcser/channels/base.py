@@ -347,6 +347,10 @@ class Gate:
         with self.enter_shared():
             return fn(*args)
 
+    def in_use(self) -> bool:
+        """Whether a call is running now (in any thread)."""
+        return self.busy or self.lock.locked()
+
     def enter_shared(self) -> threading.Lock:
         """Switch to (or stay in) locked mode; the lock, once no unlocked call is running."""
         self.shared = True

@@ -54,6 +54,8 @@ def channel(
     name: str | None = None,
     capacity: int | None = None,
     codec: Codec | None = None,
+    *,
+    senders: int = 1,
     **sender_options: Any,
 ) -> tuple[SenderFactory, Receiver]:
     """Create a channel here (the Receiver) and a picklable factory for its Sender:
@@ -63,8 +65,14 @@ def channel(
     Process(target=producer, args=(make_tx,)).start()   # producer: tx = make_tx(); tx.send(...)
     obj = rx.recv()
     ```
+
+    `senders=N`: a pool; call the factory in up to N processes at once (see ShmReceiver). The
+    stream, and `for obj in rx`, ends once N senders have closed (or died).
     """
     if name is None:
         name = f"zcser-{os.getpid()}-{secrets.token_hex(4)}"
-    receiver = Receiver(name, capacity, codec)
+    if senders == 1:
+        receiver = Receiver(name, capacity, codec)
+    else:
+        receiver = Receiver(name, capacity, codec, senders=senders)
     return SenderFactory(receiver.name, codec, **sender_options), receiver

@@ -25,10 +25,12 @@ be told apart reliably.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -39,7 +41,7 @@ import numpy as np
 
 from transports import errors as terr
 from zcser import errors
-from zcser.channels import base
+from zcser.channels import base, waiting
 from zcser.channels.lease import Lease, Message
 from zcser.channels.schema import check_stream, schema_bytes
 from zcser.channels.shm import DEFAULT_CAPACITY, METADATA_SIZE
@@ -69,6 +71,10 @@ def _transport() -> Any:
 
 _translate = errors.translate
 _log = logging.getLogger("zcser.channels")
+
+ASYNC_RECHECK = 0.05
+"""Longest sleep (s) of `NetSender.asend` and of a wait on a `NetReceiver` before checking again,
+when another thread is using the socket (its changes do not wake the event loop)."""
 
 
 # --- sending -------------------------------------------------------------------------------------
@@ -136,17 +142,82 @@ class NetSender(base.Sender):
 
     def _send(self, obj: Any, timeout: float | None) -> None:
         self._check_open()
-        packed = self.codec.pack(obj)
-        head: Any
-        buffers: Sequence[memoryview]
-        if isinstance(packed, bytes):  # no buffer: the whole message is the head
-            head, buffers = packed, _NO_BUFFERS
-        else:
-            head, buffers = packed.segments(0)[0][1], packed.buffers
+        head, buffers = self._pack(obj)
         try:
             self._w.send(head, buffers, timeout)
         except terr.TransportError as exc:
             raise _translate(exc) from None
+
+    def _pack(self, obj: Any) -> tuple[Any, Sequence[memoryview]]:
+        """The head and out-of-band buffers of `obj`'s message."""
+        packed = self.codec.pack(obj)
+        if isinstance(packed, bytes):  # no buffer: the whole message is the head
+            return packed, _NO_BUFFERS
+        return packed.segments(0)[0][1], packed.buffers
+
+    async def asend(self, obj: Any, timeout: float | None = None) -> None:
+        """`send(obj, timeout)` for asyncio, in the loop's thread and never blocking it: each
+        try queues the message at once or not at all; while every receiver's queue is full
+        (or none is connected yet) the task awaits room with the loop's readers on the socket.
+        The arrays are copied into ZeroMQ's queue (as with `timeout=0`), so they may be
+        modified once it returns. BufferFull after `timeout` s (None: while a receiver lives;
+        0: one try); ReaderDead if every receiver left. Cancelled, nothing was sent."""
+        limit = waiting._check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        self._check_open()
+        head, buffers = self._pack(obj)
+        while True:
+            if self._try_send(head, buffers):
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise errors.BufferFull(
+                    f"the receivers of {self.name!r} did not take a message for {limit} s (the "
+                    "high-water mark was reached, or none is connected); nothing was sent"
+                )
+            await self._room(remaining)
+
+    def _try_send(self, head: Any, buffers: Sequence[memoryview]) -> bool:
+        """One try that never blocks (False: no room now, or another thread is sending)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._check_open()
+            return bool(self._w.try_send(head, buffers))
+        except terr.TransportError as exc:
+            raise _translate(exc) from None
+        finally:
+            self._lock.release()
+
+    async def _room(self, remaining: float | None) -> None:
+        """Await until the socket may have room, a connection came or went, or `remaining` s
+        (and at most `ASYNC_RECHECK` s: another thread's send is not seen by the loop)."""
+        loop = asyncio.get_running_loop()
+        woke: asyncio.Future[None] = loop.create_future()
+
+        def ring() -> None:
+            if not woke.done():
+                woke.set_result(None)
+
+        fds: list[int] = []
+        try:
+            if self._lock.acquire(blocking=False):  # else another thread is sending: recheck
+                try:
+                    if self._closed:
+                        return  # the next try raises Closed
+                    fds = [waiting._fileno(sock) for sock in self._w.wait_sockets()]
+                    for fd in fds:
+                        loop.add_reader(fd, ring)
+                    if self._w.writable():  # re-arms the edge-triggered FDs
+                        return
+                finally:
+                    self._lock.release()
+            limit = ASYNC_RECHECK if remaining is None else min(remaining, ASYNC_RECHECK)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(woke, limit)
+        finally:
+            for fd in fds:
+                loop.remove_reader(fd)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until ZeroMQ has released the arrays of every message sent (only needed after
@@ -299,6 +370,7 @@ class NetReceiver(base.Receiver):
         self._pinned: weakref.WeakKeyDictionary[Lease, int] = weakref.WeakKeyDictionary()
         self._copies = 0
         self._lock = threading.Lock()
+        self._busy = False  # the last _wait_ready found another thread receiving
 
     def _next(self, timeout: float | None) -> Any:
         """The next data message; Closed once every sender ended its stream."""
@@ -400,6 +472,37 @@ class NetReceiver(base.Receiver):
             peers=rs.peers,
             blocked_seconds=rs.blocked_seconds,
         )
+
+    # -- zcser.wait and asyncio (channels/waiting.py) --------------------------------------------
+
+    def _wait_ready(self) -> bool:
+        """recv(timeout=0) would return at once (a message, or Closed/WriterDead/an error).
+        The transport takes a waiting message from ZeroMQ and holds it for the next recv; an
+        end mark of one sender while others still send is skipped here, as recv skips it."""
+        r = self._r
+        if r is None or r.closed:
+            return True
+        if not self._lock.acquire(blocking=False):
+            self._busy = True  # another thread is receiving: look again soon
+            return False
+        try:
+            self._busy = False
+            while r.ready():
+                held = r.held
+                if held is None or not held.end or r.writers.ended:
+                    return True
+                r.drop_held()
+            return False
+        finally:
+            self._lock.release()
+
+    def _wait_fds(self) -> list[Any]:
+        if self._r is None or self._busy:
+            return []  # a ZeroMQ socket is not thread-safe: not polled while a recv uses it
+        return list(self._r.wait_sockets())
+
+    def _wait_backstop(self) -> float | None:
+        return ASYNC_RECHECK if self._busy else None
 
     @property
     def closed(self) -> bool:

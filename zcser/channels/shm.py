@@ -23,6 +23,7 @@ ZeroBuffer rings have one writer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -46,6 +47,7 @@ from transports.zerobuffer import (
     shm_available,
 )
 from transports.zerobuffer import pool as tpool
+from transports.zerobuffer.common import interrupts_deferred
 from zcser import errors
 from zcser.channels import base
 from zcser.channels.arena import FrameArena
@@ -86,6 +88,9 @@ default codec threshold) carries no out-of-band buffer, so nothing decoded would
 _EOS = b"ZCSREOS\x00"
 """End-of-stream frame written by Sender.close(); shorter than any message header."""
 _EOS_SIZE = len(_EOS)
+_LOST = b"ZCSRLST\x00"
+"""Written first by a Sender that takes over the place of one that died (senders > 1): the
+receiver counts that death even if it never saw it happen."""
 _NOTHING: Any = object()  # no message waiting in ShmReceiver._ready
 
 FOREIGN_POLL = 0.005
@@ -158,6 +163,11 @@ def _connect(name: str, spin: int, timeout: float | None) -> tuple[Writer, tpool
 
 
 def _attach(name: str, spin: int) -> tuple[Writer, tpool.Place | None]:
+    with interrupts_deferred():  # Ctrl-C: a place is taken and handed over whole, or not at all
+        return _attach_now(name, spin)
+
+
+def _attach_now(name: str, spin: int) -> tuple[Writer, tpool.Place | None]:
     found = tpool.Place.open(name)
     if found is None:
         w = Writer(name, spin=spin)  # a plain ring (another ZeroBuffer reader), or BufferNotFound
@@ -321,15 +331,21 @@ class ShmSender(base.Sender):
         except terr.MetadataAlreadyWritten:
             written = self._w.metadata
             if written is None or bytes(written) != schema:
-                self._leave()
+                self._withdraw()
                 raise errors.IncompatibleStream(
                     f"channel {name!r} carries a stream started by a sender with another codec "
                     "(other registered classes or settings): a new Sender must use the same "
                     "codec configuration, or a new Receiver (a new name)"
                 ) from None
         except _TransportError as exc:
-            self._leave()
+            self._withdraw()
             raise _translate(exc) from exc
+        if self._place is not None and self._place.after_death:
+            try:
+                self._w.write(_LOST)
+            except _TransportError as exc:
+                self._withdraw()
+                raise _translate(exc) from exc
         self._closed = False
         self._pid = os.getpid()
         self._capacity = self._w.stats().capacity
@@ -399,6 +415,14 @@ class ShmSender(base.Sender):
             raise _translate(exc) from exc
         self._messages += 1
         self._bytes += used
+
+    def _withdraw(self) -> None:
+        """A Sender that took a place but cannot go on: its end mark (a pool counts every
+        sender that connected), then leave."""
+        if self._place is not None:
+            with contextlib.suppress(_TransportError):
+                self._w.write(_EOS, 0)
+        self._leave()
 
     def _leave(self) -> None:
         self._w.close()
@@ -522,12 +546,15 @@ class ShmSender(base.Sender):
         if self._forked or os.getpid() != self._pid:
             self._closed = True
             return  # a forked child's copy: the stream belongs to the parent
+        if self._gate.in_use():
+            self._w.interrupt()  # a send waiting for room in another thread raises Closed
         self._gate.run(self._close_once, timeout)
 
     def _close_once(self, timeout: float) -> None:
         if self._closed:
             return
         self._closed = True
+        self._w.interrupted = False  # the end-of-stream mark waits for room up to `timeout`
         self._close(timeout)
 
     def _close(self, timeout: float) -> None:
@@ -641,7 +668,6 @@ class ShmReceiver(base.Receiver):
         self._closes = 0  # senders whose end of stream was read
         self._lost = 0
         self._finished = 0  # closes and deaths in the current stream (senders > 1)
-        self._over = False  # `senders` senders finished: the stream ended (senders > 1)
         self._place_ended = [False] * senders
         self._checked_places: set[int] = set()
         if senders > 1:
@@ -669,29 +695,44 @@ class ShmReceiver(base.Receiver):
 
     def _read_pool(self, limit: int, timeout: float | None) -> Frame | bytes:
         """The next frame of any sender, not an end of stream; ends and deaths are counted
-        here. `_unread` and `_sender` are stored right after the take (see recv)."""
+        here. `_unread` and `_sender` are stored right after the take (see recv).
+
+        The stream ends (Closed) once `senders` senders have finished, every sender that
+        connected has finished, and nothing is left to read; until a sender connects again,
+        recv keeps saying so."""
         pool = self._pool
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if self._over and not pool.ready():
-                raise self._stream_ended()
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            last = self._stream_over()
             try:
-                got = pool.read_small(limit, remaining)
+                got = pool.read_small(limit, 0.0 if last else remaining)
                 self._unread = got
                 self._sender = pool.place
             except terr.WriterDead as exc:
-                self._sender_finished(getattr(exc, "place", 0), died=True)
+                place = getattr(exc, "place", 0)
+                if not getattr(exc, "closed", False):
+                    self._sender_finished(place, died=True)
+                elif not self._place_ended[place]:  # closed without its end mark (ring full)
+                    self._sender_finished(place, died=False)
                 continue
+            except terr.Timeout as exc:
+                if last:
+                    raise self._stream_ended() from None
+                raise self._read_error(exc) from None
             except _TransportError as exc:
                 raise self._read_error(exc) from None
             place = self._sender
-            if self._over:  # a sender connected after the end: a new stream
-                self._over = False
-                self._finished = 0
             size = len(got) if isinstance(got, bytes) else got.size
-            if size == _EOS_SIZE and (got == _EOS if isinstance(got, bytes) else got.data == _EOS):
-                return got  # _accept -> _end_pool counts it
+            if size == _EOS_SIZE:
+                mark = got if isinstance(got, bytes) else bytes(got.data)
+                if mark == _LOST:
+                    self._unread = None
+                    _release_quietly(got)
+                    self._sender_finished(place, died=True)
+                    continue
+                if mark == _EOS:
+                    return got  # _accept -> _end_pool counts it
             self._place_ended[place] = False
             self._checked = place in self._checked_places
             return got
@@ -699,24 +740,24 @@ class ShmReceiver(base.Receiver):
     def _end_pool(self) -> None:
         self._unread = None
         self._sender_finished(self._sender, died=False)
-        if self._over:
-            raise self._stream_ended()
         raise _SenderEnded
 
     def _sender_finished(self, place: int, died: bool) -> None:
         if died:
+            if self._place_ended[place]:
+                return  # it had closed its stream already, or its death was counted
             self._lost += 1
             _log.warning(
                 "channel %r: sender %d died; the messages it sent were delivered", self.name, place
             )
-            if self._place_ended[place]:
-                return  # it had closed its stream already
         else:
             self._closes += 1
         self._place_ended[place] = True
         self._finished += 1
-        if self._finished >= self.senders:
-            self._over = True
+
+    def _stream_over(self) -> bool:
+        finished = self._finished
+        return finished >= self.senders and finished >= self._pool.claims()
 
     def _stream_ended(self) -> errors.Closed:
         return errors.Closed(
@@ -939,7 +980,10 @@ class ShmReceiver(base.Receiver):
 
     def close(self) -> None:
         """Remove the channel's names (shm, semaphores, lock, bells). Views alive stay valid. A
-        recv in progress in another thread finishes first (close waits for it)."""
+        recv waiting in another thread raises Closed (within `POLL_INTERVAL`; with senders > 1
+        within the pool's `BACKSTOP`) before this closes."""
+        if self._gate.in_use():
+            self._pool.interrupt()
         self._gate.run(self._pool.close)
 
     # -- zcser.wait and asyncio (channels/waiting.py) --------------------------------------------
@@ -948,7 +992,7 @@ class ShmReceiver(base.Receiver):
         if self._unread is not None or self._ready is not _NOTHING or self._pool.closed:
             return True
         if self.senders > 1:
-            return self._over or self._pool.ready()
+            return self._stream_over() or self._pool.ready()
         ring = self._pool.rings[0]
         return ring.poll() or ring.peer_gone()
 
@@ -956,7 +1000,7 @@ class ShmReceiver(base.Receiver):
         return self._pool.fds()
 
     def _wait_arm(self) -> None:
-        self._pool.arm()
+        self._gate.run(self._pool.arm)
 
     def _wait_disarm(self) -> None:
         self._pool.disarm()

@@ -208,17 +208,32 @@ def test_reader_replaces_a_stale_buffer_of_ours(shm_name: str) -> None:
         w.write(b"fresh")
 
 
-@pytest.mark.parametrize("cut", ["empty", "signed"])
+@pytest.mark.parametrize("cut", ["empty", "signed", "signed, not sized"])
 def test_reader_replaces_a_buffer_whose_creation_was_cut_short(shm_name: str, cut: str) -> None:
     """A reader killed between creating its shm and writing the control block leaves an empty
-    or signed-only segment (and its lock file): still recognisably ours, so replaced."""
+    or signed-only segment (8 bytes when killed before its pages were reserved; and its lock
+    file): still recognisably ours, so replaced."""
     fd = os.open(SHM / shm_name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    if cut == "signed":
+    if cut != "empty":
         os.pwrite(fd, oieb(0, 0, 0)[:8], 0)
+    if cut == "signed":
         os.ftruncate(fd, 4096)
     os.close(fd)
     with Reader(shm_name, BufferConfig(0, 1024)), Writer(shm_name) as w:
         w.write(b"fresh")
+
+
+def test_reader_leaves_an_8_byte_segment_without_our_signature_alone(shm_name: str) -> None:
+    path = SHM / shm_name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"8 bytes!")
+    os.close(fd)
+    try:
+        with pytest.raises(E.NameInUse, match="not a ZeroBuffer"):
+            Reader(shm_name, BufferConfig(0, 1024))
+        assert path.read_bytes() == b"8 bytes!"
+    finally:
+        remove(path)
 
 
 def test_writer_waits_for_a_buffer_being_created(shm_name: str) -> None:

@@ -1,0 +1,324 @@
+"""Many senders into one receiver (`Receiver(name, senders=N)`): every message of every sender
+arrives, in order per sender, zero-copy; stalled, closed and killed senders; places reused;
+shared memory only for senders in use; the end of the stream."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+import zcser
+from zcser import errors
+
+MIB = 1 << 20
+WAIT = 30.0
+SIZES = (0, 10, 3_000, 70_000, 300_000)  # in band, out of band, small and large frames
+
+
+def _payload(sender: int, i: int) -> np.ndarray:
+    n = SIZES[(sender + i) % len(SIZES)]
+    return np.full(n, (sender * 31 + i) % 251, np.uint8)
+
+
+def _produce(make: Any, sender: int, count: int) -> None:
+    tx = make()
+    for i in range(count):
+        tx.send({"sender": sender, "i": i, "a": _payload(sender, i)})
+    tx.close()
+
+
+def _ring_ranges(rx: Any) -> list[tuple[int, int]]:
+    """Where each place's ring is mapped in this process: (start, end) addresses."""
+    out = []
+    for ring in rx._pool.rings:
+        core = ring._core
+        out.append((core.addr, core.addr + len(core.mm)))
+    return out
+
+
+def _shm_bytes(name: str) -> int:
+    """Bytes of shared memory really allocated to the channel's segments now."""
+    total = 0
+    for entry in os.scandir("/dev/shm"):
+        if entry.name.startswith(name):
+            total += entry.stat(follow_symlinks=False).st_blocks * 512
+    return total
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_eight_senders_deliver_every_message_in_order_and_zero_copy(
+    shm_name: str, method: str
+) -> None:
+    count = 400 if method == "fork" else 250
+    make, rx = zcser.channel(shm_name, capacity=4 * MIB, senders=8)
+    ctx = mp.get_context(method)
+    with rx:
+        procs = [ctx.Process(target=_produce, args=(make, k, count)) for k in range(8)]
+        for p in procs:
+            p.start()
+        ranges = _ring_ranges(rx)
+        expected = dict.fromkeys(range(8), 0)
+        zero_copy = 0
+        while True:
+            try:
+                msg = rx.recv_message(timeout=WAIT)
+            except errors.Closed:
+                break
+            with msg:
+                obj = msg.value
+                k, i = obj["sender"], obj["i"]
+                assert i == expected[k], f"sender {k}: message {i} after {expected[k] - 1}"
+                expected[k] += 1
+                want = _payload(k, i)
+                assert obj["a"].shape == want.shape and (obj["a"] == want).all()
+                if want.nbytes >= zcser.DEFAULT_THRESHOLD:
+                    address = obj["a"].__array_interface__["data"][0]
+                    start, end = ranges[msg.sender]
+                    assert start <= address < end, "a large array was copied, not mapped"
+                    assert not obj["a"].flags.writeable
+                    zero_copy += 1
+                del obj
+        for p in procs:
+            p.join(WAIT)
+            assert p.exitcode == 0
+        assert expected == dict.fromkeys(range(8), count)
+        assert zero_copy > 0
+        st = rx.stats()
+        assert (st.senders, st.senders_closed, st.senders_lost) == (8, 8, 0)
+
+
+def _fill_then_wait(make: Any, sender: int, count: int, filled: Any, go: Any) -> None:
+    tx = make()
+    for i in range(count):
+        tx.send((sender, i))
+    filled.put(sender)
+    go.wait(WAIT)
+    tx.close()
+
+
+def test_busy_senders_take_turns(shm_name: str) -> None:
+    """With every sender's ring holding messages, recv takes one from each in turn."""
+    make, rx = zcser.channel(shm_name, capacity=MIB, senders=4)
+    ctx = mp.get_context("fork")
+    filled, go = ctx.Queue(), ctx.Event()
+    with rx:
+        procs = [
+            ctx.Process(target=_fill_then_wait, args=(make, k, 300, filled, go)) for k in range(4)
+        ]
+        for p in procs:
+            p.start()
+        for _ in range(4):
+            filled.get(timeout=WAIT)
+        counts = dict.fromkeys(range(4), 0)
+        for _ in range(800):
+            sender, _i = rx.recv(timeout=WAIT)
+            counts[sender] += 1
+        assert all(abs(c - 200) <= 1 for c in counts.values()), counts
+        go.set()
+        rest = list(rx)
+        assert len(rest) == 4 * 300 - 800
+        for p in procs:
+            p.join(WAIT)
+
+
+def _stall(make: Any, started: Any, go: Any) -> None:
+    tx = make()
+    tx.send(("stalled", 0))
+    started.set()
+    go.wait(WAIT)  # connected, sends nothing more until told
+    tx.send(("stalled", 1))
+    tx.close()
+
+
+def test_a_stalled_sender_never_delays_the_others(shm_name: str) -> None:
+    make, rx = zcser.channel(shm_name, capacity=MIB, senders=3)
+    ctx = mp.get_context("fork")
+    started, go = ctx.Event(), ctx.Event()
+    with rx:
+        stalled = ctx.Process(target=_stall, args=(make, started, go))
+        stalled.start()
+        assert started.wait(WAIT)
+        busy = [ctx.Process(target=_produce, args=(make, k, 200)) for k in (1, 2)]
+        for p in busy:
+            p.start()
+        seen = {1: 0, 2: 0}
+        got_stalled = []
+        while seen != {1: 200, 2: 200}:
+            obj = rx.recv(timeout=WAIT)  # the stalled sender's silence blocks nothing
+            if isinstance(obj, tuple):
+                got_stalled.append(obj)
+            else:
+                seen[obj["sender"]] += 1
+        go.set()
+        got_stalled += list(rx)
+        assert got_stalled == [("stalled", 0), ("stalled", 1)]
+        for p in [stalled, *busy]:
+            p.join(WAIT)
+
+
+def _send_then_die(make: Any, count: int) -> None:
+    tx = make()
+    for i in range(count):
+        tx.send({"sender": 9, "i": i, "a": np.full(50_000, i % 251, np.uint8)})
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_sender_is_delivered_counted_and_the_stream_goes_on(shm_name: str) -> None:
+    make, rx = zcser.channel(shm_name, capacity=4 * MIB, senders=3)
+    ctx = mp.get_context("fork")
+    with rx:
+        doomed = ctx.Process(target=_send_then_die, args=(make, 30))
+        doomed.start()
+        busy = [ctx.Process(target=_produce, args=(make, k, 150)) for k in (0, 1)]
+        for p in busy:
+            p.start()
+        got: dict[int, list[int]] = {0: [], 1: [], 9: []}
+        for obj in rx:  # ends after two closes and one death, with no error
+            got[obj["sender"]].append(obj["i"])
+        assert got == {0: list(range(150)), 1: list(range(150)), 9: list(range(30))}
+        doomed.join(WAIT)
+        assert doomed.exitcode == -signal.SIGKILL
+        st = rx.stats()
+        assert (st.senders_closed, st.senders_lost) == (2, 1)
+        for p in busy:
+            p.join(WAIT)
+
+
+def _hold(make: Any, ready: Any, go: Any) -> None:
+    tx = make()
+    ready.set()
+    go.wait(WAIT)
+    tx.close()
+
+
+def _one_message_then(make: Any, tag: str, die: bool) -> None:
+    tx = make()
+    tx.send(tag)
+    if die:
+        os.kill(os.getpid(), signal.SIGKILL)
+    tx.close()
+
+
+def test_a_place_is_reused_after_close_and_after_kill(shm_name: str) -> None:
+    rx = zcser.Receiver(shm_name, capacity=MIB, senders=2)
+    make = zcser.SenderFactory(shm_name)
+    ctx = mp.get_context("fork")
+    ready, go = ctx.Event(), ctx.Event()
+    with rx:
+        holder = ctx.Process(target=_hold, args=(make, ready, go))
+        holder.start()
+        assert ready.wait(WAIT)  # one place held all along: the others must reuse the second
+        places = []
+        for tag, die in (("first", False), ("second", True), ("third", False)):
+            p = ctx.Process(target=_one_message_then, args=(make, tag, die))
+            p.start()
+            msg = rx.recv_message(timeout=WAIT)
+            assert msg.value == tag
+            places.append(msg.sender)
+            msg.release()
+            p.join(WAIT)
+        assert len(set(places)) == 1
+        go.set()
+        holder.join(WAIT)
+        with pytest.raises(errors.Closed):
+            while True:
+                rx.recv(timeout=WAIT)
+        st = rx.stats()
+        assert st.senders_lost == 1 and st.senders_closed == 3
+
+
+def test_shared_memory_is_taken_only_for_connected_senders(shm_name: str) -> None:
+    capacity = 16 * MIB
+    with zcser.Receiver(shm_name, capacity=capacity, senders=64) as rx:
+        assert _shm_bytes(shm_name) < 2 * MIB  # 64 rings of 16 MiB, none reserved yet
+        with zcser.Sender(shm_name) as tx:
+            assert _shm_bytes(shm_name) >= capacity  # its ring, reserved when it connected
+            tx.send(np.ones(MIB, np.uint8))
+        assert (rx.recv(timeout=WAIT) == 1).all()
+        with pytest.raises(errors.Timeout):
+            rx.recv(timeout=0.2)  # reads the sender's leaving; its pages go back
+        assert _shm_bytes(shm_name) < 2 * MIB
+
+
+def test_every_place_taken_waits_then_names_the_limit(shm_name: str) -> None:
+    with (
+        zcser.Receiver(shm_name, capacity=MIB, senders=2),
+        zcser.Sender(shm_name),
+        zcser.Sender(shm_name),
+        pytest.raises(errors.ChannelError, match="senders=2"),
+    ):
+        zcser.Sender(shm_name, timeout=0.2)
+
+
+def test_a_waiting_sender_connects_once_a_place_is_freed(shm_name: str) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB, senders=2) as rx:
+        first, other = zcser.Sender(shm_name), zcser.Sender(shm_name)
+        first.send("a")
+        closer = threading.Timer(0.3, first.close)
+        closer.start()
+        with zcser.Sender(shm_name, timeout=WAIT) as late:  # waits for first's place
+            late.send("b")
+        closer.join()
+        other.close()
+        assert sorted(rx) == ["a", "b"]
+
+
+def _late(make: Any, tag: int, delay_event: Any) -> None:
+    if delay_event is not None:
+        delay_event.wait(WAIT)
+    tx = make()
+    tx.send(tag)
+    tx.close()
+
+
+def test_the_stream_ends_after_n_closes_even_if_one_finished_before_another_connected(
+    shm_name: str,
+) -> None:
+    make, rx = zcser.channel(shm_name, capacity=MIB, senders=3)
+    ctx = mp.get_context("fork")
+    with rx:
+        first = ctx.Process(target=_late, args=(make, 0, None))
+        first.start()
+        first.join(WAIT)  # sent and closed before anyone else connected
+        gate = ctx.Event()
+        later = [ctx.Process(target=_late, args=(make, k, gate)) for k in (1, 2)]
+        for p in later:
+            p.start()
+        gate.set()
+        assert sorted(rx) == [0, 1, 2]
+        for p in later:
+            p.join(WAIT)
+
+
+def test_a_wrong_senders_value_is_refused(shm_name: str) -> None:
+    for bad in (0, 65, "8", True):
+        with pytest.raises(errors.UsageError, match="senders"):
+            zcser.Receiver(shm_name, senders=bad)
+
+
+def _idle_cpu(name: str, out: Any) -> None:
+    rx = zcser.Receiver(name, capacity=MIB, senders=4)
+    out.put("ready")
+    start = time.process_time()
+    with pytest.raises(errors.Timeout):
+        rx.recv(timeout=1.5)
+    out.put(time.process_time() - start)
+    rx.close()
+
+
+def test_an_idle_receiver_uses_no_cpu(shm_name: str) -> None:
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    p = ctx.Process(target=_idle_cpu, args=(shm_name, out))
+    p.start()
+    assert out.get(timeout=WAIT) == "ready"
+    cpu = out.get(timeout=WAIT)
+    p.join(WAIT)
+    assert cpu < 0.05, f"a receiver waiting 1.5 s used {cpu:.3f} s of CPU"

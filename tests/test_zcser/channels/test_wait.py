@@ -1,0 +1,216 @@
+"""One wait for many channels (`zcser.wait`) and asyncio (`arecv`, `async for`, `asend`) on
+shared-memory channels, one sender or many, mixed with a network channel."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+import zcser
+from zcser import errors
+
+MIB = 1 << 20
+WAIT = 30.0
+
+
+def test_wait_returns_the_channels_with_a_message_and_nothing_on_timeout(
+    shm_name: str,
+) -> None:
+    with (
+        zcser.Receiver(shm_name + "a", capacity=MIB) as one,
+        zcser.Receiver(shm_name + "b", capacity=MIB, senders=4) as many,
+    ):
+        assert zcser.wait([one, many], timeout=0.05) == []
+        with zcser.Sender(shm_name + "b") as tx:
+            tx.send("to many")
+            assert zcser.wait([one, many], timeout=WAIT) == [many]
+            assert many.recv(timeout=0) == "to many"
+            with zcser.Sender(shm_name + "a") as tx1:
+                tx1.send("to one")
+                assert zcser.wait([one, many], timeout=WAIT) == [one]
+                assert one.recv(timeout=0) == "to one"
+
+
+def _send_later(name: str, obj: Any, delay: float) -> None:
+    time.sleep(delay)
+    with zcser.Sender(name) as tx:
+        tx.send(obj)
+
+
+@pytest.mark.parametrize("senders", [1, 4])
+def test_wait_sleeps_until_a_message_from_another_process_wakes_it(
+    shm_name: str, senders: int
+) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB, senders=senders) as rx:
+        p = mp.get_context("fork").Process(target=_send_later, args=(shm_name, "late", 0.3))
+        p.start()
+        ready = zcser.wait([rx], timeout=WAIT)
+        assert ready == [rx]
+        assert rx.recv(timeout=0) == "late"
+        p.join(WAIT)
+
+
+def test_wait_mixes_shared_memory_and_network_channels(shm_name: str) -> None:
+    pytest.importorskip("zmq")
+    url = f"ipc:///tmp/{shm_name}.sock"
+    with (
+        zcser.Receiver(shm_name, capacity=MIB, senders=2) as shm,
+        zcser.Receiver(url) as net,
+        zcser.Sender(url) as tx_net,
+    ):
+        assert zcser.wait([shm, net], timeout=0.05) == []
+        tx_net.send({"over": "zmq"})
+        assert zcser.wait([shm, net], timeout=WAIT) == [net]
+        assert net.recv(timeout=WAIT) == {"over": "zmq"}
+        with zcser.Sender(shm_name) as tx:
+            tx.send(np.arange(100_000))
+            assert zcser.wait([shm, net], timeout=WAIT) == [shm]
+            assert (shm.recv(timeout=0) == np.arange(100_000)).all()
+
+
+def test_wait_refuses_what_it_cannot_wait_on() -> None:
+    with pytest.raises(errors.UsageError, match="receivers"):
+        zcser.wait([object()])
+    with pytest.raises(errors.UsageError, match="list"):
+        zcser.wait("abc")
+
+
+@pytest.mark.parametrize("senders", [1, 3])
+def test_arecv_awaits_without_blocking_the_loop(shm_name: str, senders: int) -> None:
+    async def main() -> list[Any]:
+        with zcser.Receiver(shm_name, capacity=MIB, senders=senders) as rx:
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            t = asyncio.create_task(ticker())
+            p = mp.get_context("fork").Process(target=_send_later, args=(shm_name, "hi", 0.3))
+            p.start()
+            got = await rx.arecv(timeout=WAIT)
+            t.cancel()
+            p.join(WAIT)
+            assert ticks > 3  # the loop ran while arecv waited
+            return [got]
+
+    assert asyncio.run(main()) == ["hi"]
+
+
+def test_arecv_times_out_with_the_channel_timeout(shm_name: str) -> None:
+    async def main() -> None:
+        with zcser.Receiver(shm_name, capacity=MIB, senders=2) as rx, pytest.raises(errors.Timeout):
+            await rx.arecv(timeout=0.1)
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_arecv_loses_no_message(shm_name: str) -> None:
+    async def main() -> None:
+        with zcser.Receiver(shm_name, capacity=MIB, senders=2) as rx:
+            task = asyncio.create_task(rx.arecv())
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            with zcser.Sender(shm_name) as tx:
+                tx.send("kept")
+                tx.send("with its sender")
+                assert await rx.arecv(timeout=WAIT) == "kept"
+                msg = await rx.arecv_message(timeout=WAIT)
+                with msg:
+                    assert msg.value == "with its sender"
+                    assert 0 <= msg.sender < 2
+
+    asyncio.run(main())
+
+
+def _produce_n(make: Any, n: int) -> None:
+    tx = make()
+    for i in range(n):
+        tx.send(i)
+    tx.close()
+
+
+def test_async_for_ends_after_every_sender_of_a_pool_closed(shm_name: str) -> None:
+    make, rx = zcser.channel(shm_name, capacity=MIB, senders=3)
+
+    async def main() -> list[int]:
+        ctx = mp.get_context("fork")
+        procs = [ctx.Process(target=_produce_n, args=(make, 50)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        got = [obj async for obj in rx]
+        for p in procs:
+            p.join(WAIT)
+        return got
+
+    with rx:
+        got = asyncio.run(main())
+    assert sorted(got) == sorted(list(range(50)) * 3)
+
+
+def test_asend_waits_for_room_without_blocking_the_loop(shm_name: str) -> None:
+    chunk = np.ones(200_000, np.uint8)
+
+    async def main() -> int:
+        with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+            sent = 0
+            while True:  # fill the ring
+                try:
+                    tx.send(chunk, timeout=0)
+                    sent += 1
+                except errors.BufferFull:
+                    break
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            t = asyncio.create_task(ticker())
+            drain = threading.Timer(0.3, lambda: [rx.recv(copy=True) for _ in range(2)])
+            drain.start()
+            await tx.asend(chunk, timeout=WAIT)  # room comes when the receiver drains
+            drain.join()
+            t.cancel()
+            assert ticks > 3
+            return sent
+
+    assert asyncio.run(main()) > 0
+
+
+def test_a_cancelled_asend_sends_nothing_after_the_cancellation(shm_name: str) -> None:
+    chunk = np.ones(200_000, np.uint8)
+
+    async def main() -> None:
+        with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
+            sent = 0
+            while True:
+                try:
+                    tx.send(chunk, timeout=0)
+                    sent += 1
+                except errors.BufferFull:
+                    break
+            task = asyncio.create_task(tx.asend(chunk * 2))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.2)  # past the worker's last try
+            got = [rx.recv(timeout=0, copy=True) for _ in range(sent)]
+            assert all(int(g.max()) == 1 for g in got)
+            with pytest.raises(errors.Timeout):
+                rx.recv(timeout=0.1)
+
+    asyncio.run(main())

@@ -1,0 +1,207 @@
+"""Bench section "pool": 1, 2, 4 and 8 producer processes into one consumer, with ~100-byte
+dicts and with 1 MiB arrays: aggregate messages/s (and GB/s) for one zcser Receiver with
+`senders=N` next to the peers a pool uses today, in the same run: one `multiprocessing.Queue`
+shared by the producers, faster-fifo's Queue, and ZeroMQ PUSH/PULL over ipc://. Rounds
+alternate the methods; each figure is the median of its rounds.
+
+Timing starts when every producer is connected and ready, and stops at the consumer's last
+message; the consumer touches every array's first byte (a received message is used, not only
+counted)."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import pickle
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import zcser
+
+Row = dict[str, Any]
+MIB = 1 << 20
+WAIT = 60.0
+SMALL = {"id": 12345, "t": 1.5, "name": "sensor-01", "ok": True, "tags": [1, 2, 3]}
+_ctx = mp.get_context("fork")
+
+
+def _peers() -> list[str]:
+    methods = ["zcser", "mp.Queue"]
+    with contextlib.suppress(ImportError):
+        import faster_fifo  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+
+        methods.append("faster-fifo")
+    with contextlib.suppress(ImportError):
+        import zmq  # noqa: F401
+
+        methods.append("zmq PUSH/PULL")
+    return methods
+
+
+def _payload(kind: str) -> Any:
+    return SMALL if kind == "dict" else np.ones(MIB, np.uint8)
+
+
+# --- producers (forked) --------------------------------------------------------------------------
+
+
+def _zcser_producer(make: Any, kind: str, count: int, ready: Any, go: Any) -> None:
+    payload = _payload(kind)
+    with make() as tx:
+        ready.release()
+        go.wait(WAIT)
+        for _ in range(count):
+            tx.send(payload)
+
+
+def _queue_producer(queue: Any, kind: str, count: int, ready: Any, go: Any) -> None:
+    payload = _payload(kind)
+    ready.release()
+    go.wait(WAIT)
+    for _ in range(count):
+        queue.put(payload)
+    if hasattr(queue, "join_thread"):
+        queue.close()
+        queue.join_thread()
+
+
+def _ff_producer(queue: Any, kind: str, count: int, ready: Any, go: Any) -> None:
+    payload = _payload(kind)
+    ready.release()
+    go.wait(WAIT)
+    for _ in range(count):
+        queue.put(payload, timeout=WAIT)
+
+
+def _zmq_producer(url: str, kind: str, count: int, ready: Any, go: Any) -> None:
+    import zmq
+
+    payload = _payload(kind)
+    sock: Any = zmq.Context.instance().socket(zmq.PUSH)
+    sock.connect(url)
+    ready.release()
+    go.wait(WAIT)
+    if kind == "dict":
+        for _ in range(count):
+            sock.send(pickle.dumps(payload, protocol=5))
+    else:
+        for _ in range(count):
+            sock.send(payload, copy=False)
+    sock.close(linger=-1)
+
+
+# --- one measurement -----------------------------------------------------------------------------
+
+
+def _run(method: str, kind: str, producers: int, count: int) -> float:
+    """Seconds for `producers` x `count` messages into one consumer."""
+    ready, go = _ctx.Semaphore(0), _ctx.Event()
+    total = producers * count
+    touch: Callable[[Any], Any]
+    touch = (lambda obj: obj["id"]) if kind == "dict" else (lambda obj: obj[0])
+    cleanup: list[Callable[[], Any]] = []
+    target: Callable[..., None]
+    args: tuple[Any, ...]
+    try:
+        if method == "zcser":
+            make, rx = zcser.channel(capacity=8 * MIB, senders=producers)
+            cleanup.append(rx.close)
+            target, args = _zcser_producer, (make,)
+
+            def take() -> Any:
+                return rx.recv(timeout=WAIT)
+        elif method == "mp.Queue":
+            queue = _ctx.Queue()
+            target, args = _queue_producer, (queue,)
+
+            def take() -> Any:
+                return queue.get(timeout=WAIT)
+        elif method == "faster-fifo":
+            import faster_fifo  # type: ignore[import-not-found,unused-ignore]
+            import faster_fifo_reduction  # type: ignore[import-untyped,unused-ignore]  # noqa: F401
+
+            ff = faster_fifo.Queue(max_size_bytes=64 * MIB)
+            target, args = _ff_producer, (ff,)
+
+            def take() -> Any:
+                return ff.get(timeout=WAIT)
+        else:
+            import zmq
+
+            path = os.path.join(tempfile.gettempdir(), f"zcbench-pool-{os.getpid()}.ipc")
+            url = f"ipc://{path}"
+            sock: Any = zmq.Context.instance().socket(zmq.PULL)
+            sock.bind(url)
+            cleanup.append(lambda: sock.close(linger=0))
+            cleanup.append(lambda: os.path.exists(path) and os.remove(path))  # type: ignore[func-returns-value]
+            target, args = _zmq_producer, (url,)
+            if kind == "dict":
+
+                def take() -> Any:
+                    return pickle.loads(sock.recv())
+            else:
+
+                def take() -> Any:
+                    return np.frombuffer(sock.recv(copy=False).buffer, np.uint8)
+
+        procs = [
+            _ctx.Process(target=target, args=(*args, kind, count, ready, go))
+            for _ in range(producers)
+        ]
+        for p in procs:
+            p.start()
+        for _ in range(producers):
+            if not ready.acquire(timeout=WAIT):
+                raise RuntimeError(f"{method}: a producer never became ready")
+        start = time.perf_counter()
+        go.set()
+        for _ in range(total):
+            touch(take())
+        elapsed = time.perf_counter() - start
+        for p in procs:
+            p.join(WAIT)
+        return elapsed
+    finally:
+        for step in reversed(cleanup):
+            with contextlib.suppress(Exception):
+                step()
+
+
+def bench_pool(quick: bool) -> list[Row]:
+    """Aggregate rate of N producers into one consumer, zcser against each peer (ratio > 1:
+    zcser is faster)."""
+    rows: list[Row] = []
+    rounds = 1 if quick else 3
+    methods = _peers()
+    for kind, per_run in (
+        ("dict", 4000 if quick else 20000),
+        ("1 MiB array", 40 if quick else 200),
+    ):
+        for producers in (1, 2, 4, 8):
+            count = max(1, per_run // producers)
+            times: dict[str, list[float]] = {m: [] for m in methods}
+            for _ in range(rounds):
+                for method in methods:
+                    times[method].append(_run(method, kind, producers, count))
+            total = count * producers
+            rate = {m: total / statistics.median(t) for m, t in times.items()}
+            nbytes = 100 if kind == "dict" else MIB
+            for peer in methods[1:]:
+                rows.append(
+                    {
+                        "case": f"{producers} producers -> 1 consumer, {kind}: zcser vs {peer}",
+                        "zcser_msg_s": rate["zcser"],
+                        "peer_msg_s": rate[peer],
+                        "ratio": rate["zcser"] / rate[peer],
+                        "note": f"zcser {rate['zcser'] * nbytes / 1e9:.2f} GB/s"
+                        if kind != "dict"
+                        else "",
+                    }
+                )
+    return rows
