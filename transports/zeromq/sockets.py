@@ -604,11 +604,6 @@ class ZmqReader:
         self._held: Received | errors.TransportError | None = None  # taken by ready()
         self._closed = False
 
-    @property
-    def socket(self) -> Any:
-        """The ZeroMQ socket, for pollers (zcser.wait); receive through recv(), not from it."""
-        return self._s.sock
-
     def recv(self, timeout: float | None = None) -> Received:
         """The next message (data or end mark). Blocks up to `timeout` s (None: while a writer
         is connected or none has come yet); WriterDead once no writer is connected any more

@@ -709,9 +709,6 @@ class NetSubscriber(Subscriber):
         self.codec = self._rx.codec
         self._missed = 0
 
-    def _sock(self) -> Any:
-        return self._rx._r.socket
-
     def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
         if self.policy == "latest":
             return self.recv_message(timeout).value if not copy else self._latest(timeout, True)
@@ -759,19 +756,25 @@ class NetSubscriber(Subscriber):
     def close(self) -> None:
         self._rx.close()
 
+    # zcser.wait / arecv hooks: those of the wrapped NetReceiver (which may hold a message it
+    # took from ZeroMQ while looking, for the next recv)
     def _wait_ready(self) -> bool:
-        import zmq
-
-        try:
-            return bool(self._sock().getsockopt(zmq.EVENTS) & zmq.POLLIN)
-        except zmq.ZMQError:
-            return True
+        return self._rx._wait_ready()
 
     def _wait_fds(self) -> list[Any]:
-        return [self._sock()]
+        return self._rx._wait_fds()
+
+    def _wait_arm(self) -> None:
+        self._rx._wait_arm()
+
+    def _wait_disarm(self) -> None:
+        self._rx._wait_disarm()
+
+    def _wait_woken(self) -> None:
+        self._rx._wait_woken()
 
     def _wait_backstop(self) -> float | None:
-        return 0.5
+        return self._rx._wait_backstop()
 
 
 register("shm", ShmPublisher, ShmSubscriber)
