@@ -331,6 +331,12 @@ class ShmPublisher(Publisher):
             self._send(obj, timeout)
 
     def _send(self, obj: Any, timeout: float | None) -> None:
+        if os.getpid() != self._pid:
+            raise errors.UsageError(
+                f"Publisher {self.name!r} belongs to the process that made it: a forked child "
+                "cannot publish through it. Publish from the parent, or give the child a "
+                "Publisher of its own (another name)"
+            )
         arena = self._arena
         try:
             if arena.frame is not None:
@@ -478,6 +484,7 @@ class ShmSubscriber(Subscriber):
             raise errors.UsageError(f"codec must be a zcser.Codec or None, not {codec!r}")
         self.codec = codec if codec is not None else Codec()
         self._r = _connect(name, policy, timeout)
+        self._pid = os.getpid()
         self._checked = False
         self._messages = 0
         self._bytes = 0
@@ -487,6 +494,12 @@ class ShmSubscriber(Subscriber):
     def _read(self, limit: int, timeout: float | None) -> FanoutFrame | bytes:
         r = self._r
         assert r is not None
+        if os.getpid() != self._pid:
+            raise errors.UsageError(
+                f"Subscriber of {self.name!r} belongs to the process that made it: this forked "
+                "child cannot use it (its slot and cursor are the parent's). Make a new "
+                "zcser.Subscriber(name) in the child"
+            )
         try:
             got = r.read(timeout, limit)
         except terr.TransportClosed:

@@ -327,3 +327,28 @@ def test_arguments_are_checked() -> None:
             pub.send(np.zeros(1 << 16, np.uint8))
         with zcser.Subscriber(name), pytest.raises(errors.ChannelError):
             zcser.Subscriber(name)  # one slot only
+
+
+def _use_in_child(q: Any, end: Any) -> None:
+    try:
+        if isinstance(end, zcser.Publisher):
+            end.send({"i": 1})
+        else:
+            end.recv(timeout=0)
+        q.put("no error")
+    except errors.UsageError as exc:
+        q.put(f"UsageError: {exc}")
+
+
+def test_a_forked_child_cannot_use_its_parents_ends() -> None:
+    name = unique_name("fo")
+    with zcser.Publisher(name, capacity=1 << 20) as pub, zcser.Subscriber(name) as sub:
+        for end in (pub, sub):
+            q = CTX.Queue()
+            p = CTX.Process(target=_use_in_child, args=(q, end))
+            p.start()
+            said = q.get(timeout=30)
+            p.join(30)
+            assert said.startswith("UsageError") and "child" in said
+        pub.send({"i": 2})  # the parent's ends still work
+        assert sub.recv(timeout=5)["i"] == 2
