@@ -23,7 +23,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
-	$(BIN)/mypy --strict zcser/__init__.py zcser/errors.py zcser/channels zcser/codec/__init__.py zcser/codec/core.py zcser/codec/plan.py zcser/codec/layout.py zcser/snapshot transports/zerobuffer transports/errors.py
+	$(BIN)/mypy --strict zcser/__init__.py zcser/errors.py zcser/channels zcser/codec/__init__.py zcser/codec/core.py zcser/codec/plan.py zcser/codec/layout.py zcser/snapshot transports/zerobuffer transports/fanout transports/errors.py
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not soak"

@@ -27,6 +27,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "snapshot_model.py": ["--hidden", "64"],
     "interop_reference.py": ["--frames", "5", "--name", "{name}"],
     "camera_stream.py": ["--seconds", "0.5", "--name", "{name}"],
+    "fanout_camera.py": ["--seconds", "0.5", "--name", "{name}"],
     "arrow_handoff.py": ["--rows", "20000", "--tables", "2", "--name", "{name}"],
     "ml_handoff.py": ["--batches", "6", "--batch", "4", "--hw", "64", "--name", "{name}"],
     "torch_dataloader.py": ["--samples", "256", "--epochs", "2"],

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from transports.errors import CorruptBuffer, TransportEnvironmentError
+from transports.fanout import segment as _fanout_segment
 from transports.zerobuffer import is_orphan
 from transports.zerobuffer import layout as L
 from transports.zerobuffer import posix as _shm
@@ -400,8 +401,10 @@ def collect_garbage(prefix: str = "") -> list[str]:
 
     The transport's stale cleanup (the one every new Reader runs) does the work; like it, this
     removes only this user's files, and keeps the lock file of a buffer still mapped by a live
-    process (or whose shared memory is not a ZeroBuffer). Raises ForeignResource if the lock
+    process (or whose shared memory is not a ZeroBuffer). Fan-out segments (zcser.Publisher)
+    whose publisher is dead go too, with their bells. Raises ForeignResource if the lock
     directory is a symlink or another user's."""
     removed = _shm.cleanup_stale(lambda name: name.startswith(prefix) and is_orphan(name))
     leftovers = [n for n in buffer_names(prefix) if n not in removed]
-    return sorted(set(removed) | set(_remove_unlocked(leftovers)))
+    fanout = _fanout_segment.collect(prefix)  # fan-out segments of dead publishers
+    return sorted(set(removed) | set(_remove_unlocked(leftovers)) | set(fanout))

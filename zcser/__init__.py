@@ -4,7 +4,7 @@
 zcser/
   errors.py    the one error tree users catch
   codec/       objects to messages and back (pyfory with every large buffer out of band)
-  channels/    Sender / Receiver over shared memory (shm) or ZeroMQ (tcp://, ipc://)
+  channels/    Sender / Receiver, Publisher / Subscriber over shared memory or ZeroMQ
   snapshot/    save / load: one message in a file, loaded as zero-copy views
   tools/       command line, demo, benchmarks (the library never imports it)
 ```
@@ -23,6 +23,7 @@ from zcser.channels import (
     NetReceiverStats,
     NetSender,
     NetSenderStats,
+    Publisher,
     Receiver,
     ReceiverStats,
     Sender,
@@ -30,6 +31,7 @@ from zcser.channels import (
     SenderStats,
     ShmReceiver,
     ShmSender,
+    Subscriber,
     channel,
     wait,
 )
@@ -67,6 +69,7 @@ __all__ = [
     "NetSender",
     "NetSenderStats",
     "Plan",
+    "Publisher",
     "Receiver",
     "ReceiverStats",
     "Sender",
@@ -74,6 +77,7 @@ __all__ = [
     "SenderStats",
     "ShmReceiver",
     "ShmSender",
+    "Subscriber",
     "__version__",
     "channel",
     "dumps",

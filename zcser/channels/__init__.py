@@ -9,12 +9,24 @@ lease.py     Lease and Message: how long a received frame stays pinned
 schema.py    the stream schema a sender writes and a receiver checks
 factory.py   zcser.channel() and the picklable SenderFactory
 waiting.py   zcser.wait on many ends; what arecv / asend await
+fanout.py    Publisher / Subscriber: one writer, many readers (shared memory or ZeroMQ PUB/SUB)
 ```
 """
 
-from zcser.channels import net, shm
+from zcser.channels import fanout, net, shm
 from zcser.channels.base import Receiver, Sender
 from zcser.channels.factory import SenderFactory, channel
+from zcser.channels.fanout import (
+    NetPublisher,
+    NetSubscriber,
+    Publisher,
+    PublisherStats,
+    ShmPublisher,
+    ShmSubscriber,
+    Subscriber,
+    SubscriberInfo,
+    SubscriberStats,
+)
 from zcser.channels.lease import Message
 from zcser.channels.net import NetReceiver, NetReceiverStats, NetSender, NetSenderStats
 from zcser.channels.schema import check_stream, stream_schema
@@ -32,19 +44,29 @@ __all__ = [
     "DEFAULT_CAPACITY",
     "DEFAULT_HEADROOM",
     "Message",
+    "NetPublisher",
     "NetReceiver",
     "NetReceiverStats",
     "NetSender",
     "NetSenderStats",
+    "NetSubscriber",
+    "Publisher",
+    "PublisherStats",
     "Receiver",
     "ReceiverStats",
     "Sender",
     "SenderFactory",
     "SenderStats",
+    "ShmPublisher",
     "ShmReceiver",
     "ShmSender",
+    "ShmSubscriber",
+    "Subscriber",
+    "SubscriberInfo",
+    "SubscriberStats",
     "channel",
     "check_stream",
+    "fanout",
     "net",
     "shm",
     "stream_schema",

@@ -32,11 +32,10 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from transports.zerobuffer import Writer
 from zcser import errors
 from zcser.codec import Plan, layout
 from zcser.codec.memory import address as _address
@@ -46,6 +45,18 @@ __all__ = ["FrameArena"]
 _ALIGN = layout.ALIGN
 _DROPPED_KEPT = 256  # addresses of left-out arrays remembered, to explain a later refusal
 _log = logging.getLogger("zcser.channels")
+
+
+class FrameWriter(Protocol):
+    """What the arena needs of a transport writer (a ZeroBuffer Writer, a fan-out writer)."""
+
+    @property
+    def reserved_address(self) -> int: ...
+
+    @property
+    def reserved_offset(self) -> int: ...
+
+    def abort(self) -> None: ...
 
 
 def _align_up(value: int) -> int:
@@ -77,7 +88,7 @@ class FrameArena:
 
     def __init__(
         self,
-        writer: Writer,
+        writer: FrameWriter,
         headroom: int,
         copy_threads: int,
         reserve_frame: Callable[[int, float | None], memoryview],

@@ -34,7 +34,7 @@ import numpy as np
 from zcser import errors
 from zcser.channels import waiting
 
-__all__ = ["Gate", "Receiver", "Sender", "register", "scheme_of"]
+__all__ = ["Gate", "Receiver", "Receiving", "Sender", "register", "scheme_of"]
 
 _SENDERS: dict[str, type[Sender]] = {}
 _RECEIVERS: dict[str, type[Receiver]] = {}
@@ -153,37 +153,15 @@ class Sender:
         return f"<{type(self).__name__} {self.name!r} {'closed' if self.closed else 'open'}>"
 
 
-class Receiver:
-    """The reading end of a channel: `Receiver(name)` creates the channel.
-
-    NAME (or `shm://NAME`) is a shared-memory channel (`ShmReceiver`); `tcp://HOST:PORT` and
-    `ipc:///PATH` are network channels (`NetReceiver`). See those classes for the options.
-    """
-
-    scheme: ClassVar[str] = ""
-    name: str
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        return object.__new__(_subclass(cls, Receiver, _RECEIVERS, args, kwargs))
+class Receiving:
+    """What every receiving end (Receiver, Subscriber) shares: iteration until the stream
+    ends, and asyncio / `zcser.wait` built on the `_wait_*` hooks (channels/waiting.py).
+    Subclasses provide `recv(timeout, copy)`, `recv_message(timeout)` and the hooks."""
 
     def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
-        """The next object."""
         raise NotImplementedError
 
     def recv_message(self, timeout: float | None = None) -> Any:
-        """The next message with an explicit lifetime."""
-        raise NotImplementedError
-
-    def stats(self) -> Any:
-        """Counters of this end."""
-        raise NotImplementedError
-
-    @property
-    def closed(self) -> bool:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Stop receiving and give the channel's resources back."""
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Any]:
@@ -250,6 +228,40 @@ class Receiver:
 
     def _wait_backstop(self) -> float | None:
         return None
+
+
+class Receiver(Receiving):
+    """The reading end of a channel: `Receiver(name)` creates the channel.
+
+    NAME (or `shm://NAME`) is a shared-memory channel (`ShmReceiver`); `tcp://HOST:PORT` and
+    `ipc:///PATH` are network channels (`NetReceiver`). See those classes for the options.
+    """
+
+    scheme: ClassVar[str] = ""
+    name: str
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        return object.__new__(_subclass(cls, Receiver, _RECEIVERS, args, kwargs))
+
+    def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
+        """The next object."""
+        raise NotImplementedError
+
+    def recv_message(self, timeout: float | None = None) -> Any:
+        """The next message with an explicit lifetime."""
+        raise NotImplementedError
+
+    def stats(self) -> Any:
+        """Counters of this end."""
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop receiving and give the channel's resources back."""
+        raise NotImplementedError
 
     def __enter__(self) -> Receiver:
         return self

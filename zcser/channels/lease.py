@@ -43,14 +43,23 @@ class Message:
     `release()` (or leaving the `with` block) frees the frame at once; it raises BufferError while
     any view taken from `value` is still alive, and the frame is then freed when the last one
     dies. After release, `value` is gone from the message (use copy=True for private objects).
+    `missed`: messages a "drop" or "latest" subscriber skipped right before this one (0 on
+    channels).
     """
 
-    __slots__ = ("_lease", "_value", "nbytes", "sender", "sequence")
+    __slots__ = ("_lease", "_value", "missed", "nbytes", "sender", "sequence")
 
     def __init__(
-        self, value: Any, lease: Lease | None, sequence: int, nbytes: int, sender: int = 0
+        self,
+        value: Any,
+        lease: Lease | None,
+        sequence: int,
+        nbytes: int,
+        sender: int = 0,
+        missed: int = 0,
     ) -> None:
         self._value = value
+        self.missed = missed
         self._lease = weakref.ref(lease) if lease is not None else None
         self.sequence = sequence
         self.nbytes = nbytes

@@ -2,7 +2,7 @@
 
 Every number is a median of repeated runs, reported next to a peer (pickle protocol 5 with
 `buffer_callback`) measured in the same run, so noisy machines still give meaningful ratios.
-The codec sections are written here; channel, net and snapshot have a module each; `SECTIONS`
+The codec sections are written here; channel, fanout, net and snapshot have a module each; `SECTIONS`
 at the end lists them all. The ZeroBuffer transport alone, against the reference
 `zerobuffer-ipc`, is a separate script: `python -m zcser.tools.bench.transport`.
 """
@@ -22,6 +22,7 @@ import numpy as np
 from zcser.codec import DEFAULT_THRESHOLD, Codec, Plan, layout
 from zcser.tools.bench.channel import bench_channel
 from zcser.tools.bench.dataloader import bench_dataloader
+from zcser.tools.bench.fanout import bench_fanout
 from zcser.tools.bench.net import bench_net
 from zcser.tools.bench.pool import bench_pool
 from zcser.tools.bench.snapshot import bench_snapshot
@@ -323,6 +324,7 @@ SECTIONS: dict[str, Callable[[bool], list[Row]]] = {
     "channel": bench_channel,
     "dataloader": bench_dataloader,
     "pool": bench_pool,
+    "fanout": bench_fanout,
 }
 
 

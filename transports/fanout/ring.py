@@ -1,0 +1,129 @@
+"""The fan-out ring's accounting, pure (no OS calls, no shared memory): where the publisher may
+put the next frame, and what a subscriber holds. `transports.fanout` feeds it numbers read from
+the segment and applies what it decides.
+
+Rules (docs/protocol.md, "Fan-out"):
+- Positions are absolute and only grow. A frame never crosses the ring's end: when the tail
+  is too short the publisher wraps to the next lap and records a skip (from, to).
+- The publisher may overwrite the ring bytes of old positions [c - P, c + t - P) for a frame
+  at [c, c + t) only when every "block" subscriber has read past c + t - P, every other
+  subscriber's cursor has been moved past it (its unread frames there are missed), and no
+  subscriber's held interval [pin, hold_end) has an image in [c, c + t) modulo P.
+- A held interval in the way is an island: the publisher skips over it (a recorded gap) and
+  places the frame after it, so one subscriber's pins never stop the others.
+- Skip + frame span at most one lap (c + t - w <= P); otherwise there is no room yet.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from transports.fanout.layout import NONE
+
+
+def fit(c: int, t: int, size: int) -> int:
+    """The first position >= c where a frame of t ring bytes fits before the ring's end."""
+    if size - c % size < t:
+        return (c // size + 1) * size
+    return c
+
+
+def island_end(c: int, t: int, size: int, pin: int, end: int) -> int:
+    """0 if the held interval [pin, end) leaves the ring bytes of [c, c + t) alone; else the
+    absolute end of its image that overlaps them (the frame must go after it). An interval
+    that is not one (end < pin, or longer than the ring) is in the way of everything."""
+    if pin == NONE:
+        return 0
+    length = end - pin
+    if length < 0 or length > size:
+        return c + size + 1  # nonsense from the peer: never overwrite anything for it
+    if length == 0:
+        return 0
+    # the smallest k with pin + k*size + length > c
+    k = (c - pin - length) // size + 1
+    start = pin + k * size
+    if start < c + t:
+        return start + length
+    return 0
+
+
+SAMPLES = 64
+"""Frame starts the publisher remembers per lap (about one every size / SAMPLES bytes)."""
+
+
+class Entries:
+    """The publisher's record of some frame starts of the last lap, oldest first: where a
+    skipped subscriber's cursor may be put (a frame start, never the middle of one). One
+    start per `size / SAMPLES` bytes is kept, so a skipped subscriber misses at most that
+    many bytes of messages more than it had to."""
+
+    __slots__ = ("_starts", "_step", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._step = max(1, size // SAMPLES)
+        self._starts: deque[int] = deque()
+
+    def add(self, start: int) -> None:
+        starts = self._starts
+        if not starts or start - starts[-1] >= self._step:
+            starts.append(start)
+
+    def forget_before(self, position: int) -> None:
+        starts = self._starts
+        while starts and starts[0] < position:
+            starts.popleft()
+
+    def boundary(self, x: int, write_pos: int) -> int:
+        """The first frame start >= x, or `write_pos` when none is."""
+        for start in self._starts:
+            if start >= x:
+                return start
+        return write_pos
+
+
+class Holds:
+    """A subscriber's held frames, oldest first: `pin` is where the oldest starts (NONE when
+    nothing is held), `end` where the newest ends. Release in any order; the pin moves when
+    the oldest goes."""
+
+    __slots__ = ("_held", "bytes", "end", "pin")
+
+    def __init__(self) -> None:
+        self._held: dict[int, tuple[int, int]] = {}  # start -> (start, end), oldest first
+        self.pin = NONE
+        self.end = 0
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def span_with(self, end: int) -> int:
+        """Ring bytes from the oldest held frame to `end` (0 when nothing is held)."""
+        return 0 if self.pin == NONE else end - self.pin
+
+    def take(self, start: int, end: int) -> None:
+        if not self._held:
+            self.pin = start
+        self._held[start] = (start, end)
+        self.end = end
+        self.bytes += end - start
+
+    def untake(self, start: int, pin: int, end: int) -> None:
+        """Undo the last take (its claim failed): back to the given pin and end."""
+        got = self._held.pop(start, None)
+        if got is not None:
+            self.bytes -= got[1] - got[0]
+        self.pin = pin
+        self.end = end
+
+    def release(self, start: int) -> bool:
+        """Drop the frame held at `start`; True if the pin moved (the publisher may gain room)."""
+        got = self._held.pop(start, None)
+        if got is None:
+            raise ValueError(f"no frame held at {start}")
+        self.bytes -= got[1] - got[0]
+        if start != self.pin:
+            return False
+        self.pin = next(iter(self._held)) if self._held else NONE
+        return True

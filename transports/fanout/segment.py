@@ -1,0 +1,301 @@
+"""The operating system side of a fan-out segment: creating and attaching the shared memory,
+the publisher's lock file, and the bells (FIFOs in the lock directory) that wake sleepers.
+
+Conventions as transports/zerobuffer/posix.py: files 0600 of this user that nobody else may
+write, never a symlink followed, checked with fstat on the descriptor then used; the lock
+directory is the ZeroBuffer one ($ZEROBUFFER_LOCK_DIR or /tmp/zerobuffer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import stat
+
+import posix_ipc
+
+from transports.errors import (
+    BufferExists,
+    BufferNotFound,
+    CorruptBuffer,
+    IncompatibleBuffer,
+    NameInUse,
+    ShmFullError,
+)
+from transports.fanout import layout as F
+from transports.zerobuffer import posix as _shm
+
+_U64 = F.U64
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+
+
+def _shm_full(name: str, needed: int) -> ShmFullError:
+    available = _shm.shm_available()
+    return ShmFullError(
+        f"cannot create publisher {name!r}: it needs {needed:,} bytes of shared memory but "
+        f"/dev/shm has {available or 0:,} free. Use a smaller capacity, remove stale segments "
+        "(`zcser gc`), or give the machine more shared memory (Docker: --shm-size=2g).",
+        needed=needed,
+        available=available,
+    )
+
+
+def read_header(name: str) -> tuple[bytes, int] | None:
+    """(magic, publisher pid) of an existing shm NAME without mapping it, or None if absent.
+    NameInUse/ForeignResource as posix.ring_pids for what is not this user's."""
+    try:
+        mm = _shm.open_shm(name)
+    except BufferNotFound:
+        return None
+    except CorruptBuffer:
+        return b"", 0  # cut short while being created
+    try:
+        return bytes(mm[: len(F.MAGIC)]), _U64.unpack_from(mm, F.OFF_PUB_PID)[0]
+    finally:
+        mm.close()
+
+
+def remove_stale(name: str, slots: int = F.MAX_SUBSCRIBERS) -> bool:
+    """Remove shm NAME and its bells if it is a fan-out segment of this user whose publisher
+    is dead (the caller holds NAME's publisher lock). BufferExists for a live one, NameInUse
+    for shared memory that is not a fan-out segment. True if something was removed."""
+    head = read_header(name)
+    removed = False
+    if head is not None:
+        magic, pid = head
+        if magic not in (F.MAGIC, b"\0" * len(F.MAGIC), b""):
+            raise NameInUse(
+                f"/dev/shm/{name} exists and is not a zcser fan-out segment: another program "
+                "uses this name; pick another publisher name"
+            )
+        if pid and pid != os.getpid() and _shm.pid_alive(pid):
+            raise BufferExists(
+                f"publisher {name!r} already exists (pid {pid}); pick another name or close it"
+            )
+        removed = _shm.unlink_shm(name)
+    remove_bells(name, slots)
+    return removed
+
+
+def remove_bells(name: str, slots: int) -> None:
+    """Unlink the bells of NAME that are this user's FIFOs."""
+    with contextlib.suppress(OSError, Exception):
+        dir_fd = _shm.open_lock_dir(create=False)
+        try:
+            for fname in [F.pub_bell(name)] + [F.sub_bell(name, i) for i in range(slots)]:
+                unlink_bell(dir_fd, fname)
+        finally:
+            os.close(dir_fd)
+
+
+def unlink_bell(dir_fd: int, fname: str) -> None:
+    with contextlib.suppress(OSError):
+        st = os.stat(fname, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISFIFO(st.st_mode) and st.st_uid == os.geteuid():
+            os.unlink(fname, dir_fd=dir_fd)
+
+
+def create_shm(name: str, size: int) -> mmap.mmap:
+    """Create shm NAME exclusively (0600), reserve its pages (ShmFullError when /dev/shm is
+    short, never SIGBUS later) and map it. Nothing is left behind on failure."""
+    try:
+        shm = posix_ipc.SharedMemory("/" + name, flags=posix_ipc.O_CREX, mode=F.FILE_MODE, size=0)
+    except posix_ipc.ExistentialError:
+        raise BufferExists(f"shared memory {name!r} keeps being re-created") from None
+    try:
+        os.fchmod(shm.fd, F.FILE_MODE)
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(shm.fd, 0, size)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+                    raise _shm_full(name, size) from exc
+                raise
+        else:  # pragma: no cover - macOS
+            os.ftruncate(shm.fd, size)
+        return mmap.mmap(shm.fd, size, flags=_MAP_FLAGS)
+    except BaseException:
+        with contextlib.suppress(posix_ipc.Error):
+            shm.unlink()
+        raise
+    finally:
+        with contextlib.suppress(posix_ipc.Error, OSError):
+            shm.close_fd()
+
+
+def open_segment(name: str) -> tuple[mmap.mmap, int, int, int]:
+    """Map publisher NAME's segment; check its header against its size. Returns
+    (mapping, slots, metadata block size, payload size). BufferNotFound while it is missing
+    or being created; IncompatibleBuffer / CorruptBuffer for what is not a valid segment."""
+    try:
+        mm = _shm.open_shm(name)
+    except BufferNotFound:
+        raise BufferNotFound(
+            f"no publisher named {name!r}: start the Publisher first (it creates the segment)"
+        ) from None
+    except CorruptBuffer:
+        raise BufferNotFound(f"publisher {name!r} is being created; retry") from None
+    try:
+        if not _U64.unpack_from(mm, F.OFF_READY)[0]:
+            raise BufferNotFound(f"publisher {name!r} is being created; retry")
+        if bytes(mm[: len(F.MAGIC)]) != F.MAGIC:
+            raise IncompatibleBuffer(
+                f"/dev/shm/{name} is not a zcser fan-out segment (a channel or another "
+                "program's shared memory has this name)"
+            )
+        version = _U64.unpack_from(mm, F.OFF_VERSION)[0]
+        if version != F.VERSION:
+            raise IncompatibleBuffer(
+                f"publisher {name!r} uses fan-out layout {version}; this zcser reads "
+                f"{F.VERSION}: use the same zcser version on both sides"
+            )
+        slots = _U64.unpack_from(mm, F.OFF_SLOTS)[0]
+        meta = _U64.unpack_from(mm, F.OFF_META_SIZE)[0]
+        payload = _U64.unpack_from(mm, F.OFF_PAYLOAD_SIZE)[0]
+        if (
+            not 1 <= slots <= F.MAX_SUBSCRIBERS
+            or meta % F.ALIGNMENT
+            or meta > 1 << 40
+            or payload % F.PAGE
+            or not payload
+            or payload > 1 << 48
+            or F.total_size(slots, meta, payload) > len(mm)
+        ):
+            raise CorruptBuffer(
+                f"publisher {name!r}: {slots} slots, metadata {meta} and payload {payload} "
+                f"bytes do not fit its {len(mm)}-byte segment"
+            )
+        return mm, slots, meta, payload
+    except BaseException:
+        mm.close()
+        raise
+
+
+# --- bells ---------------------------------------------------------------------------------------
+
+_FIFO_READ = os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+_FIFO_WRITE = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _check_fifo(fd: int, fname: str) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        raise NameInUse(
+            f"{fname} in the lock directory is not this user's private FIFO: remove it, or "
+            "pick another publisher name"
+        )
+
+
+def make_bell(fname: str) -> int:
+    """Create (replacing our own leftover) and open the FIFO `fname` in the lock directory for
+    reading, without blocking; the returned descriptor is readable when a byte was rung."""
+    dir_fd = _shm.open_lock_dir()
+    try:
+        unlink_bell(dir_fd, fname)
+        with contextlib.suppress(FileExistsError):
+            os.mkfifo(fname, F.FILE_MODE, dir_fd=dir_fd)
+        fd = os.open(fname, _FIFO_READ, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    _check_fifo(fd, fname)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, F.FILE_MODE)
+    return fd
+
+
+def open_bell(fname: str) -> int:
+    """A non-blocking write descriptor of someone's bell, or -1 if it is not there (the
+    sleeper's backstop then covers it)."""
+    try:
+        dir_fd = _shm.open_lock_dir(create=False)
+    except (OSError, Exception):
+        return -1
+    try:
+        fd = os.open(fname, _FIFO_WRITE, dir_fd=dir_fd)
+    except OSError:
+        return -1
+    finally:
+        os.close(dir_fd)
+    try:
+        _check_fifo(fd, fname)
+    except NameInUse:
+        return -1
+    return fd
+
+
+def drop_bell(fname: str) -> None:
+    """Unlink our bell `fname` (the descriptor is closed by its owner)."""
+    with contextlib.suppress(OSError, Exception):
+        dir_fd = _shm.open_lock_dir(create=False)
+        try:
+            unlink_bell(dir_fd, fname)
+        finally:
+            os.close(dir_fd)
+
+
+_BYTE = b"\x01"
+
+
+def ring(fd: int) -> None:
+    """One byte into a bell; a full pipe already says "wake up"."""
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            os.write(fd, _BYTE)
+
+
+def drain(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        while os.read(fd, 4096):
+            pass
+
+
+def remove_stale_quietly(name: str) -> None:
+    """After its publisher died: remove NAME's segment and bells if it is still that dead
+    publisher's (nobody holds its lock). Never raises."""
+    with contextlib.suppress(Exception):
+        fd = _shm.acquire_lock(F.lock_stem(name))
+        try:
+            remove_stale(name)
+        finally:
+            _shm.release_lock(F.lock_stem(name), fd)
+
+
+_LOCK_SUFFIX = ".fanout.lock"
+
+
+def collect(prefix: str = "") -> list[str]:
+    """Remove the fan-out segments (with their bells and lock file) of this user whose publisher
+    is dead: nobody holds the publisher lock and the segment's publisher pid is not alive.
+    Returns the names removed; live ones and what is not ours are left alone."""
+    removed: list[str] = []
+    try:
+        dir_fd = _shm.open_lock_dir(create=False)
+    except (OSError, Exception):
+        return removed
+    try:
+        files = [f for f in os.listdir(dir_fd) if f.endswith(_LOCK_SUFFIX)]
+    finally:
+        os.close(dir_fd)
+    for file in files:
+        name = file[: -len(_LOCK_SUFFIX)]
+        if (
+            not name.startswith(prefix)
+            or not name
+            or not all(c.isalnum() or c in "_-" for c in name)
+        ):
+            continue
+        try:
+            fd = _shm.acquire_lock(F.lock_stem(name))  # BufferExists while a publisher lives
+        except Exception:
+            continue
+        try:
+            remove_stale(name)
+            removed.append(name)
+        except Exception:
+            pass
+        finally:
+            _shm.release_lock(F.lock_stem(name), fd)
+    return removed
