@@ -43,8 +43,8 @@ Rules (the writer's side in `Place`, the reader's in `PoolReader`):
   barrier) and, if non-zero, writes one byte to its bell. A reader about to sleep adds 1 to
   `sleepers` (an atomic add: a full barrier), looks at every ring once more, then polls the
   bells; so a frame published after that look rings a bell.
-- A writer leaving: the ring's close (writer_pid 0), then its bell's descriptor is closed and
-  owner goes from its PID to 0. A writer dying: the kernel closes its bell, which the reader
+- A writer leaving: the ring's close (writer_pid 0), then owner goes from its PID to 0, then
+  its bell's descriptor is closed (so the reader's hang-up finds the place free). A writer dying: the kernel closes its bell, which the reader
   sees as a hang-up (its PID is also checked every BACKSTOP seconds).
 - A reader frees a place whose writer is gone once its ring is drained: owner from the dead
   PID to 0; then, when the ring is idle (nothing unread or held) and owner is still 0, owner

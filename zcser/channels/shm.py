@@ -17,8 +17,9 @@ Lifetimes: every view `recv` returns pins its frame (a `Lease` is the codec's ow
 goes back to the writer when the last view is garbage-collected. `recv_message()` adds explicit
 release. Small messages (see `SMALL_MESSAGE`) are copied out on receipt instead.
 
-`empty()` arrays live in the frame being built (channels/arena.py). One Sender per Receiver:
-ZeroBuffer rings have one writer.
+`empty()` arrays live in the frame being built (channels/arena.py). ZeroBuffer rings have one
+writer, so a Receiver made with `senders=N` keeps one ring per connected Sender behind one name
+(transports/zerobuffer/pool.py) and reads them in turn.
 """
 
 from __future__ import annotations
@@ -279,8 +280,9 @@ class SenderStats:
 
 
 class ShmSender(base.Sender):
-    """The writing end of shared-memory channel NAME (the Receiver must exist). One Sender per
-    Receiver. Safe to share between threads: sends are serialised, each message whole; arrays
+    """The writing end of shared-memory channel NAME (the Receiver must exist). It takes one of
+    the Receiver's `senders` places (a ring of its own) for as long as it is open. Safe to
+    share between threads: sends are serialised, each message whole; arrays
     from `empty()` belong to the next send, whichever thread makes it.
 
     `codec` must match the receiver's (same registered classes, same mode): the receiver checks
@@ -289,8 +291,9 @@ class ShmSender(base.Sender):
     `copy_threads`: threads that copy each buffer of 8 MiB or more into the frame, each part
     with streaming stores (default None: the CPUs this process may use, at most 4; 1: the
     calling thread alone, with memcpy). `spin`: polls of the ring before a blocking wait.
-    `timeout`: seconds to wait for the Receiver to create the channel (None: without end; 0: it
-    must exist now), so a sender started before its receiver connects when it appears. A new
+    `timeout`: seconds to wait for the Receiver to create the channel and, when every place is
+    taken, for one to be freed (None: without end; 0: now or ChannelError), so a sender
+    started before its receiver connects when it appears. A new
     Sender may connect after the previous one closed or died; its codec must match the stream
     schema the first one wrote (IncompatibleStream otherwise).
     """
@@ -673,6 +676,8 @@ class ShmReceiver(base.Receiver):
         self._closes = 0  # senders whose end of stream was read
         self._lost = 0
         self._finished = 0  # closes and deaths in the current stream (senders > 1)
+        self._started_at = 0  # the pool's claims when the current stream began
+        self._ended_at: int | None = None  # its claims when the last stream ended
         self._place_ended = [False] * senders
         self._checked_places: set[int] = set()
         if senders > 1:
@@ -761,10 +766,21 @@ class ShmReceiver(base.Receiver):
         self._finished += 1
 
     def _stream_over(self) -> bool:
+        """`senders` senders finished and every sender that connected in this stream too.
+        Once ended it stays so until a sender connects again, which starts a new stream
+        (that again ends after `senders` finished)."""
+        claims = self._pool.claims()
+        if self._ended_at is not None:
+            if claims == self._ended_at:
+                return True
+            self._started_at, self._ended_at = self._ended_at, None
+            self._finished = 0
         finished = self._finished
-        return finished >= self.senders and finished >= self._pool.claims()
+        return finished >= self.senders and finished >= claims - self._started_at
 
     def _stream_ended(self) -> errors.Closed:
+        if self._ended_at is None:
+            self._ended_at = self._pool.claims()
         return errors.Closed(
             f"channel {self.name!r}: all {self.senders} senders finished (closed: "
             f"{self._closes}, died: {self._lost}) and every message has been read"
@@ -799,6 +815,7 @@ class ShmReceiver(base.Receiver):
                     f"channel {self.name!r}: the sender closed and every message has been read"
                 )
             _log.warning("channel %r: %s", self.name, exc)
+            self._lost += 1
             return _sender_dead(self.name, exc)
         if isinstance(exc, terr.TransportClosed):
             return errors.Closed(f"receiver of {self.name!r} is closed; create a new Receiver")
@@ -837,12 +854,14 @@ class ShmReceiver(base.Receiver):
 
     def _end(self) -> None:
         self._ended = True
+        self._closes += 1
         raise errors.Closed(
             f"channel {self.name!r}: the sender closed and every message has been read"
         )
 
     def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
-        """The next object. Blocks up to `timeout` s (None: while the sender lives). Arrays are
+        """The next object. Blocks up to `timeout` s (None: until a message or the end of the
+        stream). Arrays are
         read-only views pinning their frame until garbage-collected; copy=True gives private
         writable objects and frees the frame at once.
 
