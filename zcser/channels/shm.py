@@ -714,7 +714,7 @@ class ShmReceiver(base.Receiver):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            last = self._stream_over()
+            last = self._finished >= self.senders and self._stream_over()
             try:
                 got = pool.read_small(limit, 0.0 if last else remaining)
                 self._unread = got
@@ -1016,7 +1016,7 @@ class ShmReceiver(base.Receiver):
         if self._unread is not None or self._ready is not _NOTHING or self._pool.closed:
             return True
         if self.senders > 1:
-            return self._stream_over() or self._pool.ready()
+            return self._pool.ready() or (self._finished >= self.senders and self._stream_over())
         ring = self._pool.rings[0]
         return ring.poll() or ring.peer_gone()
 

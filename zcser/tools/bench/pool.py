@@ -83,7 +83,8 @@ def _zmq_producer(url: str, kind: str, count: int, ready: Any, go: Any) -> None:
     import zmq
 
     payload = _payload(kind)
-    sock: Any = zmq.Context.instance().socket(zmq.PUSH)
+    context = zmq.Context()  # a fresh one: the parent's does not survive the fork
+    sock: Any = context.socket(zmq.PUSH)
     sock.connect(url)
     ready.release()
     go.wait(WAIT)
@@ -94,6 +95,7 @@ def _zmq_producer(url: str, kind: str, count: int, ready: Any, go: Any) -> None:
         for _ in range(count):
             sock.send(payload, copy=False)
     sock.close(linger=-1)
+    context.term()
 
 
 # --- one measurement -----------------------------------------------------------------------------
@@ -136,8 +138,10 @@ def _run(method: str, kind: str, producers: int, count: int) -> float:
 
             path = os.path.join(tempfile.gettempdir(), f"zcbench-pool-{os.getpid()}.ipc")
             url = f"ipc://{path}"
-            sock: Any = zmq.Context.instance().socket(zmq.PULL)
+            context = zmq.Context()
+            sock: Any = context.socket(zmq.PULL)
             sock.bind(url)
+            cleanup.append(context.term)
             cleanup.append(lambda: sock.close(linger=0))
             cleanup.append(lambda: os.path.exists(path) and os.remove(path))  # type: ignore[func-returns-value]
             target, args = _zmq_producer, (url,)
@@ -173,11 +177,67 @@ def _run(method: str, kind: str, producers: int, count: int) -> float:
                 step()
 
 
+def _echo(name: str, back: Any, senders: int, count: int, ready: Any) -> None:
+    with zcser.Receiver(name, capacity=4 * MIB, senders=senders) as rx, back() as tx:
+        ready.release()
+        for _ in range(count):
+            tx.send(rx.recv(timeout=WAIT))
+
+
+def _round_trips(senders: int, count: int) -> list[float]:
+    """`count` round trips of 1 KiB through a receiver made with `senders` places, all of
+    them connected (the extra senders idle), the reply on a plain channel."""
+    name = f"zcbench-rtt-{os.getpid()}-{senders}"
+    back, rx = zcser.channel(capacity=4 * MIB)
+    ready = _ctx.Semaphore(0)
+    payload = b"x" * 1024
+    proc = _ctx.Process(target=_echo, args=(name, back, senders, count, ready))
+    proc.start()
+    times: list[float] = []
+    try:
+        if not ready.acquire(timeout=WAIT):
+            raise RuntimeError("the echo process never became ready")
+        idle = [zcser.Sender(name, timeout=WAIT) for _ in range(senders - 1)]
+        with zcser.Sender(name, timeout=WAIT) as tx:
+            clock = time.perf_counter
+            for _ in range(count):
+                t0 = clock()
+                tx.send(payload)
+                rx.recv(timeout=WAIT)
+                times.append(clock() - t0)
+        for end in idle:
+            end.close()
+        proc.join(WAIT)
+    finally:
+        rx.close()
+        if proc.is_alive():
+            proc.kill()
+    return times
+
+
 def bench_pool(quick: bool) -> list[Row]:
     """Aggregate rate of N producers into one consumer, zcser against each peer (ratio > 1:
     zcser is faster)."""
     rows: list[Row] = []
     rounds = 1 if quick else 3
+    trips = 2000 if quick else 10000
+    medians: dict[int, list[float]] = {1: [], 8: []}
+    p99: dict[int, list[float]] = {1: [], 8: []}
+    for _ in range(rounds):
+        for senders in (1, 8):
+            trip = sorted(_round_trips(senders, trips))
+            medians[senders].append(statistics.median(trip) * 1e6)
+            p99[senders].append(trip[int(len(trip) * 0.99)] * 1e6)
+    one, eight = statistics.median(medians[1]), statistics.median(medians[8])
+    rows.append(
+        {
+            "case": "1 KiB round trip: receiver with 8 senders connected vs 1 (median us)",
+            "eight_us": eight,
+            "one_us": one,
+            "ratio": eight / one,
+            "note": f"p99 {statistics.median(p99[8]):.1f} vs {statistics.median(p99[1]):.1f} us",
+        }
+    )
     methods = _peers()
     for kind, per_run in (
         ("dict", 4000 if quick else 20000),
