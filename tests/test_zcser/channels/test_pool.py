@@ -322,3 +322,44 @@ def test_an_idle_receiver_uses_no_cpu(shm_name: str) -> None:
     cpu = out.get(timeout=WAIT)
     p.join(WAIT)
     assert cpu < 0.05, f"a receiver waiting 1.5 s used {cpu:.3f} s of CPU"
+
+
+
+_SHORT_SHM = """
+import zcser
+rx = zcser.Receiver("zcpoolfull", capacity=24 << 20, senders=8)   # 8 x 24 MiB on 64 MiB
+a, b = zcser.Sender("zcpoolfull"), zcser.Sender("zcpoolfull")     # 48 MiB reserved now
+try:
+    zcser.Sender("zcpoolfull")                                    # a third does not fit
+except zcser.errors.ShmFull as exc:
+    print("ShmFull:", exc)
+a.close(); b.close(); rx.close()
+"""
+
+
+def test_a_sender_whose_ring_does_not_fit_gets_shm_full(tmp_path: Any) -> None:
+    """Shared memory is reserved when a sender connects: on a 64 MiB /dev/shm (Docker's
+    default), senders=8 rings of 24 MiB cost nothing until senders come; the third that does
+    not fit gets ShmFull with the numbers and the fixes."""
+    from fixtures.procs import namespaces_work
+
+    if not namespaces_work():
+        pytest.skip("needs root and unshare -m for a 64 MiB /dev/shm")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[3]
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" -c "$1"',
+         sys.executable, _SHORT_SHM],
+        capture_output=True, text=True, timeout=120, cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo), "ZEROBUFFER_LOCK_DIR": str(locks)},
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "ShmFull:" in done.stdout, done.stdout
+    assert "capacity" in done.stdout and "shm-size" in done.stdout
