@@ -404,6 +404,78 @@ take_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(got);
 }
 
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline uint64_t
+now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* wait_post(sem_w, words, busy_ns) -> bool: poll sem-w for a post for about `busy_ns`
+ * nanoseconds with the GIL released (reading the count first, so polling writes nothing the
+ * writer's cache line has to give up), and count a post taken in words[posts] once the GIL is
+ * held again, before returning. The bounded busy phase of the reader's wait (reader.py
+ * wait_frame): a frame published meanwhile is seen within ~0.1 us instead of after a Python
+ * loop's turn. A signal's handler runs at most `busy_ns` late. */
+static PyObject *
+wait_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char usage[] = "wait_post(sem_w, words, busy_ns)";
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "%s takes 3 arguments, got %zd", usage, nargs);
+        return NULL;
+    }
+    PyObject *const nums[2] = {args[0], args[2]};
+    uint64_t a[2];
+    if (parse_u64s(nums, 2, 2, usage, a) < 0) {
+        return NULL;
+    }
+    sem_t *sem = (sem_t *)(uintptr_t)a[0];
+    uint64_t busy_ns = a[1];
+    if (sem == NULL) {
+        PyErr_SetString(PyExc_ValueError, "wait_post(): sem handle is 0");
+        return NULL;
+    }
+    Py_buffer view;
+    uint64_t *words;
+    if (state_words(args[1], &view, R_WORDS, &words) < 0) {
+        return NULL;
+    }
+    int got = sem_trywait(sem) == 0;
+    if (!got && busy_ns > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        uint64_t end = now_ns() + busy_ns;
+        for (uint32_t i = 1;; i++) {
+            int value = 0;
+            if (sem_getvalue(sem, &value) == 0 && value > 0 && sem_trywait(sem) == 0) {
+                got = 1;
+                break;
+            }
+            cpu_relax();
+            if ((i & 31) == 0 && now_ns() >= end) {
+                break;
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    if (got) {
+        words[R_POSTS] += 1; /* with the GIL held: no Python code runs between take and count */
+    }
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(got);
+}
+
 /* take_run(addr, base, size, words, limit, max_frames, max_bytes, sem_w, sem_r, pending) -> k.
  * Copies out consecutive plain frames from words[read_pos] (not a wrap marker, 1..limit bytes,
  * fitting before the ring's end, sequence words[expected], expected + 1, ...) while each one has
@@ -490,7 +562,14 @@ take_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         pos += n + layout.header_size; /* at the ring's end the loop's test ends the run */
     }
     if (k > 0) {
-        PyObject *ok = PyObject_CallMethod(pending, "extend", "O", run);
+        static PyObject *extend = NULL; /* interned once: no format parsing per run */
+        if (extend == NULL && (extend = PyUnicode_InternFromString("extend")) == NULL) {
+            words[R_POSTS] += k;
+            Py_DECREF(run);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        PyObject *ok = PyObject_CallMethodOneArg(pending, extend, run);
         if (ok == NULL) { /* nothing consumed: the frames stay in the ring, their posts counted */
             words[R_POSTS] += k;
             Py_DECREF(run);
@@ -896,6 +975,8 @@ static PyMethodDef methods[] = {
     {"take_run", (PyCFunction)(void (*)(void))take_run, METH_FASTCALL,
      "take_run(addr, base, size, words, limit, max_frames, max_bytes, sem_w, sem_r, pending) -> "
      "frames taken, counted and queued on pending."},
+    {"wait_post", (PyCFunction)(void (*)(void))wait_post, METH_FASTCALL,
+     "wait_post(sem_w, words, busy_ns) -> bool: poll sem-w for up to busy_ns, GIL released."},
     {"take_post", (PyCFunction)(void (*)(void))take_post, METH_FASTCALL,
      "take_post(sem_w, words, seconds) -> bool: take one post and count it in the same step."},
     {"give_back", (PyCFunction)(void (*)(void))give_back, METH_FASTCALL,

@@ -41,6 +41,11 @@ _SPIN_FAST = 64
 busy or 2-core machine the peer may be waiting for this very core to produce its answer; without
 yielding, round trips were several times slower (the peer ran only after the spin ended)."""
 
+_SPIN_BUSY_NS = 20_000
+"""With the compiled module the reader's back-to-back looks are one compiled poll of about this
+many nanoseconds (GIL released) instead of `_SPIN_FAST` looks from Python: a frame published
+meanwhile is taken ~0.1 us later, not a Python loop's turn (~0.2-0.5 us) later."""
+
 POLL_INTERVAL = 0.05
 """Longest single blocking wait (seconds) before the peer's liveness is checked again."""
 _U64 = L.U64
