@@ -32,6 +32,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <errno.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <time.h>
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -422,27 +423,33 @@ now_ns(void)
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
-/* wait_post(sem_w, words, busy_ns) -> bool: poll sem-w for a post for about `busy_ns`
- * nanoseconds with the GIL released (reading the count first, so polling writes nothing the
- * writer's cache line has to give up), and count a post taken in words[posts] once the GIL is
- * held again, before returning. The bounded busy phase of the reader's wait (reader.py
- * wait_frame): a frame published meanwhile is seen within ~0.1 us instead of after a Python
- * loop's turn. A signal's handler runs at most `busy_ns` late. */
+/* wait_post(sem_w, words, busy_ns, rounds, limit_ns) -> bool: the reader's spin before a
+ * blocking wait, with the GIL released: poll sem-w (reading the count first, so polling writes
+ * nothing the writer's cache line has to give up) for about `busy_ns`, then up to `rounds`
+ * times yield the CPU and poll for `busy_ns` again; never longer than about `limit_ns` in all,
+ * so a signal's handler runs at most that late. A post taken is counted in words[posts] once
+ * the GIL is held again, before returning.
+ *
+ * Why rounds of a short poll and a yield: on a 2-core machine the peer that will answer may be
+ * waiting for this very core. A long poll then delays its answer by the whole poll, every
+ * message (round trips of 2 x the poll); a yield hands it the core at once, and costs one
+ * syscall when nobody else wants it, so an answer from the other core is still seen within
+ * about busy_ns. */
 static PyObject *
 wait_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    static const char usage[] = "wait_post(sem_w, words, busy_ns)";
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "%s takes 3 arguments, got %zd", usage, nargs);
+    static const char usage[] = "wait_post(sem_w, words, busy_ns, rounds, limit_ns)";
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "%s takes 5 arguments, got %zd", usage, nargs);
         return NULL;
     }
-    PyObject *const nums[2] = {args[0], args[2]};
-    uint64_t a[2];
-    if (parse_u64s(nums, 2, 2, usage, a) < 0) {
+    PyObject *const nums[4] = {args[0], args[2], args[3], args[4]};
+    uint64_t a[4];
+    if (parse_u64s(nums, 4, 4, usage, a) < 0) {
         return NULL;
     }
     sem_t *sem = (sem_t *)(uintptr_t)a[0];
-    uint64_t busy_ns = a[1];
+    uint64_t busy_ns = a[1], rounds = a[2], limit_ns = a[3];
     if (sem == NULL) {
         PyErr_SetString(PyExc_ValueError, "wait_post(): sem handle is 0");
         return NULL;
@@ -453,19 +460,27 @@ wait_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     int got = sem_trywait(sem) == 0;
-    if (!got && busy_ns > 0) {
+    if (!got && (busy_ns > 0 || rounds > 0)) {
         Py_BEGIN_ALLOW_THREADS
-        uint64_t end = now_ns() + busy_ns;
-        for (uint32_t i = 1;; i++) {
-            int value = 0;
-            if (sem_getvalue(sem, &value) == 0 && value > 0 && sem_trywait(sem) == 0) {
-                got = 1;
+        uint64_t start = now_ns();
+        uint64_t round = 0;
+        for (;;) {
+            uint64_t end = now_ns() + busy_ns;
+            for (uint32_t i = 1;; i++) {
+                int value = 0;
+                if (sem_getvalue(sem, &value) == 0 && value > 0 && sem_trywait(sem) == 0) {
+                    got = 1;
+                    break;
+                }
+                cpu_relax();
+                if ((i & 7) == 0 && now_ns() >= end) {
+                    break;
+                }
+            }
+            if (got || round++ >= rounds || now_ns() - start >= limit_ns) {
                 break;
             }
-            cpu_relax();
-            if ((i & 31) == 0 && now_ns() >= end) {
-                break;
-            }
+            sched_yield();
         }
         Py_END_ALLOW_THREADS
     }
@@ -976,7 +991,7 @@ static PyMethodDef methods[] = {
      "take_run(addr, base, size, words, limit, max_frames, max_bytes, sem_w, sem_r, pending) -> "
      "frames taken, counted and queued on pending."},
     {"wait_post", (PyCFunction)(void (*)(void))wait_post, METH_FASTCALL,
-     "wait_post(sem_w, words, busy_ns) -> bool: poll sem-w for up to busy_ns, GIL released."},
+     "wait_post(sem_w, words, busy_ns, rounds, limit_ns) -> bool: the reader's spin, GIL released."},
     {"take_post", (PyCFunction)(void (*)(void))take_post, METH_FASTCALL,
      "take_post(sem_w, words, seconds) -> bool: take one post and count it in the same step."},
     {"give_back", (PyCFunction)(void (*)(void))give_back, METH_FASTCALL,

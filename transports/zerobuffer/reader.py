@@ -55,6 +55,7 @@ from transports.zerobuffer import posix as _shm
 from transports.zerobuffer.common import (
     _SPIN_BUSY_NS,
     _SPIN_FAST,
+    _SPIN_LIMIT_NS,
     _UNSET,
     DEFAULT_SPIN,
     POLL_INTERVAL,
@@ -363,15 +364,19 @@ class _ReaderCore:
         if self.deferred:
             self.drain()
         sem = self.sem_w
-        first = 0
         if spin and self.sem_handle:
             assert _WAIT_POST is not None
-            # The back-to-back looks, compiled: counted in the same call as taken.
-            if _WAIT_POST(self.sem_handle, self.words, _SPIN_BUSY_NS):
+            # The whole spin, compiled (a post taken is counted in the same call).
+            if _WAIT_POST(
+                self.sem_handle,
+                self.words,
+                _SPIN_BUSY_NS,
+                max(0, spin - _SPIN_FAST),
+                _SPIN_LIMIT_NS,
+            ):
                 return
-            first = _SPIN_FAST
-        if _shm.SEM_VALUE:
-            for i in range(first, spin):
+        elif _shm.SEM_VALUE:
+            for i in range(spin):
                 if sem.value and self.take_post(0.0):
                     return
                 if i >= _SPIN_FAST:
