@@ -36,6 +36,10 @@ ONE_WAY = ("zcser copy", "zcser empty()", "pickle5+shm", "mp.Queue")
 SMALL = ("zcser", "mp.Pipe", "mp.Queue")
 ROUND_TRIP = ("zcser", "iceoryx2", "mp.Pipe", "mp.Queue")
 """Round-trip methods; iceoryx2 only when its Python package is installed (`iceoryx2_missing`)."""
+RTT_WARMUP = 200
+"""Untimed round trips first, for every method: the echo process is forked, so until the pages
+both processes touch have been copied (copy-on-write) a round trip may take page faults in
+either process (~100 of them in 3,000 round trips without it, ~15 with it)."""
 
 _ctx = mp.get_context("fork")
 
@@ -378,21 +382,25 @@ def _iox2_echo(conn: Connection, prefix: str, nbytes: int, count: int) -> None:
     del publisher, subscriber, node
 
 
-def round_trips(method: str, payload: Any, count: int, prefix: str) -> list[float]:
-    """`count` round trips of `payload` (ping-pong with an echoing process), seconds each.
-    iceoryx2 carries bytes payloads only (fixed-size samples of their length)."""
+def round_trips(
+    method: str, payload: Any, count: int, prefix: str, warmup: int = RTT_WARMUP
+) -> list[float]:
+    """`count` round trips of `payload` (ping-pong with an echoing process), seconds each, after
+    `warmup` untimed ones. iceoryx2 carries bytes payloads only (fixed-size samples of their
+    length)."""
     times: list[float] = []
     clock = time.perf_counter
+    total = count + warmup
     if method == "iceoryx2":
         why = iceoryx2_missing()
         if why is not None:
             raise RuntimeError(why)
         data = bytes(payload)
         nbytes = len(data)
-        with _writer(_iox2_echo, f"{prefix}iox", nbytes, count) as conn:
+        with _writer(_iox2_echo, f"{prefix}iox", nbytes, total) as conn:
             _wait(conn)
             node, publisher, subscriber = _iox2_ports(f"{prefix}iox", nbytes, "ping", "pong")
-            for _ in range(count):
+            for _ in range(total):
                 t0 = clock()
                 _iox2_send(publisher, data)
                 _iox2_recv(subscriber, nbytes)
@@ -401,33 +409,33 @@ def round_trips(method: str, payload: Any, count: int, prefix: str) -> list[floa
             del publisher, subscriber, node
     elif method == "zcser":
         back, rx = channel(f"{prefix}rb", capacity=4 * MIB)
-        with rx, _writer(_zcser_echo, back, f"{prefix}rf", count) as conn:
+        with rx, _writer(_zcser_echo, back, f"{prefix}rf", total) as conn:
             _wait(conn)
             with Sender(f"{prefix}rf") as tx:
-                for _ in range(count):
+                for _ in range(total):
                     t0 = clock()
                     tx.send(payload)
                     rx.recv(timeout=WAIT)
                     times.append(clock() - t0)
     elif method == "mp.Pipe":
         data = pickle.dumps(payload, protocol=5)
-        with _writer(_pipe_echo, count) as conn:
-            for _ in range(count):
+        with _writer(_pipe_echo, total) as conn:
+            for _ in range(total):
                 t0 = clock()
                 conn.send_bytes(data)
                 pickle.loads(conn.recv_bytes())
                 times.append(clock() - t0)
     elif method == "mp.Queue":
         there, back_q = _ctx.Queue(), _ctx.Queue()
-        with _writer(_queue_echo, there, back_q, count):
-            for _ in range(count):
+        with _writer(_queue_echo, there, back_q, total):
+            for _ in range(total):
                 t0 = clock()
                 there.put(payload)
                 back_q.get(timeout=WAIT)
                 times.append(clock() - t0)
     else:
         raise ValueError(f"unknown method {method!r}; choose from {ROUND_TRIP}")
-    return times
+    return times[warmup:]
 
 
 def _zcser_stream(conn: Connection, make_tx: SenderFactory, payload: Any, count: int) -> None:
