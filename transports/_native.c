@@ -415,6 +415,9 @@ cpu_relax(void)
 #endif
 }
 
+/* A sched_yield() that took longer than this let another task run on this core. */
+#define WAIT_POST_SWITCH_NS 3000u
+
 static inline uint64_t
 now_ns(void)
 {
@@ -423,18 +426,18 @@ now_ns(void)
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
-/* wait_post(sem_w, words, busy_ns, rounds, limit_ns) -> bool: the reader's spin before a
+/* wait_post(sem_w, words, busy_ns, rounds, limit_ns) -> int: the reader's spin before a
  * blocking wait, with the GIL released: poll sem-w (reading the count first, so polling writes
  * nothing the writer's cache line has to give up) for about `busy_ns`, then up to `rounds`
  * times yield the CPU and poll for `busy_ns` again; never longer than about `limit_ns` in all,
  * so a signal's handler runs at most that late. A post taken is counted in words[posts] once
  * the GIL is held again, before returning.
  *
- * Why rounds of a short poll and a yield: on a 2-core machine the peer that will answer may be
- * waiting for this very core. A long poll then delays its answer by the whole poll, every
- * message (round trips of 2 x the poll); a yield hands it the core at once, and costs one
- * syscall when nobody else wants it, so an answer from the other core is still seen within
- * about busy_ns. */
+ * Returns 0: no post; 1: taken during the first poll; 2: taken later, every yield returned at
+ * once (nobody else wanted this core: the answer came from another one, a longer first poll
+ * would have caught it); 3: taken later, after a yield that let something else run here (the
+ * peer may need this very core: a long poll would delay its answer). The reader sizes its next
+ * first poll from that (reader.py wait_frame). */
 static PyObject *
 wait_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -459,13 +462,14 @@ wait_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (state_words(args[1], &view, R_WORDS, &words) < 0) {
         return NULL;
     }
-    int got = sem_trywait(sem) == 0;
-    if (!got && (busy_ns > 0 || rounds > 0)) {
+    long result = sem_trywait(sem) == 0;
+    if (!result && (busy_ns > 0 || rounds > 0)) {
         Py_BEGIN_ALLOW_THREADS
-        uint64_t start = now_ns();
-        uint64_t round = 0;
+        uint64_t start = now_ns(), round = 0;
+        int switched = 0;
         for (;;) {
             uint64_t end = now_ns() + busy_ns;
+            int got = 0;
             for (uint32_t i = 1;; i++) {
                 int value = 0;
                 if (sem_getvalue(sem, &value) == 0 && value > 0 && sem_trywait(sem) == 0) {
@@ -477,18 +481,26 @@ wait_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     break;
                 }
             }
-            if (got || round++ >= rounds || now_ns() - start >= limit_ns) {
+            if (got) {
+                result = round == 0 ? 1 : switched ? 3 : 2;
                 break;
             }
+            if (round++ >= rounds || now_ns() - start >= limit_ns) {
+                break;
+            }
+            uint64_t before = now_ns();
             sched_yield();
+            if (now_ns() - before > WAIT_POST_SWITCH_NS) {
+                switched = 1;
+            }
         }
         Py_END_ALLOW_THREADS
     }
-    if (got) {
+    if (result) {
         words[R_POSTS] += 1; /* with the GIL held: no Python code runs between take and count */
     }
     PyBuffer_Release(&view);
-    return PyBool_FromLong(got);
+    return PyLong_FromLong(result);
 }
 
 /* take_run(addr, base, size, words, limit, max_frames, max_bytes, sem_w, sem_r, pending) -> k.
@@ -991,7 +1003,7 @@ static PyMethodDef methods[] = {
      "take_run(addr, base, size, words, limit, max_frames, max_bytes, sem_w, sem_r, pending) -> "
      "frames taken, counted and queued on pending."},
     {"wait_post", (PyCFunction)(void (*)(void))wait_post, METH_FASTCALL,
-     "wait_post(sem_w, words, busy_ns, rounds, limit_ns) -> bool: the reader's spin, GIL released."},
+     "wait_post(sem_w, words, busy_ns, rounds, limit_ns) -> 0-3: the reader's spin, GIL released."},
     {"take_post", (PyCFunction)(void (*)(void))take_post, METH_FASTCALL,
      "take_post(sem_w, words, seconds) -> bool: take one post and count it in the same step."},
     {"give_back", (PyCFunction)(void (*)(void))give_back, METH_FASTCALL,

@@ -53,7 +53,8 @@ from transports.errors import (
 from transports.zerobuffer import layout as L
 from transports.zerobuffer import posix as _shm
 from transports.zerobuffer.common import (
-    _SPIN_BUSY_NS,
+    _SPIN_BUSY_MAX,
+    _SPIN_BUSY_MIN,
     _SPIN_FAST,
     _SPIN_LIMIT_NS,
     _UNSET,
@@ -91,6 +92,10 @@ BYTES = 5  # data bytes read
 WITHHELD = 6  # ring bytes read and released, not yet given back to the writer
 POSTS = 7  # sem-w posts taken whose frames are not read yet
 _WORDS = 8
+
+_SPIN_PROBE = 255
+"""Once in this many + 1 spins the first poll is as long as allowed again (wait_frame): the
+peer may have moved to another core since a short poll last paid."""
 
 _HDR = L.HEADER_SIZE
 _U64 = L.U64
@@ -301,6 +306,8 @@ class _ReaderCore:
         self.sem_detach: Callable[[], Any] = _nothing  # closes both handles (at most once)
         self.withhold_max = min(payload_block // 64, _WITHHOLD_MAX)
         self.blocked = 0.0
+        self.spin_busy = _SPIN_BUSY_MAX  # first poll of the next spin, ns (wait_frame)
+        self.spins = 0  # spins so far (every _SPIN_PROBE + 1-th polls _SPIN_BUSY_MAX again)
         self.writer_seen = False
         total = L.total_size(metadata_block, payload_block)
 
@@ -366,14 +373,18 @@ class _ReaderCore:
         sem = self.sem_w
         if spin and self.sem_handle:
             assert _WAIT_POST is not None
-            # The whole spin, compiled (a post taken is counted in the same call).
-            if _WAIT_POST(
-                self.sem_handle,
-                self.words,
-                _SPIN_BUSY_NS,
-                max(0, spin - _SPIN_FAST),
-                _SPIN_LIMIT_NS,
-            ):
+            # The whole spin, compiled (a post taken is counted in the same call); its first
+            # poll sized by where the last answers came from (common.py _SPIN_BUSY_MIN).
+            self.spins += 1
+            busy = self.spin_busy if self.spins & _SPIN_PROBE else _SPIN_BUSY_MAX
+            found = _WAIT_POST(
+                self.sem_handle, self.words, busy, max(0, spin - _SPIN_FAST), _SPIN_LIMIT_NS
+            )
+            if found == 1:
+                self.spin_busy = min(busy + (busy >> 2), _SPIN_BUSY_MAX)
+            elif found:
+                self.spin_busy = max(busy >> 1, _SPIN_BUSY_MIN)
+            if found:
                 return
         elif _shm.SEM_VALUE:
             for i in range(spin):
