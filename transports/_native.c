@@ -32,6 +32,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <errno.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <time.h>
 #include <unistd.h>
@@ -405,6 +406,104 @@ take_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(got);
 }
 
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* A sched_yield() that took longer than this let another task run on this core. */
+#define WAIT_POST_SWITCH_NS 3000u
+
+static inline uint64_t
+now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* wait_post(sem_w, words, busy_ns, rounds, limit_ns) -> int: the reader's spin before a
+ * blocking wait, with the GIL released: poll sem-w (reading the count first, so polling writes
+ * nothing the writer's cache line has to give up) for about `busy_ns`, then up to `rounds`
+ * times yield the CPU and poll for `busy_ns` again; never longer than about `limit_ns` in all,
+ * so a signal's handler runs at most that late. A post taken is counted in words[posts] once
+ * the GIL is held again, before returning.
+ *
+ * Returns 0: no post; 1: taken during the first poll; 2: taken later, every yield returned at
+ * once (nobody else wanted this core: the answer came from another one, a longer first poll
+ * would have caught it); 3: taken later, after a yield that let something else run here (the
+ * peer may need this very core: a long poll would delay its answer). The reader sizes its next
+ * first poll from that (reader.py wait_frame). */
+static PyObject *
+wait_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char usage[] = "wait_post(sem_w, words, busy_ns, rounds, limit_ns)";
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "%s takes 5 arguments, got %zd", usage, nargs);
+        return NULL;
+    }
+    PyObject *const nums[4] = {args[0], args[2], args[3], args[4]};
+    uint64_t a[4];
+    if (parse_u64s(nums, 4, 4, usage, a) < 0) {
+        return NULL;
+    }
+    sem_t *sem = (sem_t *)(uintptr_t)a[0];
+    uint64_t busy_ns = a[1], rounds = a[2], limit_ns = a[3];
+    if (sem == NULL) {
+        PyErr_SetString(PyExc_ValueError, "wait_post(): sem handle is 0");
+        return NULL;
+    }
+    Py_buffer view;
+    uint64_t *words;
+    if (state_words(args[1], &view, R_WORDS, &words) < 0) {
+        return NULL;
+    }
+    long result = sem_trywait(sem) == 0;
+    if (!result && (busy_ns > 0 || rounds > 0)) {
+        Py_BEGIN_ALLOW_THREADS
+        uint64_t start = now_ns(), round = 0;
+        int switched = 0;
+        for (;;) {
+            uint64_t end = now_ns() + busy_ns;
+            int got = 0;
+            for (uint32_t i = 1;; i++) {
+                int value = 0;
+                if (sem_getvalue(sem, &value) == 0 && value > 0 && sem_trywait(sem) == 0) {
+                    got = 1;
+                    break;
+                }
+                cpu_relax();
+                if ((i & 7) == 0 && now_ns() >= end) {
+                    break;
+                }
+            }
+            if (got) {
+                result = round == 0 ? 1 : switched ? 3 : 2;
+                break;
+            }
+            if (round++ >= rounds || now_ns() - start >= limit_ns) {
+                break;
+            }
+            uint64_t before = now_ns();
+            sched_yield();
+            if (now_ns() - before > WAIT_POST_SWITCH_NS) {
+                switched = 1;
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    if (result) {
+        words[R_POSTS] += 1; /* with the GIL held: no Python code runs between take and count */
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(result);
+}
+
 /* take_run(addr, base, size, words, limit, max_frames, max_bytes, sem_w, sem_r, pending) -> k.
  * Copies out consecutive plain frames from words[read_pos] (not a wrap marker, 1..limit bytes,
  * fitting before the ring's end, sequence words[expected], expected + 1, ...) while each one has
@@ -491,7 +590,14 @@ take_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         pos += n + layout.header_size; /* at the ring's end the loop's test ends the run */
     }
     if (k > 0) {
-        PyObject *ok = PyObject_CallMethod(pending, "extend", "O", run);
+        static PyObject *extend = NULL; /* interned once: no format parsing per run */
+        if (extend == NULL && (extend = PyUnicode_InternFromString("extend")) == NULL) {
+            words[R_POSTS] += k;
+            Py_DECREF(run);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        PyObject *ok = PyObject_CallMethodOneArg(pending, extend, run);
         if (ok == NULL) { /* nothing consumed: the frames stay in the ring, their posts counted */
             words[R_POSTS] += k;
             Py_DECREF(run);
@@ -946,6 +1052,8 @@ static PyMethodDef methods[] = {
     {"take_run", (PyCFunction)(void (*)(void))take_run, METH_FASTCALL,
      "take_run(addr, base, size, words, limit, max_frames, max_bytes, sem_w, sem_r, pending) -> "
      "frames taken, counted and queued on pending."},
+    {"wait_post", (PyCFunction)(void (*)(void))wait_post, METH_FASTCALL,
+     "wait_post(sem_w, words, busy_ns, rounds, limit_ns) -> 0-3: the reader's spin, GIL released."},
     {"take_post", (PyCFunction)(void (*)(void))take_post, METH_FASTCALL,
      "take_post(sem_w, words, seconds) -> bool: take one post and count it in the same step."},
     {"give_back", (PyCFunction)(void (*)(void))give_back, METH_FASTCALL,

@@ -53,7 +53,10 @@ from transports.errors import (
 from transports.zerobuffer import layout as L
 from transports.zerobuffer import posix as _shm
 from transports.zerobuffer.common import (
+    _SPIN_BUSY_MAX,
+    _SPIN_BUSY_MIN,
     _SPIN_FAST,
+    _SPIN_LIMIT_NS,
     _UNSET,
     DEFAULT_SPIN,
     POLL_INTERVAL,
@@ -91,6 +94,10 @@ WITHHELD = 6  # ring bytes read and released, not yet given back to the writer
 POSTS = 7  # sem-w posts taken whose frames are not read yet
 _WORDS = 8
 
+_SPIN_PROBE = 255
+"""Once in this many + 1 spins the first poll is as long as allowed again (wait_frame): the
+peer may have moved to another core since a short poll last paid."""
+
 _HDR = L.HEADER_SIZE
 _U64 = L.U64
 _HEADER = L.HEADER
@@ -98,6 +105,7 @@ _U64_MAX = (1 << 64) - 1
 _SEM_VALUE = _shm.SEM_VALUE
 _TAKE_RUN = _shm.hotpath.take_run if _shm.hotpath is not None else None
 _TAKE_POST = _shm.hotpath.take_post if _shm.hotpath is not None else None
+_WAIT_POST = _shm.hotpath.wait_post if _shm.hotpath is not None else None
 _GIVE_BACK = _shm.hotpath.give_back if _shm.hotpath is not None else None
 _TICKET = _shm.hotpath.Ticket if _shm.hotpath is not None else None
 if _shm.hotpath is not None:
@@ -302,6 +310,8 @@ class _ReaderCore:
         self.sem_detach: Callable[[], Any] = _nothing  # closes both handles (at most once)
         self.withhold_max = min(payload_block // 64, _WITHHOLD_MAX)
         self.blocked = 0.0
+        self.spin_busy = _SPIN_BUSY_MAX  # first poll of the next spin, ns (wait_frame)
+        self.spins = 0  # spins so far (every _SPIN_PROBE + 1-th polls _SPIN_BUSY_MAX again)
         self.writer_seen = False
         total = L.total_size(metadata_block, payload_block)
 
@@ -368,7 +378,22 @@ class _ReaderCore:
         if self.deferred:
             self.drain()
         sem = self.sem_w
-        if _shm.SEM_VALUE:
+        if spin and self.sem_handle:
+            assert _WAIT_POST is not None
+            # The whole spin, compiled (a post taken is counted in the same call); its first
+            # poll sized by where the last answers came from (common.py _SPIN_BUSY_MIN).
+            self.spins += 1
+            busy = self.spin_busy if self.spins & _SPIN_PROBE else _SPIN_BUSY_MAX
+            found = _WAIT_POST(
+                self.sem_handle, self.words, busy, max(0, spin - _SPIN_FAST), _SPIN_LIMIT_NS
+            )
+            if found == 1:
+                self.spin_busy = min(busy + (busy >> 2), _SPIN_BUSY_MAX)
+            elif found:
+                self.spin_busy = max(busy >> 1, _SPIN_BUSY_MIN)
+            if found:
+                return
+        elif _shm.SEM_VALUE:
             for i in range(spin):
                 if sem.value and self.take_post(0.0):
                     return
@@ -822,6 +847,8 @@ class Reader:
         if not core.words[POSTS] and not core.take_post(0.0):
             t = self._timeout if timeout is _UNSET else _check_timeout(timeout)
             core.wait_frame(t, self._spin)
+        if limit > 0 and not core.orphans and core.take_run(limit):
+            return core.hand_back(limit)  # the usual small frame, compiled (its post counted)
         core.take_frame(limit)
         return core.hand_back(limit)
 

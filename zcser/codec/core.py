@@ -212,6 +212,7 @@ class Codec:
         self._known_types = len(self._types_info)
         self._lazy_seen = _lazy_modules_imported()
         self._used = False
+        self._bytes_prefix: bytes | None = None  # found by _probe_bytes when first needed
         return fory
 
     def _late_imports(self) -> bool:
@@ -253,12 +254,51 @@ class Codec:
     def pack(self, obj: Any) -> bytes | Plan:
         """Serialize `obj`: the whole message as bytes when it has no out-of-band buffer (its
         bytes then do not depend on where they land), else the Plan to write it with."""
+        if type(obj) is bytes and len(obj) < self.threshold and not self.checksum:
+            prefix = self._bytes_prefix
+            if prefix is None:
+                prefix = self._probe_bytes()
+            if prefix:
+                # The bytes pyfory writes for it, without running it (see _probe_bytes).
+                n = len(obj)
+                heads = self._bytes_heads
+                head = heads.get(n)
+                if head is None:
+                    head = prefix + _varuint(n)
+                    m = len(head) + n
+                    head = _pack_header(_MAGIC, _VERSION, 0, 0, 0, m, _TABLE_START + m) + head
+                    if len(heads) < _BYTES_HEADS:
+                        heads[n] = head
+                self._used = True
+                return head + obj
         inband, buffers = self._serialize(obj)
         if buffers or self.checksum:
             plan = Plan(inband, buffers, self.checksum)
             return plan if buffers else plan.packed()
         n = len(inband)
         return _pack_header(_MAGIC, _VERSION, 0, 0, 0, n, _TABLE_START + n) + inband
+
+    def _probe_bytes(self) -> bytes:
+        """What pyfory writes before the length of a top-level bytes object kept in band (its
+        header, reference flag, type id and in-band mark), checked to be followed by exactly
+        the LEB128 length and the bytes for two lengths; b"" (no shortcut) when it is not.
+        `pack` then writes small bytes objects itself and `decode_small` reads back exactly
+        what it writes, byte for byte; anything else takes pyfory's path."""
+        self._bytes_prefix = b""
+        self._bytes_heads: dict[int, bytes] = {}
+        if self.threshold < 2 or self.checksum:
+            return b""
+        one, buffers = self._serialize(b"\xab")
+        if buffers or not one.endswith(b"\x01\xab"):
+            return b""
+        prefix = one[:-2]
+        n = min(self.threshold - 1, 300)
+        probe = bytes(range(256)) + bytes(n - 256) if n > 256 else bytes(range(n))
+        inband, buffers = self._serialize(probe)
+        if buffers or inband != prefix + _varuint(n) + probe:
+            return b""
+        self._bytes_prefix = prefix
+        return prefix
 
     def plan(self, obj: Any) -> Plan:
         """Serialize `obj` once: in-band bytes plus the out-of-band buffers (no data copied)."""
@@ -418,6 +458,23 @@ class Codec:
         if size >= _HEADER_SIZE and data.startswith(_PLAIN_PREFIX) and not self.checksum:
             inband_len, total = _unpack_lengths(data, _OFF_INBAND_LEN)
             if total == size == _TABLE_START + inband_len:
+                prefix = self._bytes_prefix
+                if prefix is None:
+                    prefix = self._probe_bytes()
+                if prefix and data.startswith(prefix, _TABLE_START):
+                    # A top-level bytes object exactly as `pack` writes it (canonical length,
+                    # under the threshold, nothing after it): the same bytes pyfory returns.
+                    at = _TABLE_START + len(prefix)
+                    first = data[at] if at < size else 0x80
+                    if first < 0x80:
+                        n, at = first, at + 1
+                    elif at + 1 < size and 0 < data[at + 1] < 0x80:
+                        n, at = (first & 0x7F) | data[at + 1] << 7, at + 2
+                    else:
+                        n = -1
+                    if n >= 0 and at + n == size and n < self.threshold:
+                        self._used = True
+                        return data[at:]
                 inband = pyfory.Buffer(data, _TABLE_START, inband_len)
                 self._used = True
                 # _oob.begin_decode / end_decode inlined for the idle case (two calls fewer)
@@ -595,6 +652,20 @@ _SCHEMA_FIELDS: dict[str, type] = {
     "adapters": list,
     "types": list,
 }
+
+
+_BYTES_HEADS = 64
+"""Message heads (header to length) of top-level bytes objects kept per codec, by length."""
+
+
+def _varuint(n: int) -> bytes:
+    """`n` as pyfory writes a var_uint32: LEB128, 7 bits a byte, low bits first."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def schema_problem(other: Any) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import multiprocessing as mp
 import os
 import pickle
@@ -33,6 +34,12 @@ WAIT = 60.0
 
 ONE_WAY = ("zcser copy", "zcser empty()", "pickle5+shm", "mp.Queue")
 SMALL = ("zcser", "mp.Pipe", "mp.Queue")
+ROUND_TRIP = ("zcser", "iceoryx2", "mp.Pipe", "mp.Queue")
+"""Round-trip methods; iceoryx2 only when its Python package is installed (`iceoryx2_missing`)."""
+RTT_WARMUP = 200
+"""Untimed round trips first, for every method: the echo process is forked, so until the pages
+both processes touch have been copied (copy-on-write) a round trip may take page faults in
+either process (~100 of them in 3,000 round trips without it, ~15 with it)."""
 
 _ctx = mp.get_context("fork")
 
@@ -298,39 +305,137 @@ def _queue_echo(conn: Connection, there: Any, back: Any, count: int) -> None:
         back.put(there.get(timeout=WAIT))
 
 
-def round_trips(method: str, payload: Any, count: int, prefix: str) -> list[float]:
-    """`count` round trips of `payload` (ping-pong with an echoing process), seconds each."""
+def _iox2() -> Any:
+    """The iceoryx2 module (imported by name: it ships no type information)."""
+    return importlib.import_module("iceoryx2")
+
+
+def iceoryx2_missing() -> str | None:
+    """Why the iceoryx2 peer cannot be measured here (None: it can)."""
+    try:
+        _iox2()
+    except ImportError as exc:
+        return f"iceoryx2 not installed ({exc}); pip install 'zcser[bench]'"
+    return None
+
+
+def _iox2_ports(prefix: str, nbytes: int, mine: str, theirs: str) -> tuple[Any, Any, Any]:
+    """(node, publisher on `mine`, subscriber of `theirs`): iceoryx2 publish-subscribe services of
+    fixed-size `nbytes` payloads, the way its Python examples open them."""
+    import ctypes
+
+    iox2 = _iox2()
+    iox2.set_log_level_from_env_or(iox2.LogLevel.Error)
+    payload = ctypes.c_uint8 * nbytes
+    node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+
+    def service(name: str) -> Any:
+        return (
+            node.service_builder(iox2.ServiceName.new(f"{prefix}/{name}"))
+            .publish_subscribe(payload)
+            .open_or_create()
+        )
+
+    publisher = service(mine).publisher_builder().create()
+    subscriber = service(theirs).subscriber_builder().create()
+    return node, publisher, subscriber
+
+
+def _iox2_send(publisher: Any, data: bytes) -> None:
+    """Copy `data` into a loaned sample and publish it."""
+    import ctypes
+
+    sample = publisher.loan_uninit()
+    ctypes.memmove(sample.payload_ptr, data, len(data))
+    sample.assume_init().send()
+
+
+def _iox2_recv(subscriber: Any, nbytes: int) -> bytes:
+    """The next sample's payload as bytes, polling `receive()` (iceoryx2's publish-subscribe has
+    no blocking receive: its own latency benchmark polls too); TimeoutError after WAIT s."""
+    import ctypes
+
+    receive = subscriber.receive
+    polls = 0
+    deadline = 0.0
+    while True:
+        sample = receive()
+        if sample is not None:
+            data = ctypes.string_at(sample.payload_ptr, nbytes)
+            sample.delete()
+            return data
+        polls += 1
+        if polls % 4096 == 0:
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + WAIT
+            elif now > deadline:
+                raise TimeoutError(f"iceoryx2: no sample within {WAIT} s")
+
+
+def _iox2_echo(conn: Connection, prefix: str, nbytes: int, count: int) -> None:
+    node, publisher, subscriber = _iox2_ports(prefix, nbytes, "pong", "ping")
+    conn.send("ready")
+    for _ in range(count):
+        _iox2_send(publisher, _iox2_recv(subscriber, nbytes))
+    _wait(conn)  # the parent has read the last pong: ports may go
+    del publisher, subscriber, node
+
+
+def round_trips(
+    method: str, payload: Any, count: int, prefix: str, warmup: int = RTT_WARMUP
+) -> list[float]:
+    """`count` round trips of `payload` (ping-pong with an echoing process), seconds each, after
+    `warmup` untimed ones. iceoryx2 carries bytes payloads only (fixed-size samples of their
+    length)."""
     times: list[float] = []
     clock = time.perf_counter
-    if method == "zcser":
+    total = count + warmup
+    if method == "iceoryx2":
+        why = iceoryx2_missing()
+        if why is not None:
+            raise RuntimeError(why)
+        data = bytes(payload)
+        nbytes = len(data)
+        with _writer(_iox2_echo, f"{prefix}iox", nbytes, total) as conn:
+            _wait(conn)
+            node, publisher, subscriber = _iox2_ports(f"{prefix}iox", nbytes, "ping", "pong")
+            for _ in range(total):
+                t0 = clock()
+                _iox2_send(publisher, data)
+                _iox2_recv(subscriber, nbytes)
+                times.append(clock() - t0)
+            conn.send(None)
+            del publisher, subscriber, node
+    elif method == "zcser":
         back, rx = channel(f"{prefix}rb", capacity=4 * MIB)
-        with rx, _writer(_zcser_echo, back, f"{prefix}rf", count) as conn:
+        with rx, _writer(_zcser_echo, back, f"{prefix}rf", total) as conn:
             _wait(conn)
             with Sender(f"{prefix}rf") as tx:
-                for _ in range(count):
+                for _ in range(total):
                     t0 = clock()
                     tx.send(payload)
                     rx.recv(timeout=WAIT)
                     times.append(clock() - t0)
     elif method == "mp.Pipe":
         data = pickle.dumps(payload, protocol=5)
-        with _writer(_pipe_echo, count) as conn:
-            for _ in range(count):
+        with _writer(_pipe_echo, total) as conn:
+            for _ in range(total):
                 t0 = clock()
                 conn.send_bytes(data)
                 pickle.loads(conn.recv_bytes())
                 times.append(clock() - t0)
     elif method == "mp.Queue":
         there, back_q = _ctx.Queue(), _ctx.Queue()
-        with _writer(_queue_echo, there, back_q, count):
-            for _ in range(count):
+        with _writer(_queue_echo, there, back_q, total):
+            for _ in range(total):
                 t0 = clock()
                 there.put(payload)
                 back_q.get(timeout=WAIT)
                 times.append(clock() - t0)
     else:
-        raise ValueError(f"unknown method {method!r}; choose from {SMALL}")
-    return times
+        raise ValueError(f"unknown method {method!r}; choose from {ROUND_TRIP}")
+    return times[warmup:]
 
 
 def _zcser_stream(conn: Connection, make_tx: SenderFactory, payload: Any, count: int) -> None:

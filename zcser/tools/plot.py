@@ -71,8 +71,9 @@ def panels(results: dict[str, list[dict[str, Any]]]) -> list[Panel]:
                 if not isinstance(value, (int, float)):
                     continue
                 metric, unit = _metric(key)
-                if metric == "peer" and isinstance(row.get("peer"), str):
-                    metric = row["peer"]  # {"peer": "mp.Pipe", "peer_us": 80.0}
+                if metric.startswith("peer") and isinstance(row.get("peer"), str):
+                    # {"peer": "mp.Pipe", "peer_us": 80.0, "peer_p99_us": 140.0}
+                    metric = row["peer"] + metric[len("peer") :].replace("_", " ")
                 unit = unit or case_unit or "value"
                 panel = out.get((section, unit))
                 if panel is None:

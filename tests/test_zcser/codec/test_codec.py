@@ -612,3 +612,68 @@ def test_serializing_while_the_codec_is_already_serializing_keeps_both_buffer_li
     codec._collect.buffers = None
     assert len(codec.plan({"a": arr, "b": arr[:4]}).buffers) == 1  # 32 bytes stay in band
     assert codec._collect.buffers is None
+
+
+# --- top-level bytes: written and read without running pyfory -----------------------------------
+
+BYTES_LENGTHS = [0, 1, 2, 127, 128, 129, 300, 1023, 1024, 16383]
+
+
+@pytest.mark.parametrize(
+    "codec_args", [{}, {"ref": True}, {"threshold": 200}], ids=["default", "ref", "threshold"]
+)
+def test_pack_writes_small_bytes_exactly_as_pyfory_does(codec_args: dict[str, Any]) -> None:
+    codec = zcser.Codec(**codec_args)
+    reference = zcser.Codec(**codec_args)
+    for n in BYTES_LENGTHS:
+        value = bytes(i % 251 for i in range(n))
+        packed = codec.pack(value)
+        if n >= codec.threshold:
+            assert isinstance(packed, zcser.Plan), n
+            continue
+        assert isinstance(packed, bytes)
+        assert packed == reference.plan(value).packed(), n  # byte for byte pyfory's message
+        fast = codec.decode_small(packed)
+        assert type(fast) is bytes and fast == value == reference.decode(packed), n
+
+
+def test_bytes_shortcut_is_off_where_pyfory_writes_otherwise() -> None:
+    assert isinstance(zcser.Codec(checksum=True).pack(b"abc"), bytes)
+    checked = zcser.Codec(checksum=True)
+    assert checked.decode_small(checked.pack(b"abc")) == b"abc"
+    assert checked._bytes_prefix in (None, b"")
+    tiny = zcser.Codec(threshold=1)  # every non-empty buffer out of band
+    assert isinstance(tiny.pack(b"ab"), zcser.Plan)
+
+
+def _with_inband(inband: bytes) -> bytes:
+    n = len(inband)
+    return _message.HEADER.pack(b"ZCSR", 1, 0, 0, 0, n, _message.TABLE_START + n) + inband
+
+
+def test_decode_small_bytes_shortcut_reads_only_what_pack_writes() -> None:
+    """Messages that start like a small bytes object but are not byte for byte what pack writes
+    (non-canonical length, wrong length, too long for the threshold, bytes after it) take
+    pyfory's path: the same value or the same error as decode()."""
+    codec = zcser.Codec(threshold=200)
+    codec.pack(b"x")
+    prefix = codec._bytes_prefix
+    assert prefix
+    cases = {
+        "non-canonical length": prefix + b"\x83\x00abc",
+        "length one short": prefix + b"\x02abc",
+        "length one long": prefix + b"\x04abc",
+        "no length": prefix,
+        "two-byte length, no data": prefix + b"\x80\x02",
+        "over the threshold": prefix + b"\xc8\x01" + bytes(200),
+        "at the threshold, one-byte": prefix + b"\x7f" + bytes(127) + b"\0",
+    }
+    for name, inband in cases.items():
+        data = _with_inband(inband)
+        try:
+            slow: Any = codec.decode(data)
+        except errors.ZcserError as exc:
+            with pytest.raises(type(exc)):
+                codec.decode_small(data)
+            continue
+        assert codec.decode_small(data) == slow, name

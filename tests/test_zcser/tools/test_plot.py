@@ -49,6 +49,27 @@ def test_rows_naming_their_peer_merge_into_one_group_per_case() -> None:
     assert charts["channel (per s)"].higher_is_better
 
 
+def test_each_peers_p99_is_a_bar_of_its_own() -> None:
+    row = {"case": "rtt", "zcser_us": 9.0, "zcser_p99_us": 20.0, "ratio_p99": 0.5}
+    results = {
+        "channel": [
+            {**row, "peer": "iceoryx2", "peer_us": 8.0, "peer_p99_us": 40.0},
+            {**row, "peer": "mp.Pipe", "peer_us": 80.0, "peer_p99_us": 140.0},
+        ]
+    }
+    charts = {p.title: p for p in panels(results)}
+    assert charts["channel (µs)"].bars == {
+        "rtt": {
+            "zcser": 9.0,
+            "zcser_p99": 20.0,
+            "iceoryx2": 8.0,
+            "iceoryx2 p99": 40.0,
+            "mp.Pipe": 80.0,
+            "mp.Pipe p99": 140.0,
+        }
+    }
+
+
 def test_panels_ignore_rows_without_numbers() -> None:
     assert panels({"empty": [{"case": "nothing", "note": "n/a"}]}) == []
 
