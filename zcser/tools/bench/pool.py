@@ -34,7 +34,7 @@ _ctx = mp.get_context("fork")
 def _peers() -> list[str]:
     methods = ["zcser", "mp.Queue"]
     with contextlib.suppress(ImportError):
-        import faster_fifo  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+        import faster_fifo  # noqa: F401
 
         methods.append("faster-fifo")
     with contextlib.suppress(ImportError):
@@ -125,8 +125,8 @@ def _run(method: str, kind: str, producers: int, count: int) -> float:
             def take() -> Any:
                 return queue.get(timeout=WAIT)
         elif method == "faster-fifo":
-            import faster_fifo  # type: ignore[import-not-found,unused-ignore]
-            import faster_fifo_reduction  # type: ignore[import-untyped,unused-ignore]  # noqa: F401
+            import faster_fifo
+            import faster_fifo_reduction  # noqa: F401  (picklable queues for the producers)
 
             ff = faster_fifo.Queue(max_size_bytes=64 * MIB)
             target, args = _ff_producer, (ff,)
