@@ -201,10 +201,11 @@ def _rebuild_tensor(
     parameter: bool,
 ) -> Any:
     import torch
+    from torch.utils.dlpack import from_dlpack
 
     mm = _mapping(path, mode, ident)
     raw = np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=offset)
-    tensor = torch.from_dlpack(raw).view(dtype).as_strided(shape, strides)
+    tensor = from_dlpack(raw).view(dtype).as_strided(shape, strides)
     if parameter:
         return torch.nn.Parameter(tensor, requires_grad=requires_grad)
     if requires_grad:
@@ -243,7 +244,8 @@ def _reduce_ndarray(arr: np.ndarray[Any, Any]) -> Any:
                 bool(arr.flags.writeable),
             )
             return _rebuild_array, args
-    return _previous.get(np.ndarray, _ndarray_by_value)(arr)
+    by_value: Callable[[Any], Any] = _previous.get(np.ndarray, _ndarray_by_value)
+    return by_value(arr)
 
 
 def _reduce_tensor(t: Any) -> Any:

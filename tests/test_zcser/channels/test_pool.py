@@ -324,7 +324,6 @@ def test_an_idle_receiver_uses_no_cpu(shm_name: str) -> None:
     assert cpu < 0.05, f"a receiver waiting 1.5 s used {cpu:.3f} s of CPU"
 
 
-
 _SHORT_SHM = """
 import zcser
 rx = zcser.Receiver("zcpoolfull", capacity=24 << 20, senders=8)   # 8 x 24 MiB on 64 MiB
