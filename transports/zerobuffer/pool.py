@@ -471,7 +471,12 @@ class PoolReader:
             closed=not died,
         )
         exc.place = index  # type: ignore[attr-defined]
-        raise exc
+        try:
+            raise exc
+        finally:
+            # No cycle (exception -> traceback -> this frame -> exc): it would keep the
+            # caller's frames, and the leases in their locals, alive until a garbage collection.
+            del exc
 
     def _give_back_pages(self) -> None:
         for index in list(self._reclaim):

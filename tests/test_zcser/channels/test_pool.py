@@ -362,3 +362,44 @@ def test_a_sender_whose_ring_does_not_fit_gets_shm_full(tmp_path: Any) -> None:
     assert done.returncode == 0, done.stderr
     assert "ShmFull:" in done.stdout, done.stdout
     assert "capacity" in done.stdout and "shm-size" in done.stdout
+
+
+def _produce_slowly(make: Any, sender: int, count: int) -> None:
+    tx = make()
+    for i in range(count):
+        tx.send({"sender": sender, "i": i, "a": _payload(sender, i)})
+        time.sleep(0.01)
+    tx.close()
+
+
+def test_a_sender_leaving_keeps_no_received_message_pinned(shm_name: str) -> None:
+    """A departure noticed inside recv_message must not leave a reference cycle that keeps the
+    message's frame pinned until a garbage collection (msg.release() would then refuse)."""
+    import gc
+
+    make, rx = zcser.channel(shm_name, capacity=4 * MIB, senders=2)
+    ctx = mp.get_context("fork")
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        with rx:
+            procs = [
+                ctx.Process(target=_produce, args=(make, 0, 2)),  # leaves early
+                ctx.Process(target=_produce_slowly, args=(make, 1, 40)),  # goes on after
+            ]
+            for p in procs:
+                p.start()
+            while True:
+                try:
+                    msg = rx.recv_message(timeout=WAIT)
+                except errors.Closed:
+                    break
+                with msg:  # raises BufferError if anything still pins the frame
+                    value = msg.value
+                    assert value["a"].shape == _payload(value["sender"], value["i"]).shape
+                    del value
+            for p in procs:
+                p.join(WAIT)
+    finally:
+        if gc_was:
+            gc.enable()
