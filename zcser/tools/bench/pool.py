@@ -108,6 +108,7 @@ def _run(method: str, kind: str, producers: int, count: int) -> float:
     touch: Callable[[Any], Any]
     touch = (lambda obj: obj["id"]) if kind == "dict" else (lambda obj: obj[0])
     cleanup: list[Callable[[], Any]] = []
+    after_fork: list[Callable[[], Any]] = []
     target: Callable[..., None]
     args: tuple[Any, ...]
     try:
@@ -138,21 +139,33 @@ def _run(method: str, kind: str, producers: int, count: int) -> float:
 
             path = os.path.join(tempfile.gettempdir(), f"zcbench-pool-{os.getpid()}.ipc")
             url = f"ipc://{path}"
-            context = zmq.Context()
-            sock: Any = context.socket(zmq.PULL)
-            sock.bind(url)
-            cleanup.append(context.term)
-            cleanup.append(lambda: sock.close(linger=0))
-            cleanup.append(lambda: os.path.exists(path) and os.remove(path))  # type: ignore[func-returns-value]
             target, args = _zmq_producer, (url,)
+            holder: dict[str, Any] = {}
+
+            def bind() -> None:  # after the fork: a forked zmq context is not usable
+                context = zmq.Context()
+                holder["sock"] = context.socket(zmq.PULL)
+                holder["sock"].bind(url)
+                cleanup.append(context.term)
+                cleanup.append(lambda: holder["sock"].close(linger=0))
+                cleanup.append(lambda: os.path.exists(path) and os.remove(path))  # type: ignore[func-returns-value]
+
+            def recv(copy: bool = True) -> Any:
+                sock = holder["sock"]
+                if not sock.poll(WAIT * 1000):
+                    raise RuntimeError("zmq PUSH/PULL: messages did not arrive")
+                return sock.recv(copy=copy)
+
             if kind == "dict":
 
                 def take() -> Any:
-                    return pickle.loads(sock.recv())
+                    return pickle.loads(recv())
             else:
 
                 def take() -> Any:
-                    return np.frombuffer(sock.recv(copy=False).buffer, np.uint8)
+                    return np.frombuffer(recv(copy=False).buffer, np.uint8)
+
+            after_fork.append(bind)
 
         procs = [
             _ctx.Process(target=target, args=(*args, kind, count, ready, go))
@@ -160,6 +173,8 @@ def _run(method: str, kind: str, producers: int, count: int) -> float:
         ]
         for p in procs:
             p.start()
+        for step in after_fork:
+            step()
         for _ in range(producers):
             if not ready.acquire(timeout=WAIT):
                 raise RuntimeError(f"{method}: a producer never became ready")
