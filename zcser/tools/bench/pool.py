@@ -149,6 +149,9 @@ def _run(method: str, kind: str, producers: int, count: int) -> float:
             def bind() -> None:  # after the fork: a forked zmq context is not usable
                 context = zmq.Context()
                 holder["sock"] = context.socket(zmq.PULL)
+                # Unbounded receive queue: with the default high-water mark, pushers that
+                # connected before the bind lost messages here (pyzmq 27, libzmq 4.3).
+                holder["sock"].setsockopt(zmq.RCVHWM, 0)
                 holder["sock"].bind(url)
                 cleanup.append(context.term)
                 cleanup.append(lambda: holder["sock"].close(linger=0))
