@@ -71,7 +71,9 @@ def test_channel_bench_section_quick_json() -> None:
     assert ("1 KiB message round trip", "mp.Pipe") in peers
     assert ("~100-byte dict messages per second, one way", "mp.Queue") in peers
     for row in rows:
-        if "zcser_us" in row:
+        if "peer_us" not in row and "peer_per_s" not in row:
+            assert "not measured" in row["note"]  # a peer that is not installed says so
+        elif "zcser_us" in row:
             assert row["ratio"] == row["zcser_us"] / row["peer_us"] > 0
         else:
             assert row["ratio"] == row["zcser_per_s"] / row["peer_per_s"] > 0
