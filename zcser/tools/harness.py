@@ -313,9 +313,17 @@ def _iox2() -> Any:
 def iceoryx2_missing() -> str | None:
     """Why the iceoryx2 peer cannot be measured here (None: it can)."""
     try:
-        _iox2()
+        iox2 = _iox2()
     except ImportError as exc:
         return f"iceoryx2 not installed ({exc}); pip install 'zcser[bench]'"
+    try:  # a node needs iceoryx2's shared directory, which another user may own already
+        iox2.set_log_level_from_env_or(iox2.LogLevel.Fatal)
+        iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+    except Exception as exc:
+        return (
+            f"iceoryx2 cannot create a node here ({type(exc).__name__}: {exc}); its shared "
+            "directory (/tmp/iceoryx2) may belong to another user"
+        )
     return None
 
 

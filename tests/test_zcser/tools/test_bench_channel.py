@@ -40,7 +40,7 @@ def test_round_trip_rows_say_when_iceoryx2_is_missing(monkeypatch: pytest.Monkey
     assert {r["peer"] for r in rows if "peer_us" in r} == {"mp.Pipe", "mp.Queue"}
 
 
-@pytest.mark.skipif(harness.iceoryx2_missing() is not None, reason="iceoryx2 not installed")
+@pytest.mark.skipif(harness.iceoryx2_missing() is not None, reason=str(harness.iceoryx2_missing()))
 def test_iceoryx2_round_trips_run() -> None:
     prefix = f"zct{time.monotonic_ns() % 10**8}x"
     try:
