@@ -12,7 +12,6 @@ import contextlib
 import errno
 import mmap
 import os
-import stat
 
 import posix_ipc
 
@@ -81,20 +80,8 @@ def remove_stale(name: str, slots: int = F.MAX_SUBSCRIBERS) -> bool:
 
 def remove_bells(name: str, slots: int) -> None:
     """Unlink the bells of NAME that are this user's FIFOs."""
-    with contextlib.suppress(OSError, Exception):
-        dir_fd = _shm.open_lock_dir(create=False)
-        try:
-            for fname in [F.pub_bell(name)] + [F.sub_bell(name, i) for i in range(slots)]:
-                unlink_bell(dir_fd, fname)
-        finally:
-            os.close(dir_fd)
-
-
-def unlink_bell(dir_fd: int, fname: str) -> None:
-    with contextlib.suppress(OSError):
-        st = os.stat(fname, dir_fd=dir_fd, follow_symlinks=False)
-        if stat.S_ISFIFO(st.st_mode) and st.st_uid == os.geteuid():
-            os.unlink(fname, dir_fd=dir_fd)
+    for fname in [F.pub_bell(name)] + [F.sub_bell(name, i) for i in range(slots)]:
+        drop_bell(fname)
 
 
 def create_shm(name: str, size: int) -> mmap.mmap:
@@ -175,75 +162,37 @@ def open_segment(name: str) -> tuple[mmap.mmap, int, int, int]:
 
 # --- bells ---------------------------------------------------------------------------------------
 
-_FIFO_READ = os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
-_FIFO_WRITE = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+# The bells are the pool's (zerobuffer/posix.py), named by their file: `<stem>.bell`.
 
 
-def _check_fifo(fd: int, fname: str) -> None:
-    st = os.fstat(fd)
-    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        os.close(fd)
-        raise NameInUse(
-            f"{fname} in the lock directory is not this user's private FIFO: remove it, or "
-            "pick another publisher name"
-        )
+def _stem(fname: str) -> str:
+    return fname.removesuffix(".bell")
 
 
 def make_bell(fname: str) -> int:
     """Create (replacing our own leftover) and open the FIFO `fname` in the lock directory for
-    reading, without blocking; the returned descriptor is readable when a byte was rung."""
-    dir_fd = _shm.open_lock_dir()
-    try:
-        unlink_bell(dir_fd, fname)
-        with contextlib.suppress(FileExistsError):
-            os.mkfifo(fname, F.FILE_MODE, dir_fd=dir_fd)
-        fd = os.open(fname, _FIFO_READ, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-    _check_fifo(fd, fname)
-    with contextlib.suppress(OSError):
-        os.fchmod(fd, F.FILE_MODE)
-    return fd
+    reading, without blocking; the returned descriptor is readable when a byte was rung. It is
+    open read-write: it never reports a hang-up."""
+    return _shm.create_bell(_stem(fname), hang_up=False)
 
 
 def open_bell(fname: str) -> int:
     """A non-blocking write descriptor of someone's bell, or -1 if it is not there (the
     sleeper's backstop then covers it)."""
-    try:
-        dir_fd = _shm.open_lock_dir(create=False)
-    except (OSError, Exception):
-        return -1
-    try:
-        fd = os.open(fname, _FIFO_WRITE, dir_fd=dir_fd)
-    except OSError:
-        return -1
-    finally:
-        os.close(dir_fd)
-    try:
-        _check_fifo(fd, fname)
-    except NameInUse:
-        return -1
-    return fd
+    fd = _shm.open_bell(_stem(fname))
+    return -1 if fd is None else fd
 
 
 def drop_bell(fname: str) -> None:
     """Unlink our bell `fname` (the descriptor is closed by its owner)."""
     with contextlib.suppress(OSError, Exception):
-        dir_fd = _shm.open_lock_dir(create=False)
-        try:
-            unlink_bell(dir_fd, fname)
-        finally:
-            os.close(dir_fd)
-
-
-_BYTE = b"\x01"
+        _shm.unlink_bell(_stem(fname))
 
 
 def ring(fd: int) -> None:
     """One byte into a bell; a full pipe already says "wake up"."""
     if fd >= 0:
-        with contextlib.suppress(OSError):
-            os.write(fd, _BYTE)
+        _shm.ring_bell(fd)
 
 
 def drain(fd: int) -> None:

@@ -738,10 +738,11 @@ def _check_bell(fd: int, path: object) -> None:
         raise _foreign("the bell", path, st, _FIX_NAME)
 
 
-def create_bell(name: str) -> int:
+def create_bell(name: str, hang_up: bool = True) -> int:
     """Create NAME's bell, a FIFO (mode 0600) in the lock directory, replacing a leftover FIFO
     of this user (the caller holds NAME's lock), and open its reading end (non-blocking).
-    Returns the descriptor."""
+    Returns the descriptor. `hang_up=False` opens it read-write, so it never reports a
+    hang-up when its writers leave (fan-out: the reader does not track writers by it)."""
     file = _bell_file(name)
     dir_fd = open_lock_dir()
     try:
@@ -764,7 +765,7 @@ def create_bell(name: str) -> int:
                     raise _foreign("the bell", path, st, _FIX_NAME) from None
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(file, dir_fd=dir_fd)
-        return _open_bell(file, dir_fd, os.O_RDONLY)
+        return _open_bell(file, dir_fd, os.O_RDONLY if hang_up else os.O_RDWR)
     finally:
         os.close(dir_fd)
 
