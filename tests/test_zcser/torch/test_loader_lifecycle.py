@@ -52,11 +52,10 @@ def test_a_killed_worker_raises_naming_it(sig: int) -> None:
 
 
 def test_timeout_raises_like_torch() -> None:
+    # Item 5 takes 3 s: without a working timeout, list() returns all 8 and nothing raises.
     loader = DataLoader(Slow(), batch_size=1, num_workers=1, timeout=1, capacity=RING)
-    started = time.monotonic()
     with pytest.raises(RuntimeError, match="DataLoader timed out after 1 seconds"):
         list(loader)
-    assert time.monotonic() - started < 5
 
 
 def test_worker_exceptions_are_reraised_like_torch() -> None:
@@ -163,14 +162,13 @@ def test_holding_a_rings_worth_of_batches_raises_instead_of_hanging(
     loader = DataLoader(Samples(64, shape=(48, 64, 64)), batch_size=4, num_workers=1,
                         capacity=8 << 20)  # fmt: skip
     kept = []
-    started = time.monotonic()
     with (
         pytest.warns(RuntimeWarning, match="an error after 3 s"),
         pytest.raises(RuntimeError, match=r"still holds .* MiB of earlier batches"),
     ):
         for batch in loader:
             kept.append(batch)  # 3 MiB a batch in an 8 MiB ring: the third one cannot come
-    assert len(kept) == 2 and time.monotonic() - started < 20
+    assert len(kept) == 2  # it raised (a hang would never get here), after two batches
     kept.clear()
     copies = [b["x"] for b in DataLoader(Samples(64, shape=(48, 64, 64)), batch_size=4,
                                          num_workers=1, capacity=8 << 20, copy=True)]  # fmt: skip
