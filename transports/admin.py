@@ -253,10 +253,19 @@ def _is_regular(path: os.PathLike[str]) -> bool:
         return False
 
 
-def _state(lock: str, shm: bool, oieb: Oieb | None, reader_alive: bool, writer_alive: bool) -> str:
+def _state(
+    lock: str,
+    shm: bool,
+    oieb: Oieb | None,
+    reader_alive: bool,
+    writer_alive: bool,
+    pool: bool = False,
+) -> str:
     if lock == "held":
         return "live"
     if shm and oieb is None:
+        if pool and lock == "free":
+            return "stale"  # a pool's control segment (no payload): gc removes it
         return "corrupt" if lock == "free" else "partial"
     if reader_alive or writer_alive:
         return "orphan-in-use"  # its lock is gone but a process still maps it
@@ -288,7 +297,7 @@ def inspect_buffer(
         if unread is not None and unread <= used:
             held = used - unread
     utilisation = used / capacity if capacity else 0.0
-    state_now = _state(lock, shm, oieb, reader_alive, writer_alive)
+    state_now = _state(lock, shm, oieb, reader_alive, writer_alive, pool=name.endswith("--pool"))
     return BufferInfo(
         name=name,
         shm=shm,

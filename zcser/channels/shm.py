@@ -133,11 +133,18 @@ def _connect(name: str, spin: int, timeout: float | None) -> tuple[Writer, tpool
     50 ms: connecting is rare and has no event to wait on)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = 0.001
+    full = False  # the channel was there, every place taken
     while True:
         try:
             return _attach(name, spin)
         except (terr.BufferNotFound, tpool.PlacesTaken) as exc:
+            full = full or isinstance(exc, tpool.PlacesTaken)
             if deadline is not None and time.monotonic() >= deadline:
+                if full and isinstance(exc, terr.BufferNotFound):
+                    raise errors.ChannelError(
+                        f"channel {name!r}: its Receiver closed while this Sender waited for a "
+                        f"free place (waited {timeout} s, and no new Receiver came)"
+                    ) from None
                 if isinstance(exc, tpool.PlacesTaken):
                     raise errors.ChannelError(
                         f"channel {name!r}: {exc}; waited {timeout} s for one to be freed. "

@@ -403,3 +403,38 @@ def test_a_sender_leaving_keeps_no_received_message_pinned(shm_name: str) -> Non
     finally:
         if gc_was:
             gc.enable()
+
+
+def test_a_sender_waiting_for_a_place_says_when_the_receiver_closed(shm_name: str) -> None:
+    rx = zcser.Receiver(shm_name, capacity=MIB, senders=1)
+    holder = zcser.Sender(shm_name)
+    closer = threading.Timer(0.3, rx.close)
+    closer.start()
+    try:
+        with pytest.raises(errors.ChannelError, match="Receiver closed while this Sender waited"):
+            zcser.Sender(shm_name, timeout=1.0)
+    finally:
+        closer.join()
+        holder.close()
+
+
+def _own_a_pool(name: str, ready: Any) -> None:
+    zcser.Receiver(name, capacity=MIB, senders=2)
+    ready.set()
+    signal.pause()
+
+
+def test_a_killed_receivers_pool_is_listed_stale_and_collected(shm_name: str) -> None:
+    from transports import admin
+
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    p = ctx.Process(target=_own_a_pool, args=(shm_name, ready))
+    p.start()
+    assert ready.wait(WAIT)
+    os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    p.join(WAIT)
+    states = {n: admin.inspect_buffer(n).state for n in (f"{shm_name}--pool", f"{shm_name}--0")}
+    assert states == {f"{shm_name}--pool": "stale", f"{shm_name}--0": "stale"}
+    with zcser.Receiver(shm_name, capacity=MIB, senders=2):  # replaces the dead one's names
+        pass
