@@ -786,6 +786,11 @@ def reopen_bell(name: str, fd: int) -> int:
     dir_fd = open_lock_dir()
     try:
         new = _open_bell(_bell_file(name), dir_fd, os.O_RDONLY)
+    except OSError as exc:  # replaced by a symlink (ELOOP) or removed by someone else
+        raise NameInUse(
+            f"the bell {L.lock_dir() / _bell_file(name)} was replaced or removed ({exc}); "
+            "the channel cannot wait on it any more: close the Receiver and create a new one"
+        ) from None
     finally:
         os.close(dir_fd)
     os.close(fd)

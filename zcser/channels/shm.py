@@ -171,8 +171,21 @@ def _connect(name: str, spin: int, timeout: float | None) -> tuple[Writer, tpool
 
 
 def _attach(name: str, spin: int) -> tuple[Writer, tpool.Place | None]:
-    with interrupts_deferred():  # Ctrl-C: a place is taken and handed over whole, or not at all
-        return _attach_now(name, spin)
+    got: tuple[Writer, tpool.Place | None] | None = None
+    try:
+        with interrupts_deferred():  # Ctrl-C: a place is taken and handed over whole...
+            got = _attach_now(name, spin)
+    except BaseException:
+        if got is not None:  # ...and a Ctrl-C held back until then gives it back, marked
+            w, place = got
+            if place is not None:
+                with contextlib.suppress(_TransportError):
+                    w.write(_EOS, 0)  # the pool counts every sender that took a place
+            w.close()
+            if place is not None:
+                place.leave()
+        raise
+    return got
 
 
 def _attach_now(name: str, spin: int) -> tuple[Writer, tpool.Place | None]:
@@ -318,6 +331,7 @@ class ShmSender(base.Sender):
         timeout: float | None = CONNECT_TIMEOUT,
     ) -> None:
         self._closed = True
+        self._closing = False
         self._forked = False
         self._place: tpool.Place | None = None
         _check_timeout(timeout)
@@ -335,27 +349,11 @@ class ShmSender(base.Sender):
         if headroom < layout.TABLE_START:
             raise errors.UsageError(f"headroom must be >= {layout.TABLE_START} bytes")
         self._w, self._place = _connect(name, spin, timeout)
-        schema = schema_bytes(self.codec)
         try:
-            self._w.set_metadata(schema)
-        except terr.MetadataAlreadyWritten:
-            written = self._w.metadata
-            if written is None or bytes(written) != schema:
-                self._withdraw()
-                raise errors.IncompatibleStream(
-                    f"channel {name!r} carries a stream started by a sender with another codec "
-                    "(other registered classes or settings): a new Sender must use the same "
-                    "codec configuration, or a new Receiver (a new name)"
-                ) from None
-        except _TransportError as exc:
+            self._check_stream(name)
+        except BaseException:  # Ctrl-C included: the place goes back, marked as finished
             self._withdraw()
-            raise _translate(exc) from exc
-        if self._place is not None and self._place.places > 1 and self._place.after_death:
-            try:
-                self._w.write(_LOST)
-            except _TransportError as exc:
-                self._withdraw()
-                raise _translate(exc) from exc
+            raise
         self._closed = False
         self._pid = os.getpid()
         self._capacity = self._w.stats().capacity
@@ -401,6 +399,8 @@ class ShmSender(base.Sender):
     def _send(self, obj: Any, timeout: float | None) -> None:
         if self._forked:
             raise _forked_error(self)
+        if self._closing:
+            raise errors.Closed(f"sender of {self.name!r} was closed; create a new Sender")
         arena = self._arena
         try:
             if arena.frame is not None:
@@ -425,6 +425,28 @@ class ShmSender(base.Sender):
             raise _translate(exc) from exc
         self._messages += 1
         self._bytes += used
+
+    def _check_stream(self, name: str) -> None:
+        """Write the stream schema, or check it against the one the channel has; a Sender
+        taking a dead one's place says so first (pool.py)."""
+        schema = schema_bytes(self.codec)
+        try:
+            self._w.set_metadata(schema)
+        except terr.MetadataAlreadyWritten:
+            written = self._w.metadata
+            if written is None or bytes(written) != schema:
+                raise errors.IncompatibleStream(
+                    f"channel {name!r} carries a stream started by a sender with another codec "
+                    "(other registered classes or settings): a new Sender must use the same "
+                    "codec configuration, or a new Receiver (a new name)"
+                ) from None
+        except _TransportError as exc:
+            raise _translate(exc) from exc
+        if self._place is not None and self._place.places > 1 and self._place.after_death:
+            try:
+                self._w.write(_LOST)
+            except _TransportError as exc:
+                raise _translate(exc) from exc
 
     def _withdraw(self) -> None:
         """A Sender that took a place but cannot go on: its end mark (a pool counts every
@@ -556,6 +578,7 @@ class ShmSender(base.Sender):
         if self._forked or os.getpid() != self._pid:
             self._closed = True
             return  # a forked child's copy: the stream belongs to the parent
+        self._closing = True  # sends queued behind the gate raise Closed instead of waiting
         if self._gate.in_use():
             self._w.interrupt()  # a send waiting for room in another thread raises Closed
         self._gate.run(self._close_once, timeout)

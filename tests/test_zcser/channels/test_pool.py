@@ -438,3 +438,55 @@ def test_a_killed_receivers_pool_is_listed_stale_and_collected(shm_name: str) ->
     assert states == {f"{shm_name}--pool": "stale", f"{shm_name}--0": "stale"}
     with zcser.Receiver(shm_name, capacity=MIB, senders=2):  # replaces the dead one's names
         pass
+
+
+def test_closing_a_shared_sender_fails_every_waiting_send(shm_name: str) -> None:
+    """Several threads blocked sending into a full ring: close() makes each raise Closed."""
+    with zcser.Receiver(shm_name, capacity=MIB, senders=4):
+        tx = zcser.Sender(shm_name)
+        chunk = np.ones(200_000, np.uint8)
+        with pytest.raises(errors.BufferFull):
+            while True:
+                tx.send(chunk, timeout=0)
+        errors_seen: list[str] = []
+
+        def blocked() -> None:
+            try:
+                tx.send(chunk)
+            except errors.ZcserError as exc:
+                errors_seen.append(type(exc).__name__)
+
+        threads = [threading.Thread(target=blocked) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)  # let them block (not a bound on anything)
+        tx.close(timeout=0)
+        for t in threads:
+            t.join(WAIT)
+        assert not any(t.is_alive() for t in threads)
+        assert errors_seen == ["Closed"] * 3
+
+
+def test_ctrl_c_while_connecting_never_keeps_a_place(shm_name: str) -> None:
+    """A KeyboardInterrupt landing anywhere in Sender(name) gives the place back."""
+    import random
+
+    interrupts = 0
+    with zcser.Receiver(shm_name, capacity=MIB, senders=2) as rx:
+        rng = random.Random(7)
+        for _ in range(60):
+            timer = threading.Timer(rng.uniform(0, 0.003), signal.raise_signal, (signal.SIGINT,))
+            timer.start()
+            tx = None
+            try:
+                tx = zcser.Sender(shm_name, timeout=WAIT)
+            except KeyboardInterrupt:
+                interrupts += 1
+            timer.join()
+            if tx is not None:
+                tx.close()
+        assert [rx._pool.owner(i) for i in range(2)] == [0, 0]
+        with zcser.Sender(shm_name, timeout=WAIT) as a, zcser.Sender(shm_name, timeout=WAIT) as b:
+            a.send(1)
+            b.send(2)
+    assert interrupts > 0
