@@ -18,6 +18,8 @@
  *   put, Publisher.put and take_run only do the cases they handle and answer "not handled"
  *   for everything else (wraps, full ring, gone reader, sequence gaps, corruption), which the
  *   Python code then handles, so the protocol logic stays there.
+ * - FanoutPublisher / fanout_take / fanout_wait: the fan-out segment's small message, published
+ *   and taken in runs (transports/fanout; see the section "fan-out" below).
  * - address: where a contiguous buffer lives, for alignment checks (no pyarrow round trip).
  * - stream_copy: a large copy with non-temporal stores and the GIL released, so several threads
  *   can each copy a part (zcser's streaming copy). glibc's memcpy only streams above a share
@@ -35,6 +37,7 @@
 #include <sched.h>
 #include <semaphore.h>
 #include <time.h>
+#include <poll.h>
 #include <unistd.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -851,6 +854,481 @@ static PyTypeObject PublisherType = {
     .tp_getset = Publisher_getset,
 };
 
+/* --- fan-out (transports/fanout) ----------------------------------------------------------
+ *
+ * The per-message paths of the fan-out segment (docs/protocol.md "Fan-out"), for the usual
+ * small message; everything else (wraps, gaps around pins, joins, waiting for room, "latest",
+ * frames a subscriber keeps as views, missed messages, nonsense) stays in the Python code,
+ * which these decline to, changing nothing.
+ *
+ * - FanoutPublisher: `p.put = data` writes and publishes one frame at the write position when
+ *   the Python code's last look guarantees room there (the floor), then writes the bells of
+ *   the subscribers asleep (`p.bells`); an attribute store, as Publisher.put, so no signal
+ *   handler runs between a frame's publication and its counting.
+ * - fanout_take: a subscriber copies out a run of consecutive small frames, moves its cursor
+ *   past them with one compare-and-swap (the publisher may have moved it: then nothing is
+ *   taken) and queues their bytes, in one call.
+ * - fanout_wait: a subscriber's wait, with the GIL released: a short poll of the head, then
+ *   armed sleep on its bell.
+ * Offsets come from transports/fanout/layout.py through configure_fanout().
+ */
+
+static struct {
+    int configured;
+    uint64_t off_head, off_last, off_seq, off_closed, off_joins, off_pub_armed, off_skips;
+    uint64_t s_state, s_read, s_armed, s_last_seq, skip_entries, active;
+} fo;
+
+#define FO_ALIGN 64u
+#define FO_HEADER 16u
+#define FO_MAX_BELLS 64
+
+static inline uint64_t
+fo_load(const char *at)
+{
+    return __atomic_load_n((const uint64_t *)at, __ATOMIC_ACQUIRE);
+}
+
+static int
+fo_check_configured(void)
+{
+    if (!fo.configured) {
+        PyErr_SetString(PyExc_RuntimeError, "transports._native.configure_fanout() was not called");
+        return -1;
+    }
+    return 0;
+}
+
+/* configure_fanout(off_head, off_last, off_seq, off_closed, off_joins, off_pub_armed, off_skips,
+ *                  s_state, s_read, s_armed, s_last_seq, skip_entries, active) */
+static PyObject *
+configure_fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t a[13];
+    if (parse_u64s(args, nargs, 13, "configure_fanout(13 layout numbers)", a) < 0) {
+        return NULL;
+    }
+    for (int i = 0; i < 11; i++) {
+        if (a[i] % sizeof(uint64_t) != 0) {
+            PyErr_SetString(PyExc_ValueError, "fan-out offsets must be multiples of 8");
+            return NULL;
+        }
+    }
+    if (a[11] == 0) {
+        PyErr_SetString(PyExc_ValueError, "fan-out skip table must have entries");
+        return NULL;
+    }
+    fo.off_head = a[0];
+    fo.off_last = a[1];
+    fo.off_seq = a[2];
+    fo.off_closed = a[3];
+    fo.off_joins = a[4];
+    fo.off_pub_armed = a[5];
+    fo.off_skips = a[6];
+    fo.s_state = a[7];
+    fo.s_read = a[8];
+    fo.s_armed = a[9];
+    fo.s_last_seq = a[10];
+    fo.skip_entries = a[11];
+    fo.active = a[12];
+    fo.configured = 1;
+    Py_RETURN_NONE;
+}
+
+/* One byte into a bell; a full FIFO (EAGAIN) has rung already, a sleeper gone (EPIPE) is its
+ * own business. */
+static inline void
+fo_ring(int fd)
+{
+    if (fd >= 0) {
+        char byte = 1;
+        ssize_t ignored = write(fd, &byte, 1);
+        (void)ignored;
+    }
+}
+
+/* The publisher's state words, an array('Q') owned by FanoutWriter (writer.py):
+ *
+ *   [0] w       end of the published frames (absolute position; the segment's head)
+ *   [1] seq     sequence number of the newest frame
+ *   [2] floor   no cursor nor pin is below it (writer.py _lowest): a frame whose old lap ends
+ *               at or below it overwrites nothing anyone may read
+ *   [3] sample  the next frame start at or past it must be recorded by the Python code (its
+ *               table of frame starts, ring.py Entries): put declines there
+ *   [4] joins   the segment's joins word when the Python code last looked at the slots
+ *   [5] frames  frames published
+ *   [6] bytes   data bytes published
+ *   [7] done    1 if the last `put` published its frame, 0 if it declined
+ */
+enum { FW_W, FW_SEQ, FW_FLOOR, FW_SAMPLE, FW_JOINS, FW_FRAMES, FW_BYTES, FW_DONE, FW_WORDS };
+
+typedef struct {
+    PyObject_HEAD
+    char *seg;       /* first byte of the segment */
+    uint64_t base;   /* payload ring offset in the segment */
+    uint64_t size;   /* payload ring bytes */
+    Py_buffer state; /* the writer's state words (holds the array) */
+    int has_state;
+    int nbells;
+    uint64_t *armed[FO_MAX_BELLS]; /* subscribers' S_ARMED words */
+    int fds[FO_MAX_BELLS];         /* their bells' writing ends */
+} FanoutPublisher;
+
+static int
+FanoutPublisher_init(FanoutPublisher *self, PyObject *args, PyObject *kwds)
+{
+    unsigned long long addr, base, size;
+    PyObject *state;
+    if (!PyArg_ParseTuple(args, "KKKO:FanoutPublisher", &addr, &base, &size, &state)) {
+        return -1;
+    }
+    if (fo_check_configured() < 0 || check_address(addr) < 0) {
+        return -1;
+    }
+    if (size == 0 || size % FO_ALIGN != 0 || base % FO_ALIGN != 0) {
+        PyErr_SetString(PyExc_ValueError, "FanoutPublisher(): ring size and base must be 64-aligned");
+        return -1;
+    }
+    if (self->has_state) {
+        PyErr_SetString(PyExc_RuntimeError, "FanoutPublisher() initialised twice");
+        return -1;
+    }
+    uint64_t *words;
+    if (state_words(state, &self->state, FW_WORDS, &words) < 0) {
+        return -1;
+    }
+    self->has_state = 1;
+    self->seg = (char *)(uintptr_t)addr;
+    self->base = base;
+    self->size = size;
+    self->nbells = 0;
+    return 0;
+}
+
+static void
+FanoutPublisher_dealloc(FanoutPublisher *self)
+{
+    if (self->has_state) {
+        PyBuffer_Release(&self->state);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* `p.put = data`: publish bytes `data` as the next frame if it fits at the write position
+ * before the ring's end, below the floor's lap, before the next sample, with no join pending
+ * (done = 1): data, frame header, newest start and sequence, the head (a full fence), then the
+ * bells of armed subscribers. Otherwise nothing changes (done = 0). */
+static int
+FanoutPublisher_set_put(FanoutPublisher *self, PyObject *data, void *closure)
+{
+    if (data == NULL || !PyBytes_CheckExact(data)) {
+        PyErr_SetString(PyExc_TypeError, "FanoutPublisher.put takes bytes");
+        return -1;
+    }
+    uint64_t *st = (uint64_t *)self->state.buf;
+    uint64_t n = (uint64_t)PyBytes_GET_SIZE(data), size = self->size;
+    st[FW_DONE] = 0;
+    if (!HOTPATH_LITTLE_ENDIAN || n == 0 || n > size / 2) {
+        return 0;
+    }
+    uint64_t t = (FO_HEADER + n + FO_ALIGN - 1) / FO_ALIGN * FO_ALIGN;
+    uint64_t w = st[FW_W], off = w % size;
+    if (t > size / 2 || size - off < t || w + t > st[FW_FLOOR] + size || w >= st[FW_SAMPLE]) {
+        return 0;
+    }
+    char *seg = self->seg;
+    if (fo_load(seg + fo.off_joins) != st[FW_JOINS]) {
+        return 0;
+    }
+    char *frame = seg + self->base + off;
+    uint64_t seq = st[FW_SEQ] + 1;
+    uint64_t header[2] = {n, seq};
+    memcpy(frame + FO_HEADER, PyBytes_AS_STRING(data), (size_t)n);
+    memcpy(frame, header, sizeof header);
+    __atomic_store_n((uint64_t *)(seg + fo.off_last), w, __ATOMIC_RELAXED);
+    __atomic_store_n((uint64_t *)(seg + fo.off_seq), seq, __ATOMIC_RELAXED);
+    st[FW_W] = w + t;
+    st[FW_SEQ] = seq;
+    st[FW_FRAMES] += 1;
+    st[FW_BYTES] += n;
+    st[FW_DONE] = 1;
+    __atomic_fetch_add((uint64_t *)(seg + fo.off_head), t, __ATOMIC_SEQ_CST); /* publishes */
+    for (int i = 0; i < self->nbells; i++) {
+        if (__atomic_load_n(self->armed[i], __ATOMIC_SEQ_CST) != 0) {
+            fo_ring(self->fds[i]);
+        }
+    }
+    return 0;
+}
+
+/* `p.bells = ((armed_addr, fd), ...)`: the subscribers whose bell a publish writes when armed. */
+static int
+FanoutPublisher_set_bells(FanoutPublisher *self, PyObject *value, void *closure)
+{
+    if (value == NULL || !PyTuple_Check(value) || PyTuple_GET_SIZE(value) > FO_MAX_BELLS) {
+        PyErr_Format(PyExc_TypeError, "FanoutPublisher.bells takes a tuple of at most %d pairs",
+                     FO_MAX_BELLS);
+        return -1;
+    }
+    uint64_t *armed[FO_MAX_BELLS];
+    int fds[FO_MAX_BELLS];
+    Py_ssize_t count = PyTuple_GET_SIZE(value);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        unsigned long long addr;
+        int fd;
+        PyObject *pair = PyTuple_GET_ITEM(value, i);
+        if (!PyTuple_Check(pair) || !PyArg_ParseTuple(pair, "Ki:FanoutPublisher.bells", &addr, &fd)) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "FanoutPublisher.bells: (armed_addr, fd) pairs");
+            }
+            return -1;
+        }
+        if (check_address(addr) < 0) {
+            return -1;
+        }
+        armed[i] = (uint64_t *)(uintptr_t)addr;
+        fds[i] = fd;
+    }
+    memcpy(self->armed, armed, sizeof(armed[0]) * (size_t)count);
+    memcpy(self->fds, fds, sizeof(fds[0]) * (size_t)count);
+    self->nbells = (int)count;
+    return 0;
+}
+
+static PyObject *
+FanoutPublisher_get_none(FanoutPublisher *self, void *closure)
+{
+    PyErr_SetString(PyExc_AttributeError, "FanoutPublisher.put and .bells can only be set");
+    return NULL;
+}
+
+static PyGetSetDef FanoutPublisher_getset[] = {
+    {"put", (getter)FanoutPublisher_get_none, (setter)FanoutPublisher_set_put,
+     "Set to bytes: publish them as the next frame if the fast path allows (state done = 1).",
+     NULL},
+    {"bells", (getter)FanoutPublisher_get_none, (setter)FanoutPublisher_set_bells,
+     "Set to ((armed_addr, fd), ...): the bells a publish writes when armed.", NULL},
+    {NULL},
+};
+
+static PyTypeObject FanoutPublisherType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "transports._native.FanoutPublisher",
+    .tp_basicsize = sizeof(FanoutPublisher),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "FanoutPublisher(addr, base, size, state): a fan-out publisher's small publish.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)FanoutPublisher_init,
+    .tp_dealloc = (destructor)FanoutPublisher_dealloc,
+    .tp_getset = FanoutPublisher_getset,
+};
+
+/* A subscriber's state words, an array('Q') owned by FanoutReader (reader.py):
+ *
+ *   [0] last_seq  sequence number of the last frame taken
+ *   [1] skip_idx  skip entries already behind the cursor
+ *   [2] frames    frames taken
+ *   [3] bytes     data bytes taken
+ */
+enum { FR_LAST_SEQ, FR_SKIP_IDX, FR_FRAMES, FR_BYTES, FR_WORDS };
+
+/* fanout_take(addr, slot, base, size, skip_base, words, limit, max_frames, pending, pub_bell)
+ *   -> k.
+ * With the slot active and `pending` empty: from the cursor, copy out consecutive frames of
+ * 1..limit bytes, each the sequence after the previous one, fitting the ring and the published
+ * part, up to max_frames and not across the next skip entry; append their bytes to `pending`;
+ * move the cursor past them with one compare-and-swap from where they were read. The
+ * publisher overwrites frames only past every cursor (or after moving one), so a successful
+ * swap says the copies are whole; a failed one (it moved this cursor) empties `pending` again
+ * and returns -1. Then last_seq (the slot's too) and the counters, and the publisher's bell if
+ * it waits for room. 0: nothing taken (the Python code reads what is there, if anything). */
+static PyObject *
+fanout_take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char usage[] =
+        "fanout_take(addr, slot, base, size, skip_base, words, limit, max_frames, pending, "
+        "pub_bell)";
+    if (nargs != 10 || !PyList_CheckExact(args[8]) || !PyLong_Check(args[9])) {
+        PyErr_Format(PyExc_TypeError, "%s: 10 arguments, pending a list", usage);
+        return NULL;
+    }
+    PyObject *const nums[7] = {args[0], args[1], args[2], args[3], args[4], args[6], args[7]};
+    uint64_t a[7];
+    if (parse_u64s(nums, 7, 7, usage, a) < 0 || check_address(a[0]) < 0 ||
+        check_address(a[1]) < 0 || fo_check_configured() < 0) {
+        return NULL;
+    }
+    int pub_bell = (int)PyLong_AsLong(args[9]);
+    if (pub_bell == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    char *seg = (char *)(uintptr_t)a[0], *slot = (char *)(uintptr_t)a[1];
+    uint64_t base = a[2], size = a[3], skip_base = a[4], limit = a[5], max_frames = a[6];
+    PyObject *pending = args[8];
+    if (size == 0 || size % FO_ALIGN != 0) {
+        PyErr_SetString(PyExc_ValueError, "fanout_take(): ring size must be a multiple of 64");
+        return NULL;
+    }
+    if (PyList_GET_SIZE(pending) != 0) {
+        return PyLong_FromLong(0);
+    }
+    Py_buffer view;
+    uint64_t *words;
+    if (state_words(args[5], &view, FR_WORDS, &words) < 0) {
+        return NULL;
+    }
+    long result = 0;
+    if (!HOTPATH_LITTLE_ENDIAN || fo_load(slot + fo.s_state) != fo.active) {
+        goto done;
+    }
+    uint64_t h = fo_load(seg + fo.off_head), r = fo_load(slot + fo.s_read);
+    if (r >= h || h - r > size || r % FO_ALIGN != 0) {
+        goto done; /* nothing, or nonsense the Python code reports */
+    }
+    uint64_t count = fo_load(seg + fo.off_skips), idx = words[FR_SKIP_IDX];
+    if (count - idx > fo.skip_entries) {
+        idx = count - fo.skip_entries;
+    }
+    uint64_t next_skip = UINT64_MAX;
+    while (idx < count) {
+        uint64_t from;
+        memcpy(&from, seg + skip_base + (idx % fo.skip_entries) * 16, sizeof from);
+        if (from < r) {
+            idx += 1;
+            continue;
+        }
+        next_skip = from;
+        break;
+    }
+    words[FR_SKIP_IDX] = idx;
+    uint64_t pos = r, last = words[FR_LAST_SEQ], k = 0, copied = 0;
+    while (k < max_frames && pos < h && pos < next_skip) {
+        uint64_t off = pos % size, header[2];
+        if (size - off < FO_HEADER) {
+            break;
+        }
+        memcpy(header, seg + base + off, sizeof header);
+        uint64_t n = header[0];
+        if (n == 0 || n > limit || header[1] != last + 1 || n > size) {
+            break;
+        }
+        uint64_t total = (FO_HEADER + n + FO_ALIGN - 1) / FO_ALIGN * FO_ALIGN;
+        if (total > size - off || total > h - pos || n > (uint64_t)PY_SSIZE_T_MAX) {
+            break;
+        }
+        PyObject *bytes = PyBytes_FromStringAndSize(seg + base + off + FO_HEADER, (Py_ssize_t)n);
+        if (bytes == NULL || PyList_Append(pending, bytes) < 0) {
+            Py_XDECREF(bytes);
+            PyErr_Clear(); /* take what was copied: the next call reports the shortage */
+            break;
+        }
+        Py_DECREF(bytes);
+        pos += total;
+        last = header[1];
+        copied += n;
+        k += 1;
+    }
+    if (k == 0) {
+        goto done;
+    }
+    uint64_t expected = r;
+    if (!__atomic_compare_exchange_n((uint64_t *)(slot + fo.s_read), &expected, pos, 0,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        PyList_SetSlice(pending, 0, PyList_GET_SIZE(pending), NULL);
+        PyErr_Clear();
+        result = -1;
+        goto done;
+    }
+    __atomic_store_n((uint64_t *)(slot + fo.s_last_seq), last, __ATOMIC_RELAXED);
+    words[FR_LAST_SEQ] = last;
+    words[FR_FRAMES] += k;
+    words[FR_BYTES] += copied;
+    result = (long)k;
+    if (__atomic_load_n((uint64_t *)(seg + fo.off_pub_armed), __ATOMIC_SEQ_CST) != 0) {
+        fo_ring(pub_bell);
+    }
+done:
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(result);
+}
+
+/* Something for the subscriber: a frame published past its cursor (while active), or the end. */
+static inline int
+fo_ready(const char *seg, const char *slot)
+{
+    if (__atomic_load_n((const uint64_t *)(slot + fo.s_state), __ATOMIC_SEQ_CST) == fo.active &&
+        __atomic_load_n((const uint64_t *)(slot + fo.s_read), __ATOMIC_SEQ_CST) <
+            __atomic_load_n((const uint64_t *)(seg + fo.off_head), __ATOMIC_SEQ_CST)) {
+        return 1;
+    }
+    return __atomic_load_n((const uint64_t *)(seg + fo.off_closed), __ATOMIC_SEQ_CST) != 0;
+}
+
+/* fanout_wait(addr, slot, bell, busy_ns, rounds, sleep_ms) -> int, with the GIL released:
+ * poll for a frame (or the end) about `busy_ns`, then up to `rounds` times yield the CPU and
+ * poll again; then, if `sleep_ms` > 0, arm (the slot's armed word + 1), look once more, sleep
+ * on the bell up to sleep_ms, disarm and drain the bell. Returns 1 if something is there now,
+ * 2 if it came during the first poll, 0 if not (the caller looks at the publisher's liveness
+ * and its deadline). A signal ends the sleep early (the caller's handlers then run). */
+static PyObject *
+fanout_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char usage[] = "fanout_wait(addr, slot, bell, busy_ns, rounds, sleep_ms)";
+    if (nargs != 6 || !PyLong_Check(args[2])) {
+        PyErr_Format(PyExc_TypeError, "%s takes 6 ints", usage);
+        return NULL;
+    }
+    PyObject *const nums[5] = {args[0], args[1], args[3], args[4], args[5]};
+    uint64_t a[5];
+    if (parse_u64s(nums, 5, 5, usage, a) < 0 || check_address(a[0]) < 0 ||
+        check_address(a[1]) < 0 || fo_check_configured() < 0) {
+        return NULL;
+    }
+    int bell = (int)PyLong_AsLong(args[2]);
+    if (bell == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const char *seg = (const char *)(uintptr_t)a[0];
+    char *slot = (char *)(uintptr_t)a[1];
+    uint64_t busy_ns = a[2], rounds = a[3], sleep_ms = a[4];
+    if (sleep_ms > 3600000u) {
+        sleep_ms = 3600000u;
+    }
+    int result = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (uint64_t round = 0;; round++) {
+        uint64_t end = now_ns() + busy_ns;
+        for (uint32_t i = 1;; i++) {
+            if (fo_ready(seg, slot)) {
+                result = round == 0 ? 2 : 1;
+                break;
+            }
+            cpu_relax();
+            if ((i & 7) == 0 && now_ns() >= end) {
+                break;
+            }
+        }
+        if (result || round >= rounds) {
+            break;
+        }
+        sched_yield();
+    }
+    if (!result && sleep_ms > 0 && bell >= 0) {
+        uint64_t *armed = (uint64_t *)(slot + fo.s_armed);
+        __atomic_fetch_add(armed, 1, __ATOMIC_SEQ_CST);
+        if (!fo_ready(seg, slot)) {
+            struct pollfd p = {.fd = bell, .events = POLLIN, .revents = 0};
+            (void)poll(&p, 1, (int)sleep_ms);
+        }
+        __atomic_fetch_sub(armed, 1, __ATOMIC_SEQ_CST);
+        char sink[64];
+        while (read(bell, sink, sizeof sink) > 0) {
+        }
+        result = fo_ready(seg, slot);
+    }
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(result);
+}
+
 /* --- a held frame's ticket --------------------------------------------------------------- */
 
 /* Ticket(orphans, entry): a held Frame's last word. A Frame's __del__ is Python code, and a
@@ -1060,6 +1538,13 @@ static PyMethodDef methods[] = {
      "give_back(addr, words, sem_r): free += the withheld bytes (then 0), post sem-r."},
     {"stream_copy", (PyCFunction)(void (*)(void))stream_copy, METH_FASTCALL,
      "stream_copy(dst, src): dst[:] = src with streaming stores, the GIL released."},
+    {"configure_fanout", (PyCFunction)(void (*)(void))configure_fanout, METH_FASTCALL,
+     "configure_fanout(...): the fan-out segment's layout (transports/fanout/layout.py)."},
+    {"fanout_take", (PyCFunction)(void (*)(void))fanout_take, METH_FASTCALL,
+     "fanout_take(addr, slot, base, size, skip_base, words, limit, max_frames, pending, "
+     "pub_bell) -> frames taken (-1: the publisher moved the cursor)."},
+    {"fanout_wait", (PyCFunction)(void (*)(void))fanout_wait, METH_FASTCALL,
+     "fanout_wait(addr, slot, bell, busy_ns, rounds, sleep_ms) -> 0-2: a subscriber's wait."},
     {"sem_attach", (PyCFunction)sem_attach, METH_O,
      "sem_attach(name) -> handle: this process's sem_t of an existing named semaphore."},
     {"sem_detach", (PyCFunction)sem_detach, METH_O,
@@ -1082,7 +1567,8 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__native(void)
 {
-    if (PyType_Ready(&PublisherType) < 0 || PyType_Ready(&TicketType) < 0) {
+    if (PyType_Ready(&PublisherType) < 0 || PyType_Ready(&TicketType) < 0 ||
+        PyType_Ready(&FanoutPublisherType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&module_def);
@@ -1098,6 +1584,12 @@ PyInit__native(void)
     Py_INCREF(&TicketType);
     if (PyModule_AddObject(module, "Ticket", (PyObject *)&TicketType) < 0) {
         Py_DECREF(&TicketType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&FanoutPublisherType);
+    if (PyModule_AddObject(module, "FanoutPublisher", (PyObject *)&FanoutPublisherType) < 0) {
+        Py_DECREF(&FanoutPublisherType);
         Py_DECREF(module);
         return NULL;
     }

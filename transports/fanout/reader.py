@@ -27,6 +27,7 @@ import contextlib
 import os
 import select
 import time
+from array import array
 from ctypes import c_uint64
 from pickle import PickleBuffer
 
@@ -53,6 +54,24 @@ _cas = _shm.compare_exchange
 BACKSTOP = 0.1
 """Longest sleep before the publisher's liveness is looked at again."""
 SPIN = 64
+RUN = 64
+"""Most small frames one compiled take copies out (they wait on `_pending`)."""
+_NATIVE = seg.native
+_TAKE = None if _NATIVE is None else _NATIVE.fanout_take
+_WAIT = None if _NATIVE is None else _NATIVE.fanout_wait
+_ADDRESS = None if _NATIVE is None else _NATIVE.address
+_BUSY_MIN = 1_500
+_BUSY_MAX = 30_000
+"""Bounds of the compiled wait's first poll, ns (sized by where the last answers came from, as
+the 1:1 reader's spin: zerobuffer/common.py)."""
+_ROUNDS = 16
+"""Yields (each followed by another poll) before the compiled wait sleeps on the bell."""
+
+# The state words (an array('Q') shared with the compiled take, _native.c fanout_take):
+_LAST_SEQ = 0  # sequence number of the last frame taken
+_SKIP_IDX = 1  # skip entries already behind the cursor
+_FRAMES = 2
+_BYTES = 3
 
 
 class FanoutFrame:
@@ -160,9 +179,10 @@ class FanoutReader:
         self.share = max(1, P // (2 * slots))
         self._cap = P // 2
         self._holds = Holds()
-        self._skip_idx = 0
-        self._last_seq = -1  # known once active
-        self.frames = 0
+        self._words = array("Q", bytes(8 * 4))
+        self._started = False  # _words[_LAST_SEQ] is known (the slot is active)
+        self._pending: list[bytes] = []  # small frames taken by a run, oldest first
+        self._busy = _BUSY_MAX
         self.missed = 0
         self.copied = 0  # frames copied because this subscriber pinned more than its share
         self.blocked = 0.0
@@ -197,6 +217,7 @@ class FanoutReader:
 
     def _take_slot(self, i: int, at: int) -> None:
         self._slot = i
+        self._slot_addr = at
         self._s_state = c_uint64.from_address(at + F.S_STATE)
         self._s_read = c_uint64.from_address(at + F.S_READ)
         self._s_read_addr = at + F.S_READ
@@ -233,9 +254,14 @@ class FanoutReader:
 
     # -- reading ---------------------------------------------------------------------------------
 
+    @property
+    def frames(self) -> int:
+        """Frames taken so far."""
+        return self._words[_FRAMES]
+
     def ready(self) -> bool:
         """Whether read(timeout=0) would return at once (a frame, the end, or an error)."""
-        if self._closed:
+        if self._closed or self._pending:
             return True
         if self._s_state.value == F.ACTIVE and self._s_read.value < self._head.value:
             return True
@@ -256,8 +282,10 @@ class FanoutReader:
         mm = self._mm
         holds = self._holds
         read = self._s_read
-        if self._last_seq < 0:
-            self._last_seq = self._s_seq.value
+        words = self._words
+        if not self._started:
+            words[_LAST_SEQ] = self._s_seq.value
+            self._started = True
         for _ in range(1000):
             h = self._head.value
             r = read.value
@@ -268,7 +296,7 @@ class FanoutReader:
                     continue
                 raise self._corrupt(f"cursor {r} is not within a lap of the head {h}")
             count = self._skips.value
-            idx = self._skip_idx
+            idx = words[_SKIP_IDX]
             if count - idx > F.SKIP_ENTRIES:
                 idx = count - F.SKIP_ENTRIES
             jumped = False
@@ -285,7 +313,7 @@ class FanoutReader:
                     _cas(self._s_read_addr, r, to)
                     jumped = True
                 break
-            self._skip_idx = idx
+            words[_SKIP_IDX] = idx
             if jumped:
                 continue
             if self._policy == F.LATEST:
@@ -296,12 +324,13 @@ class FanoutReader:
             off = r % P
             n, seq = _unpack_header(mm, self._base + off)
             total = F.frame_total(n)
-            if n == 0 or off + total > P or r + total > h or seq <= self._last_seq:
+            last_seq = words[_LAST_SEQ]
+            if n == 0 or off + total > P or r + total > h or seq <= last_seq:
                 if read.value != r:
                     continue
                 raise self._corrupt(
                     f"frame header at {r} claims {n} bytes, sequence {seq} (head {h}, last "
-                    f"sequence {self._last_seq})"
+                    f"sequence {last_seq})"
                 )
             if n <= limit:
                 # Small: copied out before the claim, no hold needed. If the claim succeeds,
@@ -311,10 +340,11 @@ class FanoutReader:
                 data = mm[start : start + n]
                 if not _cas(self._s_read_addr, r, r + total)[0]:
                     continue
-                missed = seq - self._last_seq - 1
-                self._last_seq = seq
+                missed = seq - last_seq - 1
+                words[_LAST_SEQ] = seq
                 self._s_seq.value = seq
-                self.frames += 1
+                words[_FRAMES] += 1
+                words[_BYTES] += n
                 if missed:
                     self.missed += missed
                 self._missed_last = missed
@@ -333,10 +363,11 @@ class FanoutReader:
                 self._s_pin.value = old_pin
                 self._s_end.value = old_end
                 continue
-            missed = seq - self._last_seq - 1
-            self._last_seq = seq
+            missed = seq - last_seq - 1
+            words[_LAST_SEQ] = seq
             self._s_seq.value = seq
-            self.frames += 1
+            words[_FRAMES] += 1
+            words[_BYTES] += n
             self.missed += missed
             self._missed_last = missed
             start = self._base + off + _HDR
@@ -389,27 +420,35 @@ class FanoutReader:
         """The next frame (bytes when at most `limit` bytes). Waits up to `timeout` s (None:
         while the publisher lives). TransportClosed after the publisher closed and every
         frame was read; WriterDead if it died; Timeout."""
+        pending = self._pending
+        if pending:
+            return self._pop(limit)
         if self._closed:
             raise TransportClosed(f"subscriber of {self.name!r} is closed")
-        got = self._try(limit)
+        got = self._next(limit)
         if got is not None:
             return got
         self._end()
         if timeout == 0:
             raise TransportTimeout(f"no message on {self.name!r}", timeout=timeout)
         head, read = self._head, self._s_read
-        for i in range(SPIN):  # cheap looks only: liveness is checked once asleep
-            if read.value < head.value:
-                got = self._try(limit)
-                if got is not None:
-                    return got
-            if i > 16:
-                os.sched_yield()
+        if _WAIT is not None:
+            got = self._wait_compiled(limit)
+            if got is not None:
+                return got
+        else:
+            for i in range(SPIN):  # cheap looks only: liveness is checked once asleep
+                if read.value < head.value:
+                    got = self._try(limit)
+                    if got is not None:
+                        return got
+                if i > 16:
+                    os.sched_yield()
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
         try:
             while True:
-                got = self._try(limit)
+                got = self._next(limit)
                 if got is not None:
                     return got
                 self._end()
@@ -420,6 +459,9 @@ class FanoutReader:
                         raise TransportTimeout(
                             f"no message on {self.name!r} within {timeout} s", timeout=timeout
                         )
+                if _WAIT is not None:
+                    _WAIT(self._addr, self._slot_addr, self._bell, 0, 0, int(wait * 1000 + 0.999))
+                    continue
                 self.arm()
                 try:
                     if not (self._s_state.value == F.ACTIVE and read.value < head.value):
@@ -429,6 +471,53 @@ class FanoutReader:
                 self.woken()
         finally:
             self.blocked += time.monotonic() - start
+
+    def _next(self, limit: int) -> FanoutFrame | bytes | None:
+        """The next frame as read() returns it, or None: a run of small frames through the
+        compiled take when it applies, else _try."""
+        if limit > 0 and _TAKE is not None and self._started and self._policy != F.LATEST:
+            k = _TAKE(
+                self._addr,
+                self._slot_addr,
+                self._base,
+                self._P,
+                self._skip_base,
+                self._words,
+                limit,
+                RUN,
+                self._pending,
+                self._pub_bell,
+            )
+            if k > 0:
+                return self._pop(limit)
+        return self._try(limit)
+
+    def _pop(self, limit: int) -> FanoutFrame | bytes:
+        """The oldest frame a run took: its bytes, or a private frame over them when the
+        caller wants frames (limit < 0)."""
+        pending = self._pending
+        data = pending.pop(0)
+        self._missed_last = 0
+        if limit >= 0:
+            return data
+        seq = self._words[_LAST_SEQ] - len(pending)
+        view = memoryview(data)
+        address = _ADDRESS(data) if _ADDRESS is not None else 0
+        return FanoutFrame(None, 0, view, seq, 0, address)
+
+    def _wait_compiled(self, limit: int) -> FanoutFrame | bytes | None:
+        """Poll for the next frame with the GIL released (compiled), its first poll sized by
+        where the last answers came from: one found during it grows it, one found only after
+        yielding the CPU shrinks it (another process may need this core). None: nothing yet,
+        sleep."""
+        assert _WAIT is not None
+        busy = self._busy
+        found = _WAIT(self._addr, self._slot_addr, self._bell, busy, _ROUNDS, 0)
+        if found == 2:
+            self._busy = min(busy + (busy >> 2), _BUSY_MAX)
+        elif found:
+            self._busy = max(busy >> 1, _BUSY_MIN)
+        return self._next(limit) if found else None
 
     # -- waiting ---------------------------------------------------------------------------------
 

@@ -57,17 +57,20 @@ class Entries:
     start per `size / SAMPLES` bytes is kept, so a skipped subscriber misses at most that
     many bytes of messages more than it had to."""
 
-    __slots__ = ("_starts", "_step", "size")
+    __slots__ = ("_starts", "_step", "next_sample", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._step = max(1, size // SAMPLES)
         self._starts: deque[int] = deque()
+        self.next_sample = 0
+        """Frame starts below this one need not be given to add() (it would not keep them)."""
 
     def add(self, start: int) -> None:
         starts = self._starts
         if not starts or start - starts[-1] >= self._step:
             starts.append(start)
+            self.next_sample = start + self._step
 
     def forget_before(self, position: int) -> None:
         starts = self._starts

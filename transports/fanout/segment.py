@@ -29,6 +29,25 @@ from transports.zerobuffer import posix as _shm
 _U64 = F.U64
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
+native = _shm.hotpath if hasattr(_shm.hotpath, "fanout_take") else None
+"""The compiled per-message paths (_native.c, "fan-out"), or None: the Python code does all."""
+if native is not None:
+    native.configure_fanout(
+        F.OFF_HEAD,
+        F.OFF_LAST,
+        F.OFF_SEQ,
+        F.OFF_CLOSED,
+        F.OFF_JOINS,
+        F.OFF_PUB_ARMED,
+        F.OFF_SKIPS,
+        F.S_STATE,
+        F.S_READ,
+        F.S_ARMED,
+        F.S_LAST_SEQ,
+        F.SKIP_ENTRIES,
+        F.ACTIVE,
+    )
+
 
 def _shm_full(name: str, needed: int) -> ShmFullError:
     available = _shm.shm_available()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from array import array
 from ctypes import c_uint64
 from dataclasses import dataclass
 
@@ -48,6 +49,17 @@ _HDR = F.FRAME_HEADER_SIZE
 _NONE = F.NONE
 POLL = 0.05
 """Longest sleep of a waiting publisher before it looks at its subscribers' liveness again."""
+_NATIVE = None if seg.native is None else seg.native.FanoutPublisher
+
+# The state words (an array('Q') shared with the compiled put, _native.c FanoutPublisher):
+_W = 0  # end of the published frames (absolute): the head
+_SEQ = 1  # sequence number of the newest frame
+_FLOOR = 2  # no cursor nor pin below it (_lowest)
+_SAMPLE = 3  # the next frame start at or past it goes through _publish (Entries.next_sample)
+_JOINS = 4  # the joins word when the slots were last looked at (_NONE: look again)
+_FRAMES = 5
+_BYTES = 6
+_DONE = 7  # 1: the last compiled put published its frame
 
 
 @dataclass(frozen=True)
@@ -198,16 +210,12 @@ class FanoutWriter:
         self._slots = [_Slot(addr, i) for i in range(slots)]
         self._active: list[_Slot] = []
         self._bells: list[tuple[c_uint64, int]] = []
-        self._joins_seen = 0
-        self._floor = 0
-        self._w = 0
-        self._seq = 0
+        self._st = array("Q", bytes(8 * 8))
         self._entries = Entries(P)
         self._res: tuple[int, int, int] | None = None  # (position, total, n) when reserved
         self._res_view: memoryview | None = None
-        self._frames = 0
-        self._bytes = 0
         self._blocked = 0.0
+        self._nat = None if _NATIVE is None else _NATIVE(addr, self._base, P, self._st)
         try:
             self._bell = seg.make_bell(F.pub_bell(name))
         except BaseException:
@@ -223,7 +231,8 @@ class FanoutWriter:
 
     def _update_slots(self) -> None:
         """Start subscribers that asked to join at the next frame; forget those that left."""
-        self._joins_seen = self._joins.value
+        st = self._st
+        st[_JOINS] = self._joins.value
         active: list[_Slot] = []
         for s in self._slots:
             pid = s.pid.value
@@ -231,8 +240,8 @@ class FanoutWriter:
             if pid == 0 or pid & (1 << 63):
                 continue
             if state == F.JOINING:
-                s.read.value = self._w
-                s.seq.value = self._seq
+                s.read.value = st[_W]
+                s.seq.value = st[_SEQ]
                 s.state.value = F.ACTIVE
                 state = F.ACTIVE
             if state in (F.ACTIVE, F.CLOSING):
@@ -244,6 +253,8 @@ class FanoutWriter:
                     s.bell_pid = pid
         self._active = active
         self._bells = [(s.armed, s.bell) for s in active if s.bell >= 0]
+        if self._nat is not None:
+            self._nat.bells = tuple((s.addr + F.S_ARMED, s.bell) for s in active if s.bell >= 0)
 
     def _reap_dead(self, slots: list[_Slot]) -> bool:
         """Reap the dead owners among `slots`; True if any was."""
@@ -253,7 +264,7 @@ class FanoutWriter:
             if pid and not pid & (1 << 63) and owner_dead(pid):
                 reaped |= reap(self.name, s.addr, s.index, pid)
         if reaped:
-            self._joins_seen = -1  # rescan
+            self._st[_JOINS] = _NONE  # rescan
         return reaped
 
     # -- placement -------------------------------------------------------------------------------
@@ -261,7 +272,7 @@ class FanoutWriter:
     def _try_place(self, t: int, blockers: list[_Slot]) -> int:
         """The position for a frame of t ring bytes, or -1 (blockers says who is in the way)."""
         P = self._P
-        w = self._w
+        w = self._st[_W]
         c = fit(w, t, P)
         active = self._active
         for _ in range(4 * len(active) + 8):
@@ -311,17 +322,18 @@ class FanoutWriter:
                 size=n,
                 capacity=self._P,
             )
-        if self._joins.value != self._joins_seen:
+        st = self._st
+        if self._joins.value != st[_JOINS]:
             self._update_slots()
-        w = self._w
+        w = st[_W]
         P = self._P
-        if P - w % P >= t and w + t - P <= self._floor:
+        if P - w % P >= t and w + t <= st[_FLOOR] + P:
             return w  # fast path: no cursor nor pin is within a lap of the frame's bytes
         blockers: list[_Slot] = []
         c = self._try_place(t, blockers)
         if c < 0:
             c = self._wait_room(t, timeout)
-        self._floor = self._lowest()
+        st[_FLOOR] = self._lowest()
         return c
 
     def _lowest(self) -> int:
@@ -329,7 +341,7 @@ class FanoutWriter:
         and pins only move forward; a new pin is at or after its cursor; a joining subscriber
         starts at the write position), so a frame whose old lap ends below it overwrites
         nothing anyone may read."""
-        low = self._w
+        low = self._st[_W]
         for s in self._active:
             if s.state.value == F.ACTIVE:
                 low = min(low, s.read.value)
@@ -375,8 +387,8 @@ class FanoutWriter:
             pinned = 0 if pin == _NONE else s.end.value - pin
             what = (
                 f"pins {pinned:,} bytes"
-                if pin != _NONE and s.read.value >= self._w
-                else f"has {self._w - s.read.value:,} bytes unread"
+                if pin != _NONE and s.read.value >= self._st[_W]
+                else f"has {self._st[_W] - s.read.value:,} bytes unread"
             )
             who.append(
                 f"subscriber pid {s.pid.value} ({_POLICY_NAMES.get(s.policy.value, '?')}) {what}"
@@ -446,6 +458,11 @@ class FanoutWriter:
 
     def write(self, data: bytes | memoryview, timeout: float | None = None) -> None:
         """Copy one bytes-like object into the next frame and publish it."""
+        nat = self._nat
+        if nat is not None and type(data) is bytes and self._res is None:
+            nat.put = data  # compiled: publishes at once when the fast path's rules allow
+            if self._st[_DONE]:
+                return
         view = memoryview(data).cast("B")
         n = view.nbytes
         self._check_open()
@@ -458,27 +475,30 @@ class FanoutWriter:
 
     def _publish(self, c: int, n: int) -> None:
         P = self._P
-        w = self._w
+        st = self._st
+        w = st[_W]
         mm = self._mm
         if c != w:  # a wrap or a gap: record where the next entry really is
             k = self._skips.value
             F.FRAME_HEADER.pack_into(mm, self._skip_base + (k % F.SKIP_ENTRIES) * F.SKIP_SIZE, w, c)
             self._skips.value = k + 1
-        seq = self._seq + 1
+        seq = st[_SEQ] + 1
         F.FRAME_HEADER.pack_into(mm, self._base + c % P, n, seq)
         t = F.frame_total(n)
-        self._seq = seq
+        st[_SEQ] = seq
         self._last.value = c
         self._seqw.value = seq
-        self._w = c + t
+        st[_W] = c + t
         _shm.atomic_add(self._head_addr, c + t - w)  # publishes; a full fence before the bells
-        self._entries.add(c)
-        self._entries.forget_before(c + t - P)
+        entries = self._entries
+        entries.add(c)
+        entries.forget_before(c + t - P)
+        st[_SAMPLE] = entries.next_sample
         for armed, fd in self._bells:
             if armed.value:
                 seg.ring(fd)
-        self._frames += 1
-        self._bytes += n
+        st[_FRAMES] += 1
+        st[_BYTES] += n
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -511,8 +531,8 @@ class FanoutWriter:
                     slot=s.index,
                     pid=pid,
                     policy=_POLICY_NAMES.get(s.policy.value, "?"),
-                    lag=max(0, self._seq - s.seq.value) if active else 0,
-                    unread_bytes=max(0, self._w - s.read.value) if active else 0,
+                    lag=max(0, self._st[_SEQ] - s.seq.value) if active else 0,
+                    unread_bytes=max(0, self._st[_W] - s.read.value) if active else 0,
                     pinned_bytes=0 if pin == _NONE else max(0, s.end.value - pin),
                 )
             )
@@ -521,8 +541,8 @@ class FanoutWriter:
     def stats(self) -> WriterStats:
         return WriterStats(
             capacity=self._P,
-            frames=self._frames,
-            bytes=self._bytes,
+            frames=self._st[_FRAMES],
+            bytes=self._st[_BYTES],
             blocked_seconds=self._blocked,
             subscribers=self.subscribers(),
         )
@@ -533,6 +553,7 @@ class FanoutWriter:
         if self._closed:
             return
         self._closed = True
+        self._nat = None  # holds the mapping's address: never used past here
         if self._res is not None:
             self._end_reservation()
         if os.getpid() != self._pid:

@@ -32,6 +32,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -73,6 +74,19 @@ CONNECT_TIMEOUT = 5.0
 SMALL_MESSAGE = 16 * 1024
 """Messages up to this size are copied out on receipt (their slot in the ring goes back at
 once), as on shm channels."""
+
+
+_LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Every shared-memory end of this process, so a forked child knows its copies are not its own
+(no getpid() per message)."""
+
+
+def _after_fork_in_child() -> None:
+    for end in list(_LIVE):
+        end._forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def register(scheme: str, publisher: type[Publisher], subscriber: type[Subscriber]) -> None:
@@ -319,19 +333,23 @@ class ShmPublisher(Publisher):
         self._bytes = 0
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._forked = False
+        _LIVE.add(self)
         self._closed = False
 
     def send(self, obj: Any, timeout: float | None = None) -> None:
         """Publish `obj`: written once into shared memory (not at all for empty() arrays).
         Waits while "block" subscribers (or pins) leave no room: `timeout` s (None: while they
         live; 0: one try), then BufferFull."""
-        _check_timeout(timeout)
+        if timeout is not None:
+            _check_timeout(timeout)
         with self._lock:
-            self._check_open()
+            if self._closed:
+                self._check_open()
             self._send(obj, timeout)
 
     def _send(self, obj: Any, timeout: float | None) -> None:
-        if os.getpid() != self._pid:
+        if self._forked:
             raise errors.UsageError(
                 f"Publisher {self.name!r} belongs to the process that made it: a forked child "
                 "cannot publish through it. Publish from the parent, or give the child a "
@@ -343,7 +361,7 @@ class ShmPublisher(Publisher):
                 used = arena.send(self.codec.plan(obj), timeout)
             else:
                 plan = self.codec.pack(obj)
-                if isinstance(plan, bytes):
+                if type(plan) is bytes:
                     used = len(plan)
                     if used + 64 > self._half:
                         raise _too_large(used, self._capacity)
@@ -485,6 +503,8 @@ class ShmSubscriber(Subscriber):
         self.codec = codec if codec is not None else Codec()
         self._r = _connect(name, policy, timeout)
         self._pid = os.getpid()
+        self._forked = False
+        _LIVE.add(self)
         self._checked = False
         self._messages = 0
         self._bytes = 0
@@ -494,7 +514,7 @@ class ShmSubscriber(Subscriber):
     def _read(self, limit: int, timeout: float | None) -> FanoutFrame | bytes:
         r = self._r
         assert r is not None
-        if os.getpid() != self._pid:
+        if self._forked:
             raise errors.UsageError(
                 f"Subscriber of {self.name!r} belongs to the process that made it: this forked "
                 "child cannot use it (its slot and cursor are the parent's). Make a new "
@@ -535,22 +555,26 @@ class ShmSubscriber(Subscriber):
     def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
         """The next object (see the policies). Arrays are read-only views pinning their message
         until garbage-collected; copy=True gives private writable objects."""
-        _check_timeout(timeout)
+        if timeout is not None:
+            _check_timeout(timeout)
         with self._lock:
-            self._check_open()
+            r = self._r
+            if r is None or r.closed:
+                self._check_open()
             got = self._read(self._small, timeout)
-            if isinstance(got, bytes):
+            if type(got) is bytes:
                 value = self.codec.decode(got, copy=True) if copy else self.codec.decode_small(got)
-                size = len(got)
+                self._messages += 1
+                self._bytes += len(got)
+                return value
+            size = got.size
+            if copy:
+                try:
+                    value = self.codec.decode(got.data, copy=True)
+                finally:
+                    _release_quietly(got)
             else:
-                size = got.size
-                if copy:
-                    try:
-                        value = self.codec.decode(got.data, copy=True)
-                    finally:
-                        _release_quietly(got)
-                else:
-                    value, _lease = self._decode(got)
+                value, _lease = self._decode(got)
             self._messages += 1
             self._bytes += size
             return value

@@ -116,6 +116,42 @@ def test_every_subscriber_gets_every_message_zero_copy(count: int) -> None:
         assert big and all(big)  # zero-copy: every large array lies in the shared segment
 
 
+def recv_worker(q: Any, name: str) -> None:
+    """recv() (the small-message path: runs of small messages taken together) to the end."""
+    sub = zcser.Subscriber(name, timeout=10)
+    q.put(("ready", None))
+    seen = []
+    try:
+        for obj in sub:
+            seen.append(check(obj, sub)[:2] if "arr" in obj else (obj["i"], obj["tag"]))
+        q.put(("done", (0, seen, sub.stats().missed, sub.stats())))
+    except BaseException as exc:
+        q.put(("error", repr(exc)))
+        raise
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_small_messages_reach_every_subscriber_in_order_with_recv(count: int) -> None:
+    name = unique_name("fo")
+    n = 3000
+    small = [{"i": i, "tag": f"s{i}", "x": 1.5 * i} for i in range(n)]
+    with zcser.Publisher(name, capacity=4 << 20, subscribers=4) as pub:  # 160 KB arrays too
+        q = CTX.Queue()
+        procs = [CTX.Process(target=recv_worker, args=(q, name), daemon=True) for _ in range(count)]
+        for p in procs:
+            p.start()
+        for _ in procs:
+            assert q.get(timeout=30)[0] == "ready"
+        for i in range(n):
+            pub.send(make(i) if i % 500 == 252 else small[i], timeout=30)
+    expected = [
+        (i, zlib.crc32(make(i)["arr"].tobytes())) if i % 500 == 252 else (i, f"s{i}")
+        for i in range(n)
+    ]
+    for seen, missed, _ in results(procs, q):
+        assert seen == expected and missed == 0
+
+
 def test_empty_is_written_in_place_and_read_in_place() -> None:
     name = unique_name("fo")
     with zcser.Publisher(name, capacity=64 << 20, subscribers=2) as pub:

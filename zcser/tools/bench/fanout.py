@@ -57,8 +57,8 @@ def _sub_main(method: str, where: Any, conn: Any, mode: str, n: int) -> None:
     """One subscriber: receive n messages; in "big" mode acknowledge each, in "small" mode
     once at the end; then the USS growth while holding the last one."""
     recv = _receiver(method, where)
+    base = _uss()  # before "ready": reading /proc takes a while, outside the timed part
     conn.send("ready")
-    base = _uss()
     obj = None
     for _ in range(n):
         obj = recv()
