@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from transports.errors import CorruptBuffer, TransportEnvironmentError
+from transports.fanout import layout as F
 from transports.fanout import segment as _fanout_segment
 from transports.zerobuffer import is_orphan
 from transports.zerobuffer import layout as L
@@ -27,11 +28,15 @@ __all__ = [
     "CRITICAL",
     "DEGRADED",
     "BufferInfo",
+    "FanoutInfo",
     "Oieb",
     "collect_garbage",
+    "fanout_names",
     "health",
     "inspect_buffer",
+    "inspect_fanout",
     "list_buffers",
+    "list_fanouts",
     "parse_oieb",
     "unread_bytes",
 ]
@@ -373,6 +378,210 @@ def list_buffers(prefix: str = "") -> list[BufferInfo]:
     return [inspect_buffer(name, holders) for name in buffer_names(prefix)]
 
 
+# --- fan-out segments (zcser.Publisher) ----------------------------------------------------------
+
+_FANOUT_LOCK_SUFFIX = ".fanout" + _LOCK_SUFFIX
+_POLICY_NAMES = {v: k for k, v in F.POLICIES.items()}
+_SLOT_STATES = {F.FREE: "free", F.JOINING: "joining", F.ACTIVE: "active", F.CLOSING: "closing"}
+
+
+@dataclass(frozen=True)
+class FanoutInfo:
+    """What `ls` reports about one fan-out segment (a zcser.Publisher's shared memory)."""
+
+    name: str
+    shm_bytes: int  # size of /dev/shm/NAME (0 if absent)
+    lock: str  # the publisher's lock file (NAME.fanout.lock): "held", "free" or "missing"
+    lock_pid: int
+    publisher_pid: int  # 0 once it closed (or unknown)
+    publisher_alive: bool
+    closed: bool  # the publisher ended the stream
+    state: str  # "live", "stale" (gc removes it), "orphan-in-use", "partial" or "corrupt"
+    capacity: int  # payload ring bytes
+    slots: int  # subscribers it admits
+    connected: int  # subscribers in a slot whose process lives
+    messages: int  # published so far (the newest sequence number)
+    subscribers: tuple[dict[str, Any], ...]  # per taken slot: slot, pid, alive, state, policy,
+    # lag (messages published it has not taken), pinned_bytes
+    problem: str  # why the header could not be read, or ""
+    kind: str = "fanout"
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-able dict (the `--json` output)."""
+        out = asdict(self)
+        out["subscribers"] = list(self.subscribers)
+        return out
+
+
+def _fanout_magic(name: str) -> bool:
+    """Whether /dev/shm/NAME is a regular file starting with the fan-out magic (read-only)."""
+    try:
+        fd = os.open(L.SHM_DIR / name, _READ_FLAGS)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, len(F.MAGIC), 0) == F.MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def fanout_names(prefix: str = "") -> list[str]:
+    """Names of fan-out segments: publisher lock files, and /dev/shm entries with the magic."""
+    names: set[str] = set()
+    with contextlib.suppress(OSError, TransportEnvironmentError):
+        dir_fd = _shm.open_lock_dir(create=False)
+        try:
+            names.update(
+                entry[: -len(_FANOUT_LOCK_SUFFIX)]
+                for entry in os.listdir(dir_fd)
+                if entry.endswith(_FANOUT_LOCK_SUFFIX)
+            )
+        finally:
+            os.close(dir_fd)
+    with contextlib.suppress(OSError):
+        names.update(
+            entry
+            for entry in os.listdir(L.SHM_DIR)
+            if entry.startswith(prefix)
+            and entry not in names
+            and L.NAME_RE.fullmatch(entry)
+            and _fanout_magic(entry)
+        )
+    return sorted(n for n in names if n.startswith(prefix) and L.NAME_RE.fullmatch(n))
+
+
+def _u64s(raw: bytes, offsets: Iterable[int]) -> list[int]:
+    return [F.U64.unpack_from(raw, off)[0] for off in offsets]
+
+
+def _read_fanout(name: str) -> tuple[int, dict[str, Any] | None, str]:
+    """(size, header fields and slots or None, problem) of /dev/shm/NAME, read with pread."""
+    try:
+        fd = os.open(L.SHM_DIR / name, _READ_FLAGS)
+    except OSError as exc:
+        return 0, None, f"cannot open: {exc.strerror}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return 0, None, f"not a fan-out segment: {_shm.file_kind(st.st_mode)}"
+        size = st.st_size
+        raw = os.pread(fd, F.HEADER_SIZE, 0)
+        if len(raw) < F.HEADER_SIZE or raw[: len(F.MAGIC)] != F.MAGIC:
+            return size, None, "not a fan-out segment (no magic): being created, or not zcser's"
+        version, slots, meta, payload, pub_pid, seq, closed, ready = _u64s(
+            raw,
+            (
+                F.OFF_VERSION,
+                F.OFF_SLOTS,
+                F.OFF_META_SIZE,
+                F.OFF_PAYLOAD_SIZE,
+                F.OFF_PUB_PID,
+                F.OFF_SEQ,
+                F.OFF_CLOSED,
+                F.OFF_READY,
+            ),
+        )
+        if version != F.VERSION:
+            return size, None, f"fan-out layout {version}; this zcser reads {F.VERSION}"
+        if not ready:
+            return size, None, "being created"
+        if (
+            not 1 <= slots <= F.MAX_SUBSCRIBERS
+            or meta > 1 << 40
+            or not 0 < payload <= 1 << 48
+            or F.total_size(slots, meta, payload) > size
+        ):
+            return size, None, f"{slots} slots and {payload} payload bytes do not fit {size}"
+        table = os.pread(fd, slots * F.SLOT_SIZE, F.HEADER_SIZE)
+        if len(table) < slots * F.SLOT_SIZE:
+            return size, None, "slot table cut short"
+        subs = []
+        for i in range(slots):
+            at = i * F.SLOT_SIZE
+            pid, state, policy, pin, end, last = _u64s(
+                table,
+                (
+                    at + F.S_PID,
+                    at + F.S_STATE,
+                    at + F.S_POLICY,
+                    at + F.S_PIN,
+                    at + F.S_HOLD_END,
+                    at + F.S_LAST_SEQ,
+                ),
+            )
+            if pid == 0 or pid & (1 << 63):
+                continue
+            subs.append(
+                {
+                    "slot": i,
+                    "pid": pid,
+                    "alive": _shm.pid_alive(pid),
+                    "state": _SLOT_STATES.get(state, "?"),
+                    "policy": _POLICY_NAMES.get(policy, "?"),
+                    "lag": max(0, seq - last) if state == F.ACTIVE else 0,
+                    "pinned_bytes": 0 if pin == F.NONE else max(0, min(end - pin, payload)),
+                }
+            )
+        fields = {
+            "slots": slots,
+            "capacity": payload,
+            "publisher_pid": pub_pid,
+            "messages": seq,
+            "closed": bool(closed),
+            "subscribers": tuple(subs),
+        }
+        return size, fields, ""
+    finally:
+        os.close(fd)
+
+
+def inspect_fanout(
+    name: str, _holders: dict[tuple[int, int, int], int] | None = None
+) -> FanoutInfo:
+    """Everything knowable about fan-out segment NAME from outside its processes (read-only)."""
+    holders = _lock_holders() if _holders is None else _holders
+    lock, lock_pid = _lock_state(F.lock_stem(name), holders)
+    shm = _is_regular(L.SHM_DIR / name)
+    size, fields, problem = _read_fanout(name) if shm else (0, None, "no shared memory")
+    pub_pid = fields["publisher_pid"] if fields else 0
+    alive = _shm.pid_alive(pub_pid)
+    if lock == "held":
+        state_now = "live"
+    elif shm and fields is None:
+        state_now = "corrupt" if lock == "free" else "partial"
+    elif alive:
+        state_now = "orphan-in-use"
+    else:
+        state_now = "stale"
+    subs: tuple[dict[str, Any], ...] = fields["subscribers"] if fields else ()
+    return FanoutInfo(
+        name=name,
+        shm_bytes=size,
+        lock=lock,
+        lock_pid=lock_pid,
+        publisher_pid=pub_pid,
+        publisher_alive=alive,
+        closed=bool(fields and fields["closed"]),
+        state=state_now,
+        capacity=fields["capacity"] if fields else 0,
+        slots=fields["slots"] if fields else 0,
+        connected=sum(
+            1 for s in subs if s["alive"] and s["state"] in ("joining", "active", "closing")
+        ),
+        messages=fields["messages"] if fields else 0,
+        subscribers=subs,
+        problem=problem,
+    )
+
+
+def list_fanouts(prefix: str = "") -> list[FanoutInfo]:
+    """`inspect_fanout` for every fan-out segment whose name starts with `prefix`."""
+    holders = _lock_holders()
+    return [inspect_fanout(name, holders) for name in fanout_names(prefix)]
+
+
 # --- removing ------------------------------------------------------------------------------------
 
 
@@ -415,5 +624,6 @@ def collect_garbage(prefix: str = "") -> list[str]:
     directory is a symlink or another user's."""
     removed = _shm.cleanup_stale(lambda name: name.startswith(prefix) and is_orphan(name))
     leftovers = [n for n in buffer_names(prefix) if n not in removed]
-    fanout = _fanout_segment.collect(prefix)  # fan-out segments of dead publishers
+    # fan-out segments of dead publishers, also those whose lock file is gone
+    fanout = _fanout_segment.collect(prefix, also=fanout_names(prefix))
     return sorted(set(removed) | set(_remove_unlocked(leftovers)) | set(fanout))

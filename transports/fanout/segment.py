@@ -12,6 +12,7 @@ import contextlib
 import errno
 import mmap
 import os
+from collections.abc import Iterable
 
 import posix_ipc
 
@@ -234,21 +235,26 @@ def remove_stale_quietly(name: str) -> None:
 _LOCK_SUFFIX = ".fanout.lock"
 
 
-def collect(prefix: str = "") -> list[str]:
+def collect(prefix: str = "", also: Iterable[str] = ()) -> list[str]:
     """Remove the fan-out segments (with their bells and lock file) of this user whose publisher
     is dead: nobody holds the publisher lock and the segment's publisher pid is not alive.
-    Returns the names removed; live ones and what is not ours are left alone."""
+    Looks at the publisher lock files, and at the names in `also` (segments found in /dev/shm,
+    whose lock file may be gone). Returns the names removed; live ones and what is not ours
+    are left alone."""
     removed: list[str] = []
+    files: list[str] = []
     try:
         dir_fd = _shm.open_lock_dir(create=False)
     except (OSError, Exception):
-        return removed
-    try:
-        files = [f for f in os.listdir(dir_fd) if f.endswith(_LOCK_SUFFIX)]
-    finally:
-        os.close(dir_fd)
-    for file in files:
-        name = file[: -len(_LOCK_SUFFIX)]
+        pass  # no lock directory (or not ours): only the segments found elsewhere
+    else:
+        try:
+            files = [f for f in os.listdir(dir_fd) if f.endswith(_LOCK_SUFFIX)]
+        finally:
+            os.close(dir_fd)
+    found = set(also)
+    names = {file[: -len(_LOCK_SUFFIX)] for file in files} | found
+    for name in sorted(names):
         if (
             not name.startswith(prefix)
             or not name
@@ -260,8 +266,8 @@ def collect(prefix: str = "") -> list[str]:
         except Exception:
             continue
         try:
-            remove_stale(name)
-            removed.append(name)
+            if remove_stale(name) or name not in found:
+                removed.append(name)  # a segment removed, or a dead publisher's lock file
         except Exception:
             pass
         finally:

@@ -122,12 +122,16 @@ def _pid(pid: int, alive: bool) -> str:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    """List ZeroBuffer buffers (lock files and /dev/shm) with peers, sizes and utilisation."""
-    from transports.admin import list_buffers
+    """List ZeroBuffer buffers (lock files and /dev/shm) with peers, sizes and utilisation, then
+    fan-out segments (zcser.Publisher) with their publisher and subscribers. --json: one list,
+    fan-out rows marked "kind": "fanout"."""
+    from transports.admin import list_buffers, list_fanouts
 
     infos = list_buffers(args.prefix)
+    fanouts = list_fanouts(args.prefix)
     if args.json:
-        print(json.dumps([info.as_json() for info in infos], indent=2))
+        rows = [info.as_json() for info in infos] + [f.as_json() for f in fanouts]
+        print(json.dumps(rows, indent=2))
         return 0
     row = "{:<32} {:<13} {:<6} {:<16} {:<16} {:>12} {:>6} {:<8}"
     print(row.format("NAME", "STATE", "LOCK", "READER", "WRITER", "SHM BYTES", "USED", "HEALTH"))
@@ -135,17 +139,51 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         used = f"{i.utilisation:.0%}" if i.capacity else "-"
         reader, writer = _pid(i.reader_pid, i.reader_alive), _pid(i.writer_pid, i.writer_alive)
         print(row.format(i.name, i.state, i.lock, reader, writer, i.shm_bytes, used, i.health))
+    if fanouts:
+        row = "{:<32} {:<13} {:<6} {:<16} {:>11} {:>12} {:>12} {:>10}"
+        print()
+        print(
+            row.format(
+                "FAN-OUT",
+                "STATE",
+                "LOCK",
+                "PUBLISHER",
+                "SUBSCRIBERS",
+                "CAPACITY",
+                "SHM BYTES",
+                "MESSAGES",
+            )
+        )
+        for f in fanouts:
+            publisher = "closed" if f.closed else _pid(f.publisher_pid, f.publisher_alive)
+            subs = f"{f.connected}/{f.slots}" if f.slots else "-"
+            print(
+                row.format(
+                    f.name, f.state, f.lock, publisher, subs, f.capacity, f.shm_bytes, f.messages
+                )
+            )
     return 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     """Print one buffer's OIEB fields, utilisation band, peers and pinned bytes (1: not found)."""
-    from transports.admin import inspect_buffer
+    from transports.admin import fanout_names, inspect_buffer, inspect_fanout
 
     info = inspect_buffer(args.name)
     if not info.shm and not info.semaphores and info.lock == "missing":
         print(f"no buffer named {args.name!r} (see `python -m zcser ls`)")
         return 1
+    if args.name in fanout_names(args.name):
+        fanout = inspect_fanout(args.name)
+        if args.json:
+            print(json.dumps(fanout.as_json(), indent=2))
+            return 0
+        for key, value in fanout.as_json().items():
+            if key != "subscribers":
+                print(f"{key:<16} {value}")
+        for sub in fanout.subscribers:
+            print("  " + "  ".join(f"{k} {v}" for k, v in sub.items()))
+        return 0
     if args.json:
         print(json.dumps(info.as_json(), indent=2))
         return 0
