@@ -10,7 +10,14 @@ reader.py    FanoutReader, FanoutFrame: a subscriber
 ```
 """
 
-from transports.fanout.reader import FanoutFrame, FanoutReader
+from transports.fanout.reader import FanoutFrame, FanoutReader, SlotsTaken
 from transports.fanout.writer import FanoutWriter, SubscriberInfo, WriterStats
 
-__all__ = ["FanoutFrame", "FanoutReader", "FanoutWriter", "SubscriberInfo", "WriterStats"]
+__all__ = [
+    "FanoutFrame",
+    "FanoutReader",
+    "FanoutWriter",
+    "SlotsTaken",
+    "SubscriberInfo",
+    "WriterStats",
+]

@@ -45,7 +45,7 @@ from transports.fanout.ring import Holds
 from transports.fanout.writer import owner_dead, reap
 from transports.zerobuffer import posix as _shm
 
-__all__ = ["FanoutFrame", "FanoutReader"]
+__all__ = ["FanoutFrame", "FanoutReader", "SlotsTaken"]
 
 _HDR = F.FRAME_HEADER_SIZE
 _NONE = F.NONE
@@ -72,6 +72,14 @@ _LAST_SEQ = 0  # sequence number of the last frame taken
 _SKIP_IDX = 1  # skip entries already behind the cursor
 _FRAMES = 2
 _BYTES = 3
+
+
+class SlotsTaken(TransportEnvironmentError):
+    """Every subscriber slot of the publisher has a live subscriber."""
+
+    def __init__(self, message: str, slots: int = 0) -> None:
+        super().__init__(message)
+        self.slots = slots
 
 
 class FanoutFrame:
@@ -210,9 +218,10 @@ class FanoutReader:
                         return
                 elif attempt and owner_dead(pid):
                     reap(self.name, at, i, pid)
-        raise TransportEnvironmentError(
-            f"publisher {self.name!r} has all its {self._slots_n} subscriber slots taken; "
-            "close a subscriber, or create the Publisher with more subscribers="
+        raise SlotsTaken(
+            f"publisher {self.name!r} has all its {self._slots_n} subscriber slots taken "
+            f"(it was created with subscribers={self._slots_n})",
+            slots=self._slots_n,
         )
 
     def _take_slot(self, i: int, at: int) -> None:

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from transports import errors as terr
-from transports.fanout import FanoutFrame, FanoutReader, FanoutWriter
+from transports.fanout import FanoutFrame, FanoutReader, FanoutWriter, SlotsTaken
 from zcser import errors
 from zcser.channels import base, waiting
 from zcser.channels.arena import FrameArena
@@ -70,7 +70,8 @@ _log = logging.getLogger("zcser.channels")
 
 DEFAULT_SUBSCRIBERS = 8
 CONNECT_TIMEOUT = 5.0
-"""Seconds a Subscriber waits by default for its Publisher to create the segment."""
+"""Seconds a Subscriber waits by default for its Publisher to create the segment, and for a
+free subscriber slot when every one is taken."""
 SMALL_MESSAGE = 16 * 1024
 """Messages up to this size are copied out on receipt (their slot in the ring goes back at
 once), as on shm channels."""
@@ -456,13 +457,29 @@ class ShmPublisher(Publisher):
 
 
 def _connect(name: str, policy: str, timeout: float | None) -> FanoutReader:
+    """A slot of publisher NAME, waiting up to `timeout` s (None: without end) for the segment
+    to be created and, when every slot is taken, for one to be freed (polling with backoff up
+    to 50 ms, as Sender does for a place: joining is rare and has no event to wait on)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = 0.001
+    full = False  # the publisher was there, every slot taken
     while True:
         try:
             return FanoutReader(name, policy=policy)
-        except terr.BufferNotFound as exc:
+        except (terr.BufferNotFound, SlotsTaken) as exc:
+            full = full or isinstance(exc, SlotsTaken)
             if deadline is not None and time.monotonic() >= deadline:
+                if isinstance(exc, SlotsTaken):
+                    raise errors.ChannelError(
+                        f"{exc}; waited {timeout} s for a subscriber to leave. Close a "
+                        "subscriber first, give Subscriber(timeout=...) more time, or create "
+                        "the Publisher with more subscribers=..."
+                    ) from None
+                if full:
+                    raise errors.ChannelError(
+                        f"publisher {name!r} closed while this Subscriber waited for a free "
+                        f"slot (waited {timeout} s, and no new Publisher came)"
+                    ) from None
                 raise errors.ChannelError(
                     f"no publisher {name!r} (waited {timeout} s for it to create the segment): "
                     "start the Publisher first, check the name, or give Subscriber(timeout=...) "
@@ -480,7 +497,8 @@ def _connect(name: str, policy: str, timeout: float | None) -> FanoutReader:
 
 class ShmSubscriber(Subscriber):
     """Subscriber of shared-memory publisher NAME. `policy`: "block", "drop" or "latest".
-    `timeout`: seconds to wait for the Publisher to exist (None: without end). Decodes with
+    `timeout`: seconds to wait for the Publisher to exist and, when every subscriber slot is
+    taken, for one to be freed (None: without end; 0: one try). Decodes with
     `codec`, which must match the publisher's. Safe to share between threads."""
 
     scheme = "shm"

@@ -364,7 +364,44 @@ def test_arguments_are_checked() -> None:
         with pytest.raises(errors.MessageTooLarge):
             pub.send(np.zeros(1 << 16, np.uint8))
         with zcser.Subscriber(name), pytest.raises(errors.ChannelError):
-            zcser.Subscriber(name)  # one slot only
+            zcser.Subscriber(name, timeout=0)  # one slot only
+
+
+def slot_holder(q: Any, name: str, leave: Any) -> None:
+    """Take the publisher's only slot, say so, and leave when told (or be killed)."""
+    sub = zcser.Subscriber(name, timeout=10)
+    q.put("holding")
+    leave.poll(60)
+    sub.close()
+
+
+@pytest.mark.parametrize("how", ["close", "kill"])
+def test_a_subscriber_waits_up_to_its_timeout_for_a_free_slot(how: str) -> None:
+    name = unique_name("fo")
+    with zcser.Publisher(name, capacity=1 << 20, subscribers=1) as pub:
+        q = CTX.Queue()
+        leave, tell = CTX.Pipe(duplex=False)
+        holder = CTX.Process(target=slot_holder, args=(q, name, leave), daemon=True)
+        holder.start()
+        try:
+            assert q.get(timeout=30) == "holding"
+            with pytest.raises(errors.ChannelError, match=r"subscribers=1\b.*waited 0.2 s"):
+                zcser.Subscriber(name, timeout=0.2)
+            free = (lambda: tell.send("go")) if how == "close" else holder.kill
+            timer = threading.Timer(0.3, free)
+            timer.start()
+            try:
+                with zcser.Subscriber(name, timeout=30) as sub:  # waits for the slot
+                    pub.send({"i": 1})
+                    assert sub.recv(timeout=10) == {"i": 1}
+                    assert pub.stats().connected == 1
+            finally:
+                timer.cancel()
+        finally:
+            if holder.is_alive():
+                tell.send("go")
+            holder.join(30)
+        assert holder.exitcode == (0 if how == "close" else -9)
 
 
 def _use_in_child(q: Any, end: Any) -> None:
