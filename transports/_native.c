@@ -1265,10 +1265,12 @@ fo_ready(const char *seg, const char *slot)
 
 /* fanout_wait(addr, slot, bell, busy_ns, rounds, sleep_ms) -> int, with the GIL released:
  * poll for a frame (or the end) about `busy_ns`, then up to `rounds` times yield the CPU and
- * poll again; then, if `sleep_ms` > 0, arm (the slot's armed word + 1), look once more, sleep
- * on the bell up to sleep_ms, disarm and drain the bell. Returns 1 if something is there now,
- * 2 if it came during the first poll, 0 if not (the caller looks at the publisher's liveness
- * and its deadline). A signal ends the sleep early (the caller's handlers then run). */
+ * poll again, but no more once a yield let another task run on this core (the publisher may
+ * be waiting for it: spinning on would only delay what we wait for); then, if `sleep_ms` > 0,
+ * arm (the slot's armed word + 1), look once more, sleep on the bell up to sleep_ms, disarm
+ * and drain the bell. Returns 1 if something is there now, 2 if it came during the first
+ * poll, 0 if not (the caller looks at the publisher's liveness and its deadline). A signal
+ * ends the sleep early (the caller's handlers then run). */
 static PyObject *
 fanout_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1310,7 +1312,11 @@ fanout_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (result || round >= rounds) {
             break;
         }
+        uint64_t before = now_ns();
         sched_yield();
+        if (now_ns() - before > WAIT_POST_SWITCH_NS) {
+            break; /* the core is wanted: sleep rather than take turns with others */
+        }
     }
     if (!result && sleep_ms > 0 && bell >= 0) {
         uint64_t *armed = (uint64_t *)(slot + fo.s_armed);

@@ -15,6 +15,9 @@ The rules it keeps (ring.py has the accounting; docs/protocol.md "Fan-out" the l
 - Publish order: skip entry (if the frame is not right after the previous one), frame
   header, newest-frame start and sequence, then `head` with an atomic add (a full fence), then
   the bells of subscribers that armed theirs.
+- The usual small frame is published by the compiled put (_native.c FanoutPublisher) when
+  `_claim`'s fast path would take it (no join pending, the floor a lap behind, no wrap, no
+  frame start to record for `Entries`); the state words it shares with this code are `_st`.
 - Subscribers join by asking (slot JOINING, `joins` bumped); the publisher starts them at its
   next frame. A subscriber whose pid is dead is reaped (its cursor and pins forgotten) when it
   is in the way.
@@ -233,6 +236,8 @@ class FanoutWriter:
         """Start subscribers that asked to join at the next frame; forget those that left."""
         st = self._st
         st[_JOINS] = self._joins.value
+        if self._nat is not None:
+            self._nat.bells = ()  # no descriptor below is closed while the compiled put has it
         active: list[_Slot] = []
         for s in self._slots:
             pid = s.pid.value
