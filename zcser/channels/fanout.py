@@ -362,7 +362,7 @@ class ShmPublisher(Publisher):
                 used = arena.send(self.codec.plan(obj), timeout)
             else:
                 plan = self.codec.pack(obj)
-                if type(plan) is bytes:
+                if isinstance(plan, bytes):
                     used = len(plan)
                     if used + 64 > self._half:
                         raise _too_large(used, self._capacity)
@@ -580,7 +580,7 @@ class ShmSubscriber(Subscriber):
             if r is None or r.closed:
                 self._check_open()
             got = self._read(self._small, timeout)
-            if type(got) is bytes:
+            if isinstance(got, bytes):
                 value = self.codec.decode(got, copy=True) if copy else self.codec.decode_small(got)
                 self._messages += 1
                 self._bytes += len(got)
