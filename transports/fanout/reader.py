@@ -195,6 +195,7 @@ class FanoutReader:
         self._started = False  # _words[_LAST_SEQ] is known (the slot is active)
         self._pending: list[bytes] = []  # small frames taken by a run, oldest first
         self._busy = _BUSY_MAX
+        self._stop = False  # interrupt(): a read waiting in another thread gives up
         self.missed = 0
         self.copied = 0  # frames copied because this subscriber pinned more than its share
         self.blocked = 0.0
@@ -436,7 +437,7 @@ class FanoutReader:
         pending = self._pending
         if pending:
             return self._pop(limit)
-        if self._closed:
+        if self._closed or self._stop:
             raise TransportClosed(f"subscriber of {self.name!r} is closed")
         got = self._next(limit)
         if got is not None:
@@ -461,6 +462,8 @@ class FanoutReader:
         deadline = None if timeout is None else start + timeout
         try:
             while True:
+                if self._stop:
+                    raise TransportClosed(f"subscriber of {self.name!r} is closed")
                 got = self._next(limit)
                 if got is not None:
                     return got
@@ -531,6 +534,20 @@ class FanoutReader:
             return self._next(limit)
         self._busy = max(busy >> 1, _BUSY_MIN)
         return self._next(limit) if found else None
+
+    def interrupt(self) -> None:
+        """Make a read() waiting in another thread give up (TransportClosed) soon: before
+        close() from another thread, which must not unmap what that read looks at."""
+        if os.getpid() != self._pid:
+            return  # a forked child's copy: the parent's reads are not its business
+        self._stop = True
+        if self._bell >= 0:
+            seg.ring(self._bell)  # our own bell (open read-write): its wait ends
+
+    @property
+    def closing(self) -> bool:
+        """interrupt() or close() was called."""
+        return self._stop or self._closed
 
     # -- waiting ---------------------------------------------------------------------------------
 

@@ -541,7 +541,7 @@ class ShmSubscriber(Subscriber):
         try:
             got = r.read(timeout, limit)
         except terr.TransportClosed:
-            if r.closed:
+            if r.closing:
                 raise errors.Closed(f"subscriber of {self.name!r} is closed") from None
             raise errors.Closed(
                 f"publisher {self.name!r} closed and every message it published was read"
@@ -651,9 +651,14 @@ class ShmSubscriber(Subscriber):
 
     def close(self) -> None:
         """Leave the publisher (its slot is freed once no view of a received message lives;
-        views stay valid)."""
-        if self._r is not None:
-            self._r.close()
+        views stay valid). A recv waiting in another thread raises Closed first: the segment
+        it looks at stays mapped until it has left."""
+        r = self._r
+        if r is None or r.closed:
+            return
+        r.interrupt()
+        with self._lock:
+            r.close()
 
     def __del__(self) -> None:
         try:  # noqa: SIM105

@@ -404,6 +404,33 @@ def test_a_subscriber_waits_up_to_its_timeout_for_a_free_slot(how: str) -> None:
         assert holder.exitcode == (0 if how == "close" else -9)
 
 
+def test_close_from_another_thread_ends_a_waiting_recv_with_closed() -> None:
+    """The recv waits in compiled code on the segment's words: close() must not unmap them
+    under it (that was a SIGSEGV)."""
+    name = unique_name("fo")
+    with zcser.Publisher(name, capacity=1 << 20) as pub:
+        sub = zcser.Subscriber(name)
+        pub.send({"i": 0})
+        assert sub.recv(timeout=10) == {"i": 0}
+        got: list[BaseException] = []
+
+        def waiter() -> None:
+            try:
+                sub.recv(timeout=None)
+            except BaseException as exc:
+                got.append(exc)
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.2)  # it sleeps on its bell by now
+        sub.close()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert len(got) == 1 and isinstance(got[0], errors.Closed), got
+        assert "subscriber" in str(got[0])
+        assert pub.stats().connected == 0
+
+
 def _use_in_child(q: Any, end: Any) -> None:
     try:
         if isinstance(end, zcser.Publisher):
