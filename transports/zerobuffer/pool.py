@@ -399,27 +399,32 @@ class PoolReader:
             if got is not None:
                 return got
 
+    def take(self, limit: int) -> Frame | bytes | None:
+        """The next frame of any writer if one is waiting (as read_small), else None; never
+        waits."""
+        if self._closed:
+            raise TransportClosed(f"pool reader of {self.name!r} is closed")
+        return self._take(limit)
+
     def _take(self, limit: int) -> Frame | bytes | None:
         if self._joins_word.value != self._joins:
             self._look_for_writers()
         places = self.places
         start = self._next
         active = self.active
+        rings = self.rings
         for k in range(places):
             i = start + k
             if i >= places:
                 i -= places
             if not active[i]:
                 continue
-            ring = self.rings[i]
-            if not (ring.poll() or self._draining[i]):
-                continue
             try:
-                got = ring.read_small(limit, 0)
-            except Timeout:
-                continue
+                got = rings[i].read_ready(limit, self._draining[i])
             except WriterDead as exc:
                 self._left(i, died=not getattr(exc, "closed", False))
+                continue
+            if got is None:
                 continue
             self._next = i + 1 if i + 1 < places else 0
             self.place = i

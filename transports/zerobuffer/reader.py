@@ -852,6 +852,19 @@ class Reader:
         core.take_frame(limit)
         return core.hand_back(limit)
 
+    def read_ready(self, limit: int, draining: bool = False) -> Frame | bytes | None:
+        """read_small(limit, 0) without the Timeout: the next frame if one is waiting, else
+        None. `draining`: the writer is gone, so read() must run to tell (WriterDead)."""
+        core = self._core
+        if core.pending:
+            return core.hand_back(limit)
+        if not (draining or self.poll()):
+            return None
+        try:
+            return self.read_small(limit, 0)
+        except Timeout:
+            return None
+
     def poll(self) -> bool:
         """Whether a published frame is waiting (read() would not block for it); takes nothing.
         False for a writer that is gone: read() then tells."""

@@ -99,10 +99,6 @@ FOREIGN_POLL = 0.005
 rings no bell)."""
 
 
-class _SenderEnded(errors.ZcserError):
-    """Internal (senders > 1): one sender's end of stream was read; the stream goes on."""
-
-
 _COUNT = struct.Struct("<I")
 _OFF_COUNT = layout.OFF_COUNT
 _translate = errors.translate
@@ -712,9 +708,6 @@ class ShmReceiver(base.Receiver):
         self._checked_places: set[int] = set()
         if senders > 1:
             self._read = self._read_pool  # type: ignore[method-assign]
-            self._end = self._end_pool  # type: ignore[method-assign]
-            self._recv = self._recv_pool  # type: ignore[method-assign]
-            self._recv_message = self._recv_message_pool  # type: ignore[method-assign]
         self._ended = False
         self._messages = 0
         self._bytes = 0
@@ -739,14 +732,23 @@ class ShmReceiver(base.Receiver):
 
         The stream ends (Closed) once `senders` senders have finished, every sender that
         connected has finished, and nothing is left to read; until a sender connects again,
-        recv keeps saying so."""
+        recv keeps saying so. A frame already waiting is taken without a look at the clock or
+        at the stream's end: the usual case while senders are busy."""
         pool = self._pool
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            last = self._finished >= self.senders and self._stream_over()
+            last = False
             try:
-                got = pool.read_small(limit, 0.0 if last else remaining)
+                got = pool.take(limit)
+                if got is None:
+                    remaining = None
+                    if timeout is not None:
+                        now = time.monotonic()
+                        if deadline is None:
+                            deadline = now + timeout
+                        remaining = max(0.0, deadline - now)
+                    last = self._finished >= self.senders and self._stream_over()
+                    got = pool.read_small(limit, 0.0 if last else remaining)
                 self._unread = got
                 self._sender = pool.place
             except terr.WriterDead as exc:
@@ -763,24 +765,16 @@ class ShmReceiver(base.Receiver):
             except _TransportError as exc:
                 raise self._read_error(exc) from None
             place = self._sender
-            size = len(got) if isinstance(got, bytes) else got.size
-            if size == _EOS_SIZE:
-                mark = got if isinstance(got, bytes) else bytes(got.data)
-                if mark == _LOST:
+            if (len(got) if type(got) is bytes else got.size) == _EOS_SIZE:
+                mark = got if type(got) is bytes else bytes(got.data)
+                if mark == _LOST or mark == _EOS:
                     self._unread = None
                     _release_quietly(got)
-                    self._sender_finished(place, died=True)
+                    self._sender_finished(place, died=mark == _LOST)
                     continue
-                if mark == _EOS:
-                    return got  # _accept -> _end_pool counts it
             self._place_ended[place] = False
             self._checked = place in self._checked_places
             return got
-
-    def _end_pool(self) -> None:
-        self._unread = None
-        self._sender_finished(self._sender, died=False)
-        raise _SenderEnded
 
     def _sender_finished(self, place: int, died: bool) -> None:
         if died:
@@ -815,28 +809,6 @@ class ShmReceiver(base.Receiver):
             f"channel {self.name!r}: all {self.senders} senders finished (closed: "
             f"{self._closes}, died: {self._lost}) and every message has been read"
         )
-
-    def _recv_pool(self, timeout: float | None, copy: bool) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                value = ShmReceiver._recv(self, remaining, copy)
-            except _SenderEnded:
-                continue
-            self._checked_places.add(self._sender)  # its schema was checked by now
-            return value
-
-    def _recv_message_pool(self, timeout: float | None) -> Message:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                message = ShmReceiver._recv_message(self, remaining)
-            except _SenderEnded:
-                continue
-            self._checked_places.add(self._sender)
-            return message
 
     def _read_error(self, exc: terr.TransportError) -> errors.ZcserError:
         if isinstance(exc, terr.WriterDead):
@@ -881,6 +853,7 @@ class ShmReceiver(base.Receiver):
                 _release_quietly(got)
                 raise
             self._checked = True
+            self._checked_places.add(self._sender)  # senders > 1: its place's schema
 
     def _end(self) -> None:
         self._ended = True
