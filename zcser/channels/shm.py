@@ -765,9 +765,9 @@ class ShmReceiver(base.Receiver):
             except _TransportError as exc:
                 raise self._read_error(exc) from None
             place = self._sender
-            if (len(got) if type(got) is bytes else got.size) == _EOS_SIZE:
-                mark = got if type(got) is bytes else bytes(got.data)
-                if mark == _LOST or mark == _EOS:
+            if (len(got) if isinstance(got, bytes) else got.size) == _EOS_SIZE:
+                mark = got if isinstance(got, bytes) else bytes(got.data)
+                if mark in (_LOST, _EOS):
                     self._unread = None
                     _release_quietly(got)
                     self._sender_finished(place, died=mark == _LOST)
