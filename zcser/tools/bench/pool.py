@@ -296,9 +296,7 @@ def bench_pool(quick: bool) -> list[Row]:
                         times[method].append(_run(method, kind, producers, counts[method]))
                     except RuntimeError:  # a peer that lost messages: say so, go on
                         failed[method] = failed.get(method, 0) + 1
-            rate = {
-                m: counts[m] * producers / statistics.median(t) for m, t in times.items() if t
-            }
+            rate = {m: counts[m] * producers / statistics.median(t) for m, t in times.items() if t}
             nbytes = 100 if kind == "dict" else MIB
             if "zcser" in rate:
                 scaling.setdefault(kind, {})[producers] = rate["zcser"]
