@@ -476,13 +476,15 @@ def test_ctrl_c_while_connecting_never_keeps_a_place(shm_name: str) -> None:
         rng = random.Random(7)
         for _ in range(60):
             timer = threading.Timer(rng.uniform(0, 0.003), signal.raise_signal, (signal.SIGINT,))
-            timer.start()
             tx = None
             try:
+                timer.start()  # may fire before start() returns
                 tx = zcser.Sender(shm_name, timeout=WAIT)
+                timer.join()  # a signal after Sender() returned lands here, not past the try
+                time.sleep(0)
             except KeyboardInterrupt:
                 interrupts += 1
-            timer.join()
+                timer.join()
             if tx is not None:
                 tx.close()
         assert [rx._pool.owner(i) for i in range(2)] == [0, 0]
@@ -490,3 +492,62 @@ def test_ctrl_c_while_connecting_never_keeps_a_place(shm_name: str) -> None:
             a.send(1)
             b.send(2)
     assert interrupts > 0
+
+
+# --- control words no writer writes ----------------------------------------------------------------
+
+
+def _poke_control(name: str, offset: int, value: int) -> None:
+    """Write a u64 into pool NAME's control segment, as a hostile or broken process would."""
+    import mmap
+    import struct
+
+    fd = os.open(f"/dev/shm/{name}--pool", os.O_RDWR)
+    try:
+        with mmap.mmap(fd, 0) as mm:
+            struct.pack_into("<Q", mm, offset, value)
+    finally:
+        os.close(fd)
+
+
+def _send_tagged(make: Any, tag: str, count: int) -> None:
+    with make() as tx:
+        for i in range(count):
+            tx.send((tag, i))
+
+
+def test_a_joins_word_no_writer_writes_hides_no_sender_and_miscounts_no_end(
+    shm_name: str,
+) -> None:
+    """joins set to 2**64-1: the first sender's join wraps it to the value the receiver saw
+    last. The receiver still finds that sender (it looks after every sleep whatever joins
+    says), counts the word as an anomaly, and ends the stream after both senders closed."""
+    from transports.zerobuffer import pool as tpool
+
+    make, rx = zcser.channel(shm_name, capacity=MIB, senders=2)
+    ctx = mp.get_context("fork")
+    with rx:
+        _poke_control(shm_name, tpool._OFF_JOINS, (1 << 64) - 1)
+        first = ctx.Process(target=_send_tagged, args=(make, "a", 3))
+        first.start()
+        first.join(WAIT)
+        assert rx.recv(timeout=WAIT) == ("a", 0)
+        second = ctx.Process(target=_send_tagged, args=(make, "b", 3))
+        second.start()
+        rest = list(rx)  # until both senders closed
+        second.join(WAIT)
+        assert sorted([("a", 0), *rest]) == [(t, i) for t in "ab" for i in range(3)]
+        _poke_control(shm_name, tpool._OFF_JOINS, 1 << 40)  # more joins than places taken
+        zcser.wait([rx], timeout=0)
+        assert rx._pool.anomalies == 1
+
+
+def test_a_generation_no_writer_writes_is_a_corrupt_stream_not_a_hang(shm_name: str) -> None:
+    from transports.zerobuffer import pool as tpool
+
+    with zcser.Receiver(shm_name, capacity=MIB, senders=2) as rx:
+        _poke_control(shm_name, tpool._owner_at(1) + 8, (1 << 64) - 1)
+        with pytest.raises(errors.CorruptData, match="generation of place 1"):
+            rx.recv(timeout=WAIT)
+        with pytest.raises(errors.CorruptData, match="generation of place 1"):
+            zcser.wait([rx], timeout=WAIT)
