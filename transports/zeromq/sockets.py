@@ -43,9 +43,9 @@ import contextlib
 import fcntl
 import os
 import secrets
-import struct
 import socket as _socket
 import stat
+import struct
 import time
 from collections import deque
 from collections.abc import Sequence
