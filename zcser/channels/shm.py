@@ -391,7 +391,7 @@ class ShmSender(base.Sender):
                     gate.busy = False
                 return
             gate.busy = False
-        remaining = gate.hold(timeout, f"no room to send on {self.name!r}")
+        remaining = gate.hold(timeout, f"not sent on {self.name!r}", errors.BufferFull)
         try:
             if self._closed:
                 self._check_open()
