@@ -23,15 +23,29 @@ A reader with nothing queued and no writer connected (after one was) raises Writ
 writer that cannot send and has no reader connected (after one was) raises ReaderDead.
 Buffer memory: `send` returns only after ZeroMQ has released every zero-copy frame
 (MessageTracker), so the caller may modify or free the arrays as soon as it returns.
+
+Closing: a reading socket lingers forever (LINGER -1): with LINGER 0, libzmq drops the messages
+a peer sent but the application has not read yet as soon as that peer disconnects. And libzmq
+4.3 drops what is still in the kernel's socket buffer when a peer hangs up while the reading
+socket's queue is at its high-water mark (its engine has stopped reading; the hang-up ends the
+connection without reading the rest: ipc:// always, tcp:// on a reset). So a writer's close,
+after the end mark, waits until the kernel holds nothing unread for any of its connections
+(SIOCOUTQ of each connection's descriptor, known from the monitor events) before it hangs up.
+
+Threads: a socket is used by one thread at a time; `interrupt()` (a store, safe from any
+thread) makes a `recv`/`send` blocked in another thread raise TransportClosed within
+`_POLL_MS`, so that thread lets go of the socket and the closing thread can close it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import socket as _socket
 import stat
+import struct
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -82,6 +96,8 @@ _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _NOT_SENT = object()
 _RCVMORE = int(zmq.RCVMORE)
+_SIOCOUTQ = 0x5411  # Linux: bytes the peer has not read yet (ipc) / not acknowledged (tcp)
+_INT = struct.Struct("i")
 _OPEN_EVENTS = (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED)
 _CLOSE_EVENTS = (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED)
 
@@ -164,7 +180,10 @@ class _Socket:
     def _configure(self, hwm: int, heartbeat: float, max_frame: int) -> None:
         """Options before bind/connect: listeners copy them when created."""
         s = self.sock
-        s.setsockopt(zmq.LINGER, 0)
+        # LINGER also decides what becomes of the messages a peer sent before it disconnected:
+        # 0 drops those not read yet. A reading socket keeps them until read (close() passes a
+        # linger of its own, so closing it never waits).
+        s.setsockopt(zmq.LINGER, 0 if PATTERNS[self.pattern][1] else -1)
         if max_frame > 0:
             s.setsockopt(zmq.MAXMSGSIZE, max_frame)
         s.setsockopt(zmq.SNDHWM, hwm)
@@ -226,6 +245,22 @@ class _Socket:
                 self.peers.opened(fd)
             elif code in _CLOSE_EVENTS:
                 self.peers.closed(fd)
+
+    def unsent(self) -> int | None:
+        """Bytes written to our open connections that their peers' ZeroMQ has not read from
+        the kernel yet (None where the system cannot say). The descriptors are libzmq's; one
+        closed meanwhile says 0 (not a socket) or at worst another socket's count."""
+        if os.uname().sysname != "Linux":
+            return None  # pragma: no cover - SIOCOUTQ is Linux's
+        total = 0
+        for fd in self.peers.fds():
+            buf = bytearray(_INT.size)
+            try:
+                fcntl.ioctl(fd, _SIOCOUTQ, buf)
+            except OSError:
+                continue  # closed since the last event (ENOTTY, EBADF): nothing left in it
+            total += max(0, _INT.unpack(buf)[0])
+        return total
 
     def wait(self, flag: int, ms: int) -> bool:
         """Block up to `ms` for the socket to become ready (`flag`) or a monitor event."""
@@ -327,7 +362,20 @@ class ZmqWriter:
         self._zero_copy = 0
         self._copied = 0
         self._blocked = 0.0
+        self.interrupted = False  # interrupt(): a send or flush waiting in another thread ends
         self._closed = False
+
+    def interrupt(self) -> None:
+        """Make a send or flush blocked in another thread raise TransportClosed (within
+        `_POLL_MS`), so that thread lets go of the socket before close(); a store, safe from
+        any thread. Stays set until the writer's own close() clears it to end the stream."""
+        self.interrupted = True
+
+    def _check_interrupted(self) -> None:
+        if self.interrupted:
+            raise errors.TransportClosed(
+                f"the writer of {self.url} was closed by another thread while sending"
+            )
 
     def send(self, head: Any, buffers: Sequence[Any] = (), timeout: float | None = None) -> None:
         """Send one message: `head` bytes then one frame per buffer (not copied).
@@ -433,6 +481,7 @@ class ZmqWriter:
         try:
             while True:
                 s.events()
+                self._check_interrupted()
                 self._refuse_when_stuck(deadline, timeout)
                 s.wait(zmq.POLLOUT, _left_ms(deadline))
                 try:
@@ -472,6 +521,12 @@ class ZmqWriter:
                     pending[0].wait(_left_ms(deadline) / 1000 or 0.001)
                 if pending[0].done:
                     continue
+                if self.interrupted:
+                    raise errors.TransportClosed(
+                        f"the writer of {self.url} was closed by another thread while a message "
+                        "was being transmitted: it may still arrive, and ZeroMQ may read its "
+                        "buffers until that close() returns"
+                    )
                 self._s.events()
                 if self._s.peers.lost:
                     raise errors.ReaderDead(
@@ -498,6 +553,18 @@ class ZmqWriter:
             self._pending.append(self._send([first], deadline, timeout))
         self._flush(deadline, timeout)
 
+    def _drain(self, deadline: float | None) -> None:
+        """Until the readers' ZeroMQ has taken from the kernel all we wrote (module doc,
+        Closing), every reader left, the deadline, or an interrupt."""
+        s = self._s
+        pause = 0.001
+        while True:
+            s.events()
+            if not s.unsent() or self.interrupted or _expired(deadline):
+                return
+            time.sleep(pause if deadline is None else min(pause, _left_ms(deadline) / 1000))
+            pause = min(pause * 2, _POLL_MS / 1000)
+
     def stats(self) -> ZmqWriterStats:
         self._s.events()
         return ZmqWriterStats(
@@ -523,10 +590,12 @@ class ZmqWriter:
         if self._closed:
             return
         deadline = _deadline(timeout)
+        self.interrupted = False  # interrupt() freed the socket for this: the end mark goes out
         try:
             self._s.events()
             if self._s.peers.connected:
                 self.end(timeout)
+                self._drain(deadline)
         except errors.TransportError:
             pass  # no reader, or it does not read: the readers see the disconnection instead
         finally:
@@ -602,7 +671,13 @@ class ZmqReader:
         self._bytes = 0
         self._blocked = 0.0
         self._held: Received | errors.TransportError | None = None  # taken by ready()
+        self.interrupted = False  # interrupt(): a recv waiting in another thread ends
         self._closed = False
+
+    def interrupt(self) -> None:
+        """Make a recv blocked in another thread raise TransportClosed (within `_POLL_MS`),
+        so that thread lets go of the socket before close(); a store, safe from any thread."""
+        self.interrupted = True
 
     def recv(self, timeout: float | None = None) -> Received:
         """The next message (data or end mark). Blocks up to `timeout` s (None: while a writer
@@ -635,6 +710,10 @@ class ZmqReader:
                     break
                 except zmq.Again:
                     pass
+                if self.interrupted:
+                    raise errors.TransportClosed(
+                        f"the reader of {self.url} was closed by another thread while receiving"
+                    )
                 s.events()
                 if s.peers.lost and not _readable(sock):
                     raise errors.WriterDead(

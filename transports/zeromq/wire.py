@@ -147,6 +147,10 @@ class Peers:
     def connected(self) -> int:
         return len(self._open)
 
+    def fds(self) -> list[int]:
+        """The descriptors of the open connections (libzmq's, as the monitor reported them)."""
+        return list(self._open)
+
     @property
     def lost(self) -> bool:
         """True when there was a peer and none is connected now."""

@@ -263,10 +263,14 @@ class NetSender(base.Sender):
         return self._closed
 
     def close(self, timeout: float = 1.0) -> None:
-        """Mark the end of the stream (receivers then get Closed after the last message),
-        waiting at most `timeout` s for it to be written, and close the socket."""
+        """Mark the end of the stream (receivers then get Closed after the last message) and
+        close the socket, waiting at most `timeout` s for the receivers to take what is still
+        in transit (past it, the rest may be lost: they then see WriterDead, not Closed). A
+        send blocked in another thread raises Closed first (within 50 ms; one whose message
+        was queued already says so: it may still arrive)."""
         if self._closed:
             return
+        self._w.interrupt()  # a send waiting in another thread lets go of the socket
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -509,9 +513,11 @@ class NetReceiver(base.Receiver):
         return self._r is None or bool(self._r.closed)
 
     def close(self) -> None:
-        """Stop listening (the port or ipc file is released). Views alive stay valid. Waits for
-        a recv() in progress in another thread to return (a ZeroMQ socket is not thread-safe)."""
+        """Stop listening (the port or ipc file is released). Views alive stay valid. A recv
+        blocked in another thread raises Closed first (within 50 ms), and the socket is closed
+        once it let go (a ZeroMQ socket is not thread-safe: only the thread using it may)."""
         if self._r is not None:
+            self._r.interrupt()
             with self._lock:
                 self._r.close()
 

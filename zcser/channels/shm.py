@@ -50,7 +50,7 @@ from transports.zerobuffer import (
 from transports.zerobuffer import pool as tpool
 from transports.zerobuffer.common import interrupts_deferred
 from zcser import errors
-from zcser.channels import base
+from zcser.channels import base, waiting
 from zcser.channels.arena import FrameArena
 from zcser.channels.lease import Lease, Message
 from zcser.channels.schema import check_stream, schema_bytes
@@ -387,10 +387,13 @@ class ShmSender(base.Sender):
                     gate.busy = False
                 return
             gate.busy = False
-        with gate.enter_shared():
+        remaining = gate.hold(timeout, f"not sent on {self.name!r}", errors.BufferFull)
+        try:
             if self._closed:
                 self._check_open()
-            self._send(obj, timeout)
+            self._send(obj, remaining)
+        finally:
+            gate.lock.release()
 
     def _send(self, obj: Any, timeout: float | None) -> None:
         if self._forked:
@@ -696,6 +699,7 @@ class ShmReceiver(base.Receiver):
         self.senders = senders
         self._r: Reader | tpool.PoolReader = self._pool.rings[0] if senders == 1 else self._pool
         self._gate = base.Gate()
+        self._busy = False  # the last _wait_ready found another thread inside recv
         _LIVE.add(self)
         self._checked = False
         self._sender = 0  # the place of the frame in `_unread` (or read last)
@@ -882,8 +886,11 @@ class ShmReceiver(base.Receiver):
                 finally:
                     gate.busy = False
             gate.busy = False
-        with gate.enter_shared():
-            return self._recv(timeout, copy)
+        remaining = gate.hold(timeout, f"no message on {self.name!r}")
+        try:
+            return self._recv(remaining, copy)
+        finally:
+            gate.lock.release()
 
     def _recv(self, timeout: float | None, copy: bool) -> Any:
         if self._forked:
@@ -936,8 +943,15 @@ class ShmReceiver(base.Receiver):
         """The next message with an explicit lifetime: `with rx.recv_message() as msg:`."""
         if timeout is not None:
             _check_timeout(timeout)
-        message: Message = self._gate.run(self._recv_message, timeout)
-        return message
+        gate = self._gate
+        if _get_ident() == gate.owner and not gate.shared:
+            message: Message = gate.run(self._recv_message, timeout)
+            return message
+        remaining = gate.hold(timeout, f"no message on {self.name!r}")
+        try:
+            return self._recv_message(remaining)
+        finally:
+            gate.lock.release()
 
     def _recv_message(self, timeout: float | None) -> Message:
         if self._forked:
@@ -1016,6 +1030,16 @@ class ShmReceiver(base.Receiver):
     # -- zcser.wait and asyncio (channels/waiting.py) --------------------------------------------
 
     def _wait_ready(self) -> bool:
+        """False while another thread is inside recv (it takes what comes; `zcser.wait`
+        then looks again every `waiting.BUSY_RECHECK` s instead of waiting for it)."""
+        try:
+            done, ready = self._gate.attempt(self._ready_now)
+        except _TransportError as exc:  # a control word no writer writes
+            raise _translate(exc) from None
+        self._busy = not done
+        return bool(ready)
+
+    def _ready_now(self) -> bool:
         if self._unread is not None or self._ready is not _NOTHING or self._pool.closed:
             return True
         if self.senders > 1:
@@ -1024,21 +1048,26 @@ class ShmReceiver(base.Receiver):
         return ring.poll() or ring.peer_gone()
 
     def _wait_fds(self) -> list[Any]:
-        return self._pool.fds()
+        return [] if self._busy else self._pool.fds()
 
     def _wait_arm(self) -> None:
-        self._gate.run(self._pool.arm)
+        self._pool.arm(settle=False)  # an atomic add: from any thread, undone by _wait_disarm
+        self._gate.attempt(self._pool.settle)  # a recv in another thread settles by itself
 
     def _wait_disarm(self) -> None:
         self._pool.disarm()
 
     def _wait_woken(self) -> None:
-        if self.senders > 1:
-            self._gate.run(self._pool.woken)
-        else:
-            self._pool.woken()  # bells only: the ring's reads stay with recv
+        # The bells (and with senders > 1 the pool's state) belong to a recv running in
+        # another thread: left to it.
+        try:
+            self._gate.attempt(self._pool.woken)
+        except _TransportError as exc:  # a bell replaced by someone else, a corrupt word
+            raise _translate(exc) from None
 
     def _wait_backstop(self) -> float | None:
+        if self._busy:
+            return waiting.BUSY_RECHECK
         if self.senders > 1:
             return tpool.BACKSTOP
         # A writer that is not a zcser Sender (another ZeroBuffer implementation) rings no bell.

@@ -613,3 +613,124 @@ def test_threads_sharing_network_ends_lose_and_duplicate_nothing() -> None:
             w.join(timeout=60)
         assert not any(w.is_alive() for w in workers)
     assert sorted(got) == [(k, i) for k in range(threads) for i in range(per_thread)]
+
+
+# --- senders first, closing while another thread waits ---------------------------------------------
+
+
+def _free_tcp_url() -> str:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def _send_numbered(queue: Any, url: str, k: int, count: int) -> None:
+    with zcser.Sender(url) as tx:  # connects before the receiver binds: sends wait for it
+        queue.put("started")
+        for i in range(count):
+            tx.send((k, i), timeout=WAIT)
+    queue.put("closed")
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("scheme", ["tcp", "ipc"])
+def test_senders_started_before_the_receiver_lose_nothing_and_keep_order(
+    scheme: str, method: str, tmp_path: Path
+) -> None:
+    """20,000 small messages from 4 senders that connected before the receiver bound, each
+    closing as soon as its last send returns: every message arrives, in each sender's order
+    (a receiving socket with LINGER 0 dropped a closed sender's unread messages, and a sender
+    hanging up while the receiver's queue was full lost what the kernel still held)."""
+    import contextlib
+
+    senders, per_sender = 4, 5000
+    url = _free_tcp_url() if scheme == "tcp" else f"ipc://{tmp_path / 'first.ipc'}"
+    with contextlib.ExitStack() as stack:
+        kids = [
+            stack.enter_context(child(_send_numbered, url, k, per_sender, method=method))
+            for k in range(senders)
+        ]
+        for _, queue in kids:
+            assert queue.get(timeout=WAIT) == "started"
+        got: dict[int, list[int]] = {k: [] for k in range(senders)}
+        with zcser.Receiver(url) as rx:
+            received = 0
+            deadline = time.monotonic() + 120
+            while received < senders * per_sender and time.monotonic() < deadline:
+                try:
+                    k, i = rx.recv(timeout=WAIT)
+                except (errors.Closed, errors.WriterDead):
+                    time.sleep(0.01)  # the senders seen so far all closed; others still come
+                    continue
+                got[k].append(i)
+                received += 1
+            for _, queue in kids:
+                assert queue.get(timeout=WAIT) == "closed"
+    assert {k: len(v) for k, v in got.items()} == {k: per_sender for k in range(senders)}
+    assert all(got[k] == list(range(per_sender)) for k in range(senders))
+
+
+def test_close_from_another_thread_ends_a_blocked_recv_with_closed() -> None:
+    import threading
+
+    rx = zcser.Receiver(LOOPBACK)
+    outcome: list[BaseException] = []
+
+    def receive() -> None:
+        try:
+            rx.recv()  # no sender yet: waits until one sends, or the receiver closes
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=receive, daemon=True)
+    reader.start()
+    while not rx._lock.locked():  # the recv holds the socket now
+        time.sleep(0.001)
+    closer = threading.Thread(target=rx.close, daemon=True)
+    closer.start()
+    closer.join(WAIT)
+    reader.join(WAIT)
+    assert not closer.is_alive(), "close() waited for the blocked recv() forever"
+    assert not reader.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], errors.Closed), outcome
+    assert rx.closed
+    with pytest.raises(errors.Closed):
+        rx.recv(timeout=0)
+
+
+def test_close_from_another_thread_ends_a_blocked_send_with_closed() -> None:
+    import threading
+
+    # No heartbeats: a receiver that reads nothing would otherwise be cut off after three
+    # intervals (its ZeroMQ stops reading the pongs too) and the send would go on elsewhere.
+    with zcser.Receiver(LOOPBACK, hwm=1, heartbeat=0) as rx:
+        tx = zcser.Sender(rx.name, hwm=1, heartbeat=0)
+        tx.send(0, timeout=WAIT)  # connected: later sends fill the queues the receiver never reads
+        block = np.zeros(60_000, np.uint8)  # under the zero-copy threshold: queued, not tracked
+        while True:
+            try:
+                tx.send(block, timeout=0.2)
+            except errors.BufferFull:
+                break
+        outcome: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                tx.send(block)  # the receiver lives and reads nothing: waits for room
+            except BaseException as exc:
+                outcome.append(exc)
+
+        writer = threading.Thread(target=send, daemon=True)
+        writer.start()
+        while not tx._lock.locked():
+            time.sleep(0.001)
+        closer = threading.Thread(target=tx.close, kwargs={"timeout": 0.2}, daemon=True)
+        closer.start()
+        closer.join(WAIT)
+        writer.join(WAIT)
+        assert not closer.is_alive(), "close() waited for the blocked send() forever"
+        assert not writer.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], errors.Closed), outcome
+        assert tx.closed
