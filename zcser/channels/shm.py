@@ -931,7 +931,7 @@ class ShmReceiver(base.Receiver):
                 got = self._read(self._small, timeout)
             self._unread = got  # no call in between: a signal lands before or after both
         try:
-            if type(got) is bytes:
+            if isinstance(got, bytes):
                 size = len(got)
                 if size != _EOS_SIZE and self._checked and not copy:
                     value, release = self.codec.decode_small(got), False  # _decode_got's first case
