@@ -373,8 +373,8 @@ class ShmSender(base.Sender):
     def send(self, obj: Any, timeout: float | None = None) -> None:
         """Send `obj` as one message. Blocks while the ring is full: `timeout` seconds (None: as
         long as the receiver lives; 0: one try, to drop messages) then BufferFull."""
-        if timeout is not None:
-            _check_timeout(timeout)
+        if timeout is not None and (type(timeout) is not float or not timeout >= 0):
+            _check_timeout(timeout)  # a float >= 0 needs no call
         gate = self._gate
         if _get_ident() == gate.owner:
             gate.busy = True
@@ -710,6 +710,7 @@ class ShmReceiver(base.Receiver):
         self._ended_at: int | None = None  # its claims when the last stream ended
         self._place_ended = [False] * senders
         self._checked_places: set[int] = set()
+        self._single = senders == 1  # _recv reads the one ring itself, else through _read_pool
         if senders > 1:
             self._read = self._read_pool  # type: ignore[method-assign]
         self._ended = False
@@ -875,8 +876,8 @@ class ShmReceiver(base.Receiver):
         A KeyboardInterrupt (or any signal handler's exception) raised inside recv loses no
         message: the next recv returns it. A message that fails with a zcser error (corrupt,
         of an unregistered type, ...) is dropped."""
-        if timeout is not None:
-            _check_timeout(timeout)
+        if timeout is not None and (type(timeout) is not float or not timeout >= 0):
+            _check_timeout(timeout)  # a float >= 0 needs no call
         gate = self._gate
         if _get_ident() == gate.owner:
             gate.busy = True
@@ -901,11 +902,24 @@ class ShmReceiver(base.Receiver):
             return value
         got = self._unread
         if got is None:
-            got = self._read(self._small, timeout)
+            if self._single:
+                try:  # self._read, inlined (one call fewer per message)
+                    got = self._r.read_small(self._small, timeout)
+                except _TransportError as exc:
+                    raise self._read_error(exc) from None
+            else:
+                got = self._read(self._small, timeout)
             self._unread = got  # no call in between: a signal lands before or after both
-        size = len(got) if isinstance(got, bytes) else got.size
         try:
-            value, release = self._decode_got(got, copy)
+            if isinstance(got, bytes):
+                size = len(got)
+                if size != _EOS_SIZE and self._checked and not copy:
+                    value, release = self.codec.decode_small(got), False  # _decode_got's first case
+                else:
+                    value, release = self._decode_got(got, copy)
+            else:
+                size = got.size
+                value, release = self._decode_got(got, copy)
         except errors.ZcserError:  # a corrupt or undecodable message, the end of the stream
             self._unread = None
             raise
