@@ -440,13 +440,19 @@ class PoolReader:
                 i -= places
             if not active[i]:
                 continue
-            try:
-                got = rings[i].read_ready(limit, self._draining[i])
-            except WriterDead as exc:
-                self._left(i, died=not getattr(exc, "closed", False))
-                continue
-            if got is None:
-                continue
+            ring = rings[i]
+            core = ring._core
+            got: Frame | bytes | None
+            if core.pending:  # a run read ahead: the usual case while writers are busy
+                got = core.hand_back(limit)
+            else:
+                try:
+                    got = ring.read_ready(limit, self._draining[i])
+                except WriterDead as exc:
+                    self._left(i, died=not getattr(exc, "closed", False))
+                    continue
+                if got is None:
+                    continue
             self._next = i + 1 if i + 1 < places else 0
             self.place = i
             return got
