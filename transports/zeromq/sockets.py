@@ -701,7 +701,8 @@ class Received(NamedTuple):
 
 @dataclass(frozen=True)
 class ZmqReaderStats:
-    """A reader's counters; `lost`: messages missing from writers' sequences (sub only)."""
+    """A reader's counters; `lost`: messages missing from writers' sequences (sub: all gaps;
+    pull: gaps of writers flagged FLAG_ONE_READER, each also raised as MessagesLost)."""
 
     messages: int
     bytes: int
