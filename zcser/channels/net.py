@@ -98,6 +98,8 @@ class NetSender(base.Sender):
     pattern "push" (default: connects; each message goes to one receiver, blocks at the
     high-water mark) or "pub" (binds; fan-out, never blocks: a subscriber whose queue is full
     misses messages, counted in its `stats().lost`). `hwm`: messages queued per receiver.
+    `heartbeat` (tcp://): seconds of silence before the kernel probes a receiver's host, and
+    between its 3 probes; a host that answers none is dead (docs/network.md, Dead peers).
     """
 
     scheme = "tcp"
@@ -295,7 +297,8 @@ NET_ALIGN = 8
 @dataclass(frozen=True)
 class NetReceiverStats:
     """A network receiver's counters; `lost`: messages missing from senders' sequences (pub/sub
-    drops, or a push queue dropped on disconnect); `aligned_copies`: buffers copied to align."""
+    drops; messages of a connecting push sender lost with a broken connection, each gap also
+    raised once as MessagesLost); `aligned_copies`: buffers copied to align."""
 
     max_message: int
     messages: int
@@ -426,7 +429,9 @@ class NetReceiver(base.Receiver):
     def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
         """The next object. Blocks up to `timeout` s (None: while a sender is connected).
         Arrays are read-only (views of the received frames, or aligned copies, see min_align);
-        copy=True gives private writable objects. Thread-safe: each message goes to one recv."""
+        copy=True gives private writable objects. Thread-safe: each message goes to one recv.
+        MessagesLost when messages of a sender never arrived (a broken connection); the next
+        recv returns the message after them."""
         with self._lock:
             rec = self._next(timeout)
         if not rec.buffers:  # in-band values are private copies anyway: no lease

@@ -3,6 +3,7 @@ zero-copy proven by address."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -703,10 +704,9 @@ def test_close_from_another_thread_ends_a_blocked_recv_with_closed() -> None:
 def test_close_from_another_thread_ends_a_blocked_send_with_closed() -> None:
     import threading
 
-    # No heartbeats: a receiver that reads nothing would otherwise be cut off after three
-    # intervals (its ZeroMQ stops reading the pongs too) and the send would go on elsewhere.
-    with zcser.Receiver(LOOPBACK, hwm=1, heartbeat=0) as rx:
-        tx = zcser.Sender(rx.name, hwm=1, heartbeat=0)
+    # A short heartbeat: a receiver that reads nothing is never cut off for it.
+    with zcser.Receiver(LOOPBACK, hwm=1, heartbeat=0.1) as rx:
+        tx = zcser.Sender(rx.name, hwm=1, heartbeat=0.1)
         tx.send(0, timeout=WAIT)  # connected: later sends fill the queues the receiver never reads
         block = np.zeros(60_000, np.uint8)  # under the zero-copy threshold: queued, not tracked
         while True:
@@ -734,3 +734,114 @@ def test_close_from_another_thread_ends_a_blocked_send_with_closed() -> None:
         assert not writer.is_alive()
         assert len(outcome) == 1 and isinstance(outcome[0], errors.Closed), outcome
         assert tx.closed
+
+
+# --- slow readers: pauses never cost messages, whatever the heartbeat -----------------------------
+
+SLOW_COUNT = 120
+PAUSE = 2.0
+"""How long the slow readers below stop reading: generous against a heartbeat of 0.1 s (ZMTP
+heartbeats, which zcser no longer uses, cut such a reader after 0.3 s)."""
+PAD = np.zeros(60_000, np.uint8)  # under the zero-copy threshold: a send returns once queued
+
+
+def _send_until_full_then_rest(queue: Any, url: str, count: int) -> None:
+    """Message 0, then messages without waiting until the queues are full (the receiver's
+    ZeroMQ has stopped reading the connection), then the rest, each waiting for room."""
+    with zcser.Sender(url, hwm=2, heartbeat=0.1) as tx:
+        tx.send({"i": 0, "pad": PAD}, timeout=WAIT)
+        i = 1
+        while True:
+            try:
+                tx.send({"i": i, "pad": PAD}, timeout=0)
+            except errors.BufferFull:
+                break
+            i += 1
+        queue.put("full")
+        for j in range(i, count):
+            tx.send({"i": j, "pad": PAD}, timeout=WAIT)
+        tx.close(timeout=WAIT)
+    queue.put("sent")
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "ipc"])
+def test_a_receiver_that_stops_reading_loses_nothing_and_keeps_its_sender(
+    scheme: str, tmp_path: Path
+) -> None:
+    url = LOOPBACK if scheme == "tcp" else f"ipc://{tmp_path}/slow"
+    with (
+        zcser.Receiver(url, hwm=2, heartbeat=0.1) as rx,
+        child(_send_until_full_then_rest, rx.name, SLOW_COUNT) as (proc, queue),
+    ):
+        got = [rx.recv(timeout=WAIT)["i"]]
+        assert queue.get(timeout=WAIT) == "full"  # every queue full: nothing is read any more
+        time.sleep(PAUSE)
+        while True:
+            try:
+                got.append(rx.recv(timeout=WAIT)["i"])
+            except errors.Closed:  # not WriterDead: the sender closed after its last message
+                break
+        assert got == list(range(SLOW_COUNT))
+        assert queue.get(timeout=WAIT) == "sent"
+        proc.join(WAIT)
+        assert proc.exitcode == 0  # no ReaderDead while the receiver paused
+        assert rx.stats().lost == 0
+
+
+def _subscribe_pause_and_count(queue: Any, url: str) -> None:
+    """A subscriber that stops reading after its first message, then reads to the end."""
+    with zcser.Receiver(url, pattern="sub", hwm=2, heartbeat=0.1) as rx:
+        got = [rx.recv(timeout=WAIT)["i"]]
+        queue.put("paused")
+        time.sleep(PAUSE)
+        with contextlib.suppress(errors.Timeout):
+            while True:  # what the queues kept
+                got.append(rx.recv(timeout=0.5)["i"])
+        queue.put("reading")
+        with contextlib.suppress(errors.Closed):
+            while True:
+                got.append(rx.recv(timeout=WAIT)["i"])
+        queue.put((got, rx.stats().lost))
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "ipc"])
+def test_a_subscriber_that_stops_reading_counts_every_message_it_missed(
+    scheme: str, tmp_path: Path
+) -> None:
+    url = LOOPBACK if scheme == "tcp" else f"ipc://{tmp_path}/fan"
+    with zcser.Sender(url, pattern="pub", hwm=2, heartbeat=0.1) as tx:
+        with child(_subscribe_pause_and_count, tx.name) as (proc, queue):
+            i = 0
+            while queue.empty():  # a subscriber gets messages from when it joined
+                tx.send({"i": i, "pad": PAD})
+                i += 1
+                time.sleep(0.01)
+            assert queue.get(timeout=WAIT) == "paused"
+            for _ in range(50):  # far more than its queues hold: pub drops the rest
+                tx.send({"i": i, "pad": PAD})
+                i += 1
+            assert queue.get(timeout=WAIT + PAUSE) == "reading"
+            for _ in range(20):
+                tx.send({"i": i, "pad": PAD})
+                i += 1
+                time.sleep(0.01)
+            tx.close(timeout=WAIT)
+            got, lost = queue.get(timeout=WAIT)
+            proc.join(WAIT)
+        assert proc.exitcode == 0  # libzmq 4.3 aborted a subscriber reconnected by heartbeats
+    assert got == sorted(got) and got[-1] == i - 1
+    assert len(got) + lost == got[-1] - got[0] + 1  # every message missed is counted
+
+
+def test_a_gap_from_a_sender_is_messages_lost_then_the_next_object() -> None:
+    with zcser.Receiver(LOOPBACK) as rx, zcser.Sender(rx.name) as tx:
+        tx.send({"i": 0}, timeout=WAIT)
+        tx._w._sequence += 3  # three messages lost on a broken connection
+        tx.send({"i": 4}, timeout=WAIT)
+        assert rx.recv(timeout=WAIT) == {"i": 0}
+        with pytest.raises(errors.MessagesLost) as caught:
+            rx.recv(timeout=WAIT)
+        assert isinstance(caught.value, errors.CorruptStream)
+        assert (caught.value.lost, caught.value.first) == (3, 1)
+        assert rx.recv(timeout=WAIT) == {"i": 4}
+        assert rx.stats().lost == 3
