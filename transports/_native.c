@@ -419,8 +419,11 @@ cpu_relax(void)
 #endif
 }
 
-/* A sched_yield() that took longer than this let another task run on this core. */
+/* A sched_yield() that took longer than this let another task run on this core; one that took
+ * longer than WAIT_POST_SLICE_NS let it run a time slice: a task with other work (an unrelated
+ * process), not a peer that answers between two polls. */
 #define WAIT_POST_SWITCH_NS 3000u
+#define WAIT_POST_SLICE_NS 50000u
 
 static inline uint64_t
 now_ns(void)
@@ -433,15 +436,23 @@ now_ns(void)
 /* wait_post(sem_w, words, busy_ns, rounds, limit_ns) -> int: the reader's spin before a
  * blocking wait, with the GIL released: poll sem-w (reading the count first, so polling writes
  * nothing the writer's cache line has to give up) for about `busy_ns`, then up to `rounds`
- * times yield the CPU and poll for `busy_ns` again; never longer than about `limit_ns` in all,
- * so a signal's handler runs at most that late. A post taken is counted in words[posts] once
- * the GIL is held again, before returning.
+ * times yield the CPU and poll again; never longer than about `limit_ns` in all, so a signal's
+ * handler runs at most that late. A post taken is counted in words[posts] once the GIL is held
+ * again, before returning.
  *
- * Returns 0: no post; 1: taken during the first poll; 2: taken later, every yield returned at
- * once (nobody else wanted this core: the answer came from another one, a longer first poll
- * would have caught it); 3: taken later, after a yield that let something else run here (the
- * peer may need this very core: a long poll would delay its answer). The reader sizes its next
- * first poll from that (reader.py wait_frame). */
+ * How long each later poll lasts depends on the yield before it:
+ * - it returned at once (nobody else wants this core): poll `busy_ns` again, the answer will
+ *   come from another core;
+ * - another task ran for a short while (WAIT_POST_SWITCH_NS..WAIT_POST_SLICE_NS): most likely
+ *   the peer, sharing this core, which needs it to answer: poll only a few times before the
+ *   next yield, so each answer costs one switch, not a poll plus a switch;
+ * - another task ran a whole time slice: an unrelated one; yielding to it again would hand it
+ *   the core for another slice, so poll `busy_ns` again.
+ *
+ * Returns 0: no post; 1: taken during the first poll; 2: taken later, no short switch (the
+ * answer came from another core: a longer first poll would have caught it); 3: taken later,
+ * after a short switch (the peer probably runs on this core: a long first poll delays its
+ * answer). The reader sizes its next first poll from that (reader.py wait_frame). */
 static PyObject *
 wait_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -469,10 +480,10 @@ wait_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     long result = sem_trywait(sem) == 0;
     if (!result && (busy_ns > 0 || rounds > 0)) {
         Py_BEGIN_ALLOW_THREADS
-        uint64_t start = now_ns(), round = 0;
-        int switched = 0;
+        uint64_t start = now_ns(), round = 0, poll_ns = busy_ns;
+        int shared = 0;
         for (;;) {
-            uint64_t end = now_ns() + busy_ns;
+            uint64_t end = now_ns() + poll_ns;
             int got = 0;
             for (uint32_t i = 1;; i++) {
                 int value = 0;
@@ -486,7 +497,7 @@ wait_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 }
             }
             if (got) {
-                result = round == 0 ? 1 : switched ? 3 : 2;
+                result = round == 0 ? 1 : shared ? 3 : 2;
                 break;
             }
             if (round++ >= rounds || now_ns() - start >= limit_ns) {
@@ -494,8 +505,12 @@ wait_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             uint64_t before = now_ns();
             sched_yield();
-            if (now_ns() - before > WAIT_POST_SWITCH_NS) {
-                switched = 1;
+            uint64_t took = now_ns() - before;
+            if (took > WAIT_POST_SWITCH_NS && took < WAIT_POST_SLICE_NS) {
+                shared = 1;
+                poll_ns = 0; /* the loop's first 8 polls, then the next yield */
+            } else {
+                poll_ns = busy_ns;
             }
         }
         Py_END_ALLOW_THREADS

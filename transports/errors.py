@@ -90,6 +90,16 @@ class SequenceError(PeerProtocolError):
     """A frame arrived with an unexpected sequence number (a frame was lost or written twice)."""
 
 
+class MessagesLost(SequenceError):
+    """Messages a peer sent to this reader never arrived (a connection broke and was re-made);
+    `lost` of them, from `first` on, of writer `writer`. The message that showed the gap is
+    kept for the next read."""
+
+    lost: int = 0
+    first: int = 0
+    writer: int = 0
+
+
 # --- the environment -----------------------------------------------------------------------------
 
 
@@ -159,6 +169,7 @@ __all__ = [
     "InvalidConfig",
     "InvalidFrameSize",
     "InvalidName",
+    "MessagesLost",
     "MetadataAlreadyWritten",
     "MetadataTooLarge",
     "NameInUse",

@@ -121,6 +121,17 @@ class CorruptStream(CorruptData):
     """The shared ring holds values no correct peer writes (bad header, lost frames)."""
 
 
+class MessagesLost(CorruptStream):
+    """Messages a network sender sent to this receiver never arrived: its connection broke
+    (a host or the path between them vanished for longer than the liveness timeout) and was
+    made again. `lost` messages of sender `writer` are missing, from sequence number `first`
+    on. The message that revealed the gap is not lost: the next recv returns it."""
+
+    lost: int = 0
+    first: int = 0
+    writer: int = 0
+
+
 class ShmFull(ChannelError):
     """Not enough free shared memory (/dev/shm) for the ring: a smaller capacity, or more
     shared memory (Docker: --shm-size)."""
@@ -135,6 +146,7 @@ __all__ += [
     "ChannelError",
     "CorruptStream",
     "DiskFull",
+    "MessagesLost",
     "PeerDead",
     "ReaderDead",
     "ShmFull",
@@ -153,6 +165,7 @@ _TRANSLATE: tuple[tuple[type[Exception], type[ZcserError]], ...] = (
     (_transport.FrameTooLarge, MessageTooLarge),
     (_transport.TransportClosed, Closed),
     (_transport.SnapshotFileError, CorruptSnapshot),
+    (_transport.MessagesLost, MessagesLost),
     (_transport.PeerProtocolError, CorruptStream),
     (_transport.ShmFullError, ShmFull),
     (_transport.FileSpaceError, DiskFull),

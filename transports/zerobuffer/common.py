@@ -46,15 +46,16 @@ _SPIN_FAST = 64
 busy or 2-core machine the peer may be waiting for this very core to produce its answer; without
 yielding, round trips were several times slower (the peer ran only after the spin ended)."""
 
-_SPIN_BUSY_MIN = 1_500
+_SPIN_BUSY_MIN = 500
 _SPIN_BUSY_MAX = 30_000
 """With the compiled module the reader spins in one compiled call (GIL released): it polls for
 a while, then yields the CPU and polls again, `spin - _SPIN_FAST` times (transports/_native.c
 wait_post). The first poll's length (nanoseconds, within these bounds) adapts: it grows while
-answers arrive during it (the peer runs on another core) and halves when one arrives only after
-a yield (the peer may need this very core, and a long poll delays its answer). On a 2-core
-machine whose other core was busy round trips took 58 us with a fixed 20 us poll and 21 us with
-2 us; with the other core free, 7.6 us with 15 us against 18 us with 1.5 us."""
+answers arrive during it or, later, from another core, and halves when one arrives right after
+a yield that ran another task for a short while (the peer sharing this core, which a long poll
+only delays). After such a yield the spin polls only a few times before the next one; after a
+yield that returned at once, or that let an unrelated task run a whole time slice, it polls
+as long as the first time. Measurements: docs/benchmarks.md (channel)."""
 
 _SPIN_LIMIT_NS = 2_000_000
 """The compiled spin stops after this long whatever is left (yields may wait for other

@@ -28,7 +28,8 @@ Control table (at offset 128, the metadata block; little endian):
 +8    u32  places N (1..64)
 +12   u32  flags: bit 0 = the rings' payload pages are reserved by the writer that takes them
 +16   u64  sleepers: readers armed to sleep on the bells (writers ring while it is non-zero)
-+24   u64  joins: places taken so far (a reader looks for new writers when it changes)
++24   u64  joins: places taken so far (a reader looks for new writers when it changes; a hint
+           only, checked: it never exceeds the generations' sum nor goes back)
 +64 + 64*i, place i:
    +0  u64 owner: 0 free, the PID of the writer holding it, RECLAIMING (bit 63)
    +8  u64 generation: times taken
@@ -51,11 +52,18 @@ Rules (the writer's side in `Place`, the reader's in `PoolReader`):
   from 0 to RECLAIMING, the payload's pages go back (they read as zeros), owner back to 0.
   A writer never takes a RECLAIMING place. A new writer may take a freed place before that:
   its ring then simply goes on, and its pages stay.
+- Every word here is written by other processes, so the reader trusts none of them blindly:
+  `joins` only says when to look at the generations (and the reader also looks after every
+  sleep and every LOOK_EVERY reads, so a joins word that stands still or wraps hides nobody);
+  a joins value no writer makes (above the generations' sum, or going back) is counted in
+  `anomalies` and ignored. A generation that goes back, or leaps by more than MAX_STEP since
+  the reader last looked, is CorruptBuffer: the stream's end is counted from the generations.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import select
@@ -67,6 +75,7 @@ from typing import Any
 
 from transports.errors import (
     BufferNotFound,
+    CorruptBuffer,
     IncompatibleBuffer,
     InvalidConfig,
     Timeout,
@@ -97,10 +106,18 @@ __all__ = [
     "ring_name",
 ]
 
+_log = logging.getLogger("transports.zerobuffer")
+
 MAX_PLACES = 64
 BACKSTOP = 0.5
 """Longest sleep of a pool reader before it checks its writers' PIDs (a writer whose bell is
 still held open by a forked child of it does not hang up when it dies)."""
+
+LOOK_EVERY = 64
+"""Reads between two looks at the places' generations when the joins word did not change."""
+MAX_STEP = 1 << 32
+"""Most claims of one place between two looks of its reader that are taken as real (each is a
+process attaching a ring: billions cannot happen between two reads)."""
 
 _MAGIC = b"ZCSPOOL1"
 _TABLE = L.OIEB_SIZE
@@ -319,7 +336,10 @@ class PoolReader:
             self._create(config, spin)
         self._sleepers = self._addr + _OFF_SLEEPERS
         self._joins_word = _shm.word_at(self._addr + _OFF_JOINS)
-        self._joins = 0
+        self._joins = 0  # the joins word when we last looked (a hint: see the module rules)
+        self._joins_checked = 0  # the last joins value that passed its checks
+        self._countdown = LOOK_EVERY  # reads until we look at the generations anyway
+        self.anomalies = 0  # joins values no writer makes, ignored
         self.active = [False] * places  # a writer was seen and has not been seen leaving
         self._generations = [0] * places  # each place's generation when last looked at
         self._draining = [False] * places  # its writer is gone: read to the end, then free
@@ -399,28 +419,40 @@ class PoolReader:
             if got is not None:
                 return got
 
+    def take(self, limit: int) -> Frame | bytes | None:
+        """The next frame of any writer if one is waiting (as read_small), else None; never
+        waits."""
+        if self._closed:
+            raise TransportClosed(f"pool reader of {self.name!r} is closed")
+        return self._take(limit)
+
     def _take(self, limit: int) -> Frame | bytes | None:
-        if self._joins_word.value != self._joins:
+        self._countdown -= 1
+        if self._countdown <= 0 or self._joins_word.value != self._joins:
             self._look_for_writers()
         places = self.places
         start = self._next
         active = self.active
+        rings = self.rings
         for k in range(places):
             i = start + k
             if i >= places:
                 i -= places
             if not active[i]:
                 continue
-            ring = self.rings[i]
-            if not (ring.poll() or self._draining[i]):
-                continue
-            try:
-                got = ring.read_small(limit, 0)
-            except Timeout:
-                continue
-            except WriterDead as exc:
-                self._left(i, died=not getattr(exc, "closed", False))
-                continue
+            ring = rings[i]
+            core = ring._core
+            got: Frame | bytes | None
+            if core.pending:  # a run read ahead: the usual case while writers are busy
+                got = core.hand_back(limit)
+            else:
+                try:
+                    got = ring.read_ready(limit, self._draining[i])
+                except WriterDead as exc:
+                    self._left(i, died=not getattr(exc, "closed", False))
+                    continue
+                if got is None:
+                    continue
             self._next = i + 1 if i + 1 < places else 0
             self.place = i
             return got
@@ -430,15 +462,41 @@ class PoolReader:
 
     def _look_for_writers(self) -> None:
         """A place taken since we last looked (its generation moved) is active, even if its
-        writer has left again already: what it wrote is still to be read."""
-        self._joins = self._joins_word.value
+        writer has left again already: what it wrote is still to be read. Checks the words
+        read (module rules): CorruptBuffer for a generation no writer makes."""
+        self._countdown = LOOK_EVERY
+        joins = self._joins_word.value  # before the generations: each join follows its claim
         mm = self._mm
+        generations = self._generations
+        claims = 0
         for i in range(self.places):
             generation = _U64.unpack_from(mm, _owner_at(i) + 8)[0]
-            if generation != self._generations[i]:
-                self._generations[i] = generation
+            seen = generations[i]
+            if generation != seen:
+                if generation < seen or generation - seen > MAX_STEP:
+                    raise CorruptBuffer(
+                        f"pool {self.name!r}: the generation of place {i} went from {seen} to "
+                        f"{generation}, which no writer does; its control segment "
+                        f"{self._cname} was overwritten: close the Receiver"
+                    )
+                generations[i] = generation
                 self.active[i] = True
                 self._reclaim.discard(i)
+            claims += generation
+        if joins != self._joins:
+            if joins > claims or joins < self._joins_checked:
+                self.anomalies += 1
+                _log.warning(
+                    "pool %r: its joins word reads %d (places taken: %d, last seen %d), which "
+                    "no writer writes; ignored",
+                    self.name,
+                    joins,
+                    claims,
+                    self._joins_checked,
+                )
+            else:
+                self._joins_checked = joins
+            self._joins = joins
 
     def _left(self, index: int, died: bool) -> None:
         """Ring `index` is drained and its writer gone: free the place, count it; raise
@@ -498,8 +556,7 @@ class PoolReader:
 
     def ready(self) -> bool:
         """Whether read_small(timeout=0) would return a frame or a departure now."""
-        if self._joins_word.value != self._joins:
-            self._look_for_writers()
+        self._look_for_writers()  # whatever the joins word says (module rules)
         for i in range(self.places):
             if self.active[i] and (self._draining[i] or self.rings[i].poll()):
                 return True
@@ -508,10 +565,16 @@ class PoolReader:
     def fds(self) -> list[int]:
         return list(self._bells)
 
-    def arm(self) -> None:
-        """Before a sleep: writers ring from now on; every ring gives back what was read (a
-        writer waiting for room must not wait for us while we wait for it)."""
+    def arm(self, settle: bool = True) -> None:
+        """Before a sleep: writers ring from now on (an atomic add: safe from any thread);
+        with `settle`, every ring gives back what was read (a writer waiting for room must not
+        wait for us while we wait for it), which only the reading thread may do."""
         _shm.atomic_add(self._sleepers, 1)
+        if settle:
+            self.settle()
+
+    def settle(self) -> None:
+        """Every ring gives back what was read (the reading thread's business)."""
         for ring in self.rings:
             ring.settle()
 
@@ -547,8 +610,7 @@ class PoolReader:
             if event & (select.POLLHUP | select.POLLERR):
                 self._bells[index] = _shm.reopen_bell(self.rings[index].name, fd)
                 self._check_writer(index)
-        if self._joins_word.value != self._joins:
-            self._look_for_writers()
+        self._look_for_writers()  # after every sleep, whatever the joins word says
         now = time.monotonic()
         if now - self._checked_at >= BACKSTOP:
             self._checked_at = now
@@ -567,9 +629,10 @@ class PoolReader:
     # -- state -----------------------------------------------------------------------------------
 
     def claims(self) -> int:
-        """Places taken since the pool was created (every writer's connection counts once)."""
-        mm = self._mm
-        return sum(int(_U64.unpack_from(mm, _owner_at(i) + 8)[0]) for i in range(self.places))
+        """Places taken since the pool was created (every writer's connection counts once),
+        from the generations as checked by a look (CorruptBuffer for one no writer makes)."""
+        self._look_for_writers()
+        return sum(self._generations)
 
     def writers(self) -> int:
         """Places held by a live writer now."""

@@ -98,6 +98,20 @@ _SPIN_PROBE = 255
 """Once in this many + 1 spins the first poll is as long as allowed again (wait_frame): the
 peer may have moved to another core since a short poll last paid."""
 
+
+def _next_busy(found: int, busy: int, current: int) -> int:
+    """The next first poll (ns) after a spin whose first poll lasted `busy` ns found a post
+    (wait_post's answer `found`): answers during it (1) or later from another core (2) make it
+    longer; an answer after a short switch (3: the peer probably runs on this core, and polls
+    only delay it) makes it shorter, never longer than `current` (a probe's long poll that
+    failed does not raise it)."""
+    if found == 1:
+        return min(busy + (busy >> 2), _SPIN_BUSY_MAX)
+    if found == 2:
+        return min(busy << 1, _SPIN_BUSY_MAX)
+    return max(min(busy, current) >> 1, _SPIN_BUSY_MIN)
+
+
 _HDR = L.HEADER_SIZE
 _U64 = L.U64
 _HEADER = L.HEADER
@@ -312,6 +326,7 @@ class _ReaderCore:
         self.blocked = 0.0
         self.spin_busy = _SPIN_BUSY_MAX  # first poll of the next spin, ns (wait_frame)
         self.spins = 0  # spins so far (every _SPIN_PROBE + 1-th polls _SPIN_BUSY_MAX again)
+        self.spin_shared = False  # the last spin's answer came after a short switch
         self.writer_seen = False
         total = L.total_size(metadata_block, payload_block)
 
@@ -378,7 +393,12 @@ class _ReaderCore:
         if self.deferred:
             self.drain()
         sem = self.sem_w
-        if spin and self.sem_handle:
+        if spin and self.sem_handle and self.spin_shared:
+            # The last answer came right after a short switch: the peer probably shares this
+            # core. Sleep this once instead: the wake-up lets the scheduler put this process on
+            # an idle core, which polling never does (a process that never sleeps stays).
+            self.spin_shared = False
+        elif spin and self.sem_handle:
             assert _WAIT_POST is not None
             # The whole spin, compiled (a post taken is counted in the same call); its first
             # poll sized by where the last answers came from (common.py _SPIN_BUSY_MIN).
@@ -387,11 +407,9 @@ class _ReaderCore:
             found = _WAIT_POST(
                 self.sem_handle, self.words, busy, max(0, spin - _SPIN_FAST), _SPIN_LIMIT_NS
             )
-            if found == 1:
-                self.spin_busy = min(busy + (busy >> 2), _SPIN_BUSY_MAX)
-            elif found:
-                self.spin_busy = max(busy >> 1, _SPIN_BUSY_MIN)
             if found:
+                self.spin_busy = _next_busy(found, busy, self.spin_busy)
+                self.spin_shared = found == 3
                 return
         elif _shm.SEM_VALUE:
             for i in range(spin):
@@ -851,6 +869,19 @@ class Reader:
             return core.hand_back(limit)  # the usual small frame, compiled (its post counted)
         core.take_frame(limit)
         return core.hand_back(limit)
+
+    def read_ready(self, limit: int, draining: bool = False) -> Frame | bytes | None:
+        """read_small(limit, 0) without the Timeout: the next frame if one is waiting, else
+        None. `draining`: the writer is gone, so read() must run to tell (WriterDead)."""
+        core = self._core
+        if core.pending:
+            return core.hand_back(limit)
+        if not (draining or self.poll()):
+            return None
+        try:
+            return self.read_small(limit, 0)
+        except Timeout:
+            return None
 
     def poll(self) -> bool:
         """Whether a published frame is waiting (read() would not block for it); takes nothing.

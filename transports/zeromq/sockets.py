@@ -18,20 +18,45 @@ block, drop when full) copies too, since waiting for ZeroMQ to finish is a block
 
 Peer death: ZeroMQ reconnects silently, so each socket counts its connections from monitor
 events. A process that dies (even by SIGKILL) has its connections closed by the kernel, seen at
-once; a host that vanishes is seen after the ZMTP heartbeat timeout (3 x `heartbeat` seconds).
+once. A host that vanishes is seen by the kernel, never by ZeroMQ: tcp:// connections carry TCP
+keepalive (`heartbeat` s idle, then KEEPALIVE_PROBES probes `heartbeat` s apart; the peer's
+kernel answers them whatever its process does), and a push writer blocked on a full queue also
+gives up on a connection whose peer kernel left its probes unanswered that long (`_silent`).
+ipc:// needs nothing: its peers share our kernel. ZMTP heartbeats stay off: libzmq stops reading
+a connection whose reading queue is at its high-water mark, so a PING sent over it goes
+unanswered and the heartbeat timeout cuts a live, merely slow reader, losing what the kernel and
+the queues held (and libzmq 4.3 then aborts a reconnecting reader: assertion `_input_stopped`).
 A reader with nothing queued and no writer connected (after one was) raises WriterDead; a push
 writer that cannot send and has no reader connected (after one was) raises ReaderDead.
+Gaps: a push writer that connects (so every message goes to that one reader) flags its
+messages, and the reader raises MessagesLost on a gap in its sequence, then returns the message
+that showed it; a subscriber counts its gaps (pub drops by design).
 Buffer memory: `send` returns only after ZeroMQ has released every zero-copy frame
 (MessageTracker), so the caller may modify or free the arrays as soon as it returns.
+
+Closing: a reading socket lingers forever (LINGER -1): with LINGER 0, libzmq drops the messages
+a peer sent but the application has not read yet as soon as that peer disconnects. And libzmq
+4.3 drops what is still in the kernel's socket buffer when a peer hangs up while the reading
+socket's queue is at its high-water mark (its engine has stopped reading; the hang-up ends the
+connection without reading the rest: ipc:// always, tcp:// on a reset). So a writer's close,
+after the end mark, waits until the kernel holds nothing unread for any of its connections
+(SIOCOUTQ of each connection's descriptor, known from the monitor events) before it hangs up.
+
+Threads: a socket is used by one thread at a time; `interrupt()` (a store, safe from any
+thread) makes a `recv`/`send` blocked in another thread raise TransportClosed within
+`_POLL_MS`, so that thread lets go of the socket and the closing thread can close it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import math
 import os
 import secrets
 import socket as _socket
 import stat
+import struct
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -64,7 +89,11 @@ DEFAULT_SPIN = 100
 """Readiness checks (cheap, non-blocking) a reader makes before sleeping in poll()."""
 
 DEFAULT_HEARTBEAT = 1.0
-"""Seconds between ZMTP heartbeats; a silent peer is dropped after three intervals."""
+"""Seconds of silence before the kernel probes a tcp:// peer, and between probes (whole
+seconds, at least 1); a host that leaves KEEPALIVE_PROBES probes unanswered is dead. 0: none."""
+
+KEEPALIVE_PROBES = 3
+"""Unanswered keepalive probes after which the kernel drops a tcp:// connection."""
 
 PATTERNS: dict[str, tuple[int, bool, bool]] = {
     "push": (zmq.PUSH, True, False),
@@ -82,6 +111,14 @@ _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _NOT_SENT = object()
 _RCVMORE = int(zmq.RCVMORE)
+_SIOCOUTQ = 0x5411  # Linux: bytes the peer has not read yet (ipc) / not acknowledged (tcp)
+_INT = struct.Struct("i")
+# struct tcp_info (linux/tcp.h), the fields _silent reads: u8 state, ca_state, retransmits
+# (unanswered retransmissions in a row), probes (unanswered zero-window or keepalive probes in
+# a row), then after 4 more bytes u32s from offset 8; last_ack_recv (ms since the peer's last
+# ACK) at offset 56.
+_TCP_INFO = struct.Struct("<BBBB52xI")
+_TCP_INFO_LEN = 104
 _OPEN_EVENTS = (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED)
 _CLOSE_EVENTS = (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED)
 
@@ -144,6 +181,8 @@ class _Socket:
         kind, _, binds = PATTERNS[pattern]
         self.pattern = pattern
         self.binds = binds if bind is None else bind
+        self.tcp = url.startswith("tcp://")
+        self.heartbeat = heartbeat if self.tcp else 0.0
         self.peers = wire.Peers()
         self._pid = os.getpid()
         self._ipc_inode: tuple[str, int] | None = None
@@ -152,7 +191,7 @@ class _Socket:
         self.ctx: Any = zmq.Context(io_threads=1)
         self.sock = self.ctx.socket(kind)
         try:
-            self._configure(hwm, heartbeat, max_frame)
+            self._configure(hwm, heartbeat, max_frame, url)
             self.monitor = self.sock.get_monitor_socket(
                 zmq.EVENT_CONNECTED | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
             )
@@ -161,19 +200,26 @@ class _Socket:
             self.ctx.destroy(linger=0)
             raise
 
-    def _configure(self, hwm: int, heartbeat: float, max_frame: int) -> None:
+    def _configure(self, hwm: int, heartbeat: float, max_frame: int, url: str) -> None:
         """Options before bind/connect: listeners copy them when created."""
         s = self.sock
-        s.setsockopt(zmq.LINGER, 0)
+        # LINGER also decides what becomes of the messages a peer sent before it disconnected:
+        # 0 drops those not read yet. A reading socket keeps them until read (close() passes a
+        # linger of its own, so closing it never waits).
+        s.setsockopt(zmq.LINGER, 0 if PATTERNS[self.pattern][1] else -1)
         if max_frame > 0:
             s.setsockopt(zmq.MAXMSGSIZE, max_frame)
         s.setsockopt(zmq.SNDHWM, hwm)
         s.setsockopt(zmq.RCVHWM, hwm)
-        if heartbeat > 0:
-            ms = max(1, int(heartbeat * 1000))
-            s.setsockopt(zmq.HEARTBEAT_IVL, ms)
-            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ms)
-            s.setsockopt(zmq.HEARTBEAT_TTL, 3 * ms)
+        if heartbeat < 0 or not math.isfinite(heartbeat):
+            raise errors.InvalidConfig(f"heartbeat must be >= 0 seconds, got {heartbeat}")
+        # No ZMTP heartbeats (module doc, Peer death): the kernel judges a peer's liveness.
+        if heartbeat > 0 and url.startswith("tcp://"):
+            seconds = max(1, math.ceil(heartbeat))
+            s.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            s.setsockopt(zmq.TCP_KEEPALIVE_IDLE, seconds)
+            s.setsockopt(zmq.TCP_KEEPALIVE_INTVL, seconds)
+            s.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_PROBES)
         if self.pattern == "push":
             s.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards readers not connected
         if self.pattern == "sub":
@@ -227,6 +273,34 @@ class _Socket:
             elif code in _CLOSE_EVENTS:
                 self.peers.closed(fd)
 
+    def unsent(self) -> int | None:
+        """Bytes written to our open connections that their peers' ZeroMQ has not read from
+        the kernel yet (None where the system cannot say). The descriptors are libzmq's; one
+        closed meanwhile says 0 (not a socket) or at worst another socket's count."""
+        if os.uname().sysname != "Linux":
+            return None  # pragma: no cover - SIOCOUTQ is Linux's
+        total = 0
+        for fd in self.peers.fds():
+            buf = bytearray(_INT.size)
+            try:
+                fcntl.ioctl(fd, _SIOCOUTQ, buf)
+            except OSError:
+                continue  # closed since the last event (ENOTTY, EBADF): nothing left in it
+            total += max(0, _INT.unpack(buf)[0])
+        return total
+
+    def silent(self) -> bool:
+        """True when this socket has tcp:// connections and every one of them has data its
+        peer's kernel does not take and leaves unanswered: KEEPALIVE_PROBES retransmissions or
+        window probes in a row, nothing acknowledged for as long as keepalive allows an idle
+        peer. A live peer's kernel answers every probe (its process need not run), which
+        resets both counts; TCP alone would retry for many minutes (tcp_retries2)."""
+        if not self.tcp or self.heartbeat <= 0 or os.uname().sysname != "Linux":
+            return False
+        fds = self.peers.fds()
+        limit_ms = 1000 * max(1, math.ceil(self.heartbeat)) * (1 + KEEPALIVE_PROBES)
+        return bool(fds) and all(_silent(fd, limit_ms) for fd in fds)
+
     def wait(self, flag: int, ms: int) -> bool:
         """Block up to `ms` for the socket to become ready (`flag`) or a monitor event."""
         poller = zmq.Poller()
@@ -265,6 +339,20 @@ def _receive(sock: Any) -> list[Any]:
 def _readable(sock: Any) -> bool:
     """A message is waiting (about 1.5 us: no Poller, no exception)."""
     return bool(int(sock.getsockopt(zmq.EVENTS)) & _POLLIN)
+
+
+def _silent(fd: int, limit_ms: int) -> bool:
+    """Whether the TCP connection `fd` (libzmq's) has unanswered probes and no ACK for
+    `limit_ms`; False for anything else (closed since, not TCP, not Linux)."""
+    try:
+        with _socket.socket(fileno=os.dup(fd)) as probe:
+            info = probe.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_INFO, _TCP_INFO_LEN)
+    except OSError:
+        return False
+    if len(info) < _TCP_INFO.size:
+        return False  # pragma: no cover - every Linux since 2.6 gives more
+    _, _, retransmits, probes, last_ack = _TCP_INFO.unpack_from(info)
+    return max(retransmits, probes) >= KEEPALIVE_PROBES and last_ack >= limit_ms
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -321,13 +409,28 @@ class ZmqWriter:
         self._meta = bytes(metadata)
         self._writer = secrets.randbits(64)
         self._sequence = 0
+        # push that connects: every message goes to the one reader bound there
+        self._flags = wire.FLAG_ONE_READER if pattern == "push" and not self._s.binds else 0
         self._pending: deque[Any] = deque()  # trackers of messages ZeroMQ still holds
         self._messages = 0
         self._bytes = 0
         self._zero_copy = 0
         self._copied = 0
         self._blocked = 0.0
+        self.interrupted = False  # interrupt(): a send or flush waiting in another thread ends
         self._closed = False
+
+    def interrupt(self) -> None:
+        """Make a send or flush blocked in another thread raise TransportClosed (within
+        `_POLL_MS`), so that thread lets go of the socket before close(); a store, safe from
+        any thread. Stays set until the writer's own close() clears it to end the stream."""
+        self.interrupted = True
+
+    def _check_interrupted(self) -> None:
+        if self.interrupted:
+            raise errors.TransportClosed(
+                f"the writer of {self.url} was closed by another thread while sending"
+            )
 
     def send(self, head: Any, buffers: Sequence[Any] = (), timeout: float | None = None) -> None:
         """Send one message: `head` bytes then one frame per buffer (not copied).
@@ -387,7 +490,9 @@ class ZmqWriter:
         self._flush(_deadline(timeout), timeout)
 
     def _first(self, kind: int, count: int, head: Any) -> bytes:
-        env = wire.pack_envelope(kind, self._writer, self._sequence, count, len(self._meta))
+        env = wire.pack_envelope(
+            kind, self._writer, self._sequence, count, len(self._meta), self._flags
+        )
         return b"".join((env, self._meta, head))
 
     def _send(
@@ -433,6 +538,7 @@ class ZmqWriter:
         try:
             while True:
                 s.events()
+                self._check_interrupted()
                 self._refuse_when_stuck(deadline, timeout)
                 s.wait(zmq.POLLOUT, _left_ms(deadline))
                 try:
@@ -449,6 +555,8 @@ class ZmqWriter:
                 f"no reader is connected to {self.url} any more (it closed or died); the "
                 "message was not sent. Start a reader, then a new writer."
             )
+        if s.silent():
+            raise self._silent_error("the message was not sent")
         if _expired(deadline):
             if s.peers.connected:
                 raise errors.BufferFull(
@@ -458,6 +566,14 @@ class ZmqWriter:
             raise errors.Timeout(
                 f"no reader connected to {self.url} within {timeout} s; nothing was sent"
             )
+
+    def _silent_error(self, what: str) -> errors.ReaderDead:
+        seconds = max(1, math.ceil(self._s.heartbeat)) * (1 + KEEPALIVE_PROBES)
+        return errors.ReaderDead(
+            f"the host of every reader of {self.url} has answered nothing for {seconds} s "
+            f"(it vanished, or the network between us did); {what}. Start a reader, then a "
+            "new writer."
+        )
 
     def _flush(self, deadline: float | None, timeout: float | None) -> None:
         """Until ZeroMQ has released every zero-copy frame of every message sent."""
@@ -472,12 +588,20 @@ class ZmqWriter:
                     pending[0].wait(_left_ms(deadline) / 1000 or 0.001)
                 if pending[0].done:
                     continue
+                if self.interrupted:
+                    raise errors.TransportClosed(
+                        f"the writer of {self.url} was closed by another thread while a message "
+                        "was being transmitted: it may still arrive, and ZeroMQ may read its "
+                        "buffers until that close() returns"
+                    )
                 self._s.events()
                 if self._s.peers.lost:
                     raise errors.ReaderDead(
                         f"the reader of {self.url} disconnected while the message was being "
                         "sent; its buffers stay with ZeroMQ until it is dropped"
                     )
+                if self._s.silent():
+                    raise self._silent_error("the message may not arrive")
                 if _expired(deadline):
                     raise errors.Timeout(
                         f"the message to {self.url} is queued but not yet transmitted after "
@@ -497,6 +621,18 @@ class ZmqWriter:
             first = zmq.Frame(self._first(wire.KIND_END, 0, b""), track=True)
             self._pending.append(self._send([first], deadline, timeout))
         self._flush(deadline, timeout)
+
+    def _drain(self, deadline: float | None) -> None:
+        """Until the readers' ZeroMQ has taken from the kernel all we wrote (module doc,
+        Closing), every reader left, the deadline, or an interrupt."""
+        s = self._s
+        pause = 0.001
+        while True:
+            s.events()
+            if not s.unsent() or self.interrupted or _expired(deadline):
+                return
+            time.sleep(pause if deadline is None else min(pause, _left_ms(deadline) / 1000))
+            pause = min(pause * 2, _POLL_MS / 1000)
 
     def stats(self) -> ZmqWriterStats:
         self._s.events()
@@ -523,10 +659,12 @@ class ZmqWriter:
         if self._closed:
             return
         deadline = _deadline(timeout)
+        self.interrupted = False  # interrupt() freed the socket for this: the end mark goes out
         try:
             self._s.events()
             if self._s.peers.connected:
                 self.end(timeout)
+                self._drain(deadline)
         except errors.TransportError:
             pass  # no reader, or it does not read: the readers see the disconnection instead
         finally:
@@ -563,7 +701,8 @@ class Received(NamedTuple):
 
 @dataclass(frozen=True)
 class ZmqReaderStats:
-    """A reader's counters; `lost`: messages missing from writers' sequences (sub only)."""
+    """A reader's counters; `lost`: messages missing from writers' sequences (sub: all gaps;
+    pull: gaps of writers flagged FLAG_ONE_READER, each also raised as MessagesLost)."""
 
     messages: int
     bytes: int
@@ -601,8 +740,15 @@ class ZmqReader:
         self._messages = 0
         self._bytes = 0
         self._blocked = 0.0
-        self._held: Received | errors.TransportError | None = None  # taken by ready()
+        # taken by ready(), or kept behind the MessagesLost its gap raised: the next recvs
+        self._held: deque[Received | errors.TransportError] = deque()
+        self.interrupted = False  # interrupt(): a recv waiting in another thread ends
         self._closed = False
+
+    def interrupt(self) -> None:
+        """Make a recv blocked in another thread raise TransportClosed (within `_POLL_MS`),
+        so that thread lets go of the socket before close(); a store, safe from any thread."""
+        self.interrupted = True
 
     def recv(self, timeout: float | None = None) -> Received:
         """The next message (data or end mark). Blocks up to `timeout` s (None: while a writer
@@ -612,9 +758,8 @@ class ZmqReader:
             raise errors.TransportClosed(f"the reader of {self.url} is closed")
         s = self._s
         s.check_process()
-        held = self._held
-        if held is not None:
-            self._held = None
+        if self._held:
+            held = self._held.popleft()
             if isinstance(held, errors.TransportError):
                 raise held
             return held
@@ -635,6 +780,10 @@ class ZmqReader:
                     break
                 except zmq.Again:
                     pass
+                if self.interrupted:
+                    raise errors.TransportClosed(
+                        f"the reader of {self.url} was closed by another thread while receiving"
+                    )
                 s.events()
                 if s.peers.lost and not _readable(sock):
                     raise errors.WriterDead(
@@ -653,7 +802,7 @@ class ZmqReader:
         from ZeroMQ and held for the next recv: `held`), or an error (closed, used from
         another process, every writer gone, frames no zcser writer sends). Reads the socket's
         and the monitor's EVENTS, which re-arms their edge-triggered FDs (`wait_sockets`)."""
-        if self._closed or os.getpid() != self._s._pid or self._held is not None:
+        if self._closed or os.getpid() != self._s._pid or self._held:
             return True
         s = self._s
         if self._hold():
@@ -665,23 +814,24 @@ class ZmqReader:
         if not _readable(self._s.sock):
             return False
         try:
-            self._held = self._parse(_receive(self._s.sock))
+            self._held.append(self._parse(_receive(self._s.sock)))
         except zmq.Again:  # pragma: no cover - EVENTS said POLLIN: a whole message is there
             return False
         except errors.TransportError as exc:
-            self._held = exc
+            self._held.appendleft(exc)  # before the message a MessagesLost kept
         return True
 
     @property
     def held(self) -> Received | None:
         """The message `ready()` took, which the next recv returns (None if none, or if what
         it took is an error the next recv raises)."""
-        held = self._held
+        held = self._held[0] if self._held else None
         return None if isinstance(held, errors.TransportError) else held
 
     def drop_held(self) -> None:
         """Forget the message `ready()` took (one the caller would skip anyway)."""
-        self._held = None
+        if self._held:
+            self._held.popleft()
 
     def wait_sockets(self) -> list[Any]:
         """The ZeroMQ sockets that become readable when `ready()` may have changed: the socket
@@ -691,12 +841,12 @@ class ZmqReader:
     def _parse(self, frames: list[Any]) -> Received:
         views = [memoryview(f).cast("B") for f in frames]
         env = wire.parse_envelope(views[0], len(views))
-        self.writers.see(env)
+        gap = self.writers.see(env)
         nbytes = sum(v.nbytes for v in views)
         self._messages += env.kind == wire.KIND_DATA
         self._bytes += nbytes
         first = views[0]
-        return Received(
+        rec = Received(
             kind=env.kind,
             writer=env.writer,
             sequence=env.sequence,
@@ -706,6 +856,17 @@ class ZmqReader:
             frames=frames,
             nbytes=nbytes,
         )
+        if gap and self.pattern != "sub":  # subscribers count theirs: pub drops by design
+            self._held.append(rec)
+            raise errors.MessagesLost(
+                f"{gap} message(s) from writer {env.writer:#018x} to {self.url} never arrived "
+                f"(sequence {env.sequence - gap} to {env.sequence - 1}): its connection broke "
+                "and was made again; the next read returns the message after them",
+                lost=gap,
+                first=env.sequence - gap,
+                writer=env.writer,
+            )
+        return rec
 
     def stats(self) -> ZmqReaderStats:
         self._s.events()
@@ -727,7 +888,7 @@ class ZmqReader:
         """Close the socket (stop listening); views of received messages stay valid."""
         if not self._closed:
             self._closed = True
-            self._held = None
+            self._held.clear()
             self._s.close()
 
     def __enter__(self) -> ZmqReader:

@@ -347,6 +347,47 @@ class Gate:
         with self.enter_shared():
             return fn(*args)
 
+    def attempt(self, fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+        """(True, `fn(*args)`) serialised as `run` does, or (False, None) at once when a call
+        runs in another thread now (what `zcser.wait` does instead of waiting for it)."""
+        if threading.get_ident() == self.owner:
+            self.busy = True
+            if not self.shared:
+                try:
+                    return True, fn(*args)
+                finally:
+                    self.busy = False
+            self.busy = False
+        self.shared = True
+        if self.busy or not self.lock.acquire(blocking=False):
+            return False, None
+        try:
+            return True, fn(*args)
+        finally:
+            self.lock.release()
+
+    def hold(
+        self, timeout: float | None, what: str, error: type[errors.Timeout] = errors.Timeout
+    ) -> float | None:
+        """Take the lock (locked mode) within `timeout` s (None: however long it takes); the
+        time left of `timeout`. `error` (Timeout, or BufferFull for a send: nothing was sent)
+        naming `what` when another thread's call kept the gate all that time: a call's timeout
+        covers its wait for the gate too."""
+        self.shared = True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0001
+        while self.busy:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _gate_timeout(error, what, timeout)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+        if deadline is None:
+            self.lock.acquire()
+            return None
+        if not self.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise _gate_timeout(error, what, timeout)
+        return max(0.0, deadline - time.monotonic())
+
     def in_use(self) -> bool:
         """Whether a call is running now (in any thread)."""
         return self.busy or self.lock.locked()
@@ -359,3 +400,10 @@ class Gate:
             time.sleep(pause)
             pause = min(pause * 2, 0.01)
         return self.lock
+
+
+def _gate_timeout(error: type[errors.Timeout], what: str, timeout: float | None) -> errors.Timeout:
+    return error(
+        f"{what} within {timeout} s: another thread was using this end all that time (its "
+        "calls are serialised; give that thread's call a timeout, or close the end to end it)"
+    )

@@ -98,6 +98,8 @@ class NetSender(base.Sender):
     pattern "push" (default: connects; each message goes to one receiver, blocks at the
     high-water mark) or "pub" (binds; fan-out, never blocks: a subscriber whose queue is full
     misses messages, counted in its `stats().lost`). `hwm`: messages queued per receiver.
+    `heartbeat` (tcp://): seconds of silence before the kernel probes a receiver's host, and
+    between its 3 probes; a host that answers none is dead (docs/network.md, Dead peers).
     """
 
     scheme = "tcp"
@@ -263,10 +265,14 @@ class NetSender(base.Sender):
         return self._closed
 
     def close(self, timeout: float = 1.0) -> None:
-        """Mark the end of the stream (receivers then get Closed after the last message),
-        waiting at most `timeout` s for it to be written, and close the socket."""
+        """Mark the end of the stream (receivers then get Closed after the last message) and
+        close the socket, waiting at most `timeout` s for the receivers to take what is still
+        in transit (past it, the rest may be lost: they then see WriterDead, not Closed). A
+        send blocked in another thread raises Closed first (within 50 ms; one whose message
+        was queued already says so: it may still arrive)."""
         if self._closed:
             return
+        self._w.interrupt()  # a send waiting in another thread lets go of the socket
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -291,7 +297,8 @@ NET_ALIGN = 8
 @dataclass(frozen=True)
 class NetReceiverStats:
     """A network receiver's counters; `lost`: messages missing from senders' sequences (pub/sub
-    drops, or a push queue dropped on disconnect); `aligned_copies`: buffers copied to align."""
+    drops; messages of a connecting push sender lost with a broken connection, each gap also
+    raised once as MessagesLost); `aligned_copies`: buffers copied to align."""
 
     max_message: int
     messages: int
@@ -422,7 +429,9 @@ class NetReceiver(base.Receiver):
     def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
         """The next object. Blocks up to `timeout` s (None: while a sender is connected).
         Arrays are read-only (views of the received frames, or aligned copies, see min_align);
-        copy=True gives private writable objects. Thread-safe: each message goes to one recv."""
+        copy=True gives private writable objects. Thread-safe: each message goes to one recv.
+        MessagesLost when messages of a sender never arrived (a broken connection); the next
+        recv returns the message after them."""
         with self._lock:
             rec = self._next(timeout)
         if not rec.buffers:  # in-band values are private copies anyway: no lease
@@ -509,9 +518,11 @@ class NetReceiver(base.Receiver):
         return self._r is None or bool(self._r.closed)
 
     def close(self) -> None:
-        """Stop listening (the port or ipc file is released). Views alive stay valid. Waits for
-        a recv() in progress in another thread to return (a ZeroMQ socket is not thread-safe)."""
+        """Stop listening (the port or ipc file is released). Views alive stay valid. A recv
+        blocked in another thread raises Closed first (within 50 ms), and the socket is closed
+        once it let go (a ZeroMQ socket is not thread-safe: only the thread using it may)."""
         if self._r is not None:
+            self._r.interrupt()
             with self._lock:
                 self._r.close()
 

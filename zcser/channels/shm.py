@@ -50,7 +50,7 @@ from transports.zerobuffer import (
 from transports.zerobuffer import pool as tpool
 from transports.zerobuffer.common import interrupts_deferred
 from zcser import errors
-from zcser.channels import base
+from zcser.channels import base, waiting
 from zcser.channels.arena import FrameArena
 from zcser.channels.lease import Lease, Message
 from zcser.channels.schema import check_stream, schema_bytes
@@ -97,10 +97,6 @@ _NOTHING: Any = object()  # no message waiting in ShmReceiver._ready
 FOREIGN_POLL = 0.005
 """How often zcser.wait and arecv look at a channel whose writer is not a zcser Sender (it
 rings no bell)."""
-
-
-class _SenderEnded(errors.ZcserError):
-    """Internal (senders > 1): one sender's end of stream was read; the stream goes on."""
 
 
 _COUNT = struct.Struct("<I")
@@ -377,8 +373,8 @@ class ShmSender(base.Sender):
     def send(self, obj: Any, timeout: float | None = None) -> None:
         """Send `obj` as one message. Blocks while the ring is full: `timeout` seconds (None: as
         long as the receiver lives; 0: one try, to drop messages) then BufferFull."""
-        if timeout is not None:
-            _check_timeout(timeout)
+        if timeout is not None and (type(timeout) is not float or not timeout >= 0):
+            _check_timeout(timeout)  # a float >= 0 needs no call
         gate = self._gate
         if _get_ident() == gate.owner:
             gate.busy = True
@@ -391,10 +387,13 @@ class ShmSender(base.Sender):
                     gate.busy = False
                 return
             gate.busy = False
-        with gate.enter_shared():
+        remaining = gate.hold(timeout, f"not sent on {self.name!r}", errors.BufferFull)
+        try:
             if self._closed:
                 self._check_open()
-            self._send(obj, timeout)
+            self._send(obj, remaining)
+        finally:
+            gate.lock.release()
 
     def _send(self, obj: Any, timeout: float | None) -> None:
         if self._forked:
@@ -700,6 +699,7 @@ class ShmReceiver(base.Receiver):
         self.senders = senders
         self._r: Reader | tpool.PoolReader = self._pool.rings[0] if senders == 1 else self._pool
         self._gate = base.Gate()
+        self._busy = False  # the last _wait_ready found another thread inside recv
         _LIVE.add(self)
         self._checked = False
         self._sender = 0  # the place of the frame in `_unread` (or read last)
@@ -710,11 +710,9 @@ class ShmReceiver(base.Receiver):
         self._ended_at: int | None = None  # its claims when the last stream ended
         self._place_ended = [False] * senders
         self._checked_places: set[int] = set()
+        self._single = senders == 1  # _recv reads the one ring itself, else through _read_pool
         if senders > 1:
             self._read = self._read_pool  # type: ignore[method-assign]
-            self._end = self._end_pool  # type: ignore[method-assign]
-            self._recv = self._recv_pool  # type: ignore[method-assign]
-            self._recv_message = self._recv_message_pool  # type: ignore[method-assign]
         self._ended = False
         self._messages = 0
         self._bytes = 0
@@ -739,14 +737,23 @@ class ShmReceiver(base.Receiver):
 
         The stream ends (Closed) once `senders` senders have finished, every sender that
         connected has finished, and nothing is left to read; until a sender connects again,
-        recv keeps saying so."""
+        recv keeps saying so. A frame already waiting is taken without a look at the clock or
+        at the stream's end: the usual case while senders are busy."""
         pool = self._pool
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            last = self._finished >= self.senders and self._stream_over()
+            last = False
             try:
-                got = pool.read_small(limit, 0.0 if last else remaining)
+                got = pool.take(limit)
+                if got is None:
+                    remaining = None
+                    if timeout is not None:
+                        now = time.monotonic()
+                        if deadline is None:
+                            deadline = now + timeout
+                        remaining = max(0.0, deadline - now)
+                    last = self._finished >= self.senders and self._stream_over()
+                    got = pool.read_small(limit, 0.0 if last else remaining)
                 self._unread = got
                 self._sender = pool.place
             except terr.WriterDead as exc:
@@ -763,24 +770,16 @@ class ShmReceiver(base.Receiver):
             except _TransportError as exc:
                 raise self._read_error(exc) from None
             place = self._sender
-            size = len(got) if isinstance(got, bytes) else got.size
-            if size == _EOS_SIZE:
+            if (len(got) if isinstance(got, bytes) else got.size) == _EOS_SIZE:
                 mark = got if isinstance(got, bytes) else bytes(got.data)
-                if mark == _LOST:
+                if mark in (_LOST, _EOS):
                     self._unread = None
                     _release_quietly(got)
-                    self._sender_finished(place, died=True)
+                    self._sender_finished(place, died=mark == _LOST)
                     continue
-                if mark == _EOS:
-                    return got  # _accept -> _end_pool counts it
             self._place_ended[place] = False
             self._checked = place in self._checked_places
             return got
-
-    def _end_pool(self) -> None:
-        self._unread = None
-        self._sender_finished(self._sender, died=False)
-        raise _SenderEnded
 
     def _sender_finished(self, place: int, died: bool) -> None:
         if died:
@@ -815,28 +814,6 @@ class ShmReceiver(base.Receiver):
             f"channel {self.name!r}: all {self.senders} senders finished (closed: "
             f"{self._closes}, died: {self._lost}) and every message has been read"
         )
-
-    def _recv_pool(self, timeout: float | None, copy: bool) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                value = ShmReceiver._recv(self, remaining, copy)
-            except _SenderEnded:
-                continue
-            self._checked_places.add(self._sender)  # its schema was checked by now
-            return value
-
-    def _recv_message_pool(self, timeout: float | None) -> Message:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                message = ShmReceiver._recv_message(self, remaining)
-            except _SenderEnded:
-                continue
-            self._checked_places.add(self._sender)
-            return message
 
     def _read_error(self, exc: terr.TransportError) -> errors.ZcserError:
         if isinstance(exc, terr.WriterDead):
@@ -881,6 +858,7 @@ class ShmReceiver(base.Receiver):
                 _release_quietly(got)
                 raise
             self._checked = True
+            self._checked_places.add(self._sender)  # senders > 1: its place's schema
 
     def _end(self) -> None:
         self._ended = True
@@ -898,8 +876,8 @@ class ShmReceiver(base.Receiver):
         A KeyboardInterrupt (or any signal handler's exception) raised inside recv loses no
         message: the next recv returns it. A message that fails with a zcser error (corrupt,
         of an unregistered type, ...) is dropped."""
-        if timeout is not None:
-            _check_timeout(timeout)
+        if timeout is not None and (type(timeout) is not float or not timeout >= 0):
+            _check_timeout(timeout)  # a float >= 0 needs no call
         gate = self._gate
         if _get_ident() == gate.owner:
             gate.busy = True
@@ -909,8 +887,11 @@ class ShmReceiver(base.Receiver):
                 finally:
                     gate.busy = False
             gate.busy = False
-        with gate.enter_shared():
-            return self._recv(timeout, copy)
+        remaining = gate.hold(timeout, f"no message on {self.name!r}")
+        try:
+            return self._recv(remaining, copy)
+        finally:
+            gate.lock.release()
 
     def _recv(self, timeout: float | None, copy: bool) -> Any:
         if self._forked:
@@ -921,11 +902,24 @@ class ShmReceiver(base.Receiver):
             return value
         got = self._unread
         if got is None:
-            got = self._read(self._small, timeout)
+            if self._single:
+                try:  # self._read, inlined (one call fewer per message)
+                    got = self._r.read_small(self._small, timeout)
+                except _TransportError as exc:
+                    raise self._read_error(exc) from None
+            else:
+                got = self._read(self._small, timeout)
             self._unread = got  # no call in between: a signal lands before or after both
-        size = len(got) if isinstance(got, bytes) else got.size
         try:
-            value, release = self._decode_got(got, copy)
+            if isinstance(got, bytes):
+                size = len(got)
+                if size != _EOS_SIZE and self._checked and not copy:
+                    value, release = self.codec.decode_small(got), False  # _decode_got's first case
+                else:
+                    value, release = self._decode_got(got, copy)
+            else:
+                size = got.size
+                value, release = self._decode_got(got, copy)
         except errors.ZcserError:  # a corrupt or undecodable message, the end of the stream
             self._unread = None
             raise
@@ -963,8 +957,15 @@ class ShmReceiver(base.Receiver):
         """The next message with an explicit lifetime: `with rx.recv_message() as msg:`."""
         if timeout is not None:
             _check_timeout(timeout)
-        message: Message = self._gate.run(self._recv_message, timeout)
-        return message
+        gate = self._gate
+        if _get_ident() == gate.owner and not gate.shared:
+            message: Message = gate.run(self._recv_message, timeout)
+            return message
+        remaining = gate.hold(timeout, f"no message on {self.name!r}")
+        try:
+            return self._recv_message(remaining)
+        finally:
+            gate.lock.release()
 
     def _recv_message(self, timeout: float | None) -> Message:
         if self._forked:
@@ -1043,6 +1044,16 @@ class ShmReceiver(base.Receiver):
     # -- zcser.wait and asyncio (channels/waiting.py) --------------------------------------------
 
     def _wait_ready(self) -> bool:
+        """False while another thread is inside recv (it takes what comes; `zcser.wait`
+        then looks again every `waiting.BUSY_RECHECK` s instead of waiting for it)."""
+        try:
+            done, ready = self._gate.attempt(self._ready_now)
+        except _TransportError as exc:  # a control word no writer writes
+            raise _translate(exc) from None
+        self._busy = not done
+        return bool(ready)
+
+    def _ready_now(self) -> bool:
         if self._unread is not None or self._ready is not _NOTHING or self._pool.closed:
             return True
         if self.senders > 1:
@@ -1051,21 +1062,26 @@ class ShmReceiver(base.Receiver):
         return ring.poll() or ring.peer_gone()
 
     def _wait_fds(self) -> list[Any]:
-        return self._pool.fds()
+        return [] if self._busy else self._pool.fds()
 
     def _wait_arm(self) -> None:
-        self._gate.run(self._pool.arm)
+        self._pool.arm(settle=False)  # an atomic add: from any thread, undone by _wait_disarm
+        self._gate.attempt(self._pool.settle)  # a recv in another thread settles by itself
 
     def _wait_disarm(self) -> None:
         self._pool.disarm()
 
     def _wait_woken(self) -> None:
-        if self.senders > 1:
-            self._gate.run(self._pool.woken)
-        else:
-            self._pool.woken()  # bells only: the ring's reads stay with recv
+        # The bells (and with senders > 1 the pool's state) belong to a recv running in
+        # another thread: left to it.
+        try:
+            self._gate.attempt(self._pool.woken)
+        except _TransportError as exc:  # a bell replaced by someone else, a corrupt word
+            raise _translate(exc) from None
 
     def _wait_backstop(self) -> float | None:
+        if self._busy:
+            return waiting.BUSY_RECHECK
         if self.senders > 1:
             return tpool.BACKSTOP
         # A writer that is not a zcser Sender (another ZeroBuffer implementation) rings no bell.

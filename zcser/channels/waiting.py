@@ -53,6 +53,13 @@ class Waitable(Protocol):
     def _wait_backstop(self) -> float | None: ...
 
 
+BUSY_RECHECK = 0.05
+"""Longest sleep (s) of `zcser.wait` / `arecv` before looking again at an end that another
+thread is receiving from: that thread owns the end's bells and sockets meanwhile, so the waiter
+neither sleeps on them nor waits for that call to end (it takes whatever comes; the waiter
+reports the end once a message waits while no call runs, or returns [] at its timeout)."""
+
+
 def _check(ends: Iterable[Any]) -> list[Any]:
     if isinstance(ends, (str, bytes)) or not isinstance(ends, Iterable):
         raise errors.UsageError(

@@ -213,6 +213,9 @@ class Codec:
         self._lazy_seen = _lazy_modules_imported()
         self._used = False
         self._bytes_prefix: bytes | None = None  # found by _probe_bytes when first needed
+        # decode_small: message size -> the head (header, prefix, length) of a bytes object
+        # of that size that it checked in full once; the same head again needs no re-check
+        self._small_heads: dict[int, bytes] = {}
         return fory
 
     def _late_imports(self) -> bool:
@@ -455,6 +458,17 @@ class Codec:
         """`decode(data)` for a whole message in private bytes: one with no out-of-band buffer
         and no checksum skips the general path (the receiver's small-message path)."""
         size = len(data)
+        head = self._small_heads.get(size)
+        if (
+            head is not None
+            and data.startswith(head)
+            and size - len(head) < self.threshold
+            and not self.checksum
+        ):
+            # The very head the full check below accepted for this size (the checks depend
+            # only on the head's bytes and the size): the rest is the bytes object.
+            self._used = True
+            return data[len(head) :]
         if size >= _HEADER_SIZE and data.startswith(_PLAIN_PREFIX) and not self.checksum:
             inband_len, total = _unpack_lengths(data, _OFF_INBAND_LEN)
             if total == size == _TABLE_START + inband_len:
@@ -474,6 +488,9 @@ class Codec:
                         n = -1
                     if n >= 0 and at + n == size and n < self.threshold:
                         self._used = True
+                        heads = self._small_heads
+                        if len(heads) < _BYTES_HEADS:
+                            heads[size] = data[:at]
                         return data[at:]
                 inband = pyfory.Buffer(data, _TABLE_START, inband_len)
                 self._used = True

@@ -92,11 +92,40 @@ def leftovers(prefix: str) -> list[Path]:
     return sorted(found)
 
 
+def two_cores() -> tuple[int, int] | None:
+    """Two CPUs this process may run on (for pinned round trips), or None if it has one."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return (allowed[0], allowed[1]) if len(allowed) >= 2 else None
+
+
 @contextlib.contextmanager
-def _writer(target: Callable[..., None], *args: Any) -> Iterator[Connection]:
-    """Fork a writer running target(conn, *args); yields our end of its control pipe."""
+def _pinned(cpu: int | None) -> Iterator[None]:
+    """Run the block on `cpu` only (None: wherever), then allow what was allowed before."""
+    if cpu is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _run_on(cpu: int | None, target: Callable[..., None], *args: Any) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    target(*args)
+
+
+@contextlib.contextmanager
+def _writer(
+    target: Callable[..., None], *args: Any, cpu: int | None = None
+) -> Iterator[Connection]:
+    """Fork a writer running target(conn, *args) (on `cpu` only, if given); yields our end of
+    its control pipe."""
     mine, theirs = _ctx.Pipe()
-    proc = _ctx.Process(target=target, args=(theirs, *args), daemon=True)
+    proc = _ctx.Process(target=_run_on, args=(cpu, target, theirs, *args), daemon=True)
     proc.start()
     theirs.close()
     try:
@@ -391,11 +420,28 @@ def _iox2_echo(conn: Connection, prefix: str, nbytes: int, count: int) -> None:
 
 
 def round_trips(
-    method: str, payload: Any, count: int, prefix: str, warmup: int = RTT_WARMUP
+    method: str,
+    payload: Any,
+    count: int,
+    prefix: str,
+    warmup: int = RTT_WARMUP,
+    pin: bool = False,
 ) -> list[float]:
     """`count` round trips of `payload` (ping-pong with an echoing process), seconds each, after
     `warmup` untimed ones. iceoryx2 carries bytes payloads only (fixed-size samples of their
-    length)."""
+    length). `pin`: this process runs on one CPU and the echoing one on another for the whole
+    measurement (the same for every method; ValueError with fewer than two CPUs)."""
+    cores = two_cores() if pin else None
+    if pin and cores is None:
+        raise ValueError("pinned round trips need two CPUs")
+    here, there = cores if cores is not None else (None, None)
+    with _pinned(here):
+        return _round_trips(method, payload, count, prefix, warmup, there)
+
+
+def _round_trips(
+    method: str, payload: Any, count: int, prefix: str, warmup: int, cpu: int | None
+) -> list[float]:
     times: list[float] = []
     clock = time.perf_counter
     total = count + warmup
@@ -405,7 +451,7 @@ def round_trips(
             raise RuntimeError(why)
         data = bytes(payload)
         nbytes = len(data)
-        with _writer(_iox2_echo, f"{prefix}iox", nbytes, total) as conn:
+        with _writer(_iox2_echo, f"{prefix}iox", nbytes, total, cpu=cpu) as conn:
             _wait(conn)
             node, publisher, subscriber = _iox2_ports(f"{prefix}iox", nbytes, "ping", "pong")
             for _ in range(total):
@@ -417,7 +463,7 @@ def round_trips(
             del publisher, subscriber, node
     elif method == "zcser":
         back, rx = channel(f"{prefix}rb", capacity=4 * MIB)
-        with rx, _writer(_zcser_echo, back, f"{prefix}rf", total) as conn:
+        with rx, _writer(_zcser_echo, back, f"{prefix}rf", total, cpu=cpu) as conn:
             _wait(conn)
             with Sender(f"{prefix}rf") as tx:
                 for _ in range(total):
@@ -427,7 +473,7 @@ def round_trips(
                     times.append(clock() - t0)
     elif method == "mp.Pipe":
         data = pickle.dumps(payload, protocol=5)
-        with _writer(_pipe_echo, total) as conn:
+        with _writer(_pipe_echo, total, cpu=cpu) as conn:
             for _ in range(total):
                 t0 = clock()
                 conn.send_bytes(data)
@@ -435,7 +481,7 @@ def round_trips(
                 times.append(clock() - t0)
     elif method == "mp.Queue":
         there, back_q = _ctx.Queue(), _ctx.Queue()
-        with _writer(_queue_echo, there, back_q, total):
+        with _writer(_queue_echo, there, back_q, total, cpu=cpu):
             for _ in range(total):
                 t0 = clock()
                 there.put(payload)

@@ -101,6 +101,30 @@ def test_writers_count_gaps_and_ends() -> None:
     assert w.ended
 
 
+def test_envelope_flags_round_trip_and_version_1_is_read_without_flags() -> None:
+    raw = wire.pack_envelope(wire.KIND_DATA, 3, 4, 0, 0, wire.FLAG_ONE_READER)
+    assert wire.parse_envelope(memoryview(raw), 1).flags == wire.FLAG_ONE_READER
+    old = wire.ENVELOPE.pack(wire.MAGIC, 1, wire.KIND_DATA, 0, 3, 4, 0, 0)
+    assert wire.parse_envelope(memoryview(old), 1).flags == 0
+    for bad in (
+        wire.ENVELOPE.pack(wire.MAGIC, 1, 0, wire.FLAG_ONE_READER, 3, 4, 0, 0),
+        wire.ENVELOPE.pack(wire.MAGIC, 2, 0, 2, 3, 4, 0, 0),
+    ):
+        with pytest.raises(errors.PeerProtocolError, match="flags"):
+            wire.parse_envelope(memoryview(bad), 1)
+
+
+def test_writers_count_the_gaps_of_a_one_reader_writer_only() -> None:
+    w = wire.Writers(count_gaps=False)
+    one, shared = wire.FLAG_ONE_READER, 0
+    assert w.see(wire.Envelope(wire.KIND_DATA, 1, 0, 0, 0, shared)) == 0
+    assert w.see(wire.Envelope(wire.KIND_DATA, 1, 5, 0, 0, shared)) == 0  # other readers'
+    assert w.see(wire.Envelope(wire.KIND_DATA, 2, 0, 0, 0, one)) == 0
+    assert w.see(wire.Envelope(wire.KIND_DATA, 2, 3, 0, 0, one)) == 2
+    assert w.see(wire.Envelope(wire.KIND_END, 2, 7, 0, 0, one)) == 3  # before the end mark too
+    assert w.lost == 5
+
+
 def test_peers_follow_open_and_close() -> None:
     p = wire.Peers()
     assert not p.lost and p.connected == 0
@@ -358,3 +382,66 @@ def test_a_stale_ipc_file_of_a_dead_reader_is_taken_over(tmp_path: Path) -> None
         w.send(b"hi", timeout=WAIT)
         assert bytes(r.recv(WAIT).head) == b"hi"
     assert not path.exists()
+
+
+# --- gaps and liveness ---------------------------------------------------------------------------
+
+
+def test_a_gap_in_a_connecting_push_writer_raises_messages_lost_then_the_message() -> None:
+    with ZmqReader(LOOPBACK) as r, ZmqWriter(r.url) as w:
+        w.send(b"zero", timeout=WAIT)
+        w._sequence += 2  # two messages that never reach the reader (a broken connection)
+        w.send(b"three", timeout=WAIT)
+        w.send(b"four", timeout=WAIT)
+        assert bytes(r.recv(WAIT).head) == b"zero"
+        with pytest.raises(errors.MessagesLost, match="sequence 1 to 2") as caught:
+            r.recv(WAIT)
+        assert (caught.value.lost, caught.value.first) == (2, 1)
+        assert bytes(r.recv(WAIT).head) == b"three"  # the message that showed the gap
+        assert bytes(r.recv(WAIT).head) == b"four"
+        assert r.stats().lost == 2
+
+
+def test_ready_keeps_messages_lost_before_the_message_that_showed_it() -> None:
+    with ZmqReader(LOOPBACK) as r, ZmqWriter(r.url) as w:
+        w.send(b"zero", timeout=WAIT)
+        assert bytes(r.recv(WAIT).head) == b"zero"
+        w._sequence += 1
+        w.send(b"two", timeout=WAIT)
+        wait_until(r.ready, "the message")
+        assert r.held is None  # the error comes first
+        with pytest.raises(errors.MessagesLost):
+            r.recv(0)
+        assert bytes(r.recv(0).head) == b"two"
+
+
+def test_a_binding_push_writer_leaves_gaps_to_its_other_readers() -> None:
+    with ZmqWriter(LOOPBACK, bind=True) as w, ZmqReader(w.url, bind=False) as r:
+        w.send(b"zero", timeout=WAIT)
+        w._sequence += 1  # a message round-robin gave another reader
+        w.send(b"two", timeout=WAIT)
+        assert bytes(r.recv(WAIT).head) == b"zero"
+        assert bytes(r.recv(WAIT).head) == b"two"
+        assert r.stats().lost == 0
+
+
+@pytest.mark.parametrize("side", ["reader", "writer"])
+def test_tcp_connections_carry_keepalive_and_no_zmtp_heartbeat(side: str) -> None:
+    with ZmqReader(LOOPBACK, heartbeat=0.2) as r, ZmqWriter(r.url, heartbeat=0.2) as w:
+        w.send(b"x", timeout=WAIT)
+        r.recv(WAIT)
+        ends = {"reader": r._s, "writer": w._s}
+        end = ends[side]
+        end.events()
+        (fd,) = end.peers.fds()
+        with socket.socket(fileno=os.dup(fd)) as conn:
+            assert conn.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 1  # whole s
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+        assert end.sock.getsockopt(zmq.HEARTBEAT_IVL) == 0
+        assert not end.silent()  # the peer's kernel answers
+
+
+def test_a_negative_heartbeat_is_refused() -> None:
+    with pytest.raises(errors.InvalidConfig, match="heartbeat"):
+        ZmqReader(LOOPBACK, heartbeat=-1)

@@ -454,3 +454,35 @@ def test_a_forked_child_cannot_use_its_parents_ends() -> None:
             assert said.startswith("UsageError") and "child" in said
         pub.send({"i": 2})  # the parent's ends still work
         assert sub.recv(timeout=5)["i"] == 2
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_a_publisher_bell_that_is_a_symlink_is_refused_and_its_target_left_alone(
+    kind: str,
+) -> None:
+    import os
+    import stat
+
+    name = unique_name("f")
+    lock_dir = "/tmp/zerobuffer"
+    os.makedirs(lock_dir, exist_ok=True)
+    target = os.path.join(lock_dir, f"{name}-decoy")
+    if kind == "file":
+        with open(target, "wb") as f:
+            f.write(b"not yours")
+    else:
+        os.mkfifo(target, 0o600)
+    link = os.path.join(lock_dir, f"{name}.fanout.pub.bell")
+    os.symlink(target, link)
+    try:
+        with pytest.raises(errors.ChannelError, match="not a bell"):
+            zcser.Publisher(name)
+        st = os.lstat(target)
+        assert os.path.islink(link)
+        assert stat.S_ISREG(st.st_mode) if kind == "file" else stat.S_ISFIFO(st.st_mode)
+        if kind == "file":
+            with open(target, "rb") as f:
+                assert f.read() == b"not yours"
+    finally:
+        os.unlink(link)
+        os.unlink(target)

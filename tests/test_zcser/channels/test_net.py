@@ -3,6 +3,7 @@ zero-copy proven by address."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -613,3 +614,234 @@ def test_threads_sharing_network_ends_lose_and_duplicate_nothing() -> None:
             w.join(timeout=60)
         assert not any(w.is_alive() for w in workers)
     assert sorted(got) == [(k, i) for k in range(threads) for i in range(per_thread)]
+
+
+# --- senders first, closing while another thread waits ---------------------------------------------
+
+
+def _free_tcp_url() -> str:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def _send_numbered(queue: Any, url: str, k: int, count: int) -> None:
+    with zcser.Sender(url) as tx:  # connects before the receiver binds: sends wait for it
+        queue.put("started")
+        for i in range(count):
+            tx.send((k, i), timeout=WAIT)
+    queue.put("closed")
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("scheme", ["tcp", "ipc"])
+def test_senders_started_before_the_receiver_lose_nothing_and_keep_order(
+    scheme: str, method: str, tmp_path: Path
+) -> None:
+    """20,000 small messages from 4 senders that connected before the receiver bound, each
+    closing as soon as its last send returns: every message arrives, in each sender's order
+    (a receiving socket with LINGER 0 dropped a closed sender's unread messages, and a sender
+    hanging up while the receiver's queue was full lost what the kernel still held)."""
+    import contextlib
+
+    senders, per_sender = 4, 5000
+    url = _free_tcp_url() if scheme == "tcp" else f"ipc://{tmp_path / 'first.ipc'}"
+    with contextlib.ExitStack() as stack:
+        kids = [
+            stack.enter_context(child(_send_numbered, url, k, per_sender, method=method))
+            for k in range(senders)
+        ]
+        for _, queue in kids:
+            assert queue.get(timeout=WAIT) == "started"
+        got: dict[int, list[int]] = {k: [] for k in range(senders)}
+        with zcser.Receiver(url) as rx:
+            received = 0
+            deadline = time.monotonic() + 120
+            while received < senders * per_sender and time.monotonic() < deadline:
+                try:
+                    k, i = rx.recv(timeout=WAIT)
+                except (errors.Closed, errors.WriterDead):
+                    time.sleep(0.01)  # the senders seen so far all closed; others still come
+                    continue
+                got[k].append(i)
+                received += 1
+            for _, queue in kids:
+                assert queue.get(timeout=WAIT) == "closed"
+    assert {k: len(v) for k, v in got.items()} == {k: per_sender for k in range(senders)}
+    assert all(got[k] == list(range(per_sender)) for k in range(senders))
+
+
+def test_close_from_another_thread_ends_a_blocked_recv_with_closed() -> None:
+    import threading
+
+    rx = zcser.Receiver(LOOPBACK)
+    outcome: list[BaseException] = []
+
+    def receive() -> None:
+        try:
+            rx.recv()  # no sender yet: waits until one sends, or the receiver closes
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=receive, daemon=True)
+    reader.start()
+    while not rx._lock.locked():  # the recv holds the socket now
+        time.sleep(0.001)
+    closer = threading.Thread(target=rx.close, daemon=True)
+    closer.start()
+    closer.join(WAIT)
+    reader.join(WAIT)
+    assert not closer.is_alive(), "close() waited for the blocked recv() forever"
+    assert not reader.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], errors.Closed), outcome
+    assert rx.closed
+    with pytest.raises(errors.Closed):
+        rx.recv(timeout=0)
+
+
+def test_close_from_another_thread_ends_a_blocked_send_with_closed() -> None:
+    import threading
+
+    # A short heartbeat: a receiver that reads nothing is never cut off for it.
+    with zcser.Receiver(LOOPBACK, hwm=1, heartbeat=0.1) as rx:
+        tx = zcser.Sender(rx.name, hwm=1, heartbeat=0.1)
+        tx.send(0, timeout=WAIT)  # connected: later sends fill the queues the receiver never reads
+        block = np.zeros(60_000, np.uint8)  # under the zero-copy threshold: queued, not tracked
+        while True:
+            try:
+                tx.send(block, timeout=0.2)
+            except errors.BufferFull:
+                break
+        outcome: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                tx.send(block)  # the receiver lives and reads nothing: waits for room
+            except BaseException as exc:
+                outcome.append(exc)
+
+        writer = threading.Thread(target=send, daemon=True)
+        writer.start()
+        while not tx._lock.locked():
+            time.sleep(0.001)
+        closer = threading.Thread(target=tx.close, kwargs={"timeout": 0.2}, daemon=True)
+        closer.start()
+        closer.join(WAIT)
+        writer.join(WAIT)
+        assert not closer.is_alive(), "close() waited for the blocked send() forever"
+        assert not writer.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], errors.Closed), outcome
+        assert tx.closed
+
+
+# --- slow readers: pauses never cost messages, whatever the heartbeat -----------------------------
+
+SLOW_COUNT = 120
+PAUSE = 2.0
+"""How long the slow readers below stop reading: generous against a heartbeat of 0.1 s (ZMTP
+heartbeats, which zcser no longer uses, cut such a reader after 0.3 s)."""
+PAD = np.zeros(60_000, np.uint8)  # under the zero-copy threshold: a send returns once queued
+
+
+def _send_until_full_then_rest(queue: Any, url: str, count: int) -> None:
+    """Message 0, then messages without waiting until the queues are full (the receiver's
+    ZeroMQ has stopped reading the connection), then the rest, each waiting for room."""
+    with zcser.Sender(url, hwm=2, heartbeat=0.1) as tx:
+        tx.send({"i": 0, "pad": PAD}, timeout=WAIT)
+        i = 1
+        while True:
+            try:
+                tx.send({"i": i, "pad": PAD}, timeout=0)
+            except errors.BufferFull:
+                break
+            i += 1
+        queue.put("full")
+        for j in range(i, count):
+            tx.send({"i": j, "pad": PAD}, timeout=WAIT)
+        tx.close(timeout=WAIT)
+    queue.put("sent")
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "ipc"])
+def test_a_receiver_that_stops_reading_loses_nothing_and_keeps_its_sender(
+    scheme: str, tmp_path: Path
+) -> None:
+    url = LOOPBACK if scheme == "tcp" else f"ipc://{tmp_path}/slow"
+    with (
+        zcser.Receiver(url, hwm=2, heartbeat=0.1) as rx,
+        child(_send_until_full_then_rest, rx.name, SLOW_COUNT) as (proc, queue),
+    ):
+        got = [rx.recv(timeout=WAIT)["i"]]
+        assert queue.get(timeout=WAIT) == "full"  # every queue full: nothing is read any more
+        time.sleep(PAUSE)
+        while True:
+            try:
+                got.append(rx.recv(timeout=WAIT)["i"])
+            except errors.Closed:  # not WriterDead: the sender closed after its last message
+                break
+        assert got == list(range(SLOW_COUNT))
+        assert queue.get(timeout=WAIT) == "sent"
+        proc.join(WAIT)
+        assert proc.exitcode == 0  # no ReaderDead while the receiver paused
+        assert rx.stats().lost == 0
+
+
+def _subscribe_pause_and_count(queue: Any, url: str) -> None:
+    """A subscriber that stops reading after its first message, then reads to the end."""
+    with zcser.Receiver(url, pattern="sub", hwm=2, heartbeat=0.1) as rx:
+        got = [rx.recv(timeout=WAIT)["i"]]
+        queue.put("paused")
+        time.sleep(PAUSE)
+        with contextlib.suppress(errors.Timeout):
+            while True:  # what the queues kept
+                got.append(rx.recv(timeout=0.5)["i"])
+        queue.put("reading")
+        with contextlib.suppress(errors.Closed):
+            while True:
+                got.append(rx.recv(timeout=WAIT)["i"])
+        queue.put((got, rx.stats().lost))
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "ipc"])
+def test_a_subscriber_that_stops_reading_counts_every_message_it_missed(
+    scheme: str, tmp_path: Path
+) -> None:
+    url = LOOPBACK if scheme == "tcp" else f"ipc://{tmp_path}/fan"
+    with zcser.Sender(url, pattern="pub", hwm=2, heartbeat=0.1) as tx:
+        with child(_subscribe_pause_and_count, tx.name) as (proc, queue):
+            i = 0
+            while queue.empty():  # a subscriber gets messages from when it joined
+                tx.send({"i": i, "pad": PAD})
+                i += 1
+                time.sleep(0.01)
+            assert queue.get(timeout=WAIT) == "paused"
+            for _ in range(50):  # far more than its queues hold: pub drops the rest
+                tx.send({"i": i, "pad": PAD})
+                i += 1
+            assert queue.get(timeout=WAIT + PAUSE) == "reading"
+            for _ in range(20):
+                tx.send({"i": i, "pad": PAD})
+                i += 1
+                time.sleep(0.01)
+            tx.close(timeout=WAIT)
+            got, lost = queue.get(timeout=WAIT)
+            proc.join(WAIT)
+        assert proc.exitcode == 0  # libzmq 4.3 aborted a subscriber reconnected by heartbeats
+    assert got == sorted(got) and got[-1] == i - 1
+    assert len(got) + lost == got[-1] - got[0] + 1  # every message missed is counted
+
+
+def test_a_gap_from_a_sender_is_messages_lost_then_the_next_object() -> None:
+    with zcser.Receiver(LOOPBACK) as rx, zcser.Sender(rx.name) as tx:
+        tx.send({"i": 0}, timeout=WAIT)
+        tx._w._sequence += 3  # three messages lost on a broken connection
+        tx.send({"i": 4}, timeout=WAIT)
+        assert rx.recv(timeout=WAIT) == {"i": 0}
+        with pytest.raises(errors.MessagesLost) as caught:
+            rx.recv(timeout=WAIT)
+        assert isinstance(caught.value, errors.CorruptStream)
+        assert (caught.value.lost, caught.value.first) == (3, 1)
+        assert rx.recv(timeout=WAIT) == {"i": 4}
+        assert rx.stats().lost == 3

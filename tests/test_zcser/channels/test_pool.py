@@ -476,13 +476,15 @@ def test_ctrl_c_while_connecting_never_keeps_a_place(shm_name: str) -> None:
         rng = random.Random(7)
         for _ in range(60):
             timer = threading.Timer(rng.uniform(0, 0.003), signal.raise_signal, (signal.SIGINT,))
-            timer.start()
             tx = None
             try:
+                timer.start()  # may fire before start() returns
                 tx = zcser.Sender(shm_name, timeout=WAIT)
+                timer.join()  # a signal after Sender() returned lands here, not past the try
+                time.sleep(0)
             except KeyboardInterrupt:
                 interrupts += 1
-            timer.join()
+                timer.join()
             if tx is not None:
                 tx.close()
         assert [rx._pool.owner(i) for i in range(2)] == [0, 0]
@@ -490,3 +492,138 @@ def test_ctrl_c_while_connecting_never_keeps_a_place(shm_name: str) -> None:
             a.send(1)
             b.send(2)
     assert interrupts > 0
+
+
+# --- control words no writer writes ----------------------------------------------------------------
+
+
+def _poke_control(name: str, offset: int, value: int) -> None:
+    """Write a u64 into pool NAME's control segment, as a hostile or broken process would."""
+    import mmap
+    import struct
+
+    fd = os.open(f"/dev/shm/{name}--pool", os.O_RDWR)
+    try:
+        with mmap.mmap(fd, 0) as mm:
+            struct.pack_into("<Q", mm, offset, value)
+    finally:
+        os.close(fd)
+
+
+def _send_tagged(make: Any, tag: str, count: int) -> None:
+    with make() as tx:
+        for i in range(count):
+            tx.send((tag, i))
+
+
+def test_a_joins_word_no_writer_writes_hides_no_sender_and_miscounts_no_end(
+    shm_name: str,
+) -> None:
+    """joins set to 2**64-1: the first sender's join wraps it to the value the receiver saw
+    last. The receiver still finds that sender (it looks after every sleep whatever joins
+    says), counts the word as an anomaly, and ends the stream after both senders closed."""
+    from transports.zerobuffer import pool as tpool
+
+    make, rx = zcser.channel(shm_name, capacity=MIB, senders=2)
+    ctx = mp.get_context("fork")
+    with rx:
+        _poke_control(shm_name, tpool._OFF_JOINS, (1 << 64) - 1)
+        first = ctx.Process(target=_send_tagged, args=(make, "a", 3))
+        first.start()
+        first.join(WAIT)
+        assert rx.recv(timeout=WAIT) == ("a", 0)
+        second = ctx.Process(target=_send_tagged, args=(make, "b", 3))
+        second.start()
+        rest = list(rx)  # until both senders closed
+        second.join(WAIT)
+        assert sorted([("a", 0), *rest]) == [(t, i) for t in "ab" for i in range(3)]
+        _poke_control(shm_name, tpool._OFF_JOINS, 1 << 40)  # more joins than places taken
+        zcser.wait([rx], timeout=0)
+        assert rx._pool.anomalies == 1
+
+
+def test_a_generation_no_writer_writes_is_a_corrupt_stream_not_a_hang(shm_name: str) -> None:
+    from transports.zerobuffer import pool as tpool
+
+    with zcser.Receiver(shm_name, capacity=MIB, senders=2) as rx:
+        _poke_control(shm_name, tpool._owner_at(1) + 8, (1 << 64) - 1)
+        with pytest.raises(errors.CorruptData, match="generation of place 1"):
+            rx.recv(timeout=WAIT)
+        with pytest.raises(errors.CorruptData, match="generation of place 1"):
+            zcser.wait([rx], timeout=WAIT)
+
+
+# --- bells replaced by symlinks ---------------------------------------------------------------------
+
+LOCK_DIR = "/tmp/zerobuffer"
+
+
+def _decoy(kind: str, name: str) -> str:
+    """Something foreign in the lock directory for a symlink to point at: a regular file with
+    content, or a FIFO. Named after the test's channel, so the leak check sees it."""
+    path = os.path.join(LOCK_DIR, f"{name}-decoy-{kind}")
+    if kind == "file":
+        with open(path, "wb") as f:
+            f.write(b"not yours")
+    else:
+        os.mkfifo(path, 0o600)
+    return path
+
+
+def _survived(path: str, kind: str) -> bool:
+    import stat
+
+    st = os.lstat(path)
+    if kind == "file":
+        with open(path, "rb") as f:
+            return stat.S_ISREG(st.st_mode) and f.read() == b"not yours"
+    return stat.S_ISFIFO(st.st_mode)
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_a_bell_that_is_a_symlink_is_refused_and_its_target_left_alone(
+    shm_name: str, kind: str
+) -> None:
+    """At creation: a symlink where place 1's bell goes is a ChannelError naming it; nothing of
+    the channel is left, and what the link points at is untouched."""
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    target = _decoy(kind, shm_name)
+    link = os.path.join(LOCK_DIR, f"{shm_name}--1.bell")
+    os.symlink(target, link)
+    try:
+        with pytest.raises(errors.ChannelError, match="not a bell"):
+            zcser.Receiver(shm_name, capacity=MIB, senders=2)
+        assert os.path.islink(link) and _survived(target, kind)
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(shm_name)]
+    finally:
+        os.unlink(link)
+        os.unlink(target)
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_a_bell_replaced_by_a_symlink_while_in_use_is_a_channel_error(
+    shm_name: str, kind: str
+) -> None:
+    """During the stream: the bells swapped for symlinks, the sender leaves (its bell hangs
+    up): the receiver's recv raises a ChannelError saying the bell was replaced (it never
+    follows the link), and the target survives."""
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    target = _decoy(kind, shm_name)
+    links = [os.path.join(LOCK_DIR, f"{shm_name}--{i}.bell") for i in range(2)]
+    try:
+        with zcser.Receiver(shm_name, capacity=MIB, senders=2) as rx:
+            tx = zcser.Sender(shm_name)
+            tx.send("before")
+            assert rx.recv(timeout=WAIT) == "before"
+            for link in links:
+                os.unlink(link)
+                os.symlink(target, link)
+            tx.close()
+            with pytest.raises(errors.ChannelError, match="replaced"):
+                rx.recv(timeout=WAIT)
+        assert all(os.path.islink(link) for link in links) and _survived(target, kind)
+    finally:
+        for link in links:
+            if os.path.lexists(link):
+                os.unlink(link)
+        os.unlink(target)

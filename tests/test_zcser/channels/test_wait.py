@@ -214,3 +214,87 @@ def test_a_cancelled_asend_sends_nothing_after_the_cancellation(shm_name: str) -
                 rx.recv(timeout=0.1)
 
     asyncio.run(main())
+
+
+# --- another thread inside recv ------------------------------------------------------------------
+
+
+def _in_recv(rx: Any) -> tuple[threading.Thread, list[Any]]:
+    """A thread blocked in rx.recv() (nothing sent yet); its outcome lands in the list."""
+    outcome: list[Any] = []
+
+    def receive() -> None:
+        try:
+            outcome.append(rx.recv())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    while not rx._gate.in_use():
+        time.sleep(0.001)
+    return thread, outcome
+
+
+def _returns(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """fn(...) in a thread: its result, or AssertionError if it is still running after WAIT s."""
+    out: list[Any] = []
+    worker = threading.Thread(target=lambda: out.append(fn(*args, **kwargs)), daemon=True)
+    worker.start()
+    worker.join(WAIT)
+    assert not worker.is_alive(), f"{fn.__name__} ignored its timeout"
+    return out[0]
+
+
+@pytest.mark.parametrize("senders", [1, 4])
+def test_wait_keeps_its_timeout_while_another_thread_is_in_recv(
+    shm_name: str, senders: int
+) -> None:
+    """Several waiters are allowed (as with select or multiprocessing.connection.wait): a recv
+    in another thread takes what comes, and wait returns [] at its timeout instead of waiting
+    for that recv to end; another end's message is reported as usual."""
+    with (
+        zcser.Receiver(shm_name, capacity=MIB, senders=senders) as rx,
+        zcser.Receiver(shm_name + "o", capacity=MIB) as other,
+    ):
+        thread, outcome = _in_recv(rx)
+        assert _returns(zcser.wait, [rx], timeout=0.1) == []
+        with zcser.Sender(shm_name + "o") as tx:
+            tx.send("other")
+            assert _returns(zcser.wait, [rx, other], timeout=WAIT) == [other]
+        assert other.recv(timeout=0) == "other"
+        with zcser.Sender(shm_name) as tx:
+            tx.send("taken by the thread")
+            thread.join(WAIT)
+            assert outcome == ["taken by the thread"]
+            tx.send("then waiting")
+            assert _returns(zcser.wait, [rx], timeout=WAIT) == [rx]
+            assert rx.recv(timeout=0) == "then waiting"
+
+
+@pytest.mark.parametrize("senders", [1, 4])
+def test_recv_and_arecv_keep_their_timeout_while_another_thread_is_in_recv(
+    shm_name: str, senders: int
+) -> None:
+    with zcser.Receiver(shm_name, capacity=MIB, senders=senders) as rx:
+        thread, outcome = _in_recv(rx)
+
+        def recv_timeout() -> BaseException | None:
+            try:
+                rx.recv(timeout=0.1)
+            except BaseException as exc:
+                return exc
+            return None
+
+        async def arecv_timeout() -> BaseException | None:
+            try:
+                await rx.arecv(timeout=0.1)
+            except BaseException as exc:
+                return exc
+            return None
+
+        assert isinstance(_returns(recv_timeout), errors.Timeout)
+        assert isinstance(_returns(asyncio.run, arecv_timeout()), errors.Timeout)
+        rx.close()  # the thread's recv raises Closed
+        thread.join(WAIT)
+        assert len(outcome) == 1 and isinstance(outcome[0], errors.Closed)

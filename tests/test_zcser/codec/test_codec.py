@@ -24,6 +24,7 @@ from hypothesis.extra import numpy as hnp
 
 import zcser
 from zcser import errors
+from zcser.codec import core as codec_core
 from zcser.codec import layout as _message
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -677,3 +678,40 @@ def test_decode_small_bytes_shortcut_reads_only_what_pack_writes() -> None:
                 codec.decode_small(data)
             continue
         assert codec.decode_small(data) == slow, name
+
+
+def test_decode_small_remembers_a_checked_head_only_for_exactly_those_bytes() -> None:
+    """After a canonical small bytes message of some size was decoded (its head remembered for
+    that size), a message of the same size whose head differs (a non-canonical length, another
+    length split between header and data, other flags) still takes the full check: the same
+    value or the same error as decode()."""
+    codec = zcser.Codec(threshold=200)
+    prefix = codec._probe_bytes()
+    assert prefix
+    canonical = _with_inband(prefix + b"\x03abc")
+    assert codec.decode_small(canonical) == b"abc"
+    assert codec._small_heads[len(canonical)] == canonical[:-3]
+    assert codec.decode_small(canonical[:-3] + b"xyz") == b"xyz"  # the remembered head
+    same_size = {
+        "non-canonical length": _with_inband(prefix + b"\x83\x00ab"),
+        "length one long": _with_inband(prefix + b"\x04abc"),
+        "flags": canonical[:5] + bytes([canonical[5] ^ 1]) + canonical[6:],
+    }
+    for name, data in same_size.items():
+        assert len(data) == len(canonical), name
+        try:
+            slow: Any = codec.decode(data)
+        except errors.ZcserError as exc:
+            with pytest.raises(type(exc)):
+                codec.decode_small(data)
+            continue
+        assert codec.decode_small(data) == slow, name
+
+
+def test_decode_small_remembers_a_bounded_number_of_heads() -> None:
+    codec = zcser.Codec()
+    for n in range(200):
+        packed = codec.pack(bytes(n))
+        assert isinstance(packed, bytes)
+        assert codec.decode_small(packed) == bytes(n)
+    assert 0 < len(codec._small_heads) <= codec_core._BYTES_HEADS

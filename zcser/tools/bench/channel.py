@@ -103,6 +103,8 @@ def bench_channel(quick: bool) -> list[Row]:
                 )
             )
         rows.extend(_round_trip_rows(quick, prefix))
+        if _harness.two_cores() is not None:
+            rows.extend(_round_trip_rows(quick, prefix, pin=True))
         n = 2000 if quick else 20000
         rounds = 1 if quick else RATE_ROUNDS
         rates: dict[str, list[float]] = {m: [] for m in _harness.SMALL}
@@ -132,9 +134,17 @@ def _p99(times: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def _round_trip_rows(quick: bool, prefix: str) -> list[Row]:
+PINNED = "1 KiB message round trip, each end pinned to its own CPU"
+"""The pinned rows' case: every method's two processes run on two fixed CPUs (os.sched_setaffinity,
+the same two for every method), so where the scheduler puts them does not decide the result;
+the unpinned rows are what users get without pinning."""
+
+
+def _round_trip_rows(quick: bool, prefix: str, pin: bool = False) -> list[Row]:
     """1 KiB ping-pong, zcser against iceoryx2 (publish-subscribe, when installed),
-    multiprocessing.Pipe and Queue: median and p99 of every method, alternating rounds."""
+    multiprocessing.Pipe and Queue: median and p99 of every method, alternating rounds.
+    `pin`: each end of every method on its own CPU (rows named PINNED)."""
+    case = PINNED if pin else "1 KiB message round trip"
     count = 300 if quick else 1000
     rounds = 1 if quick else RTT_ROUNDS
     missing = _harness.iceoryx2_missing()
@@ -143,7 +153,7 @@ def _round_trip_rows(quick: bool, prefix: str) -> list[Row]:
     medians: dict[str, list[float]] = {m: [] for m in methods}
     for _ in range(rounds):  # alternating, so a slow spell of the VM hits every method
         for m in methods:
-            got = _harness.round_trips(m, bytes(1024), count, prefix)
+            got = _harness.round_trips(m, bytes(1024), count, prefix, pin=pin)
             times[m] += got
             medians[m].append(statistics.median(got))
     zc = times["zcser"]
@@ -153,7 +163,7 @@ def _round_trip_rows(quick: bool, prefix: str) -> list[Row]:
         if peer not in times:
             rows.append(
                 {
-                    "case": "1 KiB message round trip",
+                    "case": case,
                     "zcser_us": zc_us,
                     "zcser_p99_us": zc_p99,
                     "peer": peer,
@@ -161,7 +171,7 @@ def _round_trip_rows(quick: bool, prefix: str) -> list[Row]:
                 }
             )
             continue
-        row = _row("1 KiB message round trip", zc_us, peer, statistics.median(times[peer]) * 1e6)
+        row = _row(case, zc_us, peer, statistics.median(times[peer]) * 1e6)
         ratios = [z / p for z, p in zip(medians["zcser"], medians[peer], strict=True)]
         row["zcser_p99_us"] = zc_p99
         row["peer_p99_us"] = _p99(times[peer]) * 1e6

@@ -6,7 +6,8 @@ alternate the methods; each figure is the median of its rounds.
 
 Timing starts when every producer is connected and ready, and stops at the consumer's last
 message; the consumer touches every array's first byte (a received message is used, not only
-counted)."""
+counted). Each method's runs carry enough messages to last about SPAN s, set by one untimed
+run per method and producer count (at least 20,000 dicts or 200 arrays in all)."""
 
 from __future__ import annotations
 
@@ -237,6 +238,23 @@ def _round_trips(senders: int, count: int) -> list[float]:
     return times
 
 
+SPAN = 0.3
+"""Seconds a timed run should last at least: shorter runs measure the start (processes waking,
+first laps through cold memory) more than the rate."""
+
+
+def _calibrate(method: str, kind: str, producers: int, per_run: int) -> int:
+    """Messages per producer for runs of about SPAN s (at least `per_run` in all), from one
+    untimed run; the same rule for every method."""
+    base = max(1, per_run // producers)
+    try:
+        seconds = _run(method, kind, producers, base)
+    except RuntimeError:
+        return base
+    wanted = int(base * SPAN / max(seconds, 1e-6))
+    return max(base, min(wanted, 20 * base))
+
+
 def bench_pool(quick: bool) -> list[Row]:
     """Aggregate rate of N producers into one consumer, zcser against each peer (ratio > 1:
     zcser is faster)."""
@@ -261,23 +279,27 @@ def bench_pool(quick: bool) -> list[Row]:
         }
     )
     methods = _peers()
+    scaling: dict[str, dict[int, float]] = {}
     for kind, per_run in (
         ("dict", 4000 if quick else 20000),
         ("1 MiB array", 40 if quick else 200),
     ):
         for producers in (1, 2, 4, 8):
-            count = max(1, per_run // producers)
+            counts = {m: max(1, per_run // producers) for m in methods}
+            if not quick:  # each method's run long enough to be measured (_calibrate)
+                counts = {m: _calibrate(m, kind, producers, per_run) for m in methods}
             times: dict[str, list[float]] = {m: [] for m in methods}
             failed: dict[str, int] = {}
             for _ in range(rounds):
                 for method in methods:
                     try:
-                        times[method].append(_run(method, kind, producers, count))
+                        times[method].append(_run(method, kind, producers, counts[method]))
                     except RuntimeError:  # a peer that lost messages: say so, go on
                         failed[method] = failed.get(method, 0) + 1
-            total = count * producers
-            rate = {m: total / statistics.median(t) for m, t in times.items() if t}
+            rate = {m: counts[m] * producers / statistics.median(t) for m, t in times.items() if t}
             nbytes = 100 if kind == "dict" else MIB
+            if "zcser" in rate:
+                scaling.setdefault(kind, {})[producers] = rate["zcser"]
             for peer in methods[1:]:
                 if peer not in rate or "zcser" not in rate:
                     rows.append(
@@ -298,4 +320,17 @@ def bench_pool(quick: bool) -> list[Row]:
                         else "",
                     }
                 )
+    for kind, by_count in scaling.items():
+        one = by_count.get(1, 0.0)
+        for producers, rate_n in by_count.items():
+            if producers == 1 or not one:
+                continue
+            rows.append(
+                {
+                    "case": f"zcser aggregate, {kind}: {producers} producers vs 1",
+                    "many_msg_s": rate_n,
+                    "one_msg_s": one,
+                    "ratio": rate_n / one,
+                }
+            )
     return rows
