@@ -140,7 +140,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         reader, writer = _pid(i.reader_pid, i.reader_alive), _pid(i.writer_pid, i.writer_alive)
         print(row.format(i.name, i.state, i.lock, reader, writer, i.shm_bytes, used, i.health))
     if fanouts:
-        row = "{:<32} {:<13} {:<6} {:<16} {:>11} {:>12} {:>12} {:>10}"
+        row = "{:<32} {:<13} {:<7} {:<16} {:>11} {:>12} {:>12} {:>10}"
         print()
         print(
             row.format(
