@@ -352,7 +352,7 @@ def _silent(fd: int, limit_ms: int) -> bool:
     if len(info) < _TCP_INFO.size:
         return False  # pragma: no cover - every Linux since 2.6 gives more
     _, _, retransmits, probes, last_ack = _TCP_INFO.unpack_from(info)
-    return max(retransmits, probes) >= KEEPALIVE_PROBES and last_ack >= limit_ms
+    return bool(max(retransmits, probes) >= KEEPALIVE_PROBES and last_ack >= limit_ms)
 
 
 def _deadline(timeout: float | None) -> float | None:
