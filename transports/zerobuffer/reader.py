@@ -34,7 +34,6 @@ import threading
 import time
 import weakref
 from array import array
-from collections import deque
 from collections.abc import Callable
 from pickle import PickleBuffer
 from sys import getrefcount
@@ -318,7 +317,7 @@ class _ReaderCore:
         self.words = array("Q", bytes(8 * _WORDS))
         self.words[EXPECTED] = 1
         self.ring = ReaderRing(payload_block, words=self.words)
-        self.pending: deque[bytes | Frame] = deque()  # taken and counted, not handed back yet
+        self.pending: list[bytes | Frame] = []  # taken and counted, not handed back yet
         self.sem_handle = 0  # this process's own sem_t for sem-w (compiled calls), 0 if none
         self.sem_r_handle = 0  # the same for sem-r (give_back's post)
         self.sem_detach: Callable[[], Any] = _nothing  # closes both handles (at most once)
