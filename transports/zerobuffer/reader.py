@@ -560,7 +560,7 @@ class _ReaderCore:
                     self.base,
                     size,
                     self.words,
-                    min(limit, size),
+                    limit if limit < size else size,
                     _RUN_FRAMES,
                     _RUN_BYTES,
                     self.sem_handle,
@@ -575,7 +575,7 @@ class _ReaderCore:
             return False
         if self.deferred:  # releases queued while we held the lock (GC, other threads)
             self.drain()
-        return bool(taken)
+        return taken > 0
 
     def take_frame(self, limit: int = -1) -> None:
         """Take the frame whose post is counted in `words[POSTS]` (docs/protocol.md 'frame
@@ -840,14 +840,15 @@ class Reader:
         """Like read(), but a frame of at most `limit` bytes comes back as private bytes whose
         space is already given back (a run of them may be read ahead; see docs/protocol.md)."""
         core = self._core
-        if core.pending:
-            return core.hand_back(limit)
+        pending = core.pending  # the same list for the core's life (cleared, never replaced)
         if (
-            core.sem_handle
+            not pending
+            and core.sem_handle
             and not (core.closed or core.orphans)
             and core.broken is None
-            and core.take_run(limit)
         ):
+            core.take_run(limit)
+        if pending:
             return core.hand_back(limit)
         return self._next(timeout, limit)
 
