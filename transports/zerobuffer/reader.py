@@ -849,6 +849,10 @@ class Reader:
         ):
             core.take_run(limit)
         if pending:
+            item = pending[0]
+            if type(item) is bytes and len(item) <= limit and not core.closed:
+                del pending[0]  # hand_back's usual case, inlined (its last step, the same)
+                return item
             return core.hand_back(limit)
         return self._next(timeout, limit)
 
