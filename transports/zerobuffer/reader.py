@@ -276,7 +276,8 @@ class _ReaderCore:
       back on `pending`, and only then lets bytes go back to the writer (the reference writer
       decides where to wrap from read_pos, so read_pos is stored before any byte is returned).
     - What is handed back (bytes copied out, a Frame over shm, a private Frame) differs only in
-      `hand_back`, which removes the oldest entry of `pending` as its very last step.
+      `hand_back`, which removes the oldest entry of `pending` as its very last step
+      (`Reader.read_small` hands back the usual small frame itself, with the same last step).
     - Bytes go back through `words[WITHHELD]` only: every path adds what it frees there in
       the step that frees it, and `give_back` moves it all to the shared free counter and
       posts sem-r in one compiled call. Before blocking the reader gives everything back.
