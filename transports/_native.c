@@ -530,9 +530,9 @@ wait_post(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * at the ring's end. Nothing held may be pending (the caller checks ring.held).
  *
  * Then, in the same call, the accounting (the order of docs/protocol.md "frame read"): the
- * frames' bytes objects are appended to `pending`; the state words advance (read_pos, count,
- * first, expected, frames, bytes); the OIEB's payload_read_pos and payload_read_count are
- * stored before any byte goes back (the reference writer decides where to wrap from them);
+ * frames' bytes objects are appended to `pending` (a list) as they are copied; the state words
+ * advance (read_pos, count, first, expected, frames, bytes); the OIEB's payload_read_pos and
+ * payload_read_count are stored before any byte goes back (the reference writer decides where to wrap from them);
  * then the run's bytes and anything withheld go back (free += ..., one sem-r post). A post
  * taken for a frame it does not handle stays counted in words[posts] for the Python path.
  * Returns the number of frames taken (0: nothing changed but words[posts]). */
@@ -570,9 +570,9 @@ take_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (state_words(args[3], &view, R_WORDS, &words) < 0) {
         return NULL;
     }
-    PyObject *run = PyList_New(0);
-    if (run == NULL) {
+    if (!PyList_CheckExact(pending)) {
         PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "take_run(): pending must be a list");
         return NULL;
     }
     char *oieb = (char *)(uintptr_t)addr;
@@ -594,11 +594,15 @@ take_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             words[R_POSTS] += 1; /* the post stays ours: the Python path reads that frame */
             break;
         }
+        /* Straight onto `pending` (no Python code runs in here: a signal handler cannot come
+         * between two frames): a frame that cannot be appended stays in the ring, its post
+         * counted, and the frames before it are accounted below; the next call reports the
+         * shortage. */
         PyObject *data = PyBytes_FromStringAndSize(frame + layout.header_size, (Py_ssize_t)n);
-        if (data == NULL || PyList_Append(run, data) < 0) {
+        if (data == NULL || PyList_Append(pending, data) < 0) {
             Py_XDECREF(data);
             words[R_POSTS] += 1;
-            PyErr_Clear(); /* take what was copied: the next call reports the shortage */
+            PyErr_Clear();
             break;
         }
         Py_DECREF(data);
@@ -608,21 +612,6 @@ take_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         pos += n + layout.header_size; /* at the ring's end the loop's test ends the run */
     }
     if (k > 0) {
-        static PyObject *extend = NULL; /* interned once: no format parsing per run */
-        if (extend == NULL && (extend = PyUnicode_InternFromString("extend")) == NULL) {
-            words[R_POSTS] += k;
-            Py_DECREF(run);
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-        PyObject *ok = PyObject_CallMethodOneArg(pending, extend, run);
-        if (ok == NULL) { /* nothing consumed: the frames stay in the ring, their posts counted */
-            words[R_POSTS] += k;
-            Py_DECREF(run);
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-        Py_DECREF(ok);
         words[R_READ_POS] = pos >= size ? 0 : pos;
         words[R_COUNT] += k;
         words[R_FIRST] += k;
@@ -636,7 +625,6 @@ take_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         words[R_WITHHELD] += copied + k * layout.header_size;
         give_back_words(oieb, words, sem_r);
     }
-    Py_DECREF(run);
     PyBuffer_Release(&view);
     return PyLong_FromUnsignedLongLong(k);
 }

@@ -34,7 +34,6 @@ import threading
 import time
 import weakref
 from array import array
-from collections import deque
 from collections.abc import Callable
 from pickle import PickleBuffer
 from sys import getrefcount
@@ -277,7 +276,8 @@ class _ReaderCore:
       back on `pending`, and only then lets bytes go back to the writer (the reference writer
       decides where to wrap from read_pos, so read_pos is stored before any byte is returned).
     - What is handed back (bytes copied out, a Frame over shm, a private Frame) differs only in
-      `hand_back`, which removes the oldest entry of `pending` as its very last step.
+      `hand_back`, which removes the oldest entry of `pending` as its very last step
+      (`Reader.read_small` hands back the usual small frame itself, with the same last step).
     - Bytes go back through `words[WITHHELD]` only: every path adds what it frees there in
       the step that frees it, and `give_back` moves it all to the shared free counter and
       posts sem-r in one compiled call. Before blocking the reader gives everything back.
@@ -318,7 +318,7 @@ class _ReaderCore:
         self.words = array("Q", bytes(8 * _WORDS))
         self.words[EXPECTED] = 1
         self.ring = ReaderRing(payload_block, words=self.words)
-        self.pending: deque[bytes | Frame] = deque()  # taken and counted, not handed back yet
+        self.pending: list[bytes | Frame] = []  # taken and counted, not handed back yet
         self.sem_handle = 0  # this process's own sem_t for sem-w (compiled calls), 0 if none
         self.sem_r_handle = 0  # the same for sem-r (give_back's post)
         self.sem_detach: Callable[[], Any] = _nothing  # closes both handles (at most once)
@@ -561,7 +561,7 @@ class _ReaderCore:
                     self.base,
                     size,
                     self.words,
-                    min(limit, size),
+                    limit if limit < size else size,
                     _RUN_FRAMES,
                     _RUN_BYTES,
                     self.sem_handle,
@@ -576,7 +576,7 @@ class _ReaderCore:
             return False
         if self.deferred:  # releases queued while we held the lock (GC, other threads)
             self.drain()
-        return bool(taken)
+        return taken > 0
 
     def take_frame(self, limit: int = -1) -> None:
         """Take the frame whose post is counted in `words[POSTS]` (docs/protocol.md 'frame
@@ -841,14 +841,19 @@ class Reader:
         """Like read(), but a frame of at most `limit` bytes comes back as private bytes whose
         space is already given back (a run of them may be read ahead; see docs/protocol.md)."""
         core = self._core
-        if core.pending:
-            return core.hand_back(limit)
+        pending = core.pending  # the same list for the core's life (cleared, never replaced)
         if (
-            core.sem_handle
+            not pending
+            and core.sem_handle
             and not (core.closed or core.orphans)
             and core.broken is None
-            and core.take_run(limit)
         ):
+            core.take_run(limit)
+        if pending:
+            item = pending[0]
+            if type(item) is bytes and len(item) <= limit and not core.closed:
+                del pending[0]  # hand_back's usual case, inlined (its last step, the same)
+                return item
             return core.hand_back(limit)
         return self._next(timeout, limit)
 

@@ -22,6 +22,7 @@ import textwrap
 import threading
 import time
 from array import array
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -285,6 +286,22 @@ def test_read_small_publishes_read_pos_before_giving_bytes_back(
             elif seq < 10:
                 assert r.stats().free < size - (10 - seq) * (20 + HDR)  # bytes batched
         assert r.stats().free == size
+
+
+def test_take_run_needs_a_list_and_takes_nothing_otherwise(shm_name: str) -> None:
+    """The compiled run appends each frame straight onto the reader's list of taken frames; given
+    anything else it refuses before taking a post, so the frame stays for the next read."""
+    assert zb_reader._TAKE_RUN is not None
+    with Reader(shm_name, BufferConfig(0, P_SMALL), timeout=2.0) as r, Writer(shm_name) as w:
+        w.write(pattern(1, 30))
+        core = r._core
+        args = (core.addr, core.base, core.ring.size, core.words, 64, 32, 1 << 18)
+        with pytest.raises(TypeError, match="list"):
+            zb_reader._TAKE_RUN(*args, core.sem_handle, core.sem_r_handle, deque())
+        assert core.words[zb_reader.POSTS] == 0 and core.words[zb_reader.FRAMES] == 0
+        taken: list[bytes] = []
+        assert zb_reader._TAKE_RUN(*args, core.sem_handle, core.sem_r_handle, taken) == 1
+        assert taken == [pattern(1, 30)] and core.words[zb_reader.FRAMES] == 1
 
 
 def test_read_small_reads_ahead_a_run_and_returns_it_in_order(shm_name: str) -> None:
