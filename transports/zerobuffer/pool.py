@@ -427,35 +427,51 @@ class PoolReader:
         return self._take(limit)
 
     def _take(self, limit: int) -> Frame | bytes | None:
+        """One turn of the round robin: the next frame of the writer after the last one read
+        that has one, else None. A run read ahead is handed back here directly (the usual
+        case while writers are busy). The joins word is looked at when no ring has a frame
+        (and every LOOK_EVERY reads): a writer that joins while the others keep the reader
+        busy waits at most that many reads for its first turn."""
         self._countdown -= 1
-        if self._countdown <= 0 or self._joins_word.value != self._joins:
+        if self._countdown <= 0:
             self._look_for_writers()
         places = self.places
-        start = self._next
         active = self.active
         rings = self.rings
-        for k in range(places):
-            i = start + k
-            if i >= places:
-                i -= places
-            if not active[i]:
-                continue
-            ring = rings[i]
-            core = ring._core
-            got: Frame | bytes | None
-            if core.pending:  # a run read ahead: the usual case while writers are busy
-                got = core.hand_back(limit)
-            else:
-                try:
-                    got = ring.read_ready(limit, self._draining[i])
-                except WriterDead as exc:
-                    self._left(i, died=not getattr(exc, "closed", False))
+        while True:
+            start = self._next
+            for k in range(places):
+                i = start + k
+                if i >= places:
+                    i -= places
+                if not active[i]:
                     continue
-                if got is None:
-                    continue
-            self._next = i + 1 if i + 1 < places else 0
-            self.place = i
-            return got
+                ring = rings[i]
+                core = ring._core
+                pending = core.pending
+                got: Frame | bytes | None
+                if (
+                    pending
+                    and type(item := pending[0]) is bytes
+                    and len(item) <= limit
+                    and not core.closed
+                ):
+                    del pending[0]  # hand_back's usual case, inlined (its last step, the same)
+                    got = item
+                else:
+                    try:
+                        got = ring.read_ready(limit, self._draining[i])
+                    except WriterDead as exc:
+                        self._left(i, died=not getattr(exc, "closed", False))
+                        continue
+                    if got is None:
+                        continue
+                self._next = i + 1 if i + 1 < places else 0
+                self.place = i
+                return got
+            if self._joins_word.value == self._joins:
+                break
+            self._look_for_writers()  # a writer joined: its ring is looked at too
         if self._reclaim:
             self._give_back_pages()
         return None

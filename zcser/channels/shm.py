@@ -744,7 +744,9 @@ class ShmReceiver(base.Receiver):
         while True:
             last = False
             try:
-                got = pool.take(limit)
+                if pool._closed:
+                    raise terr.TransportClosed(f"pool reader of {pool.name!r} is closed")
+                got = pool._take(limit)  # take(), one call fewer
                 if got is None:
                     remaining = None
                     if timeout is not None:
