@@ -255,6 +255,76 @@ def _calibrate(method: str, kind: str, producers: int, per_run: int) -> int:
     return max(base, min(wanted, 20 * base))
 
 
+def _alone_producer(make: Any, count: int, done: Any, leave: Any, out: Any) -> None:
+    with make() as tx:
+        start = time.process_time()
+        for _ in range(count):
+            tx.send(SMALL)
+        out.put((time.process_time() - start) / count)
+        done.release()
+        leave.acquire(timeout=WAIT)  # connected until the consumer has read everything
+
+
+def _costs_alone(senders: int, total: int) -> tuple[float, float]:
+    """CPU seconds per dict of a producer's send and of the consumer's recv, each measured
+    with nothing else running: the producers fill their rings one after the other, then the
+    consumer reads everything."""
+    make, rx = zcser.channel(capacity=64 * MIB, senders=senders)
+    done, leave, out = _ctx.Semaphore(0), _ctx.Semaphore(0), _ctx.SimpleQueue()
+    count = total // senders
+    procs = [
+        _ctx.Process(target=_alone_producer, args=(make, count, done, leave, out))
+        for _ in range(senders)
+    ]
+    try:
+        for p in procs:
+            p.start()
+            if not done.acquire(timeout=WAIT):
+                raise RuntimeError("a producer never finished")
+        start = time.process_time()
+        for _ in range(count * senders):
+            rx.recv(timeout=WAIT)["id"]
+        consumer = (time.process_time() - start) / (count * senders)
+        producer = statistics.mean(out.get() for _ in procs)
+        for _ in procs:
+            leave.release()
+        for p in procs:
+            p.join(WAIT)
+        return producer, consumer
+    finally:
+        rx.close()
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+
+
+def _bound_row(quick: bool) -> Row:
+    """Why 4 producers cannot beat 1 on a machine with 2 cores: each side's cost alone."""
+    total = 8000 if quick else 40000
+    p1, c1, p4, c4 = [], [], [], []
+    for _ in range(1 if quick else 5):
+        a, b = _costs_alone(1, total)
+        p1.append(a)
+        c1.append(b)
+        a, b = _costs_alone(4, total)
+        p4.append(a)
+        c4.append(b)
+    p = statistics.median(p1 + p4)
+    one, four = statistics.median(c1), statistics.median(c4)
+    cores = len(os.sched_getaffinity(0))
+    alone = 1 / max(p, one)
+    packed = min(4 / p, 1 / four, cores / (p + four))  # producers, consumer, the CPUs
+    return {
+        "case": "dicts, CPU per message alone: producer send, consumer recv (1 ring, pool of 4)",
+        "producer_us": p * 1e6,
+        "consumer_one_us": one * 1e6,
+        "consumer_pool_us": four * 1e6,
+        "ratio": packed / alone,
+        "note": f"ratio: the best 4 producers can do on {cores} CPUs against 1 producer, "
+        "with perfect scheduling",
+    }
+
+
 def bench_pool(quick: bool) -> list[Row]:
     """Aggregate rate of N producers into one consumer, zcser against each peer (ratio > 1:
     zcser is faster)."""
@@ -278,6 +348,7 @@ def bench_pool(quick: bool) -> list[Row]:
             "note": f"p99 {statistics.median(p99[8]):.1f} vs {statistics.median(p99[1]):.1f} us",
         }
     )
+    rows.append(_bound_row(quick))
     methods = _peers()
     scaling: dict[str, dict[int, float]] = {}
     for kind, per_run in (
