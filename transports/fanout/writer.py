@@ -11,7 +11,8 @@ The rules it keeps (ring.py has the accounting; docs/protocol.md "Fan-out" the l
 - Claim, fill, publish. `_claim` finds the frame's place (moving the cursors of "drop" and
   "latest" subscribers past what it overwrites, skipping other subscribers' pins, waiting for
   "block" subscribers); nothing it decided can be undone by a subscriber before the commit,
-  because subscribers only take frames at or after their cursor.
+  because subscribers only take frames at or after their cursor. It looks at cursors before
+  pins (ring.place): a subscriber announces a hold before it moves its cursor past the frame.
 - Publish order: skip entry (if the frame is not right after the previous one), frame
   header, newest-frame start and sequence, then `head` with an atomic add (a full fence), then
   the bells of subscribers that armed theirs.
