@@ -12,13 +12,19 @@ Rules (docs/protocol.md, "Fan-out"):
 - A held interval in the way is an island: the publisher skips over it (a recorded gap) and
   places the frame after it, so one subscriber's pins never stop the others.
 - Skip + frame span at most one lap (c + t - w <= P); otherwise there is no room yet.
+- Cursors are looked at before pins, in every round of `place`: a subscriber announces a hold
+  (hold end, pin) before it moves its cursor past the frame, so a cursor seen past the
+  overwritten bytes means its hold is seen by the look that follows. Looking at pins first
+  lets a frame be taken between the two looks: its pin missed, its cursor already past.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
-from transports.fanout.layout import NONE
+from transports.fanout.layout import BLOCK, NONE, align
 
 
 def fit(c: int, t: int, size: int) -> int:
@@ -130,3 +136,77 @@ class Holds:
             return False
         self.pin = next(iter(self._held)) if self._held else NONE
         return True
+
+
+class Subscriber(Protocol):
+    """What `place` looks at in one subscriber's slot, each call one fresh look at shared
+    words written concurrently by the subscriber."""
+
+    def cursor(self) -> int:
+        """Its cursor, or NONE when the cursor does not count (not active)."""
+        ...
+
+    def policy_code(self) -> int:
+        """BLOCK, DROP or LATEST (layout.py)."""
+        ...
+
+    def held(self) -> tuple[int, int]:
+        """(pin, hold end): the pin first, then the end (a subscriber writes them the other
+        way round when it starts holding)."""
+        ...
+
+    def dead(self) -> bool: ...
+
+    def move(self, frm: int, to: int) -> None:
+        """Compare-and-swap its cursor from `frm` to `to` (a "drop" or "latest" skip)."""
+        ...
+
+
+S = TypeVar("S", bound=Subscriber)
+
+
+def place(
+    w: int,
+    t: int,
+    size: int,
+    subs: Sequence[S],
+    boundary: Callable[[int], int],
+    blockers: list[S],
+) -> int:
+    """The position for a frame of t ring bytes written after `w`, or -1 (`blockers` says
+    who is in the way). Each round looks at every cursor (moving those of "drop" and
+    "latest" subscribers past the bytes the frame overwrites, to `boundary(x)`: the first
+    frame start >= x), then at every pin; the position is given only after a round in which
+    nothing moved: no cursor, no island."""
+    c = fit(w, t, size)
+    for _ in range(4 * len(subs) + 8):
+        moved = False
+        x = c + t - size
+        for s in subs:
+            r = s.cursor()
+            if r == NONE or r >= x:
+                continue
+            if s.policy_code() == BLOCK:
+                blockers.append(s)
+                continue
+            s.move(r, boundary(x))
+            moved = True  # look again: it may have taken a frame before the swap
+        if blockers:
+            return -1
+        for s in subs:
+            pin, end = s.held()
+            if pin == NONE:
+                continue
+            after = island_end(c, t, size, pin, end)
+            if after:
+                if s.dead():
+                    blockers.append(s)
+                    return -1
+                c = fit(align(after), t, size)
+                moved = True
+        if c + t - w > size:
+            blockers.extend(s for s in subs if s.held()[0] != NONE)
+            return -1
+        if not moved:
+            return c
+    return -1

@@ -11,7 +11,8 @@ The rules it keeps (ring.py has the accounting; docs/protocol.md "Fan-out" the l
 - Claim, fill, publish. `_claim` finds the frame's place (moving the cursors of "drop" and
   "latest" subscribers past what it overwrites, skipping other subscribers' pins, waiting for
   "block" subscribers); nothing it decided can be undone by a subscriber before the commit,
-  because subscribers only take frames at or after their cursor.
+  because subscribers only take frames at or after their cursor. It looks at cursors before
+  pins (ring.place): a subscriber announces a hold before it moves its cursor past the frame.
 - Publish order: skip entry (if the frame is not right after the previous one), frame
   header, newest-frame start and sequence, then `head` with an atomic add (a full fence), then
   the bells of subscribers that armed theirs.
@@ -43,7 +44,7 @@ from transports.errors import (
 )
 from transports.fanout import layout as F
 from transports.fanout import segment as seg
-from transports.fanout.ring import Entries, fit, island_end
+from transports.fanout.ring import Entries, place
 from transports.zerobuffer import posix as _shm
 
 __all__ = ["FanoutWriter", "SubscriberInfo", "WriterStats"]
@@ -121,6 +122,24 @@ class _Slot:
         self.seq = c_uint64.from_address(addr + F.S_LAST_SEQ)
         self.bell = -1
         self.bell_pid = 0
+
+    # ring.Subscriber: what ring.place looks at
+
+    def cursor(self) -> int:
+        return self.read.value if self.state.value == F.ACTIVE else _NONE
+
+    def policy_code(self) -> int:
+        return self.policy.value
+
+    def held(self) -> tuple[int, int]:
+        pin = self.pin.value
+        return pin, self.end.value
+
+    def dead(self) -> bool:
+        return owner_dead(self.pid.value)
+
+    def move(self, frm: int, to: int) -> None:
+        _shm.compare_exchange(self.addr + F.S_READ, frm, to)
 
 
 def reap(name: str, slot_addr: int, index: int, pid: int) -> bool:
@@ -275,46 +294,10 @@ class FanoutWriter:
     # -- placement -------------------------------------------------------------------------------
 
     def _try_place(self, t: int, blockers: list[_Slot]) -> int:
-        """The position for a frame of t ring bytes, or -1 (blockers says who is in the way)."""
-        P = self._P
+        """The position for a frame of t ring bytes, or -1 (blockers says who is in the way):
+        ring.place over the active slots, cursors looked at before pins."""
         w = self._st[_W]
-        c = fit(w, t, P)
-        active = self._active
-        for _ in range(4 * len(active) + 8):
-            moved = False
-            for s in active:
-                pin = s.pin.value
-                if pin != _NONE:
-                    end = island_end(c, t, P, pin, s.end.value)
-                    if end:
-                        if owner_dead(s.pid.value):
-                            blockers.append(s)
-                            return -1
-                        c = fit(F.align(end), t, P)
-                        moved = True
-            if c + t - w > P:
-                blockers.extend(s for s in active if s.pin.value != _NONE)
-                return -1
-            if moved:
-                continue
-            x = c + t - P
-            for s in active:
-                if s.state.value != F.ACTIVE:
-                    continue
-                r = s.read.value
-                if r >= x:
-                    continue
-                if s.policy.value == F.BLOCK:
-                    blockers.append(s)
-                    continue
-                b = self._entries.boundary(x, w)
-                _shm.compare_exchange(s.addr + F.S_READ, r, b)
-                moved = True  # re-check: it may have taken a frame just before
-            if blockers:
-                return -1
-            if not moved:
-                return c
-        return -1
+        return place(w, t, self._P, self._active, lambda x: self._entries.boundary(x, w), blockers)
 
     def _claim(self, n: int, timeout: float | None) -> int:
         if n <= 0:

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from transports.fanout.layout import NONE
-from transports.fanout.ring import Entries, Holds, fit, island_end
+from transports.fanout.layout import BLOCK, DROP, NONE
+from transports.fanout.ring import Entries, Holds, fit, island_end, place
 
 
 def test_fit_wraps_only_when_the_tail_is_too_short() -> None:
@@ -68,3 +68,70 @@ def test_holds_release_in_any_order_moves_the_pin_with_the_oldest() -> None:
     assert h.pin == NONE and len(h) == 0 and h.bytes == 0
     with pytest.raises(ValueError):
         h.release(64)
+
+
+class RacingSlot:
+    """One subscriber's slot words as plain ints, with the subscriber taking the frame at its
+    cursor (hold end, pin, then a compare-and-swap of the cursor: reader.py's order) right
+    before the publisher's look number `take_at` at them."""
+
+    def __init__(self, policy: int, read: int, total: int, take_at: int) -> None:
+        self._policy = policy
+        self.read = read
+        self.pin = NONE
+        self.end = 0
+        self.total = total
+        self.take_at = take_at
+        self.looks = 0
+        self.taken: tuple[int, int] | None = None
+
+    def _look(self) -> None:
+        if self.looks == self.take_at:
+            r = self.read
+            self.end = r + self.total
+            self.pin = r
+            if self.read == r:  # the swap succeeds: the subscriber holds [r, r + total)
+                self.read = r + self.total
+                self.taken = (r, r + self.total)
+        self.looks += 1
+
+    def cursor(self) -> int:
+        self._look()
+        return self.read
+
+    def policy_code(self) -> int:
+        return self._policy
+
+    def held(self) -> tuple[int, int]:
+        self._look()
+        pin = self.pin
+        self._look()  # the end is another word, read after the pin
+        return pin, self.end
+
+    def dead(self) -> bool:
+        return False
+
+    def move(self, frm: int, to: int) -> None:
+        self._look()
+        if self.read == frm:
+            self.read = to
+
+
+@pytest.mark.parametrize("policy", [BLOCK, DROP])
+@pytest.mark.parametrize("take_at", range(12))
+def test_place_never_overwrites_a_frame_taken_between_its_looks(policy: int, take_at: int) -> None:
+    # A lap and a bit published; the frame about to be written overwrites [1024, 1536) of the
+    # last lap, where a slow subscriber's cursor is. Whenever it takes that frame (before any
+    # of the publisher's looks at its slot), the place given leaves the frame alone.
+    P, t = 8192, 512
+    w = P + 1024
+    slot = RacingSlot(policy, read=1024, total=512, take_at=take_at)
+    blockers: list[RacingSlot] = []
+    c = place(w, t, P, [slot], lambda x: x, blockers)
+    if c < 0:
+        assert policy == BLOCK and blockers == [slot]  # waits for it to read on
+        return
+    assert c >= w and c + t - w <= P
+    if slot.taken is not None:
+        pin, end = slot.taken
+        assert island_end(c, t, P, pin, end) == 0  # its image is outside [c, c + t)
