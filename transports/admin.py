@@ -347,19 +347,24 @@ def _looks_like_zerobuffer(name: str) -> bool:
     return True
 
 
-def buffer_names(prefix: str = "") -> list[str]:
-    """Names of ZeroBuffer buffers (whole or in part) found in the lock directory and /dev/shm."""
+def _lock_dir_names(suffix: str) -> set[str]:
+    """Names of the lock directory's files ending in `suffix`, without it (none when the
+    directory is missing or not ours)."""
     names: set[str] = set()
     with contextlib.suppress(OSError, TransportEnvironmentError):
         dir_fd = _shm.open_lock_dir(create=False)
         try:
             names.update(
-                entry[: -len(_LOCK_SUFFIX)]
-                for entry in os.listdir(dir_fd)
-                if entry.endswith(_LOCK_SUFFIX)
+                entry[: -len(suffix)] for entry in os.listdir(dir_fd) if entry.endswith(suffix)
             )
         finally:
             os.close(dir_fd)
+    return names
+
+
+def buffer_names(prefix: str = "") -> list[str]:
+    """Names of ZeroBuffer buffers (whole or in part) found in the lock directory and /dev/shm."""
+    names = _lock_dir_names(_LOCK_SUFFIX)
     shm_entries: list[str] = []
     with contextlib.suppress(OSError):
         shm_entries = os.listdir(L.SHM_DIR)
@@ -429,17 +434,7 @@ def _fanout_magic(name: str) -> bool:
 
 def fanout_names(prefix: str = "") -> list[str]:
     """Names of fan-out segments: publisher lock files, and /dev/shm entries with the magic."""
-    names: set[str] = set()
-    with contextlib.suppress(OSError, TransportEnvironmentError):
-        dir_fd = _shm.open_lock_dir(create=False)
-        try:
-            names.update(
-                entry[: -len(_FANOUT_LOCK_SUFFIX)]
-                for entry in os.listdir(dir_fd)
-                if entry.endswith(_FANOUT_LOCK_SUFFIX)
-            )
-        finally:
-            os.close(dir_fd)
+    names = _lock_dir_names(_FANOUT_LOCK_SUFFIX)
     with contextlib.suppress(OSError):
         names.update(
             entry
