@@ -744,9 +744,7 @@ class ShmReceiver(base.Receiver):
         while True:
             last = False
             try:
-                if pool._closed:
-                    raise terr.TransportClosed(f"pool reader of {pool.name!r} is closed")
-                got = pool._take(limit)  # take(), one call fewer
+                got = pool.take(limit)
                 if got is None:
                     remaining = None
                     if timeout is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import unique_name
+from fixtures.foreign import LOCK_DIR, decoy, survived
 
 import zcser
 from zcser import errors
@@ -461,28 +462,16 @@ def test_a_publisher_bell_that_is_a_symlink_is_refused_and_its_target_left_alone
     kind: str,
 ) -> None:
     import os
-    import stat
 
     name = unique_name("f")
-    lock_dir = "/tmp/zerobuffer"
-    os.makedirs(lock_dir, exist_ok=True)
-    target = os.path.join(lock_dir, f"{name}-decoy")
-    if kind == "file":
-        with open(target, "wb") as f:
-            f.write(b"not yours")
-    else:
-        os.mkfifo(target, 0o600)
-    link = os.path.join(lock_dir, f"{name}.fanout.pub.bell")
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    target = decoy(kind, name)
+    link = os.path.join(LOCK_DIR, f"{name}.fanout.pub.bell")
     os.symlink(target, link)
     try:
         with pytest.raises(errors.ChannelError, match="not a bell"):
             zcser.Publisher(name)
-        st = os.lstat(target)
-        assert os.path.islink(link)
-        assert stat.S_ISREG(st.st_mode) if kind == "file" else stat.S_ISFIFO(st.st_mode)
-        if kind == "file":
-            with open(target, "rb") as f:
-                assert f.read() == b"not yours"
+        assert os.path.islink(link) and survived(target, kind)
     finally:
         os.unlink(link)
         os.unlink(target)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixtures.foreign import LOCK_DIR, decoy, survived
 
 import zcser
 from zcser import errors
@@ -555,30 +556,6 @@ def test_a_generation_no_writer_writes_is_a_corrupt_stream_not_a_hang(shm_name: 
 
 # --- bells replaced by symlinks ---------------------------------------------------------------------
 
-LOCK_DIR = "/tmp/zerobuffer"
-
-
-def _decoy(kind: str, name: str) -> str:
-    """Something foreign in the lock directory for a symlink to point at: a regular file with
-    content, or a FIFO. Named after the test's channel, so the leak check sees it."""
-    path = os.path.join(LOCK_DIR, f"{name}-decoy-{kind}")
-    if kind == "file":
-        with open(path, "wb") as f:
-            f.write(b"not yours")
-    else:
-        os.mkfifo(path, 0o600)
-    return path
-
-
-def _survived(path: str, kind: str) -> bool:
-    import stat
-
-    st = os.lstat(path)
-    if kind == "file":
-        with open(path, "rb") as f:
-            return stat.S_ISREG(st.st_mode) and f.read() == b"not yours"
-    return stat.S_ISFIFO(st.st_mode)
-
 
 @pytest.mark.parametrize("kind", ["file", "fifo"])
 def test_a_bell_that_is_a_symlink_is_refused_and_its_target_left_alone(
@@ -587,13 +564,13 @@ def test_a_bell_that_is_a_symlink_is_refused_and_its_target_left_alone(
     """At creation: a symlink where place 1's bell goes is a ChannelError naming it; nothing of
     the channel is left, and what the link points at is untouched."""
     os.makedirs(LOCK_DIR, exist_ok=True)
-    target = _decoy(kind, shm_name)
+    target = decoy(kind, shm_name)
     link = os.path.join(LOCK_DIR, f"{shm_name}--1.bell")
     os.symlink(target, link)
     try:
         with pytest.raises(errors.ChannelError, match="not a bell"):
             zcser.Receiver(shm_name, capacity=MIB, senders=2)
-        assert os.path.islink(link) and _survived(target, kind)
+        assert os.path.islink(link) and survived(target, kind)
         assert not [n for n in os.listdir("/dev/shm") if n.startswith(shm_name)]
     finally:
         os.unlink(link)
@@ -608,7 +585,7 @@ def test_a_bell_replaced_by_a_symlink_while_in_use_is_a_channel_error(
     up): the receiver's recv raises a ChannelError saying the bell was replaced (it never
     follows the link), and the target survives."""
     os.makedirs(LOCK_DIR, exist_ok=True)
-    target = _decoy(kind, shm_name)
+    target = decoy(kind, shm_name)
     links = [os.path.join(LOCK_DIR, f"{shm_name}--{i}.bell") for i in range(2)]
     try:
         with zcser.Receiver(shm_name, capacity=MIB, senders=2) as rx:
@@ -621,7 +598,7 @@ def test_a_bell_replaced_by_a_symlink_while_in_use_is_a_channel_error(
             tx.close()
             with pytest.raises(errors.ChannelError, match="replaced"):
                 rx.recv(timeout=WAIT)
-        assert all(os.path.islink(link) for link in links) and _survived(target, kind)
+        assert all(os.path.islink(link) for link in links) and survived(target, kind)
     finally:
         for link in links:
             if os.path.lexists(link):
