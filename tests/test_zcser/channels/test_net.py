@@ -673,8 +673,28 @@ def test_senders_started_before_the_receiver_lose_nothing_and_keep_order(
     assert all(got[k] == list(range(per_sender)) for k in range(senders))
 
 
-def test_close_from_another_thread_ends_a_blocked_recv_with_closed() -> None:
+def _close_while_blocked(
+    end: Any, blocked: Any, outcome: list[BaseException], call: str, **close: Any
+) -> None:
+    """Run `blocked` (a recv or send on `end` that waits) in a thread; once it holds the
+    socket, close `end` from a third thread: both threads end, the blocked call raised Closed."""
     import threading
+
+    worker = threading.Thread(target=blocked, daemon=True)
+    worker.start()
+    while not end._lock.locked():  # the call holds the socket now
+        time.sleep(0.001)
+    closer = threading.Thread(target=end.close, kwargs=close, daemon=True)
+    closer.start()
+    closer.join(WAIT)
+    worker.join(WAIT)
+    assert not closer.is_alive(), f"close() waited for the blocked {call}() forever"
+    assert not worker.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], errors.Closed), outcome
+    assert end.closed
+
+
+def test_close_from_another_thread_ends_a_blocked_recv_with_closed() -> None:
 
     rx = zcser.Receiver(LOOPBACK)
     outcome: list[BaseException] = []
@@ -685,24 +705,12 @@ def test_close_from_another_thread_ends_a_blocked_recv_with_closed() -> None:
         except BaseException as exc:
             outcome.append(exc)
 
-    reader = threading.Thread(target=receive, daemon=True)
-    reader.start()
-    while not rx._lock.locked():  # the recv holds the socket now
-        time.sleep(0.001)
-    closer = threading.Thread(target=rx.close, daemon=True)
-    closer.start()
-    closer.join(WAIT)
-    reader.join(WAIT)
-    assert not closer.is_alive(), "close() waited for the blocked recv() forever"
-    assert not reader.is_alive()
-    assert len(outcome) == 1 and isinstance(outcome[0], errors.Closed), outcome
-    assert rx.closed
+    _close_while_blocked(rx, receive, outcome, "recv")
     with pytest.raises(errors.Closed):
         rx.recv(timeout=0)
 
 
 def test_close_from_another_thread_ends_a_blocked_send_with_closed() -> None:
-    import threading
 
     # A short heartbeat: a receiver that reads nothing is never cut off for it.
     with zcser.Receiver(LOOPBACK, hwm=1, heartbeat=0.1) as rx:
@@ -722,18 +730,7 @@ def test_close_from_another_thread_ends_a_blocked_send_with_closed() -> None:
             except BaseException as exc:
                 outcome.append(exc)
 
-        writer = threading.Thread(target=send, daemon=True)
-        writer.start()
-        while not tx._lock.locked():
-            time.sleep(0.001)
-        closer = threading.Thread(target=tx.close, kwargs={"timeout": 0.2}, daemon=True)
-        closer.start()
-        closer.join(WAIT)
-        writer.join(WAIT)
-        assert not closer.is_alive(), "close() waited for the blocked send() forever"
-        assert not writer.is_alive()
-        assert len(outcome) == 1 and isinstance(outcome[0], errors.Closed), outcome
-        assert tx.closed
+        _close_while_blocked(tx, send, outcome, "send", timeout=0.2)
 
 
 # --- slow readers: pauses never cost messages, whatever the heartbeat -----------------------------
