@@ -217,8 +217,9 @@ class Receiving:
     def _wait_fds(self) -> list[Any]:
         raise NotImplementedError
 
-    def _wait_arm(self) -> None:
-        pass
+    def _wait_arm(self) -> bool | None:
+        """Before a sleep; False: the end is closing (not armed; report it as ready)."""
+        return None
 
     def _wait_disarm(self) -> None:
         pass

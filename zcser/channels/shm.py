@@ -700,6 +700,11 @@ class ShmReceiver(base.Receiver):
         self._r: Reader | tpool.PoolReader = self._pool.rings[0] if senders == 1 else self._pool
         self._gate = base.Gate()
         self._busy = False  # the last _wait_ready found another thread inside recv
+        # Threads of zcser.wait / arecv between _wait_arm and _wait_disarm (or in _wait_woken):
+        # close() does not unmap what they sleep on under them.
+        self._waiters = 0
+        self._waiters_lock = threading.Lock()
+        self._shutting = False
         _LIVE.add(self)
         self._checked = False
         self._sender = 0  # the place of the frame in `_unread` (or read last)
@@ -1036,9 +1041,19 @@ class ShmReceiver(base.Receiver):
     def close(self) -> None:
         """Remove the channel's names (shm, semaphores, lock, bells). Views alive stay valid. A
         recv waiting in another thread raises Closed (within `POLL_INTERVAL`; with senders > 1
-        within the pool's `BACKSTOP`) before this closes."""
+        within the pool's `BACKSTOP`) before this closes; a `zcser.wait` or `arecv` sleeping on
+        this receiver wakes (within the same) and returns it. Should one not have woken after
+        twice that (an event loop that this very call blocks), the last of them closes."""
+        with self._waiters_lock:
+            self._shutting = True
         if self._gate.in_use():
             self._pool.interrupt()
+        deadline = time.monotonic() + 2 * tpool.BACKSTOP
+        while self._waiters and time.monotonic() < deadline:
+            time.sleep(0.002)
+        with self._waiters_lock:
+            if self._waiters:  # they sleep on the pool's memory and bells: the last one closes
+                return
         self._gate.run(self._pool.close)
 
     # -- zcser.wait and asyncio (channels/waiting.py) --------------------------------------------
@@ -1064,20 +1079,48 @@ class ShmReceiver(base.Receiver):
     def _wait_fds(self) -> list[Any]:
         return [] if self._busy else self._pool.fds()
 
-    def _wait_arm(self) -> None:
-        self._pool.arm(settle=False)  # an atomic add: from any thread, undone by _wait_disarm
-        self._gate.attempt(self._pool.settle)  # a recv in another thread settles by itself
+    def _wait_arm(self) -> bool:
+        """False once close() has begun: not armed, and the caller reports this end (its
+        recv says Closed). Armed, close() leaves the pool mapped until _wait_disarm."""
+        with self._waiters_lock:
+            if self._shutting:
+                return False
+            self._waiters += 1
+        try:
+            self._pool.arm(settle=False)  # an atomic add: from any thread, undone below
+            self._gate.attempt(self._pool.settle)  # a recv in another thread settles by itself
+        except BaseException:
+            self._wait_leave(disarm=False)
+            raise
+        return True
 
     def _wait_disarm(self) -> None:
-        self._pool.disarm()
+        self._wait_leave(disarm=True)
+
+    def _wait_leave(self, disarm: bool) -> None:
+        try:
+            if disarm:
+                self._pool.disarm()
+        finally:
+            with self._waiters_lock:
+                self._waiters -= 1
+                last = self._shutting and not self._waiters
+            if last:  # close() gave up waiting for us, or is about to close anyway
+                self._gate.run(self._pool.close)
 
     def _wait_woken(self) -> None:
         # The bells (and with senders > 1 the pool's state) belong to a recv running in
-        # another thread: left to it.
+        # another thread: left to it; and to nobody once close() has begun.
+        with self._waiters_lock:
+            if self._shutting:
+                return
+            self._waiters += 1
         try:
             self._gate.attempt(self._pool.woken)
         except _TransportError as exc:  # a bell replaced by someone else, a corrupt word
             raise _translate(exc) from None
+        finally:
+            self._wait_leave(disarm=False)
 
     def _wait_backstop(self) -> float | None:
         if self._busy:

@@ -121,7 +121,8 @@ def wait(ends: Iterable[Any], timeout: float | None = None) -> list[Any]:
         armed: list[Any] = []
         try:
             for end in chosen:
-                end._wait_arm()
+                if end._wait_arm() is False:  # closing: its recv says so at once
+                    return [end]
                 armed.append(end)
             ready = [end for end in chosen if end._wait_ready()]
             if ready:
@@ -152,8 +153,13 @@ async def wait_readable(end: Any, timeout: float | None) -> bool:
             if not woke.done():
                 woke.set_result(None)
 
-        fds = [_fileno(fd) for fd in end._wait_fds()]
-        end._wait_arm()
+        if end._wait_arm() is False:  # closing: its recv says so at once
+            return True
+        try:
+            fds = [_fileno(fd) for fd in end._wait_fds()]
+        except BaseException:
+            end._wait_disarm()
+            raise
         try:
             for fd in fds:
                 loop.add_reader(fd, ring)

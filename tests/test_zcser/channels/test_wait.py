@@ -298,3 +298,48 @@ def test_recv_and_arecv_keep_their_timeout_while_another_thread_is_in_recv(
         rx.close()  # the thread's recv raises Closed
         thread.join(WAIT)
         assert len(outcome) == 1 and isinstance(outcome[0], errors.Closed)
+
+
+def _close_under_a_waiter(name: str, senders: int, use_async: bool, out: Any) -> None:
+    """In a child process (a crash must fail the test, not the test run): a thread sleeps in
+    zcser.wait (or arecv) on the receiver while the main thread closes it."""
+    rx = zcser.Receiver(name, capacity=MIB, senders=senders)
+    tx = zcser.Sender(name)
+    got: list[Any] = []
+
+    def sleeper() -> None:
+        try:
+            if use_async:
+                got.append(asyncio.run(rx.arecv(timeout=WAIT)))
+            else:
+                got.append(zcser.wait([rx], timeout=WAIT))
+        except BaseException as exc:
+            got.append(exc)
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    while not rx._waiters:  # armed: asleep on the pool's memory and bells
+        time.sleep(0.001)
+    rx.close()
+    thread.join(WAIT)
+    tx.close()
+    out.put(("alive" if thread.is_alive() else "done", repr(got)))
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["wait", "arecv"])
+@pytest.mark.parametrize("senders", [1, 3])
+def test_closing_a_receiver_under_a_sleeping_waiter_neither_crashes_nor_hangs(
+    shm_name: str, senders: int, use_async: bool
+) -> None:
+    """close() from another thread while zcser.wait / arecv sleeps on the receiver: the waiter
+    wakes and reports it (wait returns it; arecv raises Closed); nothing is unmapped under it
+    (this was a SIGSEGV)."""
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    p = ctx.Process(target=_close_under_a_waiter, args=(shm_name, senders, use_async, out))
+    p.start()
+    p.join(WAIT)
+    assert p.exitcode == 0, f"the process ended with {p.exitcode}"
+    state, got = out.get(timeout=WAIT)
+    assert state == "done"
+    assert "Closed" in got if use_async else got.startswith("[[<")
