@@ -407,11 +407,9 @@ class PoolReader:
                     timeout=timeout,
                 )
             self.arm()
-            try:
-                got = self._take(limit)
-                if got is not None:
-                    return got
-                self.sleep(remaining)
+            try:  # only looks while armed: a frame taken here would be lost to a Ctrl-C
+                if not self.ready():  # landing in disarm() (a call) before it is returned
+                    self.sleep(remaining)
             finally:
                 self.disarm()
             self.woken()
