@@ -131,7 +131,13 @@ def wait(ends: Iterable[Any], timeout: float | None = None) -> list[Any]:
             if remaining is not None and remaining <= 0:
                 return []
             fds = [fd for end in chosen for fd in end._wait_fds()]
-            _poll(fds, _sleep_limit(chosen, remaining))
+            try:
+                _poll(fds, _sleep_limit(chosen, remaining))
+            except Exception:
+                closed = [end for end in chosen if end.closed]
+                if closed:  # closed by another thread under the poll: its recv says Closed
+                    return closed
+                raise
         finally:
             for end in armed:
                 end._wait_disarm()

@@ -10,6 +10,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +290,30 @@ def test_asend_waits_for_a_receiver_that_starts_later(tmp_path: Path) -> None:
 
     with zcser.Sender(url) as tx:
         asyncio.run(main(tx))
+
+
+def test_closing_a_network_receiver_under_a_sleeping_wait_returns_it() -> None:
+    """close() from another thread while zcser.wait sleeps on a network receiver: wait
+    returns the receiver (its recv then raises Closed), never a ZeroMQ error."""
+    import threading
+
+    rx = zcser.Receiver("tcp://127.0.0.1:0")
+    tx = zcser.Sender(rx.name)
+    got: list[Any] = []
+
+    def sleeper() -> None:
+        try:
+            got.append(zcser.wait([rx], timeout=30))
+        except BaseException as exc:
+            got.append(exc)
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    time.sleep(0.3)  # asleep in the poll (nothing is sent)
+    rx.close()
+    thread.join(30)
+    tx.close()
+    assert not thread.is_alive()
+    assert got == [[rx]], got
+    with pytest.raises(errors.Closed):
+        rx.recv(timeout=0)
