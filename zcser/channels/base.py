@@ -86,8 +86,8 @@ def _check_call(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Non
         inspect.signature(cls).bind(*args, **kwargs)
     except TypeError as exc:
         raise errors.UsageError(
-            f"{cls.__name__}: {exc} (see help(zcser.{cls.__name__}) for the options of "
-            f"{cls.__name__.removesuffix('Sender').removesuffix('Receiver').lower()} channels)"
+            f"{cls.__name__}: {exc} (see help({cls.__module__.split('.')[0]}.channels."
+            f"{cls.__name__}) for its options)"
         ) from None
 
 
