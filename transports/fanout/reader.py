@@ -592,6 +592,9 @@ class FanoutReader:
             return
         if len(self._holds):
             self._s_state.value = F.CLOSING
+            # Its name goes now (a closing subscriber never sleeps again, and the slot is not
+            # free before _leave): a process that exits with a view alive leaves no FIFO.
+            seg.drop_bell(F.sub_bell(self.name, self._slot))
             _shm.atomic_add(self._addr + F.OFF_JOINS, 1)
             return
         self._leave()
@@ -600,9 +603,9 @@ class FanoutReader:
         if self._slot < 0:
             return
         at = self._addr + F.slot_offset(self._slot)
+        seg.drop_bell(F.sub_bell(self.name, self._slot))  # before the slot is free for another
         self._s_state.value = F.FREE
         self._s_pin.value = _NONE
-        seg.drop_bell(F.sub_bell(self.name, self._slot))
         for fd in (self._bell, self._pub_bell):
             if fd >= 0:
                 with contextlib.suppress(OSError):

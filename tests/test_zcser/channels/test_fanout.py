@@ -475,3 +475,24 @@ def test_a_publisher_bell_that_is_a_symlink_is_refused_and_its_target_left_alone
     finally:
         os.unlink(link)
         os.unlink(target)
+
+
+def test_a_subscriber_closed_while_it_holds_a_view_leaves_no_bell_behind() -> None:
+    """close() with a received message still alive defers freeing the slot to the view's
+    release, but removes the subscriber's bell at once: a process that exits with the view
+    alive leaves no FIFO in the lock directory."""
+    import os
+
+    name = unique_name("f")
+    pub = zcser.Publisher(name, capacity=8 << 20, subscribers=2)
+    sub = zcser.Subscriber(name, policy="drop")
+    pub.send(np.zeros(50_000, np.uint8))
+    msg = sub.recv_message(timeout=5)
+    with pytest.raises(errors.Timeout):
+        sub.recv_message(timeout=0.1)
+    pub.close()
+    sub.close()
+    left = [f for f in os.listdir(LOCK_DIR) if f.startswith(name)]
+    assert left == [], left
+    assert msg.value[0] == 0
+    msg.release()
