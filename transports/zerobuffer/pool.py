@@ -113,7 +113,7 @@ BACKSTOP = 0.5
 """Longest sleep of a pool reader before it checks its writers' PIDs (a writer whose bell is
 still held open by a forked child of it does not hang up when it dies)."""
 
-LOOK_EVERY = 64
+LOOK_EVERY = 256
 """Reads between two looks at the places' generations when the joins word did not change."""
 MAX_STEP = 1 << 32
 """Most claims of one place between two looks of its reader that are taken as real (each is a
@@ -334,17 +334,24 @@ class PoolReader:
         with interrupts_deferred():  # Ctrl-C: every name is made and owned, or none
             self._finalizer = weakref.finalize(self, names.teardown)
             self._create(config, spin)
+        # Each ring's core: its `pending` list holds the frames taken ahead (a run).
+        # `cores`, `next`, `after` and `countdown` are public for one reason: a consumer may
+        # inline _take's first case (the ring whose turn it is has a small frame taken
+        # already) and then moves them exactly as _take does (zcser.channels.shm does, one
+        # call fewer).
+        self.cores = [ring._core for ring in self.rings]
         self._sleepers = self._addr + _OFF_SLEEPERS
         self._joins_word = _shm.word_at(self._addr + _OFF_JOINS)
         self._joins = 0  # the joins word when we last looked (a hint: see the module rules)
         self._joins_checked = 0  # the last joins value that passed its checks
-        self._countdown = LOOK_EVERY  # reads until we look at the generations anyway
+        self.countdown = LOOK_EVERY  # reads until we look at the generations anyway
         self.anomalies = 0  # joins values no writer makes, ignored
         self.active = [False] * places  # a writer was seen and has not been seen leaving
+        self.after = [(i + 1) % places for i in range(places)]  # the turn after place i's
         self._generations = [0] * places  # each place's generation when last looked at
         self._draining = [False] * places  # its writer is gone: read to the end, then free
         self._reclaim: set[int] = set()  # freed places whose pages wait to go back
-        self._next = 0  # round robin: the place looked at first
+        self.next = 0  # round robin: the place looked at first
         self.place = 0  # the place of the frame read last
         self.lost = 0
         self.departures = 0
@@ -430,14 +437,14 @@ class PoolReader:
         case while writers are busy). The joins word is looked at when no ring has a frame
         (and every LOOK_EVERY reads): a writer that joins while the others keep the reader
         busy waits at most that many reads for its first turn."""
-        self._countdown -= 1
-        if self._countdown <= 0:
+        self.countdown -= 1
+        if self.countdown <= 0:
             self._look_for_writers()
         places = self.places
         active = self.active
         rings = self.rings
         while True:
-            start = self._next
+            start = self.next
             for k in range(places):
                 i = start + k
                 if i >= places:
@@ -464,7 +471,7 @@ class PoolReader:
                         continue
                     if got is None:
                         continue
-                self._next = i + 1 if i + 1 < places else 0
+                self.next = self.after[i]
                 self.place = i
                 return got
             if self._joins_word.value == self._joins:
@@ -478,7 +485,7 @@ class PoolReader:
         """A place taken since we last looked (its generation moved) is active, even if its
         writer has left again already: what it wrote is still to be read. Checks the words
         read (module rules): CorruptBuffer for a generation no writer makes."""
-        self._countdown = LOOK_EVERY
+        self.countdown = LOOK_EVERY
         joins = self._joins_word.value  # before the generations: each join follows its claim
         mm = self._mm
         generations = self._generations
@@ -494,7 +501,9 @@ class PoolReader:
                         f"{self._cname} was overwritten: close the Receiver"
                     )
                 generations[i] = generation
-                self.active[i] = True
+                if not self.active[i]:
+                    self.active[i] = True
+                    self._order()
                 self._reclaim.discard(i)
             claims += generation
         if joins != self._joins:
@@ -511,6 +520,18 @@ class PoolReader:
             else:
                 self._joins_checked = joins
             self._joins = joins
+
+    def _order(self) -> None:
+        """After `active` changed: each place's next turn goes to the next active place, so
+        the round robin passes no free place (any place when none is active)."""
+        places, active = self.places, self.active
+        for i in range(places):
+            j = (i + 1) % places
+            for _ in range(places - 1):
+                if active[j]:
+                    break
+                j = (j + 1) % places
+            self.after[i] = j
 
     def _left(self, index: int, died: bool) -> None:
         """Ring `index` is drained and its writer gone: free the place, count it; raise
@@ -529,7 +550,9 @@ class PoolReader:
             _shm.compare_exchange(owner_addr, owner, 0)
         if died:
             ring.forget_dead_writer()
-        self.active[index] = taken
+        if self.active[index] != taken:
+            self.active[index] = taken
+            self._order()
         self.departures += 1
         if self.sparse and not taken:
             self._reclaim.add(index)

@@ -913,7 +913,32 @@ class ShmReceiver(base.Receiver):
                 except _TransportError as exc:
                     raise self._read_error(exc) from None
             else:
-                got = self._read(self._small, timeout)
+                # The pool's usual case while senders are busy, inlined (PoolReader._take's
+                # first case, with the same moves of its turn and countdown): the sender whose
+                # turn it is has a small frame taken already, its place's schema was checked
+                # and its stream is open. Anything else goes the whole way (_read_pool).
+                pool = self._pool
+                i = pool.next
+                core = pool.cores[i]
+                pending = core.pending
+                if (
+                    pending
+                    and type(got := pending[0]) is bytes
+                    and _EOS_SIZE != len(got) <= self._small
+                    and pool.countdown > 1
+                    and pool.active[i]
+                    and not core.closed
+                    and i in self._checked_places
+                    and not self._place_ended[i]
+                ):
+                    del pending[0]
+                    pool.countdown -= 1
+                    pool.next = pool.after[i]
+                    pool.place = i
+                    self._sender = i
+                    self._checked = True
+                else:
+                    got = self._read(self._small, timeout)
             self._unread = got  # no call in between: a signal lands before or after both
         try:
             if isinstance(got, bytes):

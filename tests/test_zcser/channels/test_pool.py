@@ -129,6 +129,38 @@ def test_busy_senders_take_turns(shm_name: str) -> None:
             p.join(WAIT)
 
 
+def test_a_sender_joining_a_busy_receiver_gets_its_turn_within_look_every_reads(
+    shm_name: str,
+) -> None:
+    """While another sender keeps the receiver busy (a frame always waiting, so the reader's
+    usual case never looks for new senders), a sender that joins is still found within
+    LOOK_EVERY reads, and the busy sender's messages stay in order."""
+    from transports.zerobuffer.pool import LOOK_EVERY
+
+    with zcser.Receiver(shm_name, capacity=4 * MIB, senders=2) as rx:
+        busy = zcser.Sender(shm_name, timeout=WAIT)
+        backlog = 4 * LOOK_EVERY
+        for i in range(backlog):
+            busy.send(("busy", i))
+        for i in range(10):  # the reader is under way: runs taken, the turn moving
+            assert rx.recv(timeout=WAIT) == ("busy", i)
+        late = zcser.Sender(shm_name, timeout=WAIT)
+        late.send(("late", 0))
+        reads, expected = 0, 10
+        while True:
+            who, i = rx.recv(timeout=WAIT)
+            reads += 1
+            if who == "late":
+                break
+            assert i == expected
+            expected += 1
+        assert reads <= LOOK_EVERY + 2, reads  # not after the whole backlog
+        assert expected < backlog
+        busy.close()
+        late.close()
+        assert [i for _who, i in rx] == list(range(expected, backlog))
+
+
 def _stall(make: Any, started: Any, go: Any) -> None:
     tx = make()
     tx.send(("stalled", 0))
