@@ -54,7 +54,15 @@ def _payload(kind: str) -> Any:
 # --- producers (forked) --------------------------------------------------------------------------
 
 
-def _zcser_producer(make: Any, kind: str, count: int, ready: Any, go: Any) -> None:
+def _pin_producers(cpus: set[int] | None) -> None:
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+
+
+def _zcser_producer(
+    make: Any, kind: str, count: int, ready: Any, go: Any, cpus: set[int] | None = None
+) -> None:
+    _pin_producers(cpus)
     payload = _payload(kind)
     with make() as tx:
         ready.release()
@@ -104,8 +112,9 @@ def _zmq_producer(url: str, kind: str, count: int, ready: Any, go: Any) -> None:
 # --- one measurement -----------------------------------------------------------------------------
 
 
-def _run(method: str, kind: str, producers: int, count: int) -> float:
-    """Seconds for `producers` x `count` messages into one consumer."""
+def _run(method: str, kind: str, producers: int, count: int, pin: bool = False) -> float:
+    """Seconds for `producers` x `count` messages into one consumer. `pin` (zcser only): the
+    consumer on a CPU of its own, every producer on another (PINNED)."""
     ready, go = _ctx.Semaphore(0), _ctx.Event()
     total = producers * count
     touch: Callable[[Any], Any]
@@ -175,8 +184,15 @@ def _run(method: str, kind: str, producers: int, count: int) -> float:
 
             after_fork.append(bind)
 
+        cpus = sorted(os.sched_getaffinity(0))
+        mine = set(cpus)
+        extra: tuple[Any, ...] = ()
+        if pin:
+            if method != "zcser" or len(cpus) < 2:
+                raise ValueError("pinned runs need zcser and two CPUs")
+            extra = ({cpus[0]},)
         procs = [
-            _ctx.Process(target=target, args=(*args, kind, count, ready, go))
+            _ctx.Process(target=target, args=(*args, kind, count, ready, go, *extra))
             for _ in range(producers)
         ]
         for p in procs:
@@ -186,11 +202,17 @@ def _run(method: str, kind: str, producers: int, count: int) -> float:
         for _ in range(producers):
             if not ready.acquire(timeout=WAIT):
                 raise RuntimeError(f"{method}: a producer never became ready")
-        start = time.perf_counter()
-        go.set()
-        for _ in range(total):
-            touch(take())
-        elapsed = time.perf_counter() - start
+        if pin:
+            os.sched_setaffinity(0, {cpus[1]})
+        try:
+            start = time.perf_counter()
+            go.set()
+            for _ in range(total):
+                touch(take())
+            elapsed = time.perf_counter() - start
+        finally:
+            if pin:
+                os.sched_setaffinity(0, mine)
         for p in procs:
             p.join(WAIT)
         return elapsed
@@ -325,6 +347,37 @@ def _bound_row(quick: bool) -> Row:
     }
 
 
+PINNED = "the consumer on a CPU of its own, the producers on another"
+"""The pinned rows' condition (os.sched_setaffinity): on a machine with fewer cores than
+processes, the scheduler shares the consumer's core with runnable producers, which are then
+running ahead of it into their rings; pinned, the consumer keeps its core, as it does on a
+machine with a core per process. The unpinned rows are what users get without pinning."""
+
+
+def _pinned_rows(quick: bool, per_run: int, rounds: int) -> list[Row]:
+    """zcser's dict aggregate with N producers against 1 when the consumer has its own CPU:
+    whether reading from many rings costs the consumer more than reading from one."""
+    if len(os.sched_getaffinity(0)) < 2:
+        return [{"case": f"zcser aggregate, dict, {PINNED}", "note": "not measured: one CPU"}]
+    counts = {n: max(1, per_run // n) for n in (1, 2, 4, 8)}
+    if not quick:
+        counts = {n: _calibrate("zcser", "dict", n, per_run) for n in counts}
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    for _ in range(rounds):  # alternating, so a slow spell hits every count
+        for n, count in counts.items():
+            times[n].append(_run("zcser", "dict", n, count, pin=True))
+    rate = {n: counts[n] * n / statistics.median(t) for n, t in times.items()}
+    return [
+        {
+            "case": f"zcser aggregate, dict, {PINNED}: {n} producers vs 1",
+            "many_msg_s": rate[n],
+            "one_msg_s": rate[1],
+            "ratio": rate[n] / rate[1],
+        }
+        for n in (2, 4, 8)
+    ]
+
+
 def bench_pool(quick: bool) -> list[Row]:
     """Aggregate rate of N producers into one consumer, zcser against each peer (ratio > 1:
     zcser is faster)."""
@@ -404,4 +457,5 @@ def bench_pool(quick: bool) -> list[Row]:
                     "ratio": rate_n / one,
                 }
             )
+    rows.extend(_pinned_rows(quick, 4000 if quick else 20000, rounds))
     return rows
