@@ -194,6 +194,11 @@ class FanoutReader:
         self._words = array("Q", bytes(8 * 4))
         self._started = False  # _words[_LAST_SEQ] is known (the slot is active)
         self._pending: list[bytes] = []  # small frames taken by a run, oldest first
+        # The same list, public for one reason: a consumer may pop a small frame itself (read's
+        # first case, as _pop does for one within its limit; the list is never replaced). A
+        # run's frames follow each other: none was missed before them (last_missed 0).
+        self.pending = self._pending
+        self._missed_last = 0
         self._busy = _BUSY_MAX
         self._stop = False  # interrupt(): a read waiting in another thread gives up
         self.missed = 0
@@ -428,7 +433,7 @@ class FanoutReader:
 
     @property
     def last_missed(self) -> int:
-        return getattr(self, "_missed_last", 0)
+        return self._missed_last
 
     def read(self, timeout: float | None = None, limit: int = -1) -> FanoutFrame | bytes:
         """The next frame (bytes when at most `limit` bytes). Waits up to `timeout` s (None:

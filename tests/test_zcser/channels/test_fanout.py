@@ -446,6 +446,10 @@ def _use_in_child(q: Any, end: Any) -> None:
 def test_a_forked_child_cannot_use_its_parents_ends() -> None:
     name = unique_name("fo")
     with zcser.Publisher(name, capacity=1 << 20) as pub, zcser.Subscriber(name) as sub:
+        for i in range(4):
+            pub.send({"i": i})
+        assert [sub.recv(timeout=5)["i"] for _ in range(2)] == [0, 1]
+        assert len(sub._r.pending) == 2  # a run took the others: they wait in this process
         for end in (pub, sub):
             q = CTX.Queue()
             p = CTX.Process(target=_use_in_child, args=(q, end))
@@ -453,8 +457,8 @@ def test_a_forked_child_cannot_use_its_parents_ends() -> None:
             said = q.get(timeout=30)
             p.join(30)
             assert said.startswith("UsageError") and "child" in said
-        pub.send({"i": 2})  # the parent's ends still work
-        assert sub.recv(timeout=5)["i"] == 2
+        pub.send({"i": 4})  # the parent's ends still work
+        assert [sub.recv(timeout=5)["i"] for _ in range(3)] == [2, 3, 4]
 
 
 @pytest.mark.parametrize("kind", ["file", "fifo"])
