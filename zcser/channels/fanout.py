@@ -588,10 +588,10 @@ class ShmSubscriber(Subscriber):
                 and len(pending[0]) <= self._small
                 and not self._forked
             ):  # read()'s usual case while messages flow, inlined: a small frame a run took
-                got = pending.pop(0)
-                value = self.codec.decode_small(got)
+                data = pending.pop(0)
+                value = self.codec.decode_small(data)
                 self._messages += 1
-                self._bytes += len(got)
+                self._bytes += len(data)
                 return value
             got = self._read(self._small, timeout)
             if isinstance(got, bytes):
