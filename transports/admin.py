@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from transports.fanout import segment as _fanout_segment
 from transports.zerobuffer import is_orphan
 from transports.zerobuffer import layout as L
 from transports.zerobuffer import posix as _shm
+from transports.zerobuffer.pool import MAX_PLACES, control_name
 
 __all__ = [
     "CRITICAL",
@@ -607,6 +609,122 @@ def _remove_unlocked(names: Iterable[str]) -> list[str]:
     return removed
 
 
+# Bells are FIFOs in the lock directory (docs/protocol.md "Pools", transports/fanout):
+#   RING.bell                 a pool's ring RING (the pool NAME itself, or NAME--i)
+#   NAME.fanout.pub.bell      publisher NAME's bell
+#   NAME.fanout.<slot>.bell   the bell of NAME's subscriber in <slot>
+_FANOUT_BELL = re.compile(r"([A-Za-z0-9_-]+)\.fanout\.(?:pub|[0-9]+)\.bell")
+_POOL_BELL = re.compile(r"([A-Za-z0-9_-]+)\.bell")
+_POOL_RING = re.compile(r"(.+)--([0-9]+)")
+
+
+def _open_files() -> set[tuple[int, int]] | None:
+    """(device, inode) of every file some process has open, from /proc/PID/fd (the processes
+    whose descriptors this user may read: its own, every one for root); None without /proc,
+    where nothing can be proved unused."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    held: set[tuple[int, int]] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # gone, or another user's (who cannot open our 0600 FIFOs anyway)
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                st = os.stat(f"/proc/{pid}/fd/{fd}")  # the open file itself, not a path
+                if stat.S_ISFIFO(st.st_mode):
+                    held.add((st.st_dev, st.st_ino))
+    return held
+
+
+def _bell_owners(file: str) -> tuple[str, list[str], list[str]] | None:
+    """(name gc reports, lock stems to hold, /dev/shm names any of which keeps the bell) of the
+    bell `file`, or None for a file that is no bell of ours to judge."""
+    fanout = _FANOUT_BELL.fullmatch(file)
+    if fanout:
+        name = fanout.group(1)
+        return name, [F.lock_stem(name)], [name]
+    pool = _POOL_BELL.fullmatch(file)
+    if not pool:
+        return None
+    ring = pool.group(1)
+    # The pool is RING itself (one place) or, for RING = NAME--i, NAME: hold the lock of each
+    # candidate's control segment (a PoolReader takes it before it makes its bells) and of the
+    # ring (its Reader's), and keep the bell while any of their segments exists.
+    controls = [control_name(ring)]
+    numbered = _POOL_RING.fullmatch(ring)
+    if numbered and int(numbered.group(2)) < MAX_PLACES:
+        controls.append(control_name(numbered.group(1)))
+    return ring, [ring, *controls], [ring, *controls]
+
+
+def _remove_orphan_bells(prefix: str) -> list[str]:
+    """Remove the bells (FIFOs in the lock directory) of this user whose segment is gone from
+    /dev/shm and that no process has open: left by a subscriber killed after its publisher
+    closed, or by a pool whose segments and lock files were removed without them. Each is
+    judged while holding the locks under which such a bell is made (so no new pool or
+    publisher of that name can start meanwhile), and removed only if it is still the FIFO
+    judged. Returns the names whose bells were removed."""
+    try:
+        dir_fd = _shm.open_lock_dir(create=False)
+    except (OSError, TransportEnvironmentError):
+        return []
+    removed: set[str] = set()
+    held: set[tuple[int, int]] | None = None
+    try:
+        for file in sorted(os.listdir(dir_fd)):
+            owners = _bell_owners(file)
+            if owners is None or not owners[0].startswith(prefix):
+                continue
+            name, stems, segments = owners
+            if not L.NAME_RE.fullmatch(name) or len(name) > L.NAME_MAX:
+                continue
+            try:
+                st = os.stat(file, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid():
+                continue  # not a bell, or another user's: never ours to remove
+            if held is None:
+                held = _open_files()
+                if held is None:
+                    return []
+            if (st.st_dev, st.st_ino) in held or any(map(_shm.shm_exists, segments)):
+                continue
+            locks: list[tuple[str, int]] = []
+            try:
+                for stem in stems:
+                    locks.append((stem, _shm.acquire_lock(stem)))
+            except (TransportEnvironmentError, OSError):
+                pass  # held by a live pool or publisher (BufferExists), or not ours
+            else:
+                if _still_orphan(file, dir_fd, st, segments):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(file, dir_fd=dir_fd)
+                    removed.add(name)
+            finally:
+                for stem, fd in reversed(locks):
+                    _shm.release_lock(stem, fd)
+    finally:
+        os.close(dir_fd)
+    return sorted(removed)
+
+
+def _still_orphan(file: str, dir_fd: int, seen: os.stat_result, segments: list[str]) -> bool:
+    """Under the locks: the same FIFO is at `file`, no segment came back, nobody opened it."""
+    try:
+        st = os.stat(file, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino) or any(map(_shm.shm_exists, segments)):
+        return False
+    held = _open_files()
+    return held is not None and (st.st_dev, st.st_ino) not in held
+
+
 def collect_garbage(prefix: str = "") -> list[str]:
     """Remove buffers whose owners are provably dead: nobody holds the lock (flock test) AND the
     OIEB's reader and writer PIDs are both 0 or dead. Returns the names removed. Safe to run
@@ -615,10 +733,13 @@ def collect_garbage(prefix: str = "") -> list[str]:
     The transport's stale cleanup (the one every new Reader runs) does the work; like it, this
     removes only this user's files, and keeps the lock file of a buffer still mapped by a live
     process (or whose shared memory is not a ZeroBuffer). Fan-out segments (zcser.Publisher)
-    whose publisher is dead go too, with their bells. Raises ForeignResource if the lock
-    directory is a symlink or another user's."""
+    whose publisher is dead go too, with their bells, and so do bells (FIFOs) of this user
+    whose segment is gone from /dev/shm and that no process has open. Raises ForeignResource
+    if the lock directory is a symlink or another user's."""
     removed = _shm.cleanup_stale(lambda name: name.startswith(prefix) and is_orphan(name))
     leftovers = [n for n in buffer_names(prefix) if n not in removed]
     # fan-out segments of dead publishers, also those whose lock file is gone
     fanout = _fanout_segment.collect(prefix, also=fanout_names(prefix))
-    return sorted(set(removed) | set(_remove_unlocked(leftovers)) | set(fanout))
+    unlocked = _remove_unlocked(leftovers)
+    bells = _remove_orphan_bells(prefix)  # last: the sweeps above remove most bells with theirs
+    return sorted(set(removed) | set(unlocked) | set(fanout) | set(bells))
