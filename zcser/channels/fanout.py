@@ -161,6 +161,7 @@ class Publisher:
 
     scheme: ClassVar[str] = ""
     name: str
+    __signature__ = base.BaseSignature(_PUBLISHERS)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         return object.__new__(base._subclass(cls, Publisher, _PUBLISHERS, args, kwargs))
@@ -218,6 +219,7 @@ class Subscriber(base.Receiving):
 
     scheme: ClassVar[str] = ""
     name: str
+    __signature__ = base.BaseSignature(_SUBSCRIBERS)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         return object.__new__(base._subclass(cls, Subscriber, _SUBSCRIBERS, args, kwargs))
