@@ -41,7 +41,7 @@ import numpy as np
 from transports import errors as terr
 from transports.fanout import FanoutFrame, FanoutReader, FanoutWriter, SlotsTaken
 from zcser import errors
-from zcser.channels import base, waiting
+from zcser.channels import base, names, waiting
 from zcser.channels.arena import FrameArena
 from zcser.channels.lease import Lease, Message
 from zcser.channels.net import NetReceiver, NetSender
@@ -309,6 +309,7 @@ class ShmPublisher(Publisher):
         if headroom < layout.TABLE_START:
             raise errors.UsageError(f"headroom must be >= {layout.TABLE_START} bytes")
         self._copy_threads = memory.default_threads() if copy_threads is None else copy_threads
+        names.check_free_for("fan-out", name)
         try:
             self._w = FanoutWriter(
                 name,
@@ -469,6 +470,7 @@ def _connect(name: str, policy: str, timeout: float | None) -> FanoutReader:
         try:
             return FanoutReader(name, policy=policy)
         except (terr.BufferNotFound, SlotsTaken) as exc:
+            names.refuse_other_kind("fan-out", name)  # a channel's name: say so at once
             full = full or isinstance(exc, SlotsTaken)
             if deadline is not None and time.monotonic() >= deadline:
                 if isinstance(exc, SlotsTaken):
@@ -494,6 +496,7 @@ def _connect(name: str, policy: str, timeout: float | None) -> FanoutReader:
         except terr.InvalidConfig as exc:
             raise errors.UsageError(str(exc)) from None
         except _TransportError as exc:
+            names.refuse_other_kind("fan-out", name)
             raise _translate(exc) from exc
 
 
