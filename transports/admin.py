@@ -23,6 +23,7 @@ from transports.fanout import layout as F
 from transports.fanout import segment as _fanout_segment
 from transports.zerobuffer import is_orphan
 from transports.zerobuffer import layout as L
+from transports.zerobuffer import pool as _pool
 from transports.zerobuffer import posix as _shm
 from transports.zerobuffer.pool import MAX_PLACES, control_name
 
@@ -32,11 +33,13 @@ __all__ = [
     "BufferInfo",
     "FanoutInfo",
     "Oieb",
+    "PoolInfo",
     "collect_garbage",
     "fanout_names",
     "health",
     "inspect_buffer",
     "inspect_fanout",
+    "inspect_pool",
     "list_buffers",
     "list_fanouts",
     "parse_oieb",
@@ -49,6 +52,7 @@ CRITICAL = 0.95
 """Above 95% the buffer is critical (the writer is blocked or about to be)."""
 
 _SEM_PREFIXES = ("sem.sem-w-", "sem.sem-r-")
+_POOL_SUFFIX = "--pool"
 _LOCK_SUFFIX = ".lock"
 _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 """Never follow a link, never block on a FIFO or a device."""
@@ -92,6 +96,23 @@ def parse_oieb(raw: bytes, size: int | None = None) -> Oieb:
         raise CorruptBuffer(f"blocks of {M} + {P} bytes do not fit the {size}-byte segment")
     if P <= 0 or oieb.payload_free_bytes > P or oieb.payload_write_pos > P:
         raise CorruptBuffer(f"payload fields out of range for a {P}-byte ring")
+    return oieb
+
+
+def parse_header(raw: bytes, size: int, name: str) -> Oieb:
+    """`parse_oieb`, except that a pool's control segment (NAME--pool: an OIEB without payload,
+    the pool table in its metadata block) is checked as one: its table must be valid."""
+    if not name.endswith(_POOL_SUFFIX):
+        return parse_oieb(raw, size)
+    if len(raw) < L.OIEB_SIZE:
+        raise CorruptBuffer(f"{len(raw)} bytes is shorter than the 128-byte OIEB")
+    values = L.OIEB_STRUCT.unpack_from(raw, 0)
+    oieb = Oieb(values[0], tuple(values[1:5]), *values[5:16])
+    if oieb.oieb_size != L.OIEB_SIZE or oieb.version[0] != L.VERSION[0] or oieb.payload_size:
+        raise CorruptBuffer("not a zcser pool control segment (no ZeroBuffer 1.x header)")
+    if L.OIEB_SIZE + oieb.metadata_size > size:
+        raise CorruptBuffer(f"a {oieb.metadata_size}-byte table does not fit {size} bytes")
+    _pool.parse_control(raw[: L.OIEB_SIZE + oieb.metadata_size])
     return oieb
 
 
@@ -234,9 +255,11 @@ def _read_segment(name: str) -> tuple[int, Oieb | None, str, int, int | None]:
             return 0, None, f"not a ZeroBuffer: {_shm.file_kind(st.st_mode)}", 0, None
         size = st.st_size
         try:
-            oieb = parse_oieb(os.pread(fd, L.OIEB_SIZE, 0), size)
+            oieb = parse_header(os.pread(fd, _pool.CONTROL_MAX, 0), size, name)
         except CorruptBuffer as exc:
             return size, None, str(exc), 0, None
+        if not oieb.payload_size:  # a pool's control segment: no ring to walk
+            return size, oieb, "", 0, None
         metadata = 0
         if oieb.metadata_written_bytes and oieb.metadata_size >= L.METADATA_PREFIX:
             raw = os.pread(fd, L.METADATA_PREFIX, L.OIEB_SIZE)
@@ -304,7 +327,9 @@ def inspect_buffer(
         if unread is not None and unread <= used:
             held = used - unread
     utilisation = used / capacity if capacity else 0.0
-    state_now = _state(lock, shm, oieb, reader_alive, writer_alive, pool=name.endswith("--pool"))
+    state_now = _state(
+        lock, shm, oieb, reader_alive, writer_alive, pool=name.endswith(_POOL_SUFFIX)
+    )
     return BufferInfo(
         name=name,
         shm=shm,
@@ -341,7 +366,7 @@ def _looks_like_zerobuffer(name: str) -> bool:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return False
-        parse_oieb(os.pread(fd, L.OIEB_SIZE, 0), st.st_size)
+        parse_header(os.pread(fd, _pool.CONTROL_MAX, 0), st.st_size, name)
     except (CorruptBuffer, OSError):
         return False
     finally:
@@ -383,6 +408,108 @@ def list_buffers(prefix: str = "") -> list[BufferInfo]:
     """`inspect_buffer` for every buffer whose name starts with `prefix`."""
     holders = _lock_holders()
     return [inspect_buffer(name, holders) for name in buffer_names(prefix)]
+
+
+# --- pools (zcser.Receiver: NAME--pool and a ring per place) -------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """What `inspect NAME` reports about pool NAME (a zcser.Receiver's channel): its control
+    segment, each place with its sender, and each ring."""
+
+    name: str
+    control: str  # the control segment's name (NAME--pool)
+    state: str  # the control segment's: "live", "stale", "partial" or "corrupt"
+    lock: str
+    lock_pid: int
+    reader_pid: int  # the Receiver
+    reader_alive: bool
+    places: int  # senders=... (0 when the table cannot be read)
+    connected: int  # places held by a live sender
+    joins: int  # places taken since the pool was created
+    sleepers: int  # the Receiver is asleep on the bells while non-zero
+    senders: tuple[dict[str, Any], ...]  # per place: place, ring, pid, alive, generation, state
+    rings: tuple[BufferInfo, ...]  # per place, as `inspect RING` shows it
+    problem: str  # why the table could not be read, or ""
+    kind: str = "pool"
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-able dict (the `--json` output)."""
+        out = asdict(self)
+        out["senders"] = list(self.senders)
+        out["rings"] = [ring.as_json() for ring in self.rings]
+        return out
+
+
+def _read_control(name: str) -> tuple[_pool.ControlTable | None, str]:
+    try:
+        fd = os.open(L.SHM_DIR / name, _READ_FLAGS)
+    except OSError as exc:
+        return None, f"cannot open: {exc.strerror}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"not a pool control segment: {_shm.file_kind(st.st_mode)}"
+        raw = os.pread(fd, min(st.st_size, _pool.CONTROL_MAX), 0)
+        parse_header(raw, st.st_size, name)
+        return _pool.parse_control(raw), ""
+    except CorruptBuffer as exc:
+        return None, str(exc)
+    finally:
+        os.close(fd)
+
+
+def inspect_pool(name: str) -> PoolInfo | None:
+    """Pool NAME in detail (read-only), or None when NAME has no control segment (NAME--pool)."""
+    control = control_name(name)
+    if not _is_regular(L.SHM_DIR / control):
+        return None
+    holders = _lock_holders()
+    head = inspect_buffer(control, holders)
+    table, problem = _read_control(control)
+    senders: list[dict[str, Any]] = []
+    rings: list[BufferInfo] = []
+    if table is not None:
+        for i in range(table.places):
+            owner, ring = table.owners[i], _pool.ring_name(name, table.places, i)
+            reclaiming = bool(owner & _pool.RECLAIMING)
+            alive = not reclaiming and _shm.pid_alive(owner)
+            senders.append(
+                {
+                    "place": i,
+                    "ring": ring,
+                    "pid": 0 if reclaiming else owner,
+                    "alive": alive,
+                    "generation": table.generations[i],
+                    "state": (
+                        "reclaiming"
+                        if reclaiming
+                        else "free"
+                        if not owner
+                        else "taken"
+                        if alive
+                        else "dead"
+                    ),
+                }
+            )
+            rings.append(inspect_buffer(ring, holders))
+    return PoolInfo(
+        name=name,
+        control=control,
+        state=head.state,
+        lock=head.lock,
+        lock_pid=head.lock_pid,
+        reader_pid=head.reader_pid,
+        reader_alive=head.reader_alive,
+        places=table.places if table else 0,
+        connected=sum(1 for s in senders if s["state"] == "taken"),
+        joins=table.joins if table else 0,
+        sleepers=table.sleepers if table else 0,
+        senders=tuple(senders),
+        rings=tuple(rings),
+        problem=problem,
+    )
 
 
 # --- fan-out segments (zcser.Publisher) ----------------------------------------------------------
