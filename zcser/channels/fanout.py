@@ -323,6 +323,11 @@ class ShmPublisher(Publisher):
             raise errors.ShmFull(str(exc)) from exc
         except _TransportError as exc:
             raise _translate(exc) from exc
+        try:  # again, now that ours exists (as a Receiver does): one of two racing sees the other
+            names.check_free_for("fan-out", name)
+        except BaseException:
+            self._w.close()
+            raise
         self._capacity = self._w.capacity
         self._half = self._capacity // 2
         self._arena = FrameArena(

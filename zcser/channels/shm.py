@@ -699,6 +699,11 @@ class ShmReceiver(base.Receiver):
             ) from exc
         except _TransportError as exc:
             raise _translate(exc) from exc
+        try:  # again, now that ours exist: of a Receiver and a Publisher made at once, the
+            names.check_free_for("channel", name)  # one that looks last sees the other
+        except BaseException:
+            self._pool.close()
+            raise
         self.senders = senders
         self._r: Reader | tpool.PoolReader = self._pool.rings[0] if senders == 1 else self._pool
         self._gate = base.Gate()

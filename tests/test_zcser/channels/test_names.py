@@ -4,8 +4,10 @@ is told what is there and which class connects to it (zcser/channels/names.py)."
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
+from typing import Any
 
 import pytest
 from fixtures.procs import script
@@ -79,3 +81,52 @@ def test_a_dead_owner_is_named_with_the_way_to_clean_up(shm_name: str) -> None:
 
     assert shm_name in collect_garbage(shm_name)
     assert names.publisher_pid(shm_name) is None
+
+
+def _make_all(kind: str, batch: list[str], barrier: Any, out: Any) -> None:
+    """In a child: make a Receiver (senders=2) or a Publisher under each name, both children
+    starting each name at the same moment; report the names made, and close them only once
+    the other child has made (or failed to make) all of its own."""
+    made: list[Any] = []
+    got: list[str] = []
+    for name in batch:
+        barrier.wait(30)
+        try:
+            if kind == "channel":
+                made.append(zcser.Receiver(name, SMALL, senders=2))
+            else:
+                made.append(zcser.Publisher(name, capacity=SMALL))
+            got.append(name)
+        except errors.ChannelError:
+            pass
+    out.put((kind, got))
+    barrier.wait(30)
+    for end in made:
+        end.close()
+
+
+def test_a_receiver_and_a_publisher_made_at_once_never_both_succeed() -> None:
+    """Two processes create a channel (senders=2: no file in common with a fan-out) and a
+    publisher under each of many names at the same moment: at least one of each pair is
+    refused (each side looks again once its own names exist)."""
+    from conftest import unique_name
+
+    batch = [unique_name("nr") for _ in range(60)]
+    ctx = mp.get_context("fork")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [
+        ctx.Process(target=_make_all, args=(k, batch, barrier, out)) for k in ("channel", "fan-out")
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        got = dict(out.get(timeout=120) for _ in procs)
+    finally:
+        for proc in procs:
+            proc.join(60)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    both = set(got["channel"]) & set(got["fan-out"])
+    assert not both, sorted(both)
