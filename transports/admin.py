@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -22,7 +23,9 @@ from transports.fanout import layout as F
 from transports.fanout import segment as _fanout_segment
 from transports.zerobuffer import is_orphan
 from transports.zerobuffer import layout as L
+from transports.zerobuffer import pool as _pool
 from transports.zerobuffer import posix as _shm
+from transports.zerobuffer.pool import MAX_PLACES, control_name
 
 __all__ = [
     "CRITICAL",
@@ -30,11 +33,13 @@ __all__ = [
     "BufferInfo",
     "FanoutInfo",
     "Oieb",
+    "PoolInfo",
     "collect_garbage",
     "fanout_names",
     "health",
     "inspect_buffer",
     "inspect_fanout",
+    "inspect_pool",
     "list_buffers",
     "list_fanouts",
     "parse_oieb",
@@ -47,6 +52,7 @@ CRITICAL = 0.95
 """Above 95% the buffer is critical (the writer is blocked or about to be)."""
 
 _SEM_PREFIXES = ("sem.sem-w-", "sem.sem-r-")
+_POOL_SUFFIX = "--pool"
 _LOCK_SUFFIX = ".lock"
 _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 """Never follow a link, never block on a FIFO or a device."""
@@ -90,6 +96,23 @@ def parse_oieb(raw: bytes, size: int | None = None) -> Oieb:
         raise CorruptBuffer(f"blocks of {M} + {P} bytes do not fit the {size}-byte segment")
     if P <= 0 or oieb.payload_free_bytes > P or oieb.payload_write_pos > P:
         raise CorruptBuffer(f"payload fields out of range for a {P}-byte ring")
+    return oieb
+
+
+def parse_header(raw: bytes, size: int, name: str) -> Oieb:
+    """`parse_oieb`, except that a pool's control segment (NAME--pool: an OIEB without payload,
+    the pool table in its metadata block) is checked as one: its table must be valid."""
+    if not name.endswith(_POOL_SUFFIX):
+        return parse_oieb(raw, size)
+    if len(raw) < L.OIEB_SIZE:
+        raise CorruptBuffer(f"{len(raw)} bytes is shorter than the 128-byte OIEB")
+    values = L.OIEB_STRUCT.unpack_from(raw, 0)
+    oieb = Oieb(values[0], tuple(values[1:5]), *values[5:16])
+    if oieb.oieb_size != L.OIEB_SIZE or oieb.version[0] != L.VERSION[0] or oieb.payload_size:
+        raise CorruptBuffer("not a zcser pool control segment (no ZeroBuffer 1.x header)")
+    if L.OIEB_SIZE + oieb.metadata_size > size:
+        raise CorruptBuffer(f"a {oieb.metadata_size}-byte table does not fit {size} bytes")
+    _pool.parse_control(raw[: L.OIEB_SIZE + oieb.metadata_size])
     return oieb
 
 
@@ -232,9 +255,11 @@ def _read_segment(name: str) -> tuple[int, Oieb | None, str, int, int | None]:
             return 0, None, f"not a ZeroBuffer: {_shm.file_kind(st.st_mode)}", 0, None
         size = st.st_size
         try:
-            oieb = parse_oieb(os.pread(fd, L.OIEB_SIZE, 0), size)
+            oieb = parse_header(os.pread(fd, _pool.CONTROL_MAX, 0), size, name)
         except CorruptBuffer as exc:
             return size, None, str(exc), 0, None
+        if not oieb.payload_size:  # a pool's control segment: no ring to walk
+            return size, oieb, "", 0, None
         metadata = 0
         if oieb.metadata_written_bytes and oieb.metadata_size >= L.METADATA_PREFIX:
             raw = os.pread(fd, L.METADATA_PREFIX, L.OIEB_SIZE)
@@ -302,7 +327,9 @@ def inspect_buffer(
         if unread is not None and unread <= used:
             held = used - unread
     utilisation = used / capacity if capacity else 0.0
-    state_now = _state(lock, shm, oieb, reader_alive, writer_alive, pool=name.endswith("--pool"))
+    state_now = _state(
+        lock, shm, oieb, reader_alive, writer_alive, pool=name.endswith(_POOL_SUFFIX)
+    )
     return BufferInfo(
         name=name,
         shm=shm,
@@ -339,7 +366,7 @@ def _looks_like_zerobuffer(name: str) -> bool:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return False
-        parse_oieb(os.pread(fd, L.OIEB_SIZE, 0), st.st_size)
+        parse_header(os.pread(fd, _pool.CONTROL_MAX, 0), st.st_size, name)
     except (CorruptBuffer, OSError):
         return False
     finally:
@@ -381,6 +408,108 @@ def list_buffers(prefix: str = "") -> list[BufferInfo]:
     """`inspect_buffer` for every buffer whose name starts with `prefix`."""
     holders = _lock_holders()
     return [inspect_buffer(name, holders) for name in buffer_names(prefix)]
+
+
+# --- pools (zcser.Receiver: NAME--pool and a ring per place) -------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """What `inspect NAME` reports about pool NAME (a zcser.Receiver's channel): its control
+    segment, each place with its sender, and each ring."""
+
+    name: str
+    control: str  # the control segment's name (NAME--pool)
+    state: str  # the control segment's: "live", "stale", "partial" or "corrupt"
+    lock: str
+    lock_pid: int
+    reader_pid: int  # the Receiver
+    reader_alive: bool
+    places: int  # senders=... (0 when the table cannot be read)
+    connected: int  # places held by a live sender
+    joins: int  # places taken since the pool was created
+    sleepers: int  # the Receiver is asleep on the bells while non-zero
+    senders: tuple[dict[str, Any], ...]  # per place: place, ring, pid, alive, generation, state
+    rings: tuple[BufferInfo, ...]  # per place, as `inspect RING` shows it
+    problem: str  # why the table could not be read, or ""
+    kind: str = "pool"
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-able dict (the `--json` output)."""
+        out = asdict(self)
+        out["senders"] = list(self.senders)
+        out["rings"] = [ring.as_json() for ring in self.rings]
+        return out
+
+
+def _read_control(name: str) -> tuple[_pool.ControlTable | None, str]:
+    try:
+        fd = os.open(L.SHM_DIR / name, _READ_FLAGS)
+    except OSError as exc:
+        return None, f"cannot open: {exc.strerror}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"not a pool control segment: {_shm.file_kind(st.st_mode)}"
+        raw = os.pread(fd, min(st.st_size, _pool.CONTROL_MAX), 0)
+        parse_header(raw, st.st_size, name)
+        return _pool.parse_control(raw), ""
+    except CorruptBuffer as exc:
+        return None, str(exc)
+    finally:
+        os.close(fd)
+
+
+def inspect_pool(name: str) -> PoolInfo | None:
+    """Pool NAME in detail (read-only), or None when NAME has no control segment (NAME--pool)."""
+    control = control_name(name)
+    if not _is_regular(L.SHM_DIR / control):
+        return None
+    holders = _lock_holders()
+    head = inspect_buffer(control, holders)
+    table, problem = _read_control(control)
+    senders: list[dict[str, Any]] = []
+    rings: list[BufferInfo] = []
+    if table is not None:
+        for i in range(table.places):
+            owner, ring = table.owners[i], _pool.ring_name(name, table.places, i)
+            reclaiming = bool(owner & _pool.RECLAIMING)
+            alive = not reclaiming and _shm.pid_alive(owner)
+            senders.append(
+                {
+                    "place": i,
+                    "ring": ring,
+                    "pid": 0 if reclaiming else owner,
+                    "alive": alive,
+                    "generation": table.generations[i],
+                    "state": (
+                        "reclaiming"
+                        if reclaiming
+                        else "free"
+                        if not owner
+                        else "taken"
+                        if alive
+                        else "dead"
+                    ),
+                }
+            )
+            rings.append(inspect_buffer(ring, holders))
+    return PoolInfo(
+        name=name,
+        control=control,
+        state=head.state,
+        lock=head.lock,
+        lock_pid=head.lock_pid,
+        reader_pid=head.reader_pid,
+        reader_alive=head.reader_alive,
+        places=table.places if table else 0,
+        connected=sum(1 for s in senders if s["state"] == "taken"),
+        joins=table.joins if table else 0,
+        sleepers=table.sleepers if table else 0,
+        senders=tuple(senders),
+        rings=tuple(rings),
+        problem=problem,
+    )
 
 
 # --- fan-out segments (zcser.Publisher) ----------------------------------------------------------
@@ -607,6 +736,122 @@ def _remove_unlocked(names: Iterable[str]) -> list[str]:
     return removed
 
 
+# Bells are FIFOs in the lock directory (docs/protocol.md "Pools", transports/fanout):
+#   RING.bell                 a pool's ring RING (the pool NAME itself, or NAME--i)
+#   NAME.fanout.pub.bell      publisher NAME's bell
+#   NAME.fanout.<slot>.bell   the bell of NAME's subscriber in <slot>
+_FANOUT_BELL = re.compile(r"([A-Za-z0-9_-]+)\.fanout\.(?:pub|[0-9]+)\.bell")
+_POOL_BELL = re.compile(r"([A-Za-z0-9_-]+)\.bell")
+_POOL_RING = re.compile(r"(.+)--([0-9]+)")
+
+
+def _open_files() -> set[tuple[int, int]] | None:
+    """(device, inode) of every file some process has open, from /proc/PID/fd (the processes
+    whose descriptors this user may read: its own, every one for root); None without /proc,
+    where nothing can be proved unused."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    held: set[tuple[int, int]] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # gone, or another user's (who cannot open our 0600 FIFOs anyway)
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                st = os.stat(f"/proc/{pid}/fd/{fd}")  # the open file itself, not a path
+                if stat.S_ISFIFO(st.st_mode):
+                    held.add((st.st_dev, st.st_ino))
+    return held
+
+
+def _bell_owners(file: str) -> tuple[str, list[str], list[str]] | None:
+    """(name gc reports, lock stems to hold, /dev/shm names any of which keeps the bell) of the
+    bell `file`, or None for a file that is no bell of ours to judge."""
+    fanout = _FANOUT_BELL.fullmatch(file)
+    if fanout:
+        name = fanout.group(1)
+        return name, [F.lock_stem(name)], [name]
+    pool = _POOL_BELL.fullmatch(file)
+    if not pool:
+        return None
+    ring = pool.group(1)
+    # The pool is RING itself (one place) or, for RING = NAME--i, NAME: hold the lock of each
+    # candidate's control segment (a PoolReader takes it before it makes its bells) and of the
+    # ring (its Reader's), and keep the bell while any of their segments exists.
+    controls = [control_name(ring)]
+    numbered = _POOL_RING.fullmatch(ring)
+    if numbered and int(numbered.group(2)) < MAX_PLACES:
+        controls.append(control_name(numbered.group(1)))
+    return ring, [ring, *controls], [ring, *controls]
+
+
+def _remove_orphan_bells(prefix: str) -> list[str]:
+    """Remove the bells (FIFOs in the lock directory) of this user whose segment is gone from
+    /dev/shm and that no process has open: left by a subscriber killed after its publisher
+    closed, or by a pool whose segments and lock files were removed without them. Each is
+    judged while holding the locks under which such a bell is made (so no new pool or
+    publisher of that name can start meanwhile), and removed only if it is still the FIFO
+    judged. Returns the names whose bells were removed."""
+    try:
+        dir_fd = _shm.open_lock_dir(create=False)
+    except (OSError, TransportEnvironmentError):
+        return []
+    removed: set[str] = set()
+    held: set[tuple[int, int]] | None = None
+    try:
+        for file in sorted(os.listdir(dir_fd)):
+            owners = _bell_owners(file)
+            if owners is None or not owners[0].startswith(prefix):
+                continue
+            name, stems, segments = owners
+            if not L.NAME_RE.fullmatch(name) or len(name) > L.NAME_MAX:
+                continue
+            try:
+                st = os.stat(file, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid():
+                continue  # not a bell, or another user's: never ours to remove
+            if held is None:
+                held = _open_files()
+                if held is None:
+                    return []
+            if (st.st_dev, st.st_ino) in held or any(map(_shm.shm_exists, segments)):
+                continue
+            locks: list[tuple[str, int]] = []
+            try:
+                for stem in stems:
+                    locks.append((stem, _shm.acquire_lock(stem)))
+            except (TransportEnvironmentError, OSError):
+                pass  # held by a live pool or publisher (BufferExists), or not ours
+            else:
+                if _still_orphan(file, dir_fd, st, segments):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(file, dir_fd=dir_fd)
+                    removed.add(name)
+            finally:
+                for stem, fd in reversed(locks):
+                    _shm.release_lock(stem, fd)
+    finally:
+        os.close(dir_fd)
+    return sorted(removed)
+
+
+def _still_orphan(file: str, dir_fd: int, seen: os.stat_result, segments: list[str]) -> bool:
+    """Under the locks: the same FIFO is at `file`, no segment came back, nobody opened it."""
+    try:
+        st = os.stat(file, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino) or any(map(_shm.shm_exists, segments)):
+        return False
+    held = _open_files()
+    return held is not None and (st.st_dev, st.st_ino) not in held
+
+
 def collect_garbage(prefix: str = "") -> list[str]:
     """Remove buffers whose owners are provably dead: nobody holds the lock (flock test) AND the
     OIEB's reader and writer PIDs are both 0 or dead. Returns the names removed. Safe to run
@@ -615,10 +860,13 @@ def collect_garbage(prefix: str = "") -> list[str]:
     The transport's stale cleanup (the one every new Reader runs) does the work; like it, this
     removes only this user's files, and keeps the lock file of a buffer still mapped by a live
     process (or whose shared memory is not a ZeroBuffer). Fan-out segments (zcser.Publisher)
-    whose publisher is dead go too, with their bells. Raises ForeignResource if the lock
-    directory is a symlink or another user's."""
+    whose publisher is dead go too, with their bells, and so do bells (FIFOs) of this user
+    whose segment is gone from /dev/shm and that no process has open. Raises ForeignResource
+    if the lock directory is a symlink or another user's."""
     removed = _shm.cleanup_stale(lambda name: name.startswith(prefix) and is_orphan(name))
     leftovers = [n for n in buffer_names(prefix) if n not in removed]
     # fan-out segments of dead publishers, also those whose lock file is gone
     fanout = _fanout_segment.collect(prefix, also=fanout_names(prefix))
-    return sorted(set(removed) | set(_remove_unlocked(leftovers)) | set(fanout))
+    unlocked = _remove_unlocked(leftovers)
+    bells = _remove_orphan_bells(prefix)  # last: the sweeps above remove most bells with theirs
+    return sorted(set(removed) | set(unlocked) | set(fanout) | set(bells))

@@ -97,12 +97,15 @@ from transports.zerobuffer.common import (
 from transports.zerobuffer.reader import Frame, Reader
 
 __all__ = [
+    "CONTROL_MAX",
     "MAX_PLACES",
+    "ControlTable",
     "Departure",
     "Place",
     "PlacesTaken",
     "PoolReader",
     "control_name",
+    "parse_control",
     "ring_name",
 ]
 
@@ -129,6 +132,43 @@ _PLACE_SIZE = 64
 _FLAG_SPARSE = 1
 RECLAIMING = 1 << 63
 _U64 = L.U64
+
+
+CONTROL_MAX = _PLACE0 + _PLACE_SIZE * MAX_PLACES
+"""Bytes from a control segment's start that hold its OIEB and the largest table."""
+
+
+@dataclass(frozen=True)
+class ControlTable:
+    """A pool's control table as read from outside (`zcser inspect`): see the module doc."""
+
+    places: int
+    sparse: bool
+    sleepers: int
+    joins: int
+    owners: tuple[int, ...]  # per place: 0 free, a writer's PID, or RECLAIMING
+    generations: tuple[int, ...]  # per place: times taken
+
+
+def parse_control(raw: bytes) -> ControlTable:
+    """The table in `raw` (a control segment's bytes from offset 0); CorruptBuffer for what no
+    PoolReader writes (no magic, places out of range, cut short)."""
+    if len(raw) < _PLACE0:
+        raise CorruptBuffer(f"{len(raw)} bytes is too short for a pool control table")
+    magic, places, flags = _HEAD.unpack_from(raw, _TABLE)
+    if magic != _MAGIC or not 1 <= places <= MAX_PLACES:
+        raise CorruptBuffer(f"not a zcser pool control table (magic {magic!r}, {places} places)")
+    if len(raw) < _PLACE0 + _PLACE_SIZE * places:
+        raise CorruptBuffer(f"a table of {places} places does not fit {len(raw)} bytes")
+    at = [_owner_at(i) for i in range(places)]
+    return ControlTable(
+        places=places,
+        sparse=bool(flags & _FLAG_SPARSE),
+        sleepers=_U64.unpack_from(raw, _OFF_SLEEPERS)[0],
+        joins=_U64.unpack_from(raw, _OFF_JOINS)[0],
+        owners=tuple(_U64.unpack_from(raw, off)[0] for off in at),
+        generations=tuple(_U64.unpack_from(raw, off + 8)[0] for off in at),
+    )
 
 
 def control_name(name: str) -> str:

@@ -91,6 +91,27 @@ def _check_call(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Non
         ) from None
 
 
+class BaseSignature:
+    """The `__signature__` of a base class users construct (Sender, Receiver, Publisher,
+    Subscriber), whose `__new__(*args, **kwargs)` picks the transport: the parameters of the
+    class a bare name builds (the one registered for shm), so `help()` and `inspect.signature`
+    show them. None on the subclasses and on instances: inspect then reads their own
+    `__init__` (as `_check_call` does, so each transport's options stay its own)."""
+
+    def __init__(self, table: dict[str, Any]) -> None:
+        self._table = table
+        self._owner: type | None = None
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._owner = owner
+
+    def __get__(self, obj: object, owner: type | None = None) -> inspect.Signature | None:
+        built = self._table.get("shm")
+        if obj is not None or owner is not self._owner or built is None:
+            return None
+        return inspect.signature(built).replace(return_annotation=inspect.Signature.empty)
+
+
 class Sender:
     """The writing end of a channel: `Sender(name)` connects to the channel's receiver.
 
@@ -100,6 +121,7 @@ class Sender:
 
     scheme: ClassVar[str] = ""
     name: str
+    __signature__ = BaseSignature(_SENDERS)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         return object.__new__(_subclass(cls, Sender, _SENDERS, args, kwargs))
@@ -240,6 +262,7 @@ class Receiver(Receiving):
 
     scheme: ClassVar[str] = ""
     name: str
+    __signature__ = BaseSignature(_RECEIVERS)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         return object.__new__(_subclass(cls, Receiver, _RECEIVERS, args, kwargs))

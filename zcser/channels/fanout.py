@@ -41,7 +41,7 @@ import numpy as np
 from transports import errors as terr
 from transports.fanout import FanoutFrame, FanoutReader, FanoutWriter, SlotsTaken
 from zcser import errors
-from zcser.channels import base, waiting
+from zcser.channels import base, names, waiting
 from zcser.channels.arena import FrameArena
 from zcser.channels.lease import Lease, Message
 from zcser.channels.net import NetReceiver, NetSender
@@ -161,6 +161,7 @@ class Publisher:
 
     scheme: ClassVar[str] = ""
     name: str
+    __signature__ = base.BaseSignature(_PUBLISHERS)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         return object.__new__(base._subclass(cls, Publisher, _PUBLISHERS, args, kwargs))
@@ -218,6 +219,7 @@ class Subscriber(base.Receiving):
 
     scheme: ClassVar[str] = ""
     name: str
+    __signature__ = base.BaseSignature(_SUBSCRIBERS)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         return object.__new__(base._subclass(cls, Subscriber, _SUBSCRIBERS, args, kwargs))
@@ -307,6 +309,7 @@ class ShmPublisher(Publisher):
         if headroom < layout.TABLE_START:
             raise errors.UsageError(f"headroom must be >= {layout.TABLE_START} bytes")
         self._copy_threads = memory.default_threads() if copy_threads is None else copy_threads
+        names.check_free_for("fan-out", name)
         try:
             self._w = FanoutWriter(
                 name,
@@ -320,6 +323,11 @@ class ShmPublisher(Publisher):
             raise errors.ShmFull(str(exc)) from exc
         except _TransportError as exc:
             raise _translate(exc) from exc
+        try:  # again, now that ours exists (as a Receiver does): one of two racing sees the other
+            names.check_free_for("fan-out", name)
+        except BaseException:
+            self._w.close()
+            raise
         self._capacity = self._w.capacity
         self._half = self._capacity // 2
         self._arena = FrameArena(
@@ -467,6 +475,7 @@ def _connect(name: str, policy: str, timeout: float | None) -> FanoutReader:
         try:
             return FanoutReader(name, policy=policy)
         except (terr.BufferNotFound, SlotsTaken) as exc:
+            names.refuse_other_kind("fan-out", name)  # a channel's name: say so at once
             full = full or isinstance(exc, SlotsTaken)
             if deadline is not None and time.monotonic() >= deadline:
                 if isinstance(exc, SlotsTaken):
@@ -492,6 +501,7 @@ def _connect(name: str, policy: str, timeout: float | None) -> FanoutReader:
         except terr.InvalidConfig as exc:
             raise errors.UsageError(str(exc)) from None
         except _TransportError as exc:
+            names.refuse_other_kind("fan-out", name)
             raise _translate(exc) from exc
 
 

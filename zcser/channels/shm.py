@@ -50,7 +50,7 @@ from transports.zerobuffer import (
 from transports.zerobuffer import pool as tpool
 from transports.zerobuffer.common import interrupts_deferred
 from zcser import errors
-from zcser.channels import base, waiting
+from zcser.channels import base, names, waiting
 from zcser.channels.arena import FrameArena
 from zcser.channels.lease import Lease, Message
 from zcser.channels.schema import check_stream, schema_bytes
@@ -134,6 +134,7 @@ def _connect(name: str, spin: int, timeout: float | None) -> tuple[Writer, tpool
         try:
             return _attach(name, spin)
         except (terr.BufferNotFound, tpool.PlacesTaken) as exc:
+            names.refuse_other_kind("channel", name)  # a publisher's name: say so at once
             full = full or isinstance(exc, tpool.PlacesTaken)
             if deadline is not None and time.monotonic() >= deadline:
                 if full and isinstance(exc, terr.BufferNotFound):
@@ -163,6 +164,7 @@ def _connect(name: str, spin: int, timeout: float | None) -> tuple[Writer, tpool
                 "--shm-size=2g)."
             ) from exc
         except _TransportError as exc:
+            names.refuse_other_kind("channel", name)
             raise _translate(exc) from exc
 
 
@@ -682,6 +684,7 @@ class ShmReceiver(base.Receiver):
                 capacity,
                 DEFAULT_CAPACITY,
             )
+        names.check_free_for("channel", name)
         try:
             self._pool = tpool.PoolReader(
                 name, BufferConfig(metadata_size, capacity), senders, spin=spin
@@ -696,6 +699,11 @@ class ShmReceiver(base.Receiver):
             ) from exc
         except _TransportError as exc:
             raise _translate(exc) from exc
+        try:  # again, now that ours exist: of a Receiver and a Publisher made at once, the
+            names.check_free_for("channel", name)  # one that looks last sees the other
+        except BaseException:
+            self._pool.close()
+            raise
         self.senders = senders
         self._r: Reader | tpool.PoolReader = self._pool.rings[0] if senders == 1 else self._pool
         self._gate = base.Gate()

@@ -166,9 +166,15 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    """Print one buffer's OIEB fields, utilisation band, peers and pinned bytes (1: not found)."""
-    from transports.admin import fanout_names, inspect_buffer, inspect_fanout
+    """Print one buffer's OIEB fields, utilisation band, peers and pinned bytes; for a pool
+    (a zcser.Receiver's NAME) its places, connected senders and each ring; for a fan-out its
+    publisher and subscribers (1: not found)."""
+    from transports.admin import fanout_names, inspect_buffer, inspect_fanout, inspect_pool
 
+    pool = inspect_pool(args.name)
+    if pool is not None:
+        _print_pool(pool, args.json)
+        return 0
     info = inspect_buffer(args.name)
     if not info.shm and not info.semaphores and info.lock == "missing":
         print(f"no buffer named {args.name!r} (see `python -m zcser ls`)")
@@ -195,6 +201,24 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_pool(pool: Any, as_json: bool) -> None:
+    """`inspect` of a pool: its fields, then one line per place (sender and ring)."""
+    if as_json:
+        print(json.dumps(pool.as_json(), indent=2))
+        return
+    for key, value in pool.as_json().items():
+        if key not in ("senders", "rings"):
+            print(f"{key:<16} {value}")
+    for place, ring in zip(pool.senders, pool.rings, strict=True):
+        sender = _pid(place["pid"], place["alive"])
+        used = f"{ring.utilisation:.0%}" if ring.capacity else "-"
+        print(
+            f"  place {place['place']:<3} {place['state']:<10} sender {sender:<16} "
+            f"generation {place['generation']:<4} ring {ring.name} {ring.state} used {used} "
+            f"unread {ring.frames_unread} held {ring.bytes_held} {ring.health}"
+        )
+
+
 def _cmd_gc(args: argparse.Namespace) -> int:
     """Remove buffers whose owners are provably dead; print what was removed."""
     from transports.admin import collect_garbage
@@ -212,12 +236,14 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 def _add_buffers(sub: argparse._SubParsersAction[Any]) -> None:
     for name, func, text in (
         ("ls", _cmd_ls, "list ZeroBuffer buffers with peers, sizes, utilisation"),
-        ("inspect", _cmd_inspect, "show one buffer's OIEB, health and peers"),
+        ("inspect", _cmd_inspect, "show one buffer, pool or fan-out: health and peers"),
         ("gc", _cmd_gc, "remove buffers whose reader and writer are provably dead"),
     ):
         parser = sub.add_parser(name, help=text, description=func.__doc__)
         if name == "inspect":
-            parser.add_argument("name", help="buffer name (as given to Reader)")
+            parser.add_argument(
+                "name", help="buffer, channel (pool) or fan-out name (as given to Receiver)"
+            )
         else:
             parser.add_argument("--prefix", default="", help="only names starting with this")
         parser.add_argument("--json", action="store_true", help="print JSON")

@@ -147,6 +147,35 @@ def test_wrong_argument_types_are_usage_errors_naming_the_argument(
         zcser.Receiver(shm_name, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("public", "built", "options"),
+    [
+        ("Sender", "ShmSender", {"name", "codec", "timeout"}),
+        ("Receiver", "ShmReceiver", {"name", "capacity", "codec", "senders"}),
+        ("Publisher", "ShmPublisher", {"name", "capacity", "subscribers", "codec"}),
+        ("Subscriber", "ShmSubscriber", {"name", "policy", "codec", "timeout"}),
+    ],
+)
+def test_help_shows_the_parameters_of_the_classes_users_construct(
+    public: str, built: str, options: set[str]
+) -> None:
+    """Regression: inspect.signature (and so help()) showed `__new__`'s (*args, **kwargs) for
+    zcser.Receiver and the others. Now the parameters of the class a bare name builds; its
+    subclasses keep their own (a network receiver's options are not a shm one's)."""
+    import inspect
+    import pydoc
+
+    from zcser import channels
+
+    shown = inspect.signature(getattr(zcser, public))
+    own = inspect.signature(getattr(channels, built))
+    assert list(shown.parameters) == list(own.parameters)
+    assert options <= set(shown.parameters) and "args" not in shown.parameters
+    assert f"{public}(name" in pydoc.render_doc(getattr(zcser, public), renderer=pydoc.plaintext)
+    net = inspect.signature(getattr(channels, "Net" + built.removeprefix("Shm")))
+    assert list(net.parameters) != list(shown.parameters)
+
+
 def test_a_closed_receiver_says_receiver_not_reader(shm_name: str) -> None:
     rx = zcser.Receiver(shm_name, capacity=MIB)
     rx.close()

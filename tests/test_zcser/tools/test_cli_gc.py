@@ -16,10 +16,11 @@ from typing import Any
 import posix_ipc
 import pytest
 from conftest import RUN_TOKEN, unique_name
-from fixtures.foreign import as_nobody, needs_root, plant_semaphore, remove
+from fixtures.foreign import NOBODY, as_nobody, decoy, needs_root, plant_semaphore, remove
 from fixtures.procs import REPO, script
 
 from transports.admin import collect_garbage, health, inspect_buffer, list_buffers
+from transports.fanout import layout as F
 from transports.zerobuffer import BufferConfig, Reader, Writer
 from transports.zerobuffer import layout as L
 from zcser.tools.cli import main
@@ -328,5 +329,107 @@ def test_gc_removes_only_regular_files_of_this_user() -> None:
     try:
         assert collect_garbage(RUN_TOKEN) == []
         assert all(path.exists() for path in planted)
+    finally:
+        remove(*planted)
+
+
+# --- orphan bells: FIFOs in the lock directory whose segment is gone ----------------------------
+
+LOCK_DIR = L.lock_dir()
+
+
+def _bells(name: str) -> list[str]:
+    return sorted(f for f in os.listdir(LOCK_DIR) if f.startswith(name) and f.endswith(".bell"))
+
+
+def test_gc_removes_a_killed_subscribers_bell_once_its_publisher_closed() -> None:
+    """Regression: a subscriber SIGKILLed after its publisher closed (segment and lock file
+    gone) left NAME.fanout.0.bell, which gc never looked at. The bell of a subscriber alive
+    on another, live publisher is kept."""
+    import zcser
+
+    name, live = unique_name("ob"), unique_name("ob")
+    code = """
+        import zcser
+        sub = zcser.Subscriber({name!r}, timeout=30)
+        say("ready")
+        sys.stdin.readline()
+        """
+    pub = zcser.Publisher(name, capacity=1 << 20, subscribers=2)
+    keep = zcser.Publisher(live, capacity=1 << 20, subscribers=2)
+    try:
+        with script(code.format(name=name)) as child, script(code.format(name=live)) as other:
+            child.expect("ready")
+            other.expect("ready")
+            pub.close()
+            child.kill()
+            assert not Path(f"/dev/shm/{name}").exists()
+            assert _bells(name) == [F.sub_bell(name, 0)]  # only the FIFO is left
+            kept = _bells(live)
+            assert F.sub_bell(live, 0) in kept
+            assert _json("gc", "--prefix", RUN_TOKEN) == {"removed": [name]}
+            assert _bells(name) == []
+            assert _bells(live) == kept
+            keep.close()  # its segment is gone now, but the live subscriber holds its bell
+            assert live not in collect_garbage(RUN_TOKEN)
+            assert F.sub_bell(live, 0) in _bells(live)
+    finally:
+        pub.close()
+        keep.close()
+    assert collect_garbage(RUN_TOKEN) == [live]  # its subscriber was killed with the block
+    assert _bells(live) == []
+
+
+def test_gc_removes_the_bells_of_a_pool_whose_segments_and_locks_are_gone() -> None:
+    """A killed pool receiver whose shared memory and lock files were removed by hand (rm
+    /dev/shm/NAME*) left its rings' bells; gc removes them, and keeps a live pool's bells."""
+    import zcser
+
+    name, live = unique_name("op"), unique_name("op")
+    pool = zcser.Receiver(live, senders=2, capacity=1 << 16)
+    try:
+        with script(f"""
+            import zcser
+            rx = zcser.Receiver({name!r}, senders=2, capacity=1 << 16)
+            say("ready")
+            sys.stdin.readline()
+            """) as child:
+            child.expect("ready")
+            child.kill()
+        assert _bells(name) == [f"{name}--0.bell", f"{name}--1.bell"]
+        for entry in os.listdir("/dev/shm"):
+            if name in entry:
+                os.unlink(f"/dev/shm/{entry}")
+        for entry in os.listdir(LOCK_DIR):
+            if entry.startswith(name) and entry.endswith(".lock"):
+                os.unlink(LOCK_DIR / entry)
+        kept = _bells(live)
+        assert len(kept) == 2
+        assert collect_garbage(RUN_TOKEN) == [f"{name}--0", f"{name}--1"]
+        assert _bells(name) == [] and _bells(live) == kept
+    finally:
+        pool.close()
+    assert _bells(live) == []
+
+
+def test_gc_leaves_bells_it_may_not_judge() -> None:
+    """A symlink named as a bell (to a FIFO with no segment), a FIFO of another user, and a
+    bell-named regular file all stay (and the symlink's target too)."""
+    name = unique_name("os")
+    target = decoy("fifo", name)
+    link = LOCK_DIR / f"{name}--0.bell"
+    plain = LOCK_DIR / f"{name}.fanout.1.bell"
+    foreign = LOCK_DIR / f"{name}.fanout.pub.bell"
+    os.symlink(target, link)
+    plain.write_bytes(b"")
+    planted = [link, plain, Path(target)]
+    if os.geteuid() == 0:
+        os.mkfifo(foreign, 0o600)
+        os.chown(foreign, NOBODY.pw_uid, NOBODY.pw_gid)
+        planted.append(foreign)
+    try:
+        assert collect_garbage(name) == []
+        assert all(os.path.lexists(path) for path in planted)
+        assert stat.S_ISFIFO(os.stat(target).st_mode)
     finally:
         remove(*planted)

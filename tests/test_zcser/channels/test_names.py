@@ -1,0 +1,132 @@
+"""A channel (zcser.Receiver) and a fan-out (zcser.Publisher) never share a name: the creating
+side refuses a name the other kind holds, and a Sender or Subscriber pointed at the other kind
+is told what is there and which class connects to it (zcser/channels/names.py)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from typing import Any
+
+import pytest
+from fixtures.procs import script
+
+import zcser
+from zcser import errors
+from zcser.channels import names
+
+SMALL = 1 << 16
+
+
+@pytest.mark.parametrize("senders", [1, 2])
+def test_a_publisher_refuses_a_channels_name(shm_name: str, senders: int) -> None:
+    """Regression: with senders=2 (no /dev/shm/NAME, only NAME--pool and NAME--i) the
+    Publisher was created beside the channel; with one sender it blamed "another program"."""
+    with zcser.Receiver(shm_name, SMALL, senders=senders):
+        with pytest.raises(errors.ChannelError) as caught:
+            zcser.Publisher(shm_name, capacity=SMALL)
+        said = str(caught.value)
+        assert "shared-memory channel" in said and f"pid {os.getpid()}" in said
+        assert "zcser.Sender" in said and "another program" not in said
+
+
+@pytest.mark.parametrize("senders", [1, 2])
+def test_a_receiver_refuses_a_publishers_name(shm_name: str, senders: int) -> None:
+    with zcser.Publisher(shm_name, capacity=SMALL):
+        with pytest.raises(errors.ChannelError) as caught:
+            zcser.Receiver(shm_name, SMALL, senders=senders)
+        said = str(caught.value)
+        assert "fan-out publisher" in said and "zcser.Subscriber" in said
+        assert "ZeroBuffer" not in said
+    with zcser.Receiver(shm_name, SMALL, senders=senders):  # the name is free again
+        pass
+
+
+@pytest.mark.parametrize("senders", [1, 2])
+def test_a_subscriber_pointed_at_a_channel_is_told_to_use_a_sender(
+    shm_name: str, senders: int
+) -> None:
+    """Regression: it waited its whole timeout, then said there was no publisher."""
+    with zcser.Receiver(shm_name, SMALL, senders=senders):
+        start = time.monotonic()
+        with pytest.raises(errors.ChannelError, match=r"is a shared-memory channel.*zcser\.Sender"):
+            zcser.Subscriber(shm_name, timeout=60)
+        assert time.monotonic() - start < 30  # at once, not after the timeout
+
+
+def test_a_sender_pointed_at_a_publisher_is_told_to_use_a_subscriber(shm_name: str) -> None:
+    with zcser.Publisher(shm_name, capacity=SMALL):
+        start = time.monotonic()
+        with pytest.raises(errors.ChannelError, match=r"is a fan-out publisher.*zcser\.Subscriber"):
+            zcser.Sender(shm_name, timeout=60)
+        assert time.monotonic() - start < 30
+
+
+def test_a_dead_owner_is_named_with_the_way_to_clean_up(shm_name: str) -> None:
+    """A Publisher killed without closing leaves its segment: a Receiver of that name is told
+    it is a dead publisher's, and that `zcser gc` removes it."""
+    with script(f"""
+        import zcser
+        pub = zcser.Publisher({shm_name!r}, capacity={SMALL})
+        say("ready")
+        sys.stdin.readline()
+        """) as child:
+        child.expect("ready")
+        child.kill()
+    assert names.publisher_pid(shm_name) is not None
+    with pytest.raises(errors.ChannelError, match="process is gone: `zcser gc`"):
+        zcser.Receiver(shm_name, SMALL, senders=2)
+    from transports.admin import collect_garbage
+
+    assert shm_name in collect_garbage(shm_name)
+    assert names.publisher_pid(shm_name) is None
+
+
+def _make_all(kind: str, batch: list[str], barrier: Any, out: Any) -> None:
+    """In a child: make a Receiver (senders=2) or a Publisher under each name, both children
+    starting each name at the same moment; report the names made, and close them only once
+    the other child has made (or failed to make) all of its own."""
+    made: list[Any] = []
+    got: list[str] = []
+    for name in batch:
+        barrier.wait(30)
+        try:
+            if kind == "channel":
+                made.append(zcser.Receiver(name, SMALL, senders=2))
+            else:
+                made.append(zcser.Publisher(name, capacity=SMALL))
+            got.append(name)
+        except errors.ChannelError:
+            pass
+    out.put((kind, got))
+    barrier.wait(30)
+    for end in made:
+        end.close()
+
+
+def test_a_receiver_and_a_publisher_made_at_once_never_both_succeed() -> None:
+    """Two processes create a channel (senders=2: no file in common with a fan-out) and a
+    publisher under each of many names at the same moment: at least one of each pair is
+    refused (each side looks again once its own names exist)."""
+    from conftest import unique_name
+
+    batch = [unique_name("nr") for _ in range(60)]
+    ctx = mp.get_context("fork")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [
+        ctx.Process(target=_make_all, args=(k, batch, barrier, out)) for k in ("channel", "fan-out")
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        got = dict(out.get(timeout=120) for _ in procs)
+    finally:
+        for proc in procs:
+            proc.join(60)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    both = set(got["channel"]) & set(got["fan-out"])
+    assert not both, sorted(both)
