@@ -11,7 +11,9 @@ from zcser.tools.bench import pool
 
 @pytest.mark.parametrize("method", pool._peers())
 def test_a_run_delivers_every_producers_messages(method: str) -> None:
-    assert pool._run(method, "dict", 2, 50) > 0
+    busy: list[float] = []
+    assert pool._run(method, "dict", 2, 50, busy=busy) > 0
+    assert len(busy) == 1 and 0 < busy[0] < 1.5  # CPU time over the run's time
     assert pool._run(method, "1 MiB array", 2, 3) > 0
 
 

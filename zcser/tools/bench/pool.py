@@ -112,9 +112,17 @@ def _zmq_producer(url: str, kind: str, count: int, ready: Any, go: Any) -> None:
 # --- one measurement -----------------------------------------------------------------------------
 
 
-def _run(method: str, kind: str, producers: int, count: int, pin: bool = False) -> float:
+def _run(
+    method: str,
+    kind: str,
+    producers: int,
+    count: int,
+    pin: bool = False,
+    busy: list[float] | None = None,
+) -> float:
     """Seconds for `producers` x `count` messages into one consumer. `pin` (zcser only): the
-    consumer on a CPU of its own, every producer on another (PINNED)."""
+    consumer on a CPU of its own, every producer on another (PINNED). `busy` gets the share of
+    the run the consumer spent on a CPU (its CPU time over the run's time)."""
     ready, go = _ctx.Semaphore(0), _ctx.Event()
     total = producers * count
     touch: Callable[[Any], Any]
@@ -205,11 +213,13 @@ def _run(method: str, kind: str, producers: int, count: int, pin: bool = False) 
         if pin:
             os.sched_setaffinity(0, {cpus[1]})
         try:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             go.set()
             for _ in range(total):
                 touch(take())
             elapsed = time.perf_counter() - start
+            if busy is not None:
+                busy.append((time.process_time() - cpu) / elapsed)
         finally:
             if pin:
                 os.sched_setaffinity(0, mine)
@@ -363,9 +373,10 @@ def _pinned_rows(quick: bool, per_run: int, rounds: int) -> list[Row]:
     if not quick:
         counts = {n: _calibrate("zcser", "dict", n, per_run) for n in counts}
     times: dict[int, list[float]] = {n: [] for n in counts}
+    busy: dict[int, list[float]] = {n: [] for n in counts}
     for _ in range(rounds):  # alternating, so a slow spell hits every count
         for n, count in counts.items():
-            times[n].append(_run("zcser", "dict", n, count, pin=True))
+            times[n].append(_run("zcser", "dict", n, count, pin=True, busy=busy[n]))
     rate = {n: counts[n] * n / statistics.median(t) for n, t in times.items()}
     return [
         {
@@ -373,6 +384,7 @@ def _pinned_rows(quick: bool, per_run: int, rounds: int) -> list[Row]:
             "many_msg_s": rate[n],
             "one_msg_s": rate[1],
             "ratio": rate[n] / rate[1],
+            "note": f"consumer on its CPU {statistics.median(busy[n]):.0%} of the run",
         }
         for n in (2, 4, 8)
     ]
@@ -404,6 +416,7 @@ def bench_pool(quick: bool) -> list[Row]:
     rows.append(_bound_row(quick))
     methods = _peers()
     scaling: dict[str, dict[int, float]] = {}
+    shares: dict[str, dict[int, float]] = {}  # the consumer's time on a CPU over the run's
     for kind, per_run in (
         ("dict", 4000 if quick else 20000),
         ("1 MiB array", 40 if quick else 200),
@@ -414,16 +427,26 @@ def bench_pool(quick: bool) -> list[Row]:
                 counts = {m: _calibrate(m, kind, producers, per_run) for m in methods}
             times: dict[str, list[float]] = {m: [] for m in methods}
             failed: dict[str, int] = {}
+            busy: list[float] = []  # zcser's consumer
             for _ in range(rounds):
                 for method in methods:
                     try:
-                        times[method].append(_run(method, kind, producers, counts[method]))
+                        times[method].append(
+                            _run(
+                                method,
+                                kind,
+                                producers,
+                                counts[method],
+                                busy=busy if method == "zcser" else None,
+                            )
+                        )
                     except RuntimeError:  # a peer that lost messages: say so, go on
                         failed[method] = failed.get(method, 0) + 1
             rate = {m: counts[m] * producers / statistics.median(t) for m, t in times.items() if t}
             nbytes = 100 if kind == "dict" else MIB
             if "zcser" in rate:
                 scaling.setdefault(kind, {})[producers] = rate["zcser"]
+                shares.setdefault(kind, {})[producers] = statistics.median(busy)
             for peer in methods[1:]:
                 if peer not in rate or "zcser" not in rate:
                     rows.append(
@@ -455,6 +478,8 @@ def bench_pool(quick: bool) -> list[Row]:
                     "many_msg_s": rate_n,
                     "one_msg_s": one,
                     "ratio": rate_n / one,
+                    "note": f"consumer on a CPU {shares[kind][producers]:.0%} of the run "
+                    f"({shares[kind][1]:.0%} with 1 producer)",
                 }
             )
     rows.extend(_pinned_rows(quick, 4000 if quick else 20000, rounds))
