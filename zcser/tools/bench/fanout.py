@@ -18,6 +18,7 @@ import importlib.util
 import multiprocessing as mp
 import os
 import pickle
+import resource
 import statistics
 import tempfile
 import time
@@ -245,9 +246,13 @@ def _wait(conn: Any, procs: list[Any]) -> bool:
 
 
 def _session(
-    method: str, k: int, mode: str, n: int, nbytes: int, tag: str
+    method: str, k: int, mode: str, n: int, nbytes: int, tag: str, cpu: list[float] | None = None
 ) -> tuple[list[float], list[float], float, list[int]]:
-    """(publish times, delivered times, total seconds, USS growth per subscriber)."""
+    """(publish times, delivered times, total seconds, USS growth per subscriber). `cpu` gets
+    the CPU seconds per message of the publishing process (its library threads included) and
+    of one subscriber process (the mean), setting up included."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.process_time()
     pub = _Pub(method, k, nbytes, tag)
     pipes = [CTX.Pipe() for _ in range(k)]
     procs = [
@@ -286,6 +291,10 @@ def _session(
             mine.send("bye")
         for p in procs:
             p.join(WAIT)
+        if cpu is not None:
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            used = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+            cpu.extend([(time.process_time() - started) / n, used / k / n])
         return publish, delivered, total, held
     finally:
         for p in procs:
@@ -293,6 +302,12 @@ def _session(
                 p.kill()
                 p.join(WAIT)
         pub.close()
+
+
+def _parts(pairs: list[tuple[float, float]]) -> str:
+    pub = statistics.median(p for p, _ in pairs) * 1e6
+    sub = statistics.median(s for _, s in pairs) * 1e6
+    return f"{pub:.2f} / {sub:.2f}"
 
 
 def bench_fanout(quick: bool) -> list[Row]:
@@ -306,6 +321,8 @@ def bench_fanout(quick: bool) -> list[Row]:
     big_del: dict[tuple[str, int], list[float]] = {}
     rates: dict[tuple[str, int], list[float]] = {}
     held: dict[int, list[int]] = {}
+    cpus: dict[tuple[str, int], list[float]] = {}  # CPU s per dict: publisher + k subscribers
+    parts: dict[tuple[str, int], list[tuple[float, float]]] = {}  # (publisher, a subscriber)
     tag = 0
     for _ in range(rounds):  # alternating, so a slow spell of the VM hits every method
         for k in COUNTS:
@@ -317,8 +334,11 @@ def bench_fanout(quick: bool) -> list[Row]:
                 if m == "zcser":
                     held.setdefault(k, []).extend(uss)
                 tag += 1
-                _, _, total, _ = _session(m, k, "small", n_small, 0, f"s{tag}")
+                cpu: list[float] = []
+                _, _, total, _ = _session(m, k, "small", n_small, 0, f"s{tag}", cpu)
                 rates.setdefault((m, k), []).append(n_small / total)
+                cpus.setdefault((m, k), []).append(cpu[0] + k * cpu[1])
+                parts.setdefault((m, k), []).append((cpu[0], cpu[1]))
     size = f"{nbytes // MIB} MiB"
     for k in COUNTS:
         z_pub = statistics.median(big_pub[("zcser", k)]) * 1e6
@@ -348,6 +368,23 @@ def bench_fanout(quick: bool) -> list[Row]:
                     "peer_per_s": peer,
                     "ratio": z_rate / peer,
                     "note": f"median of {rounds} alternating rounds",
+                }
+            )
+        z_cpu = statistics.median(cpus[("zcser", k)])
+        for m in methods[1:]:
+            if m == "zcser empty()" or (m, k) not in cpus:
+                continue
+            peer_cpu = statistics.median(cpus[(m, k)])
+            rows.append(
+                {
+                    "case": f"~100-byte dicts to {k} subscriber(s), CPU per message: publisher "
+                    f"+ {k} x subscriber (process CPU time, set-up included)",
+                    "zcser_us": z_cpu * 1e6,
+                    "peer": m,
+                    "peer_us": peer_cpu * 1e6,
+                    "ratio": z_cpu / peer_cpu,
+                    "note": f"publisher / subscriber zcser {_parts(parts[('zcser', k)])}, "
+                    f"{m} {_parts(parts[(m, k)])} us",
                 }
             )
     one = statistics.median(big_pub[("zcser", 1)])
