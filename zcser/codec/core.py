@@ -285,10 +285,37 @@ class Codec:
                         heads[n] = head
                 self._used = True
                 return head + obj
-        inband, buffers = self._serialize(obj)
-        if buffers or self.checksum:
-            plan = Plan(inband, buffers, self.checksum)
-            return plan if buffers else plan.packed()
+        collect = self._collect
+        if collect.busy or self.checksum:  # called from a serializer, or digests to write
+            plan = Plan(*self._serialize(obj), self.checksum)
+            return plan if plan.buffers else plan.packed()
+        # _serialize's steps, written out for the common message (the call and its tuple
+        # cost as much as the rest of them): keep the two in step.
+        buffers = collect.buffers  # empty: a list that took buffers left with its message
+        collect.busy = True
+        collect.threshold = threshold = self.threshold
+        self._used = True
+        if _inline_below() != threshold:
+            _set_inline_below(threshold)
+        object_arrays = _object_arrays[0]
+        inband: bytes | None
+        try:
+            inband = self._fory.serialize(obj, buffer_callback=collect)
+        except Exception as exc:
+            self._serialize_failed(exc, obj)  # raises, or returns when a retry makes sense
+            inband = None
+        finally:
+            collect.busy = False
+            if buffers:  # the list leaves with the message (or with its failure)
+                collect.buffers = []
+        if inband is None:
+            return self.pack(obj)
+        if len(self._types_info) != self._known_types:
+            self._check_new_types()
+        if len(inband) > _CHECK_NESTING_ABOVE:
+            self._check_nesting(obj, _object_arrays[0] != object_arrays)
+        if buffers:
+            return Plan(inband, buffers, False)
         head = _PLAIN_HEADS.get(len(inband))
         if head is None:
             head = _plain_head(len(inband))
@@ -325,40 +352,45 @@ class Codec:
 
     def _serialize(self, obj: Any) -> tuple[bytes, list[memoryview]]:
         """pyfory's in-band bytes and the buffers its callback took out of band."""
-        threshold = self.threshold
         collect = self._collect
         if collect.busy:  # a serializer called this codec again: a fresh one
             collect = _Collector()
         buffers = collect.buffers  # empty: a list that took buffers left with its message
         collect.busy = True
-        collect.threshold = threshold
+        collect.threshold = threshold = self.threshold
         self._used = True
         if _inline_below() != threshold:
             _set_inline_below(threshold)
         object_arrays = _object_arrays[0]
         try:
             inband = self._fory.serialize(obj, buffer_callback=collect)
-        except ZcserError:
-            raise
-        except TypeUnregisteredError as exc:
-            if self._late_imports():
-                collect.busy = False
-                collect.buffers = []
-                return self._serialize(obj)
-            raise UnregisteredType(_unregistered_advice(exc)) from exc
         except Exception as exc:
-            raise UnsupportedType(
-                f"cannot serialize {type(obj).__name__}: {type(exc).__name__}: {exc}"
-            ) from exc
+            self._serialize_failed(exc, obj)  # raises, or returns when a retry makes sense
+            inband = None
         finally:
             collect.busy = False
             if buffers:  # the list leaves with the message (or with its failure)
                 collect.buffers = []
+        if inband is None:
+            return self._serialize(obj)
         if len(self._types_info) != self._known_types:
             self._check_new_types()
         if len(inband) > _CHECK_NESTING_ABOVE:
             self._check_nesting(obj, _object_arrays[0] != object_arrays)
         return inband, buffers  # pyfory returns bytes: bytes() would only add a call
+
+    def _serialize_failed(self, exc: Exception, obj: Any) -> None:
+        """pyfory's serialize of `obj` raised `exc`: raise it in zcser's error tree, or return
+        (the caller tries again) when torch or pandas were imported since this codec was built."""
+        if isinstance(exc, ZcserError):
+            raise exc
+        if isinstance(exc, TypeUnregisteredError):
+            if self._late_imports():
+                return
+            raise UnregisteredType(_unregistered_advice(exc)) from exc
+        raise UnsupportedType(
+            f"cannot serialize {type(obj).__name__}: {type(exc).__name__}: {exc}"
+        ) from exc
 
     def _check_nesting(self, obj: Any, object_arrays: bool) -> None:
         """UnsupportedType when `obj` nests containers deeper than MAX_NESTING (which no
