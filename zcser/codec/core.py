@@ -531,29 +531,26 @@ class Codec:
                     value = self._small_bytes(data, size)
                     if value is not None:
                         return value
+                current = _get_state()
+                if current.left is not None:  # inside another decode: decode() nests a state
+                    return self.decode(data)
+                # _oob.begin_decode / end_decode for this (idle) case, inline: this codec's own
+                # state is made current, idle, and stays current after (like begin_decode's);
+                # its budget is opened and closed within try/finally
+                state = self._state
+                if current is not state:
+                    _set_state(state)
                 inband = _Buffer(data, _TABLE_START, inband_len)
                 self._used = True
-                # _oob.begin_decode / end_decode inlined for the idle case (two calls fewer)
-                state = self._state
-                current = _get_state()
-                if current.left is None:  # no decode in progress: reuse this codec's state
-                    state.size = state.left = size + self.decode_allowance
-                    token = None
-                    if current is not state:
-                        _set_state(state)  # left current afterwards, idle, like begin_decode
-                else:
-                    token = _begin_decode(state, size + self.decode_allowance, False, False)
                 try:
+                    state.size = state.left = size + self.decode_allowance
                     obj = self._fory.deserialize(inband, buffers=_NO_BUFFERS)
                 except ZcserError:
                     raise
                 except Exception as exc:
                     raise _decode_error(exc) from exc
                 finally:
-                    if token is None:
-                        state.size = state.left = None
-                    else:
-                        _end_decode(state, token)
+                    state.size = state.left = None
                 if inband.get_reader_index() != inband_len:
                     raise CorruptMessage("trailing bytes after the serialized object")
                 return obj
