@@ -125,7 +125,7 @@ def _lazy_modules_imported() -> frozenset[str]:
 class _Collector:
     """pyfory's buffer_callback: buffers under `threshold` stay in band, the rest go to `buffers`
     while `busy`. One per codec, reused, and so is its list while it stays empty (most
-    messages): a closure per message, or a list, cost more than the rest of the setup."""
+    messages): a closure or a list per message shows in small-message rates."""
 
     __slots__ = ("buffers", "busy", "threshold")
 
@@ -289,8 +289,8 @@ class Codec:
         if collect.busy or self.checksum:  # called from a serializer, or digests to write
             plan = Plan(*self._serialize(obj), self.checksum)
             return plan if plan.buffers else plan.packed()
-        # _serialize's steps, written out for the common message (the call and its tuple
-        # cost as much as the rest of them): keep the two in step.
+        # _serialize's steps, written out for the common message (one call and one tuple
+        # fewer per message, docs/benchmarks.md): keep the two in step.
         buffers = collect.buffers  # empty: a list that took buffers left with its message
         collect.busy = True
         collect.threshold = threshold = self.threshold
