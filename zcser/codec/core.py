@@ -80,11 +80,19 @@ _MAGIC = _message.MAGIC
 _VERSION = _message.VERSION
 _unpack_header = _message.HEADER.unpack_from
 _pack_header = _message.HEADER.pack
-_PLAIN_PREFIX = _pack_header(_MAGIC, _VERSION, 0, 0, 0, 0, 0)[: _message.OFF_INBAND_LEN]
-"""Header bytes before the lengths of a message with no flags and no out-of-band buffer."""
-_OFF_INBAND_LEN = _message.OFF_INBAND_LEN
-_unpack_lengths = struct.Struct("<QQ").unpack_from
+# The header read as four u64 (little endian) by decode_small:
+#   word    magic, version, flags          == _PLAIN_WORD (flags 0: no checksum)
+#   zero    buffer count, reserved         == 0 (no out-of-band buffer)
+#   inband  in-band length
+#   total   total length                   == 32 + inband == the size of the bytes given
+_unpack_plain = struct.Struct("<QQQQ").unpack_from
+_PLAIN_WORD = struct.unpack_from("<Q", _pack_header(_MAGIC, _VERSION, 0, 0, 0, 0, 0))[0]
 _NO_BUFFERS: tuple[Any, ...] = ()
+_Buffer = pyfory.Buffer
+_KIND = 2
+"""Where pyfory's root (bitmap, reference flag, type id) has its type id: the byte that tells a
+top-level bytes object from the rest at a glance."""
+_KIND_AT = _TABLE_START + _KIND
 _inline_below = _oob.INLINE_BELOW.get
 _set_inline_below = _oob.INLINE_BELOW.set
 _begin_decode = _oob.begin_decode
@@ -116,17 +124,19 @@ def _lazy_modules_imported() -> frozenset[str]:
 
 class _Collector:
     """pyfory's buffer_callback: buffers under `threshold` stay in band, the rest go to `buffers`
-    (None when idle). One per codec, reused: a closure per message cost ~0.1-0.2 µs."""
+    while `busy`. One per codec, reused, and so is its list while it stays empty (most
+    messages): a closure or a list per message shows in small-message rates."""
 
-    __slots__ = ("buffers", "threshold")
+    __slots__ = ("buffers", "busy", "threshold")
 
     def __init__(self) -> None:
-        self.buffers: list[memoryview] | None = None
+        self.buffers: list[memoryview] = []
+        self.busy = False
         self.threshold = 0
 
     def __call__(self, buffer_object: Any) -> bool:
+        assert self.busy
         buffers = self.buffers
-        assert buffers is not None
         if type(buffer_object) is _oob.RawBuffer:  # our adapters': already a byte view
             view = buffer_object.view
             if view.nbytes < self.threshold or not view.nbytes:
@@ -213,6 +223,7 @@ class Codec:
         self._lazy_seen = _lazy_modules_imported()
         self._used = False
         self._bytes_prefix: bytes | None = None  # found by _probe_bytes when first needed
+        self._bytes_kind: int | None = None  # its type id byte (-1: no shortcut), likewise
         # decode_small: message size -> the head (header, prefix, length) of a bytes object
         # of that size that it checked in full once; the same head again needs no re-check
         self._small_heads: dict[int, bytes] = {}
@@ -274,12 +285,41 @@ class Codec:
                         heads[n] = head
                 self._used = True
                 return head + obj
-        inband, buffers = self._serialize(obj)
-        if buffers or self.checksum:
-            plan = Plan(inband, buffers, self.checksum)
-            return plan if buffers else plan.packed()
-        n = len(inband)
-        return _pack_header(_MAGIC, _VERSION, 0, 0, 0, n, _TABLE_START + n) + inband
+        collect = self._collect
+        if collect.busy or self.checksum:  # called from a serializer, or digests to write
+            plan = Plan(*self._serialize(obj), self.checksum)
+            return plan if plan.buffers else plan.packed()
+        # _serialize's steps, written out for the common message (one call and one tuple
+        # fewer per message, docs/benchmarks.md): keep the two in step.
+        buffers = collect.buffers  # empty: a list that took buffers left with its message
+        collect.busy = True
+        collect.threshold = threshold = self.threshold
+        self._used = True
+        if _inline_below() != threshold:
+            _set_inline_below(threshold)
+        object_arrays = _object_arrays[0]
+        inband: bytes | None
+        try:
+            inband = self._fory.serialize(obj, buffer_callback=collect)
+        except Exception as exc:
+            self._serialize_failed(exc, obj)  # raises, or returns when a retry makes sense
+            inband = None
+        finally:
+            collect.busy = False
+            if buffers:  # the list leaves with the message (or with its failure)
+                collect.buffers = []
+        if inband is None:
+            return self.pack(obj)
+        if len(self._types_info) != self._known_types:
+            self._check_new_types()
+        if len(inband) > _CHECK_NESTING_ABOVE:
+            self._check_nesting(obj, _object_arrays[0] != object_arrays)
+        if buffers:
+            return Plan(inband, buffers, False)
+        head = _PLAIN_HEADS.get(len(inband))
+        if head is None:
+            head = _plain_head(len(inband))
+        return head + inband
 
     def _probe_bytes(self) -> bytes:
         """What pyfory writes before the length of a top-level bytes object kept in band (its
@@ -288,6 +328,7 @@ class Codec:
         `pack` then writes small bytes objects itself and `decode_small` reads back exactly
         what it writes, byte for byte; anything else takes pyfory's path."""
         self._bytes_prefix = b""
+        self._bytes_kind = -1
         self._bytes_heads: dict[int, bytes] = {}
         if self.threshold < 2 or self.checksum:
             return b""
@@ -301,6 +342,7 @@ class Codec:
         if buffers or inband != prefix + _varuint(n) + probe:
             return b""
         self._bytes_prefix = prefix
+        self._bytes_kind = prefix[_KIND] if len(prefix) > _KIND else -1
         return prefix
 
     def plan(self, obj: Any) -> Plan:
@@ -310,37 +352,45 @@ class Codec:
 
     def _serialize(self, obj: Any) -> tuple[bytes, list[memoryview]]:
         """pyfory's in-band bytes and the buffers its callback took out of band."""
-        threshold = self.threshold
         collect = self._collect
-        if collect.buffers is not None:  # a serializer called this codec again: a fresh one
+        if collect.busy:  # a serializer called this codec again: a fresh one
             collect = _Collector()
-        buffers: list[memoryview] = []
-        collect.buffers = buffers
-        collect.threshold = threshold
+        buffers = collect.buffers  # empty: a list that took buffers left with its message
+        collect.busy = True
+        collect.threshold = threshold = self.threshold
         self._used = True
         if _inline_below() != threshold:
             _set_inline_below(threshold)
         object_arrays = _object_arrays[0]
         try:
             inband = self._fory.serialize(obj, buffer_callback=collect)
-        except ZcserError:
-            raise
-        except TypeUnregisteredError as exc:
-            if self._late_imports():
-                collect.buffers = None
-                return self._serialize(obj)
-            raise UnregisteredType(_unregistered_advice(exc)) from exc
         except Exception as exc:
-            raise UnsupportedType(
-                f"cannot serialize {type(obj).__name__}: {type(exc).__name__}: {exc}"
-            ) from exc
+            self._serialize_failed(exc, obj)  # raises, or returns when a retry makes sense
+            inband = None
         finally:
-            collect.buffers = None
+            collect.busy = False
+            if buffers:  # the list leaves with the message (or with its failure)
+                collect.buffers = []
+        if inband is None:
+            return self._serialize(obj)
         if len(self._types_info) != self._known_types:
             self._check_new_types()
         if len(inband) > _CHECK_NESTING_ABOVE:
             self._check_nesting(obj, _object_arrays[0] != object_arrays)
-        return bytes(inband), buffers
+        return inband, buffers  # pyfory returns bytes: bytes() would only add a call
+
+    def _serialize_failed(self, exc: Exception, obj: Any) -> None:
+        """pyfory's serialize of `obj` raised `exc`: raise it in zcser's error tree, or return
+        (the caller tries again) when torch or pandas were imported since this codec was built."""
+        if isinstance(exc, ZcserError):
+            raise exc
+        if isinstance(exc, TypeUnregisteredError):
+            if self._late_imports():
+                return
+            raise UnregisteredType(_unregistered_advice(exc)) from exc
+        raise UnsupportedType(
+            f"cannot serialize {type(obj).__name__}: {type(exc).__name__}: {exc}"
+        ) from exc
 
     def _check_nesting(self, obj: Any, object_arrays: bool) -> None:
         """UnsupportedType when `obj` nests containers deeper than MAX_NESTING (which no
@@ -469,56 +519,65 @@ class Codec:
             # only on the head's bytes and the size): the rest is the bytes object.
             self._used = True
             return data[len(head) :]
-        if size >= _HEADER_SIZE and data.startswith(_PLAIN_PREFIX) and not self.checksum:
-            inband_len, total = _unpack_lengths(data, _OFF_INBAND_LEN)
-            if total == size == _TABLE_START + inband_len:
-                prefix = self._bytes_prefix
-                if prefix is None:
-                    prefix = self._probe_bytes()
-                if prefix and data.startswith(prefix, _TABLE_START):
-                    # A top-level bytes object exactly as `pack` writes it (canonical length,
-                    # under the threshold, nothing after it): the same bytes pyfory returns.
-                    at = _TABLE_START + len(prefix)
-                    first = data[at] if at < size else 0x80
-                    if first < 0x80:
-                        n, at = first, at + 1
-                    elif at + 1 < size and 0 < data[at + 1] < 0x80:
-                        n, at = (first & 0x7F) | data[at + 1] << 7, at + 2
-                    else:
-                        n = -1
-                    if n >= 0 and at + n == size and n < self.threshold:
-                        self._used = True
-                        heads = self._small_heads
-                        if len(heads) < _BYTES_HEADS:
-                            heads[size] = data[:at]
-                        return data[at:]
-                inband = pyfory.Buffer(data, _TABLE_START, inband_len)
-                self._used = True
-                # _oob.begin_decode / end_decode inlined for the idle case (two calls fewer)
-                state = self._state
+        if size >= _HEADER_SIZE and not self.checksum:
+            word, zero, inband_len, total = _unpack_plain(data)
+            if word == _PLAIN_WORD and not zero and total == size == _TABLE_START + inband_len:
+                kind = self._bytes_kind
+                if kind is None:
+                    self._probe_bytes()
+                    kind = self._bytes_kind
+                # the type id alone rules out most messages before the bytes shortcut's checks
+                if size > _KIND_AT and data[_KIND_AT] == kind:
+                    value = self._small_bytes(data, size)
+                    if value is not None:
+                        return value
                 current = _get_state()
-                if current.left is None:  # no decode in progress: reuse this codec's state
-                    state.size = state.left = size + self.decode_allowance
-                    token = None
-                    if current is not state:
-                        _set_state(state)  # left current afterwards, idle, like begin_decode
-                else:
-                    token = _begin_decode(state, size + self.decode_allowance, False, False)
+                if current.left is not None:  # inside another decode: decode() nests a state
+                    return self.decode(data)
+                # _oob.begin_decode / end_decode for this (idle) case, inline: this codec's own
+                # state is made current, idle, and stays current after (like begin_decode's);
+                # its budget is opened and closed within try/finally
+                state = self._state
+                if current is not state:
+                    _set_state(state)
+                inband = _Buffer(data, _TABLE_START, inband_len)
+                self._used = True
                 try:
+                    state.size = state.left = size + self.decode_allowance
                     obj = self._fory.deserialize(inband, buffers=_NO_BUFFERS)
                 except ZcserError:
                     raise
                 except Exception as exc:
                     raise _decode_error(exc) from exc
                 finally:
-                    if token is None:
-                        state.size = state.left = None
-                    else:
-                        _end_decode(state, token)
+                    state.size = state.left = None
                 if inband.get_reader_index() != inband_len:
                     raise CorruptMessage("trailing bytes after the serialized object")
                 return obj
         return self.decode(data)
+
+    def _small_bytes(self, data: bytes, size: int) -> bytes | None:
+        """The top-level bytes object in plain message `data` when it is exactly as `pack`
+        writes it (pyfory's prefix, canonical length, under the threshold, nothing after it:
+        the same bytes pyfory returns), else None. Its head is then remembered by size."""
+        prefix = self._bytes_prefix
+        if not prefix or not data.startswith(prefix, _TABLE_START):
+            return None
+        at = _TABLE_START + len(prefix)
+        first = data[at] if at < size else 0x80
+        if first < 0x80:
+            n, at = first, at + 1
+        elif at + 1 < size and 0 < data[at + 1] < 0x80:
+            n, at = (first & 0x7F) | data[at + 1] << 7, at + 2
+        else:
+            return None
+        if at + n != size or n >= self.threshold:
+            return None
+        self._used = True
+        heads = self._small_heads
+        if len(heads) < _BYTES_HEADS:
+            heads[size] = data[:at]
+        return data[at:]
 
     def decode_parts(
         self,
@@ -673,6 +732,20 @@ _SCHEMA_FIELDS: dict[str, type] = {
 
 _BYTES_HEADS = 64
 """Message heads (header to length) of top-level bytes objects kept per codec, by length."""
+
+_PLAIN_HEADS: dict[int, bytes] = {}
+"""In-band length -> the header of a message with no flags and no out-of-band buffer (a pure
+function of the length, so shared by all codecs; filled by `_plain_head`)."""
+_PLAIN_HEADS_MAX = 4096
+
+
+def _plain_head(n: int) -> bytes:
+    """The header of a plain message with `n` in-band bytes, remembered while there is room
+    (a lookup and one concatenation cost about half of packing the header and concatenating)."""
+    head: bytes = _pack_header(_MAGIC, _VERSION, 0, 0, 0, n, _TABLE_START + n)
+    if len(_PLAIN_HEADS) < _PLAIN_HEADS_MAX:
+        _PLAIN_HEADS[n] = head
+    return head
 
 
 def _varuint(n: int) -> bytes:

@@ -590,6 +590,26 @@ def test_decode_small_rejects_what_decode_rejects() -> None:
     _message.HEADER.pack_into(head, 0, b"ZCSR", 1, 0, 0, 0, len(good) - 33, len(good))
     with pytest.raises(errors.ZcserError):  # in-band length one byte short: trailing data
         codec.decode_small(bytes(head))
+    n = len(good) - _message.TABLE_START
+    for fields in [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 1 << 31)]:  # flags, count, reserved
+        head = bytearray(good)  # lengths consistent with the size: only these fields differ
+        _message.HEADER.pack_into(head, 0, b"ZCSR", 1, *fields, n, len(good))
+        with pytest.raises(errors.ZcserError) as slow:
+            codec.decode(bytes(head))
+        with pytest.raises(type(slow.value)):
+            codec.decode_small(bytes(head))
+
+
+def test_pack_writes_the_header_for_each_in_band_length() -> None:
+    """The plain message header is remembered by in-band length (a bounded table shared by
+    all codecs): every length, before and after the table is full, gets its own header."""
+    codec = zcser.Codec()
+    for k in range(codec_core._PLAIN_HEADS_MAX + 100):
+        value = "x" * k
+        packed = codec.pack(value)
+        assert packed == codec.plan(value).packed(), k
+        assert codec.decode_small(packed) == value, k
+    assert len(codec_core._PLAIN_HEADS) == codec_core._PLAIN_HEADS_MAX
 
 
 def test_address_helper_agrees_with_arrow() -> None:
@@ -605,14 +625,31 @@ def test_serializing_while_the_codec_is_already_serializing_keeps_both_buffer_li
     calling its codec again) gets a fresh one and leaves the outer call's buffers alone."""
     codec = zcser.Codec(threshold=64)
     outer: list[memoryview] = []
-    codec._collect.buffers = outer  # as if an outer serialize were running
+    codec._collect.buffers, codec._collect.busy = outer, True  # as if an outer serialize ran
     arr = np.arange(1000, dtype=np.float64)
     plan = codec.plan({"a": arr})
-    assert codec._collect.buffers is outer and outer == []
+    assert codec._collect.buffers is outer and outer == [] and codec._collect.busy
     assert len(plan.buffers) == 1 and np.shares_memory(np.frombuffer(plan.buffers[0]), arr)
-    codec._collect.buffers = None
+    packed = codec.pack({"a": arr})
+    assert isinstance(packed, zcser.Plan) and len(packed.buffers) == 1 and outer == []
+    codec._collect.busy = False
     assert len(codec.plan({"a": arr, "b": arr[:4]}).buffers) == 1  # 32 bytes stay in band
-    assert codec._collect.buffers is None
+    assert not codec._collect.busy
+
+
+def test_the_reused_buffer_list_leaves_with_its_message() -> None:
+    """The callback's list is reused only while it stays empty: a list that took buffers
+    belongs to its plan, and one left over by a failed serialize is dropped."""
+    codec = zcser.Codec(threshold=64)
+    first, second = np.arange(100.0), np.arange(200.0)
+    one, two = codec.plan({"a": first}), codec.pack({"b": second})
+    assert isinstance(two, zcser.Plan)
+    assert [b.nbytes for b in one.buffers] == [800] and [b.nbytes for b in two.buffers] == [1600]
+    with pytest.raises(errors.UnregisteredType):
+        codec.pack({"a": first, "b": object()})  # the array was collected before the failure
+    assert (
+        codec.plan({"c": 1}).buffers == [] and codec.pack({"c": 1}) == codec.plan({"c": 1}).packed()
+    )
 
 
 # --- top-level bytes: written and read without running pyfory -----------------------------------

@@ -199,3 +199,36 @@ def test_an_adapter_charge_during_any_decode_sees_that_message_budget() -> None:
     for decode in (reader.decode_small, reader.decode):
         with pytest.raises(CorruptMessage, match="the test adapter would allocate 700"):
             decode(too_much)
+
+
+def test_a_decode_small_inside_another_decode_has_its_own_budget_and_restores_the_outer() -> None:
+    """decode_small while a budget is open (an adapter decoding a message inside a message)
+    opens one of its own for its message and leaves the outer one current, as it was."""
+
+    class Charging(Serializer):
+        def write(self, write_context: Any, value: _ChargesWhileDecoding) -> None:
+            write_context.write_var_uint64(value.nbytes)
+
+        def read(self, read_context: Any) -> _ChargesWhileDecoding:
+            nbytes = read_context.read_var_uint64()
+            oob.charge(nbytes, "the test adapter")
+            return _ChargesWhileDecoding(nbytes)
+
+    codec = zcser.Codec(decode_allowance=1000)
+    codec._fory.register(
+        _ChargesWhileDecoding,
+        type_id=1999,
+        serializer=Charging(codec._fory.type_resolver, _ChargesWhileDecoding),
+    )
+    message = codec.pack([_ChargesWhileDecoding(900)])
+    assert isinstance(message, bytes)
+    token = oob.open_budget(100)
+    try:
+        outer = oob.get_state()
+        assert codec.decode_small(message)[0].nbytes == 900  # more than the outer 100 left
+        assert oob.get_state() is outer and outer.left == 100
+    finally:
+        oob.close_budget(token)
+    assert oob.get_state().left is None
+    assert codec.decode_small(message)[0].nbytes == 900
+    assert oob.get_state().left is None
