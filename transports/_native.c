@@ -20,6 +20,7 @@
  *   Python code then handles, so the protocol logic stays there.
  * - FanoutPublisher / fanout_take / fanout_wait: the fan-out segment's small message, published
  *   and taken in runs (transports/fanout; see the section "fan-out" below).
+ * - pool_poll: a pool reader's spin over its rings before it sleeps (section "pools").
  * - address: where a contiguous buffer lives, for alignment checks (no pyarrow round trip).
  * - stream_copy: a large copy with non-temporal stores and the GIL released, so several threads
  *   can each copy a part (zcser's streaming copy). glibc's memcpy only streams above a share
@@ -1338,6 +1339,101 @@ fanout_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLong(result);
 }
 
+/* --- pools (transports/zerobuffer/pool.py) ------------------------------------------------
+ *
+ * pool_poll(words, busy_ns, rounds) -> index or -1: a pool reader's spin over its rings, with
+ * the GIL released, before it sleeps on their bells. `words` is an array('Q') of pairs (address
+ * of a ring's OIEB, the ring's payload size), one per ring in use; the answer is the first pair
+ * whose ring has a complete frame past the read position the reader published in the OIEB
+ * (the test of Reader.published_unread), or -1. It takes nothing: the caller then reads as
+ * usual, checking everything (a peer that writes these words only changes when we look). Polls `busy_ns`, then yields the CPU and polls again up to `rounds` times,
+ * no more once a yield shows another task wants this core (as wait_post). The caller keeps
+ * the rings mapped for the call (the receiver's close waits for its recv). */
+static int
+pool_any(const uint64_t *w, Py_ssize_t n, uint64_t hdr)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *oieb = (const char *)(uintptr_t)w[2 * i];
+        uint64_t wp = __atomic_load_n((const uint64_t *)(oieb + layout.off_write_pos), __ATOMIC_ACQUIRE);
+        uint64_t rp = __atomic_load_n((const uint64_t *)(oieb + layout.off_read_pos), __ATOMIC_RELAXED);
+        uint64_t size = w[2 * i + 1];
+        if (wp > size) {
+            continue; /* nonsense: Python's read path says so */
+        }
+        if (size - wp < hdr) {
+            wp = 0;
+        }
+        if (size - rp < hdr) {
+            rp = 0;
+        }
+        if (wp != rp) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+static PyObject *
+pool_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char usage[] = "pool_poll(words, busy_ns, rounds)";
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "%s takes 3 arguments", usage);
+        return NULL;
+    }
+    uint64_t a[2];
+    if (parse_u64s(args + 1, 2, 2, usage, a) < 0 || check_configured() < 0) {
+        return NULL;
+    }
+    if (!layout.reader_configured) {
+        PyErr_SetString(PyExc_RuntimeError, "configure_reader() was not called");
+        return NULL;
+    }
+    Py_buffer view;
+    uint64_t *words;
+    if (state_words(args[0], &view, 0, &words) < 0) {
+        return NULL;
+    }
+    Py_ssize_t n = view.len / (Py_ssize_t)(2 * sizeof(uint64_t));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (check_address(words[2 * i]) < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+    uint64_t busy_ns = a[0], rounds = a[1], hdr = layout.header_size;
+    if (busy_ns > 1000000u) {
+        busy_ns = 1000000u;
+    }
+    int found = -1;
+    Py_BEGIN_ALLOW_THREADS
+    for (uint64_t round = 0;; round++) {
+        uint64_t end = now_ns() + busy_ns;
+        for (uint32_t i = 1;; i++) {
+            found = pool_any(words, n, hdr);
+            if (found >= 0) {
+                break;
+            }
+            cpu_relax();
+            if ((i & 7) == 0 && now_ns() >= end) {
+                break;
+            }
+        }
+        if (found >= 0 || round >= rounds) {
+            break;
+        }
+        uint64_t before = now_ns();
+        sched_yield();
+        if (now_ns() - before > WAIT_POST_SWITCH_NS) {
+            found = pool_any(words, n, hdr);
+            break; /* the core is wanted: sleep rather than take turns with others */
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(found);
+}
+
 /* --- a held frame's ticket --------------------------------------------------------------- */
 
 /* Ticket(orphans, entry): a held Frame's last word. A Frame's __del__ is Python code, and a
@@ -1552,6 +1648,8 @@ static PyMethodDef methods[] = {
     {"fanout_take", (PyCFunction)(void (*)(void))fanout_take, METH_FASTCALL,
      "fanout_take(addr, slot, base, size, skip_base, words, limit, max_frames, pending, "
      "pub_bell) -> frames taken (-1: the publisher moved the cursor)."},
+    {"pool_poll", (PyCFunction)(void (*)(void))pool_poll, METH_FASTCALL,
+     "pool_poll(words, busy_ns, rounds) -> index or -1: a pool reader's spin, GIL released."},
     {"fanout_wait", (PyCFunction)(void (*)(void))fanout_wait, METH_FASTCALL,
      "fanout_wait(addr, slot, bell, busy_ns, rounds, sleep_ms) -> 0-2: a subscriber's wait."},
     {"sem_attach", (PyCFunction)sem_attach, METH_O,

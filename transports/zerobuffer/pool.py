@@ -70,6 +70,7 @@ import select
 import struct
 import time
 import weakref
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,13 @@ LOOK_EVERY = 256
 MAX_STEP = 1 << 32
 """Most claims of one place between two looks of its reader that are taken as real (each is a
 process attaching a ring: billions cannot happen between two reads)."""
+
+POLL_BUSY_NS = 30_000
+POLL_ROUNDS = 64
+"""The compiled spin before a reader sleeps on the bells (_native.c pool_poll): it polls every
+ring in use for POLL_BUSY_NS, then yields the CPU and polls again up to POLL_ROUNDS times (no
+more once another task wants the core)."""
+_POLL = None if _shm.hotpath is None else _shm.hotpath.pool_poll
 
 _MAGIC = b"ZCSPOOL1"
 _TABLE = L.OIEB_SIZE
@@ -388,6 +396,7 @@ class PoolReader:
         self.anomalies = 0  # joins values no writer makes, ignored
         self.active = [False] * places  # a writer was seen and has not been seen leaving
         self.after = [(i + 1) % places for i in range(places)]  # the turn after place i's
+        self._poll_words = array("Q")  # see _order
         self._generations = [0] * places  # each place's generation when last looked at
         self._draining = [False] * places  # its writer is gone: read to the end, then free
         self._reclaim: set[int] = set()  # freed places whose pages wait to go back
@@ -434,14 +443,18 @@ class PoolReader:
         if got is not None:
             return got
         deadline = None if timeout is None else time.monotonic() + timeout
-        # Fewer looks than a Reader's spin: each looks at every ring (yielding the CPU after
-        # the first few, as the Reader's later looks do).
-        for i in range(self._spin // 8):
-            got = self._take(limit)
-            if got is not None:
-                return got
-            if i >= 4:
-                os.sched_yield()
+        if _POLL is not None:
+            if self._spin:
+                got = self._poll(limit)
+                if got is not None:
+                    return got
+        else:  # fewer looks than a Reader's spin: each looks at every ring
+            for i in range(self._spin // 8):
+                got = self._take(limit)
+                if got is not None:
+                    return got
+                if i >= 4:
+                    os.sched_yield()
         while True:
             if self.interrupted:
                 self.interrupted = False
@@ -463,6 +476,16 @@ class PoolReader:
             got = self._take(limit)
             if got is not None:
                 return got
+
+    def _poll(self, limit: int) -> Frame | bytes | None:
+        """The spin before sleeping, compiled with the GIL released: it only looks at each ring
+        in use for a frame past our read position (takes nothing), then _take reads as usual.
+        Joins and departures are not looked for meanwhile: the sleep's look (ready) sees them."""
+        assert _POLL is not None
+        words = self._poll_words
+        if words and not self._closed and _POLL(words, POLL_BUSY_NS, POLL_ROUNDS) >= 0:
+            return self._take(limit)
+        return None
 
     def take(self, limit: int) -> Frame | bytes | None:
         """The next frame of any writer if one is waiting (as read_small), else None; never
@@ -565,6 +588,11 @@ class PoolReader:
         """After `active` changed: each place's next turn goes to the next active place, so
         the round robin passes no free place (any place when none is active)."""
         places, active = self.places, self.active
+        words = array("Q")  # pool_poll's: each ring in use, (its OIEB's address, its size)
+        for i in range(places):
+            if active[i]:
+                words.extend((self.cores[i].addr, self.cores[i].ring.size))
+        self._poll_words = words
         for i in range(places):
             j = (i + 1) % places
             for _ in range(places - 1):
