@@ -1341,14 +1341,19 @@ fanout_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* --- pools (transports/zerobuffer/pool.py) ------------------------------------------------
  *
- * pool_poll(words, busy_ns, rounds) -> index or -1: a pool reader's spin over its rings, with
- * the GIL released, before it sleeps on their bells. `words` is an array('Q') of pairs (address
- * of a ring's OIEB, the ring's payload size), one per ring in use; the answer is the first pair
- * whose ring has a complete frame past the read position the reader published in the OIEB
- * (the test of Reader.published_unread), or -1. It takes nothing: the caller then reads as
- * usual, checking everything (a peer that writes these words only changes when we look). Polls `busy_ns`, then yields the CPU and polls again up to `rounds` times,
- * no more once a yield shows another task wants this core (as wait_post). The caller keeps
- * the rings mapped for the call (the receiver's close waits for its recv). */
+ * pool_poll(words, busy_ns, rounds) -> answer: a pool reader's spin over its rings, with the
+ * GIL released, before it sleeps on their bells. `words` is an array('Q') of pairs (address of a
+ * ring's OIEB, the ring's payload size), one per ring in use. The answer is the index of the
+ * first pair whose ring has a complete frame past the read position the reader published in
+ * the OIEB (the test of Reader.published_unread), plus POOL_SHARED when it turned up right
+ * after a yield that ran another task for a short while (the writer probably shares this
+ * core); -1 for none. It takes nothing: the caller then reads as usual, checking everything
+ * (a peer that writes these words only changes when we look). Polls `busy_ns`, then yields
+ * the CPU and polls again up to `rounds` times, no more once a yield shows another task wants
+ * this core (as wait_post). The caller keeps the rings mapped for the call (the receiver's
+ * close waits for its recv). */
+#define POOL_SHARED 64 /* added to pool_poll's answer: found right after a short switch */
+
 static int
 pool_any(const uint64_t *w, Py_ssize_t n, uint64_t hdr)
 {
@@ -1405,7 +1410,7 @@ pool_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (busy_ns > 1000000u) {
         busy_ns = 1000000u;
     }
-    int found = -1;
+    int found = -1, shared = 0;
     Py_BEGIN_ALLOW_THREADS
     for (uint64_t round = 0;; round++) {
         uint64_t end = now_ns() + busy_ns;
@@ -1424,14 +1429,16 @@ pool_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         uint64_t before = now_ns();
         sched_yield();
-        if (now_ns() - before > WAIT_POST_SWITCH_NS) {
+        uint64_t took = now_ns() - before;
+        if (took > WAIT_POST_SWITCH_NS) {
             found = pool_any(words, n, hdr);
+            shared = found >= 0 && took < WAIT_POST_SLICE_NS;
             break; /* the core is wanted: sleep rather than take turns with others */
         }
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    return PyLong_FromLong(found);
+    return PyLong_FromLong(found >= 0 && shared ? found + POOL_SHARED : found);
 }
 
 /* --- a held frame's ticket --------------------------------------------------------------- */

@@ -129,6 +129,9 @@ POLL_ROUNDS = 64
 ring in use for POLL_BUSY_NS, then yields the CPU and polls again up to POLL_ROUNDS times (no
 more once another task wants the core)."""
 _POLL = None if _shm.hotpath is None else _shm.hotpath.pool_poll
+POOL_SHARED = 64
+"""Added to pool_poll's answer when the frame turned up right after a yield that ran another
+task for a short while (_native.c)."""
 
 _MAGIC = b"ZCSPOOL1"
 _TABLE = L.OIEB_SIZE
@@ -397,6 +400,8 @@ class PoolReader:
         self.active = [False] * places  # a writer was seen and has not been seen leaving
         self.after = [(i + 1) % places for i in range(places)]  # the turn after place i's
         self._poll_words = array("Q")  # see _order
+        self._poll_places: list[int] = []  # the place of each of its pairs
+        self._shared = False  # pool_poll's last answer came right after a short switch
         self._generations = [0] * places  # each place's generation when last looked at
         self._draining = [False] * places  # its writer is gone: read to the end, then free
         self._reclaim: set[int] = set()  # freed places whose pages wait to go back
@@ -433,15 +438,17 @@ class PoolReader:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def read_small(self, limit: int, timeout: float | None) -> Frame | bytes:
+    def read_small(self, limit: int, timeout: float | None, looked: bool = False) -> Frame | bytes:
         """The next frame of any writer, round robin (as Reader.read_small); `self.place` says
         whose. WriterDead (with `.place`, and `.closed` when it closed) once a writer has left
-        and its last frame was read: the caller may look at who is left; Timeout."""
+        and its last frame was read: the caller may look at who is left; Timeout. `looked`:
+        the caller's take() just found nothing, so the wait begins at once."""
         if self._closed:
             raise TransportClosed(f"pool reader of {self.name!r} is closed")
-        got = self._take(limit)
-        if got is not None:
-            return got
+        if not looked:
+            got = self._take(limit)
+            if got is not None:
+                return got
         deadline = None if timeout is None else time.monotonic() + timeout
         if _POLL is not None:
             if self._spin:
@@ -483,8 +490,22 @@ class PoolReader:
         Joins and departures are not looked for meanwhile: the sleep's look (ready) sees them."""
         assert _POLL is not None
         words = self._poll_words
-        if words and not self._closed and _POLL(words, POLL_BUSY_NS, POLL_ROUNDS) >= 0:
-            return self._take(limit)
+        if self._shared:
+            # The last answer came right after a short switch: a writer probably shares this
+            # core. Sleep this once instead: the wake-up lets the scheduler put this process
+            # on an idle core, which polling never does (as Reader.wait_frame).
+            self._shared = False
+            return None
+        if words and not self._closed:
+            found = _POLL(words, POLL_BUSY_NS, POLL_ROUNDS)
+            if found >= POOL_SHARED:
+                found -= POOL_SHARED
+                self._shared = True
+            if found >= 0:
+                # Every ring was empty: the turn starts at the one with a frame (the others
+                # had nothing to wait for), so the frame is read without looking at them.
+                self.next = self._poll_places[found]
+                return self._take(limit)
         return None
 
     def take(self, limit: int) -> Frame | bytes | None:
@@ -589,9 +610,9 @@ class PoolReader:
         the round robin passes no free place (any place when none is active)."""
         places, active = self.places, self.active
         words = array("Q")  # pool_poll's: each ring in use, (its OIEB's address, its size)
-        for i in range(places):
-            if active[i]:
-                words.extend((self.cores[i].addr, self.cores[i].ring.size))
+        self._poll_places = [i for i in range(places) if active[i]]
+        for i in self._poll_places:
+            words.extend((self.cores[i].addr, self.cores[i].ring.size))
         self._poll_words = words
         for i in range(places):
             j = (i + 1) % places

@@ -766,7 +766,7 @@ class ShmReceiver(base.Receiver):
                             deadline = now + timeout
                         remaining = max(0.0, deadline - now)
                     last = self._finished >= self.senders and self._stream_over()
-                    got = pool.read_small(limit, 0.0 if last else remaining)
+                    got = pool.read_small(limit, 0.0 if last else remaining, looked=True)
                 self._unread = got
                 self._sender = pool.place
             except terr.WriterDead as exc:

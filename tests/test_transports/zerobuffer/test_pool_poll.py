@@ -79,3 +79,18 @@ def test_nonsense_written_into_a_rings_words_is_looked_at_not_trusted(
     word.pack_into(core.mm, L.OFF_WRITE_POS, 256)  # a frame that was never published
     assert _poll(reader) == _index_of(reader, place)  # looked at...
     assert reader.take(1 << 10) is None  # ...but no frame is read without its sem-w post
+
+
+def test_after_an_answer_from_a_shared_core_the_next_wait_sleeps_once(
+    pool: tuple[PoolReader, list],
+) -> None:
+    """As the 1:1 reader: an answer that came right after a short switch means a writer
+    probably shares this core, so the next wait goes to sleep at once (the wake-up lets the
+    scheduler move us) and the one after polls again."""
+    reader, ends = pool
+    _place, writer = ends[0]
+    writer.write(b"waiting")
+    reader._shared = True
+    assert reader._poll(1 << 10) is None  # did not look, although a frame waits
+    assert reader._shared is False
+    assert reader._poll(1 << 10) == b"waiting"
