@@ -285,37 +285,10 @@ class Codec:
                         heads[n] = head
                 self._used = True
                 return head + obj
-        collect = self._collect
-        if collect.busy or self.checksum:  # called from a serializer, or digests to write
-            plan = Plan(*self._serialize(obj), self.checksum)
-            return plan if plan.buffers else plan.packed()
-        # _serialize's steps, written out for the common message (one call and one tuple
-        # fewer per message, docs/benchmarks.md): keep the two in step.
-        buffers = collect.buffers  # empty: a list that took buffers left with its message
-        collect.busy = True
-        collect.threshold = threshold = self.threshold
-        self._used = True
-        if _inline_below() != threshold:
-            _set_inline_below(threshold)
-        object_arrays = _object_arrays[0]
-        inband: bytes | None
-        try:
-            inband = self._fory.serialize(obj, buffer_callback=collect)
-        except Exception as exc:
-            self._serialize_failed(exc, obj)  # raises, or returns when a retry makes sense
-            inband = None
-        finally:
-            collect.busy = False
-            if buffers:  # the list leaves with the message (or with its failure)
-                collect.buffers = []
-        if inband is None:
-            return self.pack(obj)
-        if len(self._types_info) != self._known_types:
-            self._check_new_types()
-        if len(inband) > _CHECK_NESTING_ABOVE:
-            self._check_nesting(obj, _object_arrays[0] != object_arrays)
-        if buffers:
-            return Plan(inband, buffers, False)
+        inband, buffers = self._serialize(obj)
+        if buffers or self.checksum:
+            plan = Plan(inband, buffers, self.checksum)
+            return plan if buffers else plan.packed()
         head = _PLAIN_HEADS.get(len(inband))
         if head is None:
             head = _plain_head(len(inband))
