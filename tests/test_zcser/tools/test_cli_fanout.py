@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from conftest import RUN_TOKEN, unique_name
 from fixtures.foreign import SHM, as_nobody, needs_root, remove
-from fixtures.procs import REPO, script
+from fixtures.procs import run_zcser, script
 
 from transports.admin import collect_garbage, inspect_fanout, list_fanouts
 from transports.fanout import layout as F
@@ -44,20 +42,8 @@ sys.stdin.readline()
 """
 
 
-def _zcser(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "zcser", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=REPO,
-    )
-
-
 def _rows() -> dict[str, dict[str, Any]]:
-    result = _zcser("ls", "--prefix", RUN_TOKEN, "--json")
+    result = run_zcser("ls", "--prefix", RUN_TOKEN, "--json")
     assert result.returncode == 0, result.stderr
     return {row["name"]: row for row in json.loads(result.stdout) if row.get("kind") == "fanout"}
 
@@ -88,9 +74,9 @@ def test_ls_shows_a_publisher_and_its_subscribers_and_gc_removes_it_once_dead() 
             assert set(slots) == {sub_pid, idle_pid}
             assert all(s["alive"] and s["policy"] == "block" for s in slots.values())
             assert (slots[sub_pid]["lag"], slots[idle_pid]["lag"]) == (0, 5)
-            text = _zcser("ls", "--prefix", RUN_TOKEN).stdout
+            text = run_zcser("ls", "--prefix", RUN_TOKEN).stdout
             assert "FAN-OUT" in text and f"{pub_pid}(alive)" in text and "2/3" in text
-            shown = _zcser("inspect", name)
+            shown = run_zcser("inspect", name)
             assert shown.returncode == 0 and "publisher_alive  True" in shown.stdout
             assert name not in collect_garbage(RUN_TOKEN)  # live: never removed
             pub.kill()  # SIGKILL: its segment, bells and lock file stay behind

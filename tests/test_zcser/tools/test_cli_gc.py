@@ -8,40 +8,19 @@ import contextlib
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import posix_ipc
 import pytest
 from conftest import RUN_TOKEN, unique_name
 from fixtures.foreign import NOBODY, as_nobody, decoy, needs_root, plant_semaphore, remove
-from fixtures.procs import REPO, script
+from fixtures.procs import run_zcser, script, zcser_json
 
 from transports.admin import collect_garbage, health, inspect_buffer, list_buffers
 from transports.fanout import layout as F
 from transports.zerobuffer import BufferConfig, Reader, Writer
 from transports.zerobuffer import layout as L
 from zcser.tools.cli import main
-
-
-def _zcser(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "zcser", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
-    )
-
-
-def _json(*args: str) -> Any:
-    result = _zcser(*args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def _exists(name: str) -> dict[str, bool]:
@@ -126,7 +105,7 @@ def test_ls_shows_live_and_orphaned_buffers_with_peers_and_sizes(shm_name: str) 
         child.send()
         pid = int(child.expect("ready")[0])
         dying.kill()  # the orphan's reader dies; our child still writes to it
-        rows = {row["name"]: row for row in _json("ls", "--prefix", RUN_TOKEN)}
+        rows = {row["name"]: row for row in zcser_json("ls", "--prefix", RUN_TOKEN)}
         live = rows[shm_name]
         assert (live["state"], live["lock"], live["lock_pid"]) == ("live", "held", pid)
         assert (live["reader_pid"], live["reader_alive"]) == (pid, True)
@@ -140,7 +119,7 @@ def test_ls_shows_live_and_orphaned_buffers_with_peers_and_sizes(shm_name: str) 
         assert gone["state"] == "orphan-in-use" and gone["lock"] in ("free", "missing")
         assert (gone["reader_pid"], gone["reader_alive"]) == (dying.pid, False)
         assert (gone["writer_pid"], gone["writer_alive"]) == (pid, True)
-        text = _zcser("ls", "--prefix", RUN_TOKEN)
+        text = run_zcser("ls", "--prefix", RUN_TOKEN)
         assert text.returncode == 0
         assert f"{pid}(alive)" in text.stdout and f"{dying.pid}(dead)" in text.stdout
         assert collect_garbage(RUN_TOKEN) == []
@@ -174,7 +153,7 @@ def test_inspect_reports_oieb_and_health_band(
 
 
 def test_inspect_unknown_name_exits_1() -> None:
-    result = _zcser("inspect", unique_name("none"))
+    result = run_zcser("inspect", unique_name("none"))
     assert result.returncode == 1 and "no buffer named" in result.stdout
 
 
@@ -216,7 +195,7 @@ def test_gc_removes_semaphores_left_without_lock_or_shm() -> None:
     for sem in (L.sem_w_name(name), L.sem_r_name(name)):
         posix_ipc.Semaphore(sem, posix_ipc.O_CREX, mode=0o600).close()
     assert [b.name for b in list_buffers(RUN_TOKEN)] == [name]
-    assert _json("gc", "--prefix", RUN_TOKEN) == {"removed": [name]}
+    assert zcser_json("gc", "--prefix", RUN_TOKEN) == {"removed": [name]}
     assert not any(_exists(name).values())
 
 
@@ -308,9 +287,9 @@ def test_ls_inspect_and_gc_skip_a_fifo_in_dev_shm_instead_of_blocking() -> None:
     fifo = Path(f"/dev/shm/{name}")
     os.mkfifo(fifo, 0o600)
     try:
-        assert _json("ls", "--prefix", name) == []
-        assert _json("gc", "--prefix", name) == {"removed": []}
-        assert _zcser("inspect", name).returncode == 1  # "no buffer named ..."
+        assert zcser_json("ls", "--prefix", name) == []
+        assert zcser_json("gc", "--prefix", name) == {"removed": []}
+        assert run_zcser("inspect", name).returncode == 1  # "no buffer named ..."
         assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     finally:
         fifo.unlink()
@@ -367,7 +346,7 @@ def test_gc_removes_a_killed_subscribers_bell_once_its_publisher_closed() -> Non
             assert _bells(name) == [F.sub_bell(name, 0)]  # only the FIFO is left
             kept = _bells(live)
             assert F.sub_bell(live, 0) in kept
-            assert _json("gc", "--prefix", RUN_TOKEN) == {"removed": [name]}
+            assert zcser_json("gc", "--prefix", RUN_TOKEN) == {"removed": [name]}
             assert _bells(name) == []
             assert _bells(live) == kept
             keep.close()  # its segment is gone now, but the live subscriber holds its bell

@@ -4,14 +4,8 @@ ring), and the control segment NAME--pool is a pool's, not a problem."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from typing import Any
-
 from conftest import RUN_TOKEN, unique_name
-from fixtures.procs import REPO, script
+from fixtures.procs import run_zcser, script, zcser_json
 
 from transports.admin import collect_garbage, inspect_buffer, inspect_pool
 
@@ -32,24 +26,6 @@ sys.stdin.readline()
 """
 
 
-def _zcser(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "zcser", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=REPO,
-    )
-
-
-def _json(*args: str) -> Any:
-    result = _zcser(*args, "--json")
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout)
-
-
 def test_inspect_shows_a_pool_by_its_name_with_senders_and_rings() -> None:
     """Regression: `inspect NAME` of a Receiver(senders=3) said "no buffer named NAME" (there
     is no /dev/shm/NAME, only NAME--pool and NAME--0..2), and the NAME--pool row had the
@@ -59,7 +35,7 @@ def test_inspect_shows_a_pool_by_its_name_with_senders_and_rings() -> None:
         rx_pid = int(rx.expect("ready")[0])
         with script(SENDER.format(name=name)) as tx:
             tx_pid = int(tx.expect("ready")[0])
-            pool = _json("inspect", name)
+            pool = zcser_json("inspect", name)
             assert pool["kind"] == "pool" and pool["control"] == f"{name}--pool"
             assert (pool["state"], pool["lock"], pool["lock_pid"]) == ("live", "held", rx_pid)
             assert (pool["reader_pid"], pool["reader_alive"], pool["problem"]) == (
@@ -75,26 +51,26 @@ def test_inspect_shows_a_pool_by_its_name_with_senders_and_rings() -> None:
             assert set(rings) == {f"{name}--{i}" for i in range(3)}
             ring = rings[taken[0]["ring"]]
             assert (ring["state"], ring["writer_pid"], ring["frames_unread"]) == ("live", tx_pid, 2)
-            text = _zcser("inspect", name).stdout
+            text = run_zcser("inspect", name).stdout
             assert "places           3" in text and f"{tx_pid}(alive)" in text
             assert text.count("  place ") == 3
-            control = _json("inspect", f"{name}--pool")
+            control = zcser_json("inspect", f"{name}--pool")
             assert control["problem"] == "" and control["reader_pid"] == rx_pid
-            rows = {row["name"]: row for row in _json("ls", "--prefix", name)}
+            rows = {row["name"]: row for row in zcser_json("ls", "--prefix", name)}
             assert rows[f"{name}--pool"]["problem"] == ""
             assert rows[f"{name}--pool"]["reader_alive"] is True
         rx.kill()
     assert inspect_buffer(f"{name}--pool").state == "stale"
     assert f"{name}--pool" in collect_garbage(RUN_TOKEN)
     assert inspect_pool(name) is None
-    assert _zcser("inspect", name).returncode == 1
+    assert run_zcser("inspect", name).returncode == 1
 
 
 def test_inspect_of_a_one_sender_channel_shows_its_pool() -> None:
     name = unique_name("iq")
     with script(RECEIVER.format(name=name).replace("senders=3", "senders=1")) as rx:
         rx.expect("ready")
-        pool = _json("inspect", name)
+        pool = zcser_json("inspect", name)
         assert (pool["places"], pool["connected"], pool["problem"]) == (1, 0, "")
         assert [ring["name"] for ring in pool["rings"]] == [name]
         rx.send()
