@@ -172,22 +172,25 @@ class _ChargesWhileDecoding:
         self.nbytes = nbytes
 
 
+class _Charging(Serializer):
+    """Writes the object's size; reading it charges that many bytes to the open budget."""
+
+    def write(self, write_context: Any, value: _ChargesWhileDecoding) -> None:
+        write_context.write_var_uint64(value.nbytes)
+
+    def read(self, read_context: Any) -> _ChargesWhileDecoding:
+        nbytes = read_context.read_var_uint64()
+        oob.charge(nbytes, "the test adapter")
+        return _ChargesWhileDecoding(nbytes)
+
+
 def test_an_adapter_charge_during_any_decode_sees_that_message_budget() -> None:
-    class Charging(Serializer):
-        def write(self, write_context: Any, value: _ChargesWhileDecoding) -> None:
-            write_context.write_var_uint64(value.nbytes)
-
-        def read(self, read_context: Any) -> _ChargesWhileDecoding:
-            nbytes = read_context.read_var_uint64()
-            oob.charge(nbytes, "the test adapter")
-            return _ChargesWhileDecoding(nbytes)
-
     codecs = [zcser.Codec(decode_allowance=1000), zcser.Codec(decode_allowance=1000)]
     for codec in codecs:
         codec._fory.register(
             _ChargesWhileDecoding,
             type_id=1999,
-            serializer=Charging(codec._fory.type_resolver, _ChargesWhileDecoding),
+            serializer=_Charging(codec._fory.type_resolver, _ChargesWhileDecoding),
         )
     writer, reader = codecs
     fits = writer.pack([_ChargesWhileDecoding(900)])
@@ -205,20 +208,11 @@ def test_a_decode_small_inside_another_decode_has_its_own_budget_and_restores_th
     """decode_small while a budget is open (an adapter decoding a message inside a message)
     opens one of its own for its message and leaves the outer one current, as it was."""
 
-    class Charging(Serializer):
-        def write(self, write_context: Any, value: _ChargesWhileDecoding) -> None:
-            write_context.write_var_uint64(value.nbytes)
-
-        def read(self, read_context: Any) -> _ChargesWhileDecoding:
-            nbytes = read_context.read_var_uint64()
-            oob.charge(nbytes, "the test adapter")
-            return _ChargesWhileDecoding(nbytes)
-
     codec = zcser.Codec(decode_allowance=1000)
     codec._fory.register(
         _ChargesWhileDecoding,
         type_id=1999,
-        serializer=Charging(codec._fory.type_resolver, _ChargesWhileDecoding),
+        serializer=_Charging(codec._fory.type_resolver, _ChargesWhileDecoding),
     )
     message = codec.pack([_ChargesWhileDecoding(900)])
     assert isinstance(message, bytes)
