@@ -89,6 +89,13 @@ def remove_stale(name: str, slots: int = F.MAX_SUBSCRIBERS) -> bool:
                 f"/dev/shm/{name} exists and is not a zcser fan-out segment: another program "
                 "uses this name; pick another publisher name"
             )
+        if magic != F.MAGIC and _shm.lock_held(name):
+            # Empty or zero-headed is also a ZeroBuffer ring its reader is creating: the reader
+            # holds NAME's ZeroBuffer lock (our publisher lock does not keep it away)
+            raise BufferExists(
+                f"/dev/shm/{name} is being created by a ZeroBuffer reader (a zcser.Receiver): a "
+                "publisher cannot share its name; pick another name"
+            )
         if pid and pid != os.getpid() and _shm.pid_alive(pid):
             raise BufferExists(
                 f"publisher {name!r} already exists (pid {pid}); pick another name or close it"

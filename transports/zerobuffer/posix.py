@@ -468,6 +468,37 @@ def lock_exists(name: str) -> bool:
     return True
 
 
+_PROBE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_FANOUT_LOCK = "{}.fanout"
+"""A fan-out publisher's lock stem in the same directory (transports/fanout/layout.lock_stem):
+a segment it is creating looks like a ZeroBuffer creation cut short."""
+
+
+def lock_held(name: str) -> bool:
+    """Whether a live process holds NAME's lock now: its lock file exists and is flocked.
+    Looks without creating the file, and holds a shared lock for an instant only (a creator
+    taking it then retries, `_flock_patiently`)."""
+    try:
+        dir_fd = open_lock_dir(create=False)
+    except (OSError, ForeignResource):
+        return False
+    try:
+        fd = os.open(name + _LOCK_SUFFIX, _PROBE_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # drops our shared lock too
+    return False
+
+
 def acquire_lock(name: str) -> int:
     """Create and flock NAME's lock file; returns the descriptor (keep it open for the reader's
     lifetime). Raises BufferExists when a live process holds it, ForeignResource when the file
@@ -950,6 +981,13 @@ def remove_stale_ring(name: str) -> None:
         raise BufferExists(
             f"buffer {name!r} already exists with a live reader (pid {reader_pid}); pick another "
             "name or close that reader first"
+        )
+    if not reader_pid and lock_held(_FANOUT_LOCK.format(name)):
+        # An empty NAME is also a fan-out segment its publisher is creating (it then holds its
+        # own lock: ours, NAME's, does not keep it away)
+        raise BufferExists(
+            f"{name!r} is being created by a fan-out publisher (it holds its lock); a channel "
+            "cannot share its name: pick another name"
         )
     sems = [L.sem_w_name(name), L.sem_r_name(name)]
     if _FILES:

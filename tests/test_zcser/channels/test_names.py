@@ -4,6 +4,7 @@ is told what is there and which class connects to it (zcser/channels/names.py)."
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import time
@@ -130,3 +131,65 @@ def test_a_receiver_and_a_publisher_made_at_once_never_both_succeed() -> None:
     assert [proc.exitcode for proc in procs] == [0, 0]
     both = set(got["channel"]) & set(got["fan-out"])
     assert not both, sorted(both)
+
+
+def _being_created(name: str) -> int:
+    """/dev/shm/NAME as its creator leaves it for an instant: created (0600), still empty. Its
+    inode (the caller holds the creator's lock, as the creator does until it is done)."""
+    fd = os.open(f"/dev/shm/{name}", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
+def _inode(name: str) -> int | None:
+    try:
+        return os.stat(f"/dev/shm/{name}").st_ino
+    except FileNotFoundError:
+        return None
+
+
+def test_a_publisher_never_removes_a_channels_ring_being_created(shm_name: str) -> None:
+    """Regression (Receiver(senders=1) and Publisher made under one name at once, 1 of 200
+    names in a race): the Publisher took the Receiver's ring, still empty, for a segment of a
+    publisher cut short (judged under the publisher lock, which a Receiver does not take),
+    removed it and made its own; its second look found NAME--pool and it closed, taking NAME
+    with it. The Receiver had been created and no Sender could reach it."""
+    from transports.zerobuffer import posix as _shm
+
+    lock = _shm.acquire_lock(shm_name)  # what a Reader holds while it creates NAME
+    made = None
+    try:
+        inode = _being_created(shm_name)
+        with pytest.raises(errors.ChannelError, match="being created"):
+            made = zcser.Publisher(shm_name, capacity=SMALL)
+        assert _inode(shm_name) == inode  # still the ring its Receiver is making
+    finally:
+        if made is not None:
+            made.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/dev/shm/{shm_name}")
+        _shm.release_lock(shm_name, lock)
+
+
+def test_a_receiver_never_removes_a_publishers_segment_being_created(shm_name: str) -> None:
+    """Regression, the other way: the Receiver's ring creation took the publisher's segment,
+    still empty, for a ZeroBuffer creation cut short (judged under NAME's ZeroBuffer lock,
+    which a publisher does not take) and replaced it."""
+    from transports.fanout import layout as F
+    from transports.zerobuffer import posix as _shm
+
+    lock = _shm.acquire_lock(F.lock_stem(shm_name))  # what a Publisher holds while it creates
+    made = None
+    try:
+        inode = _being_created(shm_name)
+        with pytest.raises(errors.ChannelError, match="being created"):
+            made = zcser.Receiver(shm_name, SMALL, senders=1)
+        assert _inode(shm_name) == inode  # still the segment its Publisher is making
+    finally:
+        if made is not None:
+            made.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/dev/shm/{shm_name}")
+        _shm.release_lock(F.lock_stem(shm_name), lock)
