@@ -451,11 +451,11 @@ class PoolReader:
                 return got
         deadline = None if timeout is None else time.monotonic() + timeout
         if _POLL is not None:
-            if self._spin:
+            if self._spin and timeout != 0:  # timeout 0: one look, no spin
                 got = self._poll(limit)
                 if got is not None:
                     return got
-        else:  # fewer looks than a Reader's spin: each looks at every ring
+        elif timeout != 0:  # fewer looks than a Reader's spin: each looks at every ring
             for i in range(self._spin // 8):
                 got = self._take(limit)
                 if got is not None:
@@ -496,6 +496,9 @@ class PoolReader:
             # on an idle core, which polling never does (as Reader.wait_frame).
             self._shared = False
             return None
+        if len(self._poll_places) != self.active.count(True):
+            self._order()  # a signal landed between a change of `active` and _order
+            words = self._poll_words
         if words and not self._closed:
             found = _POLL(words, POLL_BUSY_NS, POLL_ROUNDS)
             if found >= POOL_SHARED:

@@ -393,6 +393,8 @@ class _ReaderCore:
         if self.deferred:
             self.drain()
         sem = self.sem_w
+        if timeout == 0:
+            spin = 0  # one look, no spin: a caller polling with timeout 0 spins itself
         if spin and self.sem_handle and self.spin_shared:
             # The last answer came right after a short switch: the peer probably shares this
             # core. Sleep this once instead: the wake-up lets the scheduler put this process on

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from transports.errors import Timeout
 from transports.zerobuffer import BufferConfig, Writer
 from transports.zerobuffer import layout as L
+from transports.zerobuffer import pool as pool_module
 from transports.zerobuffer import posix as _shm
 from transports.zerobuffer.pool import Place, PoolReader
 
@@ -94,3 +96,24 @@ def test_after_an_answer_from_a_shared_core_the_next_wait_sleeps_once(
     assert reader._poll(1 << 10) is None  # did not look, although a frame waits
     assert reader._shared is False
     assert reader._poll(1 << 10) == b"waiting"
+
+
+def test_a_read_with_timeout_zero_looks_once_and_does_not_spin(
+    pool: tuple[PoolReader, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader, _ = pool
+    polls: list[int] = []
+    real = pool_module._POLL
+    assert real is not None
+
+    def counted(words: object, busy: int, rounds: int) -> int:
+        polls.append(busy)
+        return int(real(words, busy, rounds))
+
+    monkeypatch.setattr(pool_module, "_POLL", counted)
+    with pytest.raises(Timeout):
+        reader.read_small(1 << 10, 0)
+    assert polls == []
+    with pytest.raises(Timeout):
+        reader.read_small(1 << 10, 0.001)  # a wait, however short, spins first
+    assert len(polls) == 1

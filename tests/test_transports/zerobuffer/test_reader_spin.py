@@ -124,3 +124,19 @@ def test_after_an_answer_from_this_core_the_next_wait_sleeps_once_instead_of_spi
         assert bytes(r.read_small(64)) == b"b"
         t.join()
         assert spins  # spun again (the timer's 50 ms outlast a spin: it may have run out)
+
+
+def test_a_read_with_timeout_zero_looks_once_and_does_not_spin(shm_name: str) -> None:
+    """timeout=0 is a poll: a caller that polls in a loop spins by itself, so the reader
+    must not add its spin to every empty look."""
+    r, w = _reader_writer(shm_name)
+    with r, w:
+        core = r._core
+        before = core.spins
+        for _ in range(3):
+            with pytest.raises(zb_reader.Timeout):
+                r.read_small(64, timeout=0)
+        assert core.spins == before
+        with pytest.raises(zb_reader.Timeout):
+            r.read_small(64, timeout=0.001)  # a wait, however short, spins first
+        assert core.spins == before + 1
