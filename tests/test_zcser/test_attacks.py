@@ -515,7 +515,7 @@ def test_ctrl_c_while_creating_and_closing_channels_leaks_nothing(lock_dir: Path
         thread.start()
         signal.signal(signal.SIGINT, on_sigint)
         left = []
-        end = time.monotonic() + 20.0  # a leak shows within a few seconds; stops at the first
+        end = time.monotonic() + 12.0  # a leak shows within a few seconds; stops at the first
         i = 0
         while time.monotonic() < end and not left:
             i += 1
