@@ -582,7 +582,8 @@ class ShmSubscriber(Subscriber):
 
     def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
         """The next object (see the policies). Arrays are read-only views pinning their message
-        until garbage-collected; copy=True gives private writable objects."""
+        until garbage-collected; copy=True gives private writable objects. Unlike a channel's
+        recv, a KeyboardInterrupt raised inside it may lose the message being received."""
         if timeout is not None and (type(timeout) is not float or not timeout >= 0):
             _check_timeout(timeout)  # a float >= 0 needs no call
         with self._lock:
