@@ -181,34 +181,32 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         return 1
     if args.name in fanout_names(args.name):
         fanout = inspect_fanout(args.name)
-        if args.json:
-            print(json.dumps(fanout.as_json(), indent=2))
-            return 0
-        for key, value in fanout.as_json().items():
-            if key != "subscribers":
-                print(f"{key:<16} {value}")
-        for sub in fanout.subscribers:
-            print("  " + "  ".join(f"{k} {v}" for k, v in sub.items()))
+        if not _print_fields(fanout.as_json(), args.json, ("subscribers",)):
+            for sub in fanout.subscribers:
+                print("  " + "  ".join(f"{k} {v}" for k, v in sub.items()))
         return 0
-    if args.json:
-        print(json.dumps(info.as_json(), indent=2))
-        return 0
-    for key, value in info.as_json().items():
-        if key != "oieb":
-            print(f"{key:<16} {value}")
-    for key, value in (info.oieb or {}).items():
-        print(f"  {key:<24} {value}")
+    if not _print_fields(info.as_json(), args.json, ("oieb",)):
+        for key, value in (info.oieb or {}).items():
+            print(f"  {key:<24} {value}")
     return 0
+
+
+def _print_fields(fields: dict[str, Any], as_json: bool, nested: tuple[str, ...]) -> bool:
+    """`inspect`'s head: all of `fields` as JSON (True: nothing more to print), else one
+    aligned line per field but the `nested` ones, which the caller prints its own way."""
+    if as_json:
+        print(json.dumps(fields, indent=2))
+        return True
+    for key, value in fields.items():
+        if key not in nested:
+            print(f"{key:<16} {value}")
+    return False
 
 
 def _print_pool(pool: Any, as_json: bool) -> None:
     """`inspect` of a pool: its fields, then one line per place (sender and ring)."""
-    if as_json:
-        print(json.dumps(pool.as_json(), indent=2))
+    if _print_fields(pool.as_json(), as_json, ("senders", "rings")):
         return
-    for key, value in pool.as_json().items():
-        if key not in ("senders", "rings"):
-            print(f"{key:<16} {value}")
     for place, ring in zip(pool.senders, pool.rings, strict=True):
         sender = _pid(place["pid"], place["alive"])
         used = f"{ring.utilisation:.0%}" if ring.capacity else "-"
