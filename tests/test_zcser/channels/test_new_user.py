@@ -118,6 +118,50 @@ def test_close_ends_every_thread_waiting_in_recv_with_closed(shm_name: str, send
     assert got == ["Closed"] * 3
 
 
+_EXIT_WITH_A_DAEMON_READER = """
+import multiprocessing as mp, sys, threading, time
+import zcser
+
+def send(make):
+    tx = make()
+    while True:
+        tx.send(0)
+        time.sleep(0.0002)
+
+make, rx = zcser.channel(sys.argv[1], capacity=1 << 20, senders=int(sys.argv[2]))
+mp.get_context("fork").Process(target=send, args=(make,), daemon=True).start()
+rx.recv(timeout=30)
+
+def loop():
+    while True:
+        rx.recv()
+
+threading.Thread(target=loop, daemon=True).start()
+time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("senders", [1, 2])
+def test_a_program_exits_cleanly_while_a_daemon_thread_waits_in_recv(
+    shm_name: str, senders: int
+) -> None:
+    """At exit the receiver's finalizer removes the names while a daemon thread may still sleep
+    on the ring's semaphore (or poll the pool's rings) with the GIL released: it used to close
+    the semaphore and unmap the memory under it (a segfault in most runs with senders=1, in
+    some with a pool). The exit now leaves handles and mappings to the kernel."""
+    for run in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", _EXIT_WITH_A_DAEMON_READER, f"{shm_name}{run}", str(senders)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"{shm_name}{run}")]
+
+
 def test_a_receiver_holding_the_ring_is_told_so_on_both_sides(shm_name: str) -> None:
     with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
         held = []
