@@ -68,6 +68,7 @@ import os
 import random
 import select
 import struct
+import threading
 import time
 import weakref
 from array import array
@@ -349,8 +350,9 @@ class _Names:
             with contextlib.suppress(Exception):
                 _U64.pack_into(mm, L.OFF_READER_PID, 0)
             _shm.unlink_shm(self.cname)
-            with contextlib.suppress(BufferError):
-                mm.close()
+            if threading.main_thread().is_alive():  # at exit a daemon thread may still read it
+                with contextlib.suppress(BufferError):
+                    mm.close()
         if self.lock_fd is not None:
             _shm.release_lock(self.cname, self.lock_fd)
 

@@ -533,6 +533,11 @@ class _ReaderCore:
         is mapped."""
         if not self.sem_handle or self.busy or not self.lock.acquire(False):
             return
+        if not threading.main_thread().is_alive():
+            # Interpreter exit (atexit runs after the main thread stopped): a daemon thread may
+            # sleep in take_post on these handles, outside the lock; the exit unmaps them.
+            self.lock.release()
+            return
         self.busy = True
         try:
             self.sem_handle = 0
@@ -780,7 +785,9 @@ class _ReaderCore:
     def try_unmap(self) -> None:
         """Unmap once nothing can touch the mapping any more; otherwise the mapping stays until
         the last frame (or export) dies and the garbage collector unmaps it."""
-        if self.ring.held or self.orphans or self.busy or not self.lock.acquire(False):
+        if self.ring.held or self.orphans or self.busy or not threading.main_thread().is_alive():
+            return  # (at interpreter exit, as detach_semaphore: a pool's poll may read it)
+        if not self.lock.acquire(False):
             return
         self.busy = True
         try:

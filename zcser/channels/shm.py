@@ -838,7 +838,7 @@ class ShmReceiver(base.Receiver):
             self._lost += 1
             return _sender_dead(self.name, exc)
         if isinstance(exc, terr.TransportClosed):
-            return errors.Closed(f"receiver of {self.name!r} is closed; create a new Receiver")
+            return self._closing_error()
         if isinstance(exc, terr.Timeout):
             rs = self._r.stats()
             if rs.frames_held and rs.free < rs.capacity // 2:
@@ -902,6 +902,8 @@ class ShmReceiver(base.Receiver):
             gate.busy = False
         remaining = gate.hold(timeout, f"no message on {self.name!r}")
         try:
+            if self._shutting:  # queued behind the gate while close() began: it interrupted
+                raise self._closing_error()  # only the call in the pool then
             return self._recv(remaining, copy)
         finally:
             gate.lock.release()
@@ -1005,9 +1007,14 @@ class ShmReceiver(base.Receiver):
         finally:
             gate.lock.release()
 
+    def _closing_error(self) -> errors.Closed:
+        return errors.Closed(f"receiver of {self.name!r} is closed; create a new Receiver")
+
     def _recv_message(self, timeout: float | None) -> Message:
         if self._forked:
             raise _forked_error(self)
+        if self._shutting:  # as recv: close() began while this call waited for the gate
+            raise self._closing_error()
         frame = self._read(-1, timeout)
         self._unread = None  # the pool's read keeps it there for recv; this call owns it
         assert type(frame) is Frame

@@ -88,6 +88,80 @@ def test_threads_sharing_one_receiver_each_take_distinct_messages(shm_name: str)
         assert part == sorted(part)
 
 
+@pytest.mark.parametrize("senders", [1, 2])
+def test_close_ends_every_thread_waiting_in_recv_with_closed(shm_name: str, senders: int) -> None:
+    """Several threads in recv: one waits for a message, the others for the gate. close() from
+    another thread ends all of them with Closed; a thread that got the gate after close() began
+    used to wait for a message (for its whole timeout; forever with None), and close() with it."""
+    rx = zcser.Receiver(shm_name, capacity=MIB, senders=senders)
+    got: list[str] = []
+
+    def consume() -> None:
+        try:
+            rx.recv(timeout=WAIT)
+            got.append("message")
+        except errors.ZcserError as exc:
+            got.append(type(exc).__name__)
+
+    workers = [threading.Thread(target=consume) for _ in range(3)]
+    for w in workers:
+        w.start()
+    while not rx._gate.lock.locked():  # one of them waits in the pool, the others queue
+        threading.Event().wait(0.001)
+    threading.Event().wait(0.05)
+    closer = threading.Thread(target=rx.close)
+    closer.start()
+    closer.join(timeout=60)
+    for w in workers:
+        w.join(timeout=60)
+    assert not closer.is_alive() and not any(w.is_alive() for w in workers)
+    assert got == ["Closed"] * 3
+
+
+_EXIT_WITH_A_DAEMON_READER = """
+import multiprocessing as mp, sys, threading, time
+import zcser
+
+def send(make):
+    tx = make()
+    while True:
+        tx.send(0)
+        time.sleep(0.0002)
+
+make, rx = zcser.channel(sys.argv[1], capacity=1 << 20, senders=int(sys.argv[2]))
+mp.get_context("fork").Process(target=send, args=(make,), daemon=True).start()
+rx.recv(timeout=30)
+
+def loop():
+    while True:
+        rx.recv()
+
+threading.Thread(target=loop, daemon=True).start()
+time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("senders", [1, 2])
+def test_a_program_exits_cleanly_while_a_daemon_thread_waits_in_recv(
+    shm_name: str, senders: int
+) -> None:
+    """At exit the receiver's finalizer removes the names while a daemon thread may still sleep
+    on the ring's semaphore (or poll the pool's rings) with the GIL released: it used to close
+    the semaphore and unmap the memory under it (a segfault in most runs with senders=1, in
+    some with a pool). The exit now leaves handles and mappings to the kernel."""
+    for run in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", _EXIT_WITH_A_DAEMON_READER, f"{shm_name}{run}", str(senders)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"{shm_name}{run}")]
+
+
 def test_a_receiver_holding_the_ring_is_told_so_on_both_sides(shm_name: str) -> None:
     with zcser.Receiver(shm_name, capacity=MIB) as rx, zcser.Sender(shm_name) as tx:
         held = []
