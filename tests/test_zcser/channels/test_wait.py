@@ -356,3 +356,21 @@ def test_closing_a_receiver_under_a_sleeping_waiter_neither_crashes_nor_hangs(
     state, got = out.get(timeout=WAIT)
     assert state == "done"
     assert "Closed" in got if use_async else got.startswith("[[<")
+
+
+def test_every_end_is_an_async_context_manager(shm_name: str) -> None:
+    """Regression: `async with rx:` raised TypeError (no __aenter__) in asyncio code."""
+
+    async def main() -> Any:
+        async with zcser.Receiver(shm_name, capacity=MIB, senders=2) as rx:
+            async with zcser.Sender(shm_name) as tx:
+                await tx.asend("async")
+            got = await rx.arecv(timeout=WAIT)
+        async with (
+            zcser.Publisher(shm_name + "p", capacity=MIB) as pub,
+            zcser.Subscriber(shm_name + "p") as sub,
+        ):
+            pass
+        return got, rx.closed, tx.closed, pub.closed, sub.closed
+
+    assert asyncio.run(main()) == ("async", True, True, True, True)
