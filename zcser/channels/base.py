@@ -164,6 +164,12 @@ class Sender:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> Sender:  # `async with`: close() does not wait on the peer
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
     def __reduce__(self) -> Any:
         raise TypeError(
             f"a {type(self).__name__} is connected to its channel and cannot be pickled: pass "
@@ -291,6 +297,12 @@ class Receiver(Receiving):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Receiver:  # `async with`: close() does not wait on the peer
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
         self.close()
 
     def __reduce__(self) -> Any:

@@ -203,6 +203,12 @@ class Publisher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> Publisher:  # `async with`: close() does not wait on the peer
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
     def __reduce__(self) -> Any:
         raise TypeError(
             f"a {type(self).__name__} owns its segment and cannot be pickled: pass the name to "
@@ -249,6 +255,12 @@ class Subscriber(base.Receiving):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Subscriber:  # `async with`: close() does not wait on the peer
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
         self.close()
 
     def __reduce__(self) -> Any:

@@ -697,6 +697,15 @@ class ShmReceiver(base.Receiver):
                 "capacity (or leave capacity out: it then fits what is free), remove stale rings "
                 "(`zcser gc`), or give the machine more shared memory (Docker: --shm-size=2g)."
             ) from exc
+        except terr.BufferExists as exc:
+            # Only "a live reader holds the lock" is reworded (it names the control segment,
+            # NAME--pool, and a reader); the other BufferExists say what they mean already.
+            if isinstance(exc, terr.NameInUse) or "owned by a live reader" not in str(exc):
+                raise _translate(exc) from exc
+            raise errors.ChannelError(
+                f"channel {name!r} already has a live Receiver: pick another name, or close "
+                "that Receiver first (`python -m zcser inspect NAME` shows its pid)"
+            ) from exc
         except _TransportError as exc:
             raise _translate(exc) from exc
         try:  # again, now that ours exist: of a Receiver and a Publisher made at once, the

@@ -61,9 +61,12 @@ reports the end once a message waits while no call runs, or returns [] at its ti
 
 
 def _check(ends: Iterable[Any]) -> list[Any]:
-    if isinstance(ends, (str, bytes)) or not isinstance(ends, Iterable):
+    # A receiver is iterable itself (`for obj in rx`): listing it would receive from it, and
+    # block, so one end given alone is refused before anything iterates it.
+    if isinstance(ends, (str, bytes, Waitable)) or not isinstance(ends, Iterable):
+        hint = ": put one end in a list, zcser.wait([rx])" if isinstance(ends, Waitable) else ""
         raise errors.UsageError(
-            f"zcser.wait takes a list of receivers or subscribers, not {type(ends).__name__}"
+            f"zcser.wait takes a list of receivers or subscribers, not {type(ends).__name__}{hint}"
         )
     out = list(ends)
     for end in out:

@@ -794,10 +794,19 @@ def _unregistered_advice(exc: Exception) -> str:
             "model.state_dict() (an OrderedDict of tensors, zero-copy) and load it into a "
             "model built on the reader with model.load_state_dict(...)"
         )
+    text = str(exc)
+    if any(f"<class '{kind}'>" in text for kind in _CODE_KINDS):
+        return (
+            f"{text}: a function is code, which zcser does not send (a strict reader builds "
+            "data only): send the data it works on, or a name the reader maps to its own function"
+        )
     return (
-        f"{exc}: call codec.register(cls) on the writer and the reader "
-        "(or Codec(trusted=True) for trusted peers only)"
+        f"{text}: call codec.register(cls) on the writer and the reader (a zcser.Codec given to "
+        "both ends as codec=), or Codec(trusted=True) for trusted peers only"
     )
+
+
+_CODE_KINDS = ("function", "builtin_function_or_method", "method", "functools.partial")
 
 
 def _slot_names(cls: type) -> list[str]:

@@ -58,6 +58,18 @@ def test_a_subscriber_pointed_at_a_channel_is_told_to_use_a_sender(
         zcser.Subscriber(shm_name, timeout=60)
 
 
+@pytest.mark.parametrize("senders", [1, 2])
+def test_a_second_receiver_is_told_the_channel_has_one(shm_name: str, senders: int) -> None:
+    """Regression: the error named the control segment NAME--pool and "a live reader", not
+    the channel the user created."""
+    with zcser.Receiver(shm_name, SMALL, senders=senders):
+        with pytest.raises(errors.ChannelError) as caught:
+            zcser.Receiver(shm_name, SMALL, senders=senders)
+        said = str(caught.value)
+        assert f"channel {shm_name!r} already has a live Receiver" in said
+        assert "--pool" not in said
+
+
 def test_a_sender_pointed_at_a_publisher_is_told_to_use_a_subscriber(shm_name: str) -> None:
     expected = r"is a fan-out publisher.*zcser\.Subscriber"
     with (

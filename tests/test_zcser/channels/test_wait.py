@@ -81,6 +81,19 @@ def test_wait_refuses_what_it_cannot_wait_on() -> None:
         zcser.wait("abc")
 
 
+def test_wait_refuses_one_end_given_without_a_list_and_takes_nothing_from_it(
+    shm_name: str,
+) -> None:
+    # A receiver is iterable, so wait(rx) used to run `for obj in rx` in its check: it took
+    # every message (and blocked while a sender lived) before failing on the first message.
+    with zcser.Receiver(shm_name, capacity=MIB) as rx:
+        with zcser.Sender(shm_name) as tx:  # closed: the old check ended instead of blocking
+            tx.send("kept")
+        with pytest.raises(errors.UsageError, match=r"zcser.wait\(\[rx\]\)"):
+            zcser.wait(rx, timeout=0)
+        assert rx.recv(timeout=0) == "kept"
+
+
 @pytest.mark.parametrize("senders", [1, 3])
 def test_arecv_awaits_without_blocking_the_loop(shm_name: str, senders: int) -> None:
     async def main() -> list[Any]:
@@ -343,3 +356,21 @@ def test_closing_a_receiver_under_a_sleeping_waiter_neither_crashes_nor_hangs(
     state, got = out.get(timeout=WAIT)
     assert state == "done"
     assert "Closed" in got if use_async else got.startswith("[[<")
+
+
+def test_every_end_is_an_async_context_manager(shm_name: str) -> None:
+    """Regression: `async with rx:` raised TypeError (no __aenter__) in asyncio code."""
+
+    async def main() -> Any:
+        async with zcser.Receiver(shm_name, capacity=MIB, senders=2) as rx:
+            async with zcser.Sender(shm_name) as tx:
+                await tx.asend("async")
+            got = await rx.arecv(timeout=WAIT)
+        async with (
+            zcser.Publisher(shm_name + "p", capacity=MIB) as pub,
+            zcser.Subscriber(shm_name + "p") as sub,
+        ):
+            pass
+        return got, rx.closed, tx.closed, pub.closed, sub.closed
+
+    assert asyncio.run(main()) == ("async", True, True, True, True)

@@ -275,3 +275,13 @@ def test_registered_names_pyfory_cannot_read_back_are_refused_at_register(
     reader = zcser.Codec()
     reader.register(Sample, name=name)
     assert reader.decode(codec.pack(Sample("a", 1))) == Sample("a", 1)
+
+
+def test_a_function_is_refused_as_code_not_as_a_class_to_register() -> None:
+    """Regression: a lambda was refused with "<class 'function'> not registered: call
+    codec.register(cls)", advice that cannot work for a function."""
+    for fn in (lambda: 1, len, zcser.Codec().register):
+        with pytest.raises(zcser.errors.UnregisteredType) as caught:
+            zcser.dumps({"callback": fn})
+        assert "a function is code" in str(caught.value)
+        assert "codec.register" not in str(caught.value)
