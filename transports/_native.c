@@ -975,6 +975,8 @@ typedef struct {
     int has_state;
     int nbells;
     uint64_t *armed[FO_MAX_BELLS]; /* subscribers' S_ARMED words */
+    uint64_t *reads[FO_MAX_BELLS]; /* their S_READ words (cursors) */
+    uint64_t rung[FO_MAX_BELLS];   /* the head right after the bell was last written */
     int fds[FO_MAX_BELLS];         /* their bells' writing ends */
 } FanoutPublisher;
 
@@ -1018,10 +1020,33 @@ FanoutPublisher_dealloc(FanoutPublisher *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* After a publish whose head is `head` (and a full fence): the bell of each armed subscriber
+ * whose cursor reached the head of this bell's last write (see put below). */
+static void
+fo_ring_sleepers(FanoutPublisher *self, uint64_t head)
+{
+    for (int i = 0; i < self->nbells; i++) {
+        if (__atomic_load_n(self->armed[i], __ATOMIC_SEQ_CST) != 0 &&
+            __atomic_load_n(self->reads[i], __ATOMIC_SEQ_CST) >= self->rung[i]) {
+            fo_ring(self->fds[i]);
+            self->rung[i] = head;
+        }
+    }
+}
+
 /* `p.put = data`: publish bytes `data` as the next frame if it fits at the write position
  * before the ring's end, below the floor's lap, before the next sample, with no join pending
  * (done = 1): data, frame header, newest start and sequence, the head (a full fence), then the
- * bells of armed subscribers. Otherwise nothing changes (done = 0). */
+ * bells of armed subscribers. Otherwise nothing changes (done = 0).
+ *
+ * A bell is written once per sleep, not once per frame while its subscriber wakes up: not
+ * again while the subscriber's cursor is below the head of the last write (`rung`). It cannot
+ * be asleep then without that byte still in its bell: it sleeps only after arming and then
+ * seeing no frame past its cursor, so a cursor below `rung` means it looked before that
+ * frame was published, and the publisher, seeing it armed, wrote the byte after it armed;
+ * it drains its bell only after it stopped sleeping. On an oversubscribed machine a woken
+ * subscriber may wait milliseconds for a CPU: without this rule every frame published
+ * meanwhile cost the publisher a system call. */
 static int
 FanoutPublisher_set_put(FanoutPublisher *self, PyObject *data, void *closure)
 {
@@ -1057,13 +1082,29 @@ FanoutPublisher_set_put(FanoutPublisher *self, PyObject *data, void *closure)
     st[FW_BYTES] += n;
     st[FW_DONE] = 1;
     __atomic_fetch_add((uint64_t *)(seg + fo.off_head), t, __ATOMIC_SEQ_CST); /* publishes */
-    for (int i = 0; i < self->nbells; i++) {
-        if (__atomic_load_n(self->armed[i], __ATOMIC_SEQ_CST) != 0) {
-            fo_ring(self->fds[i]);
-        }
-    }
+    fo_ring_sleepers(self, w + t);
     return 0;
 }
+
+/* `p.ring(head)`: the bells of the sleeping subscribers after a frame the Python code
+ * published (head: the end of it), under the same once-per-sleep rule. */
+static PyObject *
+FanoutPublisher_ring(FanoutPublisher *self, PyObject *arg)
+{
+    unsigned long long head = PyLong_AsUnsignedLongLong(arg);
+    if (head == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    fo_ring_sleepers(self, (uint64_t)head);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef FanoutPublisher_methods[] = {
+    {"ring", (PyCFunction)FanoutPublisher_ring, METH_O,
+     "ring(head): write the bells of armed subscribers (once per sleep) after a publish."},
+    {NULL},
+};
 
 /* `p.bells = ((armed_addr, fd), ...)`: the subscribers whose bell a publish writes when armed. */
 static int
@@ -1077,6 +1118,9 @@ FanoutPublisher_set_bells(FanoutPublisher *self, PyObject *value, void *closure)
     uint64_t *armed[FO_MAX_BELLS];
     int fds[FO_MAX_BELLS];
     Py_ssize_t count = PyTuple_GET_SIZE(value);
+    if (count > 0 && fo_check_configured() < 0) {
+        return -1;
+    }
     for (Py_ssize_t i = 0; i < count; i++) {
         unsigned long long addr;
         int fd;
@@ -1095,6 +1139,10 @@ FanoutPublisher_set_bells(FanoutPublisher *self, PyObject *value, void *closure)
     }
     memcpy(self->armed, armed, sizeof(armed[0]) * (size_t)count);
     memcpy(self->fds, fds, sizeof(fds[0]) * (size_t)count);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        self->reads[i] = (uint64_t *)((char *)armed[i] - fo.s_armed + fo.s_read);
+        self->rung[i] = 0; /* a new set of subscribers: each is rung when next armed */
+    }
     self->nbells = (int)count;
     return 0;
 }
@@ -1124,6 +1172,7 @@ static PyTypeObject FanoutPublisherType = {
     .tp_init = (initproc)FanoutPublisher_init,
     .tp_dealloc = (destructor)FanoutPublisher_dealloc,
     .tp_getset = FanoutPublisher_getset,
+    .tp_methods = FanoutPublisher_methods,
 };
 
 /* A subscriber's state words, an array('Q') owned by FanoutReader (reader.py):

@@ -19,6 +19,10 @@ Rules it keeps (docs/protocol.md "Fan-out"; the publisher's side is in writer.py
   beyond that its span may reach its `share` (ring / (2 x slots)), and never half the ring.
   A frame beyond that is copied into private memory and given back at once, so one
   subscriber's pins cannot take more than that from the others.
+- A subscriber that finds nothing polls (and yields) before it sleeps only while the fan-out
+  is not crowded: its publisher and subscribers number no more than the CPUs it may run on.
+  When they do, some of them wait for a CPU, and a poll would take it from the one that has
+  work; it sleeps at once, and the publisher writes its bell once per sleep (writer.py).
 - Small frames (at most the caller's `limit`) of a "block" or "drop" subscriber are taken in
   runs by the compiled `fanout_take` (_native.c): consecutive frames copied out, then one
   compare-and-swap of the cursor; they wait on `_pending` and pin nothing. Everything else
@@ -70,6 +74,14 @@ _BUSY_MAX = 30_000
 the 1:1 reader's spin: zerobuffer/common.py)."""
 _ROUNDS = 16
 """Yields (each followed by another poll) before the compiled wait sleeps on the bell."""
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
 
 # The state words (an array('Q') shared with the compiled take, _native.c fanout_take):
 _LAST_SEQ = 0  # sequence number of the last frame taken
@@ -200,6 +212,13 @@ class FanoutReader:
         self.pending = self._pending
         self._missed_last = 0
         self._busy = _BUSY_MAX
+        self._cpus = _usable_cpus()
+        self._joins = c_uint64.from_address(addr + F.OFF_JOINS)
+        self._joins_seen = -1
+        self._crowd = False
+        self._states = [
+            c_uint64.from_address(addr + F.slot_offset(i) + F.S_STATE) for i in range(slots)
+        ]
         self._stop = False  # interrupt(): a read waiting in another thread gives up
         self.missed = 0
         self.copied = 0  # frames copied because this subscriber pinned more than its share
@@ -451,7 +470,9 @@ class FanoutReader:
         if timeout == 0:
             raise TransportTimeout(f"no message on {self.name!r}", timeout=timeout)
         head, read = self._head, self._s_read
-        if _WAIT is not None:
+        if self.crowded():
+            pass  # sleep at once (below)
+        elif _WAIT is not None:
             got = self._wait_compiled(limit)
             if got is not None:
                 return got
@@ -525,6 +546,16 @@ class FanoutReader:
         view = memoryview(data)
         address = _ADDRESS(data) if _ADDRESS is not None else 0
         return FanoutFrame(None, 0, view, seq, 0, address)
+
+    def crowded(self) -> bool:
+        """Whether the publisher and its subscribers (joining, active or closing) are more
+        than the CPUs this process may run on; counted again when one joins or leaves."""
+        joins = self._joins.value
+        if joins != self._joins_seen:
+            self._joins_seen = joins
+            live = (F.JOINING, F.ACTIVE, F.CLOSING)
+            self._crowd = 1 + sum(s.value in live for s in self._states) > self._cpus
+        return self._crowd
 
     def _wait_compiled(self, limit: int) -> FanoutFrame | bytes | None:
         """Poll for the next frame with the GIL released (compiled), its first poll sized by

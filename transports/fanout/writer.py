@@ -15,7 +15,9 @@ The rules it keeps (ring.py has the accounting; docs/protocol.md "Fan-out" the l
   pins (ring.place): a subscriber announces a hold before it moves its cursor past the frame.
 - Publish order: skip entry (if the frame is not right after the previous one), frame
   header, newest-frame start and sequence, then `head` with an atomic add (a full fence), then
-  the bells of subscribers that armed theirs.
+  the bells of subscribers that armed theirs: once per sleep, not again while the cursor of
+  one is below the head of its bell's last write (it cannot be asleep then without that byte
+  in its bell; _native.c FanoutPublisher.put has the argument).
 - The usual small frame is published by the compiled put (_native.c FanoutPublisher) when
   `_claim`'s fast path would take it (no join pending, the floor a lap behind, no wrap, no
   frame start to record for `Entries`); the state words it shares with this code are `_st`.
@@ -104,6 +106,7 @@ class _Slot:
         "pin",
         "policy",
         "read",
+        "rung",
         "seq",
         "state",
     )
@@ -122,6 +125,7 @@ class _Slot:
         self.seq = c_uint64.from_address(addr + F.S_LAST_SEQ)
         self.bell = -1
         self.bell_pid = 0
+        self.rung = 0  # the head after its bell was last written (written once per sleep)
 
     # ring.Subscriber: what ring.place looks at
 
@@ -231,7 +235,7 @@ class FanoutWriter:
         self._armed_addr = addr + F.OFF_PUB_ARMED
         self._slots = [_Slot(addr, i) for i in range(slots)]
         self._active: list[_Slot] = []
-        self._bells: list[tuple[c_uint64, int]] = []
+        self._bells: list[_Slot] = []
         self._st = array("Q", bytes(8 * 8))
         self._entries = Entries(P)
         self._res: tuple[int, int, int] | None = None  # (position, total, n) when reserved
@@ -276,7 +280,9 @@ class FanoutWriter:
                     s.bell = seg.open_bell(F.sub_bell(self.name, s.index))
                     s.bell_pid = pid
         self._active = active
-        self._bells = [(s.armed, s.bell) for s in active if s.bell >= 0]
+        self._bells = [s for s in active if s.bell >= 0]
+        for s in self._bells:
+            s.rung = 0  # rung when next armed (the compiled put's rule, _native.c)
         if self._nat is not None:
             self._nat.bells = tuple((s.addr + F.S_ARMED, s.bell) for s in active if s.bell >= 0)
 
@@ -482,9 +488,13 @@ class FanoutWriter:
         entries.add(c)
         entries.forget_before(c + t - P)
         st[_SAMPLE] = entries.next_sample
-        for armed, fd in self._bells:
-            if armed.value:
-                seg.ring(fd)
+        if self._nat is not None:
+            self._nat.ring(c + t)
+        else:
+            for s in self._bells:
+                if s.armed.value and s.read.value >= s.rung:
+                    seg.ring(s.bell)
+                    s.rung = c + t
         st[_FRAMES] += 1
         st[_BYTES] += n
 
