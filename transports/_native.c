@@ -18,8 +18,9 @@
  *   put, Publisher.put and take_run only do the cases they handle and answer "not handled"
  *   for everything else (wraps, full ring, gone reader, sequence gaps, corruption), which the
  *   Python code then handles, so the protocol logic stays there.
- * - FanoutPublisher / fanout_take / fanout_wait: the fan-out segment's small message, published
- *   and taken in runs (transports/fanout; see the section "fan-out" below).
+ * - FanoutPublisher / fanout_take / fanout_claim / fanout_wait: the fan-out segment's small
+ *   message, published and taken in runs, and the claim of any other frame (transports/fanout;
+ *   see the section "fan-out" below).
  * - pool_poll: a pool reader's spin over its rings before it sleeps (section "pools").
  * - address: where a contiguous buffer lives, for alignment checks (no pyarrow round trip).
  * - stream_copy: a large copy with non-temporal stores and the GIL released, so several threads
@@ -872,6 +873,8 @@ static PyTypeObject PublisherType = {
  * - fanout_take: a subscriber copies out a run of consecutive small frames, moves its cursor
  *   past them with one compare-and-swap (the publisher may have moved it: then nothing is
  *   taken) and queues their bytes, in one call.
+ * - fanout_claim: a subscriber takes any other frame (its bytes or its frame object, made by
+ *   the Python code): queued and claimed in one call, so a signal handler cannot lose it.
  * - fanout_wait: a subscriber's wait, with the GIL released: a short poll of the head, then
  *   armed sleep on its bell.
  * Offsets come from transports/fanout/layout.py through configure_fanout().
@@ -1100,6 +1103,25 @@ FanoutPublisher_ring(FanoutPublisher *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* `p.head = end`: publish the frames up to `end` (the Python code wrote them and their
+ * headers): the segment's head, a full fence, then the bells (as after a put). An attribute
+ * store, so no signal handler runs between the publication and the caller's return. */
+static int
+FanoutPublisher_set_head(FanoutPublisher *self, PyObject *value, void *closure)
+{
+    if (value == NULL || !PyLong_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "FanoutPublisher.head takes an int");
+        return -1;
+    }
+    unsigned long long end = PyLong_AsUnsignedLongLong(value);
+    if (end == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    __atomic_store_n((uint64_t *)(self->seg + fo.off_head), (uint64_t)end, __ATOMIC_SEQ_CST);
+    fo_ring_sleepers(self, (uint64_t)end);
+    return 0;
+}
+
 static PyMethodDef FanoutPublisher_methods[] = {
     {"ring", (PyCFunction)FanoutPublisher_ring, METH_O,
      "ring(head): write the bells of armed subscribers (once per sleep) after a publish."},
@@ -1150,7 +1172,7 @@ FanoutPublisher_set_bells(FanoutPublisher *self, PyObject *value, void *closure)
 static PyObject *
 FanoutPublisher_get_none(FanoutPublisher *self, void *closure)
 {
-    PyErr_SetString(PyExc_AttributeError, "FanoutPublisher.put and .bells can only be set");
+    PyErr_SetString(PyExc_AttributeError, "FanoutPublisher.put, .bells and .head can only be set");
     return NULL;
 }
 
@@ -1160,6 +1182,8 @@ static PyGetSetDef FanoutPublisher_getset[] = {
      NULL},
     {"bells", (getter)FanoutPublisher_get_none, (setter)FanoutPublisher_set_bells,
      "Set to ((armed_addr, fd), ...): the bells a publish writes when armed.", NULL},
+    {"head", (getter)FanoutPublisher_get_none, (setter)FanoutPublisher_set_head,
+     "Set to an end position: publish the frames written up to it, then the bells.", NULL},
     {NULL},
 };
 
@@ -1181,8 +1205,9 @@ static PyTypeObject FanoutPublisherType = {
  *   [1] skip_idx  skip entries already behind the cursor
  *   [2] frames    frames taken
  *   [3] bytes     data bytes taken
+ *   [4] missed    messages skipped (sequence numbers between those taken)
  */
-enum { FR_LAST_SEQ, FR_SKIP_IDX, FR_FRAMES, FR_BYTES, FR_WORDS };
+enum { FR_LAST_SEQ, FR_SKIP_IDX, FR_FRAMES, FR_BYTES, FR_MISSED, FR_WORDS };
 
 /* fanout_take(addr, slot, base, size, skip_base, words, limit, max_frames, pending, pub_bell)
  *   -> k.
@@ -1302,6 +1327,59 @@ fanout_take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 done:
     PyBuffer_Release(&view);
     return PyLong_FromLong(result);
+}
+
+/* fanout_claim(slot, words, r, end, seq, n, pending, item) -> bool: take the frame at the
+ * cursor `r` (up to `end`, sequence `seq`, n data bytes) for `item`, its bytes or its frame
+ * object: append `item` to `pending`, then move the cursor from `r` to `end` with a
+ * compare-and-swap; if the swap fails (the publisher moved the cursor), take `item` off
+ * again and return False. Then the sequence words and counters, missed ones included (the
+ * sequence numbers skipped before `seq`). One call, so no Python code (no signal handler)
+ * runs between the claim and the frame being where the next read hands it out. */
+static PyObject *
+fanout_claim(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char usage[] = "fanout_claim(slot, words, r, end, seq, n, pending, item)";
+    if (nargs != 8 || !PyList_CheckExact(args[6])) {
+        PyErr_Format(PyExc_TypeError, "%s: 8 arguments, pending a list", usage);
+        return NULL;
+    }
+    PyObject *const nums[5] = {args[0], args[2], args[3], args[4], args[5]};
+    uint64_t a[5];
+    if (parse_u64s(nums, 5, 5, usage, a) < 0 || check_address(a[0]) < 0 ||
+        fo_check_configured() < 0) {
+        return NULL;
+    }
+    char *slot = (char *)(uintptr_t)a[0];
+    uint64_t r = a[1], end = a[2], seq = a[3], n = a[4];
+    PyObject *pending = args[6];
+    Py_buffer view;
+    uint64_t *words;
+    if (state_words(args[1], &view, FR_WORDS, &words) < 0) {
+        return NULL;
+    }
+    if (PyList_Append(pending, args[7]) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    uint64_t expected = r;
+    if (!__atomic_compare_exchange_n((uint64_t *)(slot + fo.s_read), &expected, end, 0,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        Py_ssize_t len = PyList_GET_SIZE(pending);
+        if (PyList_SetSlice(pending, len - 1, len, NULL) < 0) {
+            PyErr_Clear(); /* cannot fail for a list shrinking by one */
+        }
+        PyBuffer_Release(&view);
+        Py_RETURN_FALSE;
+    }
+    uint64_t last = words[FR_LAST_SEQ];
+    words[FR_MISSED] += seq > last ? seq - last - 1 : 0;
+    words[FR_LAST_SEQ] = seq;
+    __atomic_store_n((uint64_t *)(slot + fo.s_last_seq), seq, __ATOMIC_RELAXED);
+    words[FR_FRAMES] += 1;
+    words[FR_BYTES] += n;
+    PyBuffer_Release(&view);
+    Py_RETURN_TRUE;
 }
 
 /* Something for the subscriber: a frame published past its cursor (while active), or the end. */
@@ -1706,6 +1784,8 @@ static PyMethodDef methods[] = {
      "pub_bell) -> frames taken (-1: the publisher moved the cursor)."},
     {"pool_poll", (PyCFunction)(void (*)(void))pool_poll, METH_FASTCALL,
      "pool_poll(words, busy_ns, rounds) -> index or -1: a pool reader's spin, GIL released."},
+    {"fanout_claim", (PyCFunction)(void (*)(void))fanout_claim, METH_FASTCALL,
+     "fanout_claim(slot, words, r, end, seq, n, pending, item) -> bool: take one frame."},
     {"fanout_wait", (PyCFunction)(void (*)(void))fanout_wait, METH_FASTCALL,
      "fanout_wait(addr, slot, bell, busy_ns, rounds, sleep_ms) -> 0-2: a subscriber's wait."},
     {"sem_attach", (PyCFunction)sem_attach, METH_O,

@@ -27,6 +27,11 @@ Rules it keeps (docs/protocol.md "Fan-out"; the publisher's side is in writer.py
   runs by the compiled `fanout_take` (_native.c): consecutive frames copied out, then one
   compare-and-swap of the cursor; they wait on `_pending` and pin nothing. Everything else
   (skips, gaps in the sequence, larger frames, "latest", nonsense) is `_try`'s.
+- Interrupted, not lost: every frame taken goes onto `_pending` in the same call as its claim
+  (`fanout_take`, or `fanout_claim` for `_try`'s), and read() hands the oldest out with no
+  call between taking it off the list and returning it. A signal handler's exception raised
+  inside read() (KeyboardInterrupt) leaves the frame for the next read. Without the compiled
+  module the Python stand-ins keep the order but not this promise.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import contextlib
 import os
 import select
 import time
+import weakref
 from array import array
 from ctypes import c_uint64
 from pickle import PickleBuffer
@@ -83,11 +89,41 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-# The state words (an array('Q') shared with the compiled take, _native.c fanout_take):
+# The state words (an array('Q') shared with the compiled take and claim, _native.c):
 _LAST_SEQ = 0  # sequence number of the last frame taken
 _SKIP_IDX = 1  # skip entries already behind the cursor
 _FRAMES = 2
 _BYTES = 3
+_MISSED = 4  # messages skipped: sequence numbers between those taken
+_WORDS = 5
+
+
+def _claim_py(
+    slot: int,
+    words: array[int],
+    r: int,
+    end: int,
+    seq: int,
+    n: int,
+    pending: list[bytes | FanoutFrame],
+    item: bytes | FanoutFrame,
+) -> bool:
+    """fanout_claim's steps in Python (no compiled module): the same result, but a signal
+    handler may run between them."""
+    pending.append(item)
+    if not _cas(slot + F.S_READ, r, end)[0]:
+        pending.pop()
+        return False
+    last = words[_LAST_SEQ]
+    words[_MISSED] += max(0, seq - last - 1)
+    words[_LAST_SEQ] = seq
+    c_uint64.from_address(slot + F.S_LAST_SEQ).value = seq
+    words[_FRAMES] += 1
+    words[_BYTES] += n
+    return True
+
+
+_CLAIM = _claim_py if _NATIVE is None else _NATIVE.fanout_claim
 
 
 class SlotsTaken(TransportEnvironmentError):
@@ -104,6 +140,7 @@ class FanoutFrame:
     `address` of its first byte. release() gives it back; BufferError while views live."""
 
     __slots__ = (
+        "__weakref__",
         "_reader",
         "_start",
         "_view",
@@ -156,8 +193,10 @@ class FanoutFrame:
         reader._give_back(self._start)
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:  # noqa: SIM105 (fewer calls than suppress: a signal handler may run at each)
             self.release()
+        except Exception:
+            pass
 
 
 def _private_copy(view: memoryview, address: int) -> tuple[memoryview, int]:
@@ -203,14 +242,18 @@ class FanoutReader:
         self.share = max(1, P // (2 * slots))
         self._cap = P // 2
         self._holds = Holds()
-        self._words = array("Q", bytes(8 * 4))
+        # Frames held in place, by start: (the frame, weakly; its view of the segment). A frame
+        # that died without giving its hold back (a signal handler's exception inside its
+        # release) is given back by _sweep once nothing uses its view.
+        self._live: dict[int, tuple[weakref.ref[FanoutFrame], memoryview]] = {}
+        self._words = array("Q", bytes(8 * _WORDS))
         self._started = False  # _words[_LAST_SEQ] is known (the slot is active)
-        self._pending: list[bytes] = []  # small frames taken by a run, oldest first
-        # The same list, public for one reason: a consumer may pop a small frame itself (read's
-        # first case, as _pop does for one within its limit; the list is never replaced). A
-        # run's frames follow each other: none was missed before them (last_missed 0).
+        # Frames taken and not handed out yet, oldest first: a run's small frames (bytes), or
+        # the one frame _try took (bytes, or a FanoutFrame). Never replaced, only emptied.
+        self._pending: list[bytes | FanoutFrame] = []
+        # The same list, public for one reason: a consumer may take a small frame itself
+        # (read's first case, as _pop does for bytes within its limit): `del pending[0]`.
         self.pending = self._pending
-        self._missed_last = 0
         self._busy = _BUSY_MAX
         self._cpus = _usable_cpus()
         self._joins = c_uint64.from_address(addr + F.OFF_JOINS)
@@ -220,7 +263,6 @@ class FanoutReader:
             c_uint64.from_address(addr + F.slot_offset(i) + F.S_STATE) for i in range(slots)
         ]
         self._stop = False  # interrupt(): a read waiting in another thread gives up
-        self.missed = 0
         self.copied = 0  # frames copied because this subscriber pinned more than its share
         self.blocked = 0.0
         self._bell = -1
@@ -297,6 +339,16 @@ class FanoutReader:
         """Frames taken so far."""
         return self._words[_FRAMES]
 
+    def handed_sequence(self) -> int:
+        """The sequence number of the frame read() handed out last (the frames after it wait
+        on `_pending`)."""
+        return self._words[_LAST_SEQ] - len(self._pending)
+
+    @property
+    def missed(self) -> int:
+        """Messages skipped so far (a "drop" subscriber overtaken, or "latest")."""
+        return self._words[_MISSED]
+
     def ready(self) -> bool:
         """Whether read(timeout=0) would return at once (a frame, the end, or an error)."""
         if self._closed or self._pending:
@@ -311,11 +363,11 @@ class FanoutReader:
             "into the shared segment; drop this subscriber."
         )
 
-    def _try(self, limit: int) -> FanoutFrame | bytes | None:
-        """The next frame, bytes (copied out, already given back) when its size is at most
-        `limit`, or None when nothing is published yet."""
+    def _try(self, limit: int) -> bool:
+        """Take the next frame onto `_pending`: its bytes (copied out, already given back) when
+        its size is at most `limit`, else a FanoutFrame. False when nothing is published yet."""
         if self._s_state.value != F.ACTIVE:
-            return None
+            return False
         P = self._P
         mm = self._mm
         holds = self._holds
@@ -328,7 +380,7 @@ class FanoutReader:
             h = self._head.value
             r = read.value
             if r >= h:
-                return None
+                return False
             if h - r > P or r % F.ALIGNMENT:
                 if read.value != r:
                     continue
@@ -370,72 +422,80 @@ class FanoutReader:
                     f"frame header at {r} claims {n} bytes, sequence {seq} (head {h}, last "
                     f"sequence {last_seq})"
                 )
-            if n <= limit:
-                # Small: copied out before the claim, no hold needed. If the claim succeeds,
-                # the publisher had not moved this cursor past r, so it had not overwritten
-                # the frame while it was copied; if it fails, the copy is dropped.
-                start = self._base + off + _HDR
-                data = mm[start : start + n]
-                if not _cas(self._s_read_addr, r, r + total)[0]:
-                    continue
-                missed = seq - last_seq - 1
-                words[_LAST_SEQ] = seq
-                self._s_seq.value = seq
-                words[_FRAMES] += 1
-                words[_BYTES] += n
-                if missed:
-                    self.missed += missed
-                self._missed_last = missed
-                if self._pub_armed.value:
-                    seg.ring(self._pub_bell)
-                return data
-            span = holds.span_with(r + total)
-            over = span > self._cap or (len(holds) >= 2 and span > self.share)
-            old_pin, old_end = holds.pin, holds.end
-            self._s_end.value = r + total
-            if old_pin == _NONE:
-                self._s_pin.value = r
-            holds.take(r, r + total)
-            if not _cas(self._s_read_addr, r, r + total)[0]:
-                holds.untake(r, old_pin, old_end)
-                self._s_pin.value = old_pin
-                self._s_end.value = old_end
-                continue
-            missed = seq - last_seq - 1
-            words[_LAST_SEQ] = seq
-            self._s_seq.value = seq
-            words[_FRAMES] += 1
-            words[_BYTES] += n
-            self.missed += missed
-            self._missed_last = missed
             start = self._base + off + _HDR
-            view = self._rw[start : start + n]
+            missed = seq - last_seq - 1
+            span = holds.span_with(r + total)
+            if n <= limit or span > self._cap or (len(holds) >= 2 and span > self.share):
+                # Copied out before the claim, no hold needed: if the claim succeeds, the
+                # publisher had not moved this cursor past r, so it had not overwritten the
+                # frame while it was copied; if it fails, the copy is dropped. Small frames
+                # come as bytes; a frame past this subscriber's share of pins as a private
+                # FanoutFrame (counted in `copied`).
+                item: bytes | FanoutFrame
+                if n <= limit:
+                    item = mm[start : start + n]
+                else:
+                    view = self._rw[start : start + n]
+                    private, address = _private_copy(view, self._addr + start)
+                    view.release()
+                    item = FanoutFrame(None, r, private, seq, missed, address)
+                if not _CLAIM(self._slot_addr, words, r, r + total, seq, n, self._pending, item):
+                    continue
+                if n > limit:
+                    self.copied += 1
+            else:
+                # Held in place: the frame object first (a signal before the claim drops it,
+                # and its release gives back the hold taken below), then the hold (its end,
+                # and its pin if nothing was held: announced before the claim, which the
+                # publisher's look at cursors before pins relies on), then the claim.
+                if self._live:
+                    self._sweep()
+                view = self._rw[start : start + n]
+                frame = FanoutFrame(self, r, view, seq, missed, self._addr + start)
+                ref = weakref.ref(frame)
+                old_pin, old_end = holds.pin, holds.end
+                holds.take(r, r + total)
+                self._live[r] = (ref, view)
+                self._s_end.value = r + total
+                if old_pin == _NONE:
+                    self._s_pin.value = r
+                if not _CLAIM(self._slot_addr, words, r, r + total, seq, n, self._pending, frame):
+                    holds.untake(r, old_pin, old_end)
+                    self._s_pin.value = old_pin
+                    self._s_end.value = old_end
+                    frame._reader = None  # not ours: its release must not give back the hold
+                    del self._live[r]  # (stores, no call: the hold and its record go together)
+                    continue
             if self._pub_armed.value:
                 seg.ring(self._pub_bell)
-            if over:
-                self.copied += 1
-                private, address = _private_copy(view, self._addr + start)
-                view.release()
-                self._give_back_copied(r, old_end)
-                return FanoutFrame(None, r, private, seq, missed, address)
-            return FanoutFrame(self, r, view, seq, missed, self._addr + start)
+            return True
         raise self._corrupt("the cursor keeps moving under this subscriber")
 
-    def _give_back_copied(self, start: int, old_end: int) -> None:
-        """Give back a frame copied out right after taking it: the held interval shrinks back
-        to what it was (older frames still held keep their pins)."""
-        self._give_back(start)
-        if len(self._holds):
-            self._holds.end = old_end
-            self._s_end.value = old_end
-
     def _give_back(self, start: int) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked child's copy of a frame: the slot's pins are the parent's
         if self._holds.release(start):
             self._s_pin.value = self._holds.pin
             if self._pub_armed.value:
                 seg.ring(self._pub_bell)
+        self._live.pop(start, None)  # after the release: a record without a hold is harmless
         if self._closed and not len(self._holds):
             self._leave()
+
+    def _sweep(self) -> None:
+        """Give back the holds of frames that died without giving them back, once no view of
+        their memory is left (an export of the view refuses its release)."""
+        for start, (ref, view) in list(self._live.items()):
+            if ref() is not None:
+                continue
+            try:
+                view.release()
+            except BufferError:
+                continue  # something still sees that memory: not yet
+            if start in self._holds:
+                self._give_back(start)
+            else:  # given back, the record left behind by a signal handler's exception
+                self._live.pop(start, None)
 
     def _end(self) -> None:
         """Raise what an empty ring means now: the stream ended or the publisher died."""
@@ -450,10 +510,6 @@ class FanoutReader:
                 f"publisher {self.name!r} (pid {pid}) died; every message it published was read"
             )
 
-    @property
-    def last_missed(self) -> int:
-        return self._missed_last
-
     def read(self, timeout: float | None = None, limit: int = -1) -> FanoutFrame | bytes:
         """The next frame (bytes when at most `limit` bytes). Waits up to `timeout` s (None:
         while the publisher lives). TransportClosed after the publisher closed and every
@@ -463,9 +519,8 @@ class FanoutReader:
             return self._pop(limit)
         if self._closed or self._stop:
             raise TransportClosed(f"subscriber of {self.name!r} is closed")
-        got = self._next(limit)
-        if got is not None:
-            return got
+        if self._next(limit):
+            return self._pop(limit)
         self._end()
         if timeout == 0:
             raise TransportTimeout(f"no message on {self.name!r}", timeout=timeout)
@@ -473,15 +528,12 @@ class FanoutReader:
         if self.crowded():
             pass  # sleep at once (below)
         elif _WAIT is not None:
-            got = self._wait_compiled(limit)
-            if got is not None:
-                return got
+            if self._wait_compiled(limit):
+                return self._pop(limit)
         else:
             for i in range(SPIN):  # cheap looks only: liveness is checked once asleep
-                if read.value < head.value:
-                    got = self._try(limit)
-                    if got is not None:
-                        return got
+                if read.value < head.value and self._try(limit):
+                    return self._pop(limit)
                 if i > 16:
                     os.sched_yield()
         start = time.monotonic()
@@ -490,9 +542,8 @@ class FanoutReader:
             while True:
                 if self._stop:
                     raise TransportClosed(f"subscriber of {self.name!r} is closed")
-                got = self._next(limit)
-                if got is not None:
-                    return got
+                if self._next(limit):
+                    break  # handed out below: the `finally` makes a call, a signal may land
                 self._end()
                 wait = BACKSTOP
                 if deadline is not None:
@@ -513,10 +564,11 @@ class FanoutReader:
                 self.woken()
         finally:
             self.blocked += time.monotonic() - start
+        return self._pop(limit)
 
-    def _next(self, limit: int) -> FanoutFrame | bytes | None:
-        """The next frame as read() returns it, or None: a run of small frames through the
-        compiled take when it applies, else _try."""
+    def _next(self, limit: int) -> bool:
+        """Take the next frames onto `_pending` (False: nothing there): a run of small frames
+        through the compiled take when it applies, else _try."""
         if limit > 0 and _TAKE is not None and self._started and self._policy != F.LATEST:
             k = _TAKE(
                 self._addr,
@@ -531,21 +583,22 @@ class FanoutReader:
                 self._pub_bell,
             )
             if k > 0:
-                return self._pop(limit)
+                return True
         return self._try(limit)
 
     def _pop(self, limit: int) -> FanoutFrame | bytes:
-        """The oldest frame a run took: its bytes, or a private frame over them when the
-        caller wants frames (limit < 0)."""
+        """Hand out the oldest frame taken: as it was taken, or a private frame over a run's
+        bytes when the caller wants frames (limit < 0; a run's frames follow each other). No
+        call between taking it off `_pending` and returning it: a signal handler runs before
+        (the frame stays) or after (the caller has it)."""
         pending = self._pending
-        data = pending.pop(0)
-        self._missed_last = 0
-        if len(data) <= limit:
-            return data
-        seq = self._words[_LAST_SEQ] - len(pending)
-        view = memoryview(data)
-        address = _ADDRESS(data) if _ADDRESS is not None else 0
-        return FanoutFrame(None, 0, view, seq, 0, address)
+        item = pending[0]
+        if type(item) is bytes and len(item) > limit:
+            seq = self._words[_LAST_SEQ] - len(pending) + 1
+            address = _ADDRESS(item) if _ADDRESS is not None else 0
+            item = FanoutFrame(None, 0, memoryview(item), seq, 0, address)
+        del pending[0]
+        return item
 
     def crowded(self) -> bool:
         """Whether the publisher and its subscribers (joining, active or closing) are more
@@ -557,11 +610,11 @@ class FanoutReader:
             self._crowd = 1 + sum(s.value in live for s in self._states) > self._cpus
         return self._crowd
 
-    def _wait_compiled(self, limit: int) -> FanoutFrame | bytes | None:
+    def _wait_compiled(self, limit: int) -> bool:
         """Poll for the next frame with the GIL released (compiled), its first poll sized by
         where the last answers came from: one found during it grows it; one found only after
         yielding the CPU, or none, shrinks it (the publisher may need this core, or is idle).
-        None: nothing yet, sleep."""
+        False: nothing yet, sleep; True: taken onto `_pending`."""
         assert _WAIT is not None
         busy = self._busy
         found = _WAIT(self._addr, self._slot_addr, self._bell, busy, _ROUNDS, 0)
@@ -569,7 +622,7 @@ class FanoutReader:
             self._busy = min(busy + (busy >> 2), _BUSY_MAX)
             return self._next(limit)
         self._busy = max(busy >> 1, _BUSY_MIN)
-        return self._next(limit) if found else None
+        return bool(found) and self._next(limit)
 
     def interrupt(self) -> None:
         """Make a read() waiting in another thread give up (TransportClosed) soon: before
@@ -607,10 +660,14 @@ class FanoutReader:
 
     @property
     def pinned_bytes(self) -> int:
+        if self._live:
+            self._sweep()
         return self._holds.bytes
 
     @property
     def pinned_frames(self) -> int:
+        if self._live:
+            self._sweep()
         return len(self._holds)
 
     @property
@@ -626,6 +683,8 @@ class FanoutReader:
         self._pending.clear()  # taken, never handed out: they go with the subscriber
         if os.getpid() != self._pid or self._slot < 0:
             return
+        if self._live:
+            self._sweep()
         if len(self._holds):
             self._s_state.value = F.CLOSING
             # Its name goes now (a closing subscriber never sleeps again, and the slot is not

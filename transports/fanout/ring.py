@@ -107,6 +107,9 @@ class Holds:
     def __len__(self) -> int:
         return len(self._held)
 
+    def __contains__(self, start: object) -> bool:
+        return start in self._held
+
     def span_with(self, end: int) -> int:
         """Ring bytes from the oldest held frame to `end` (0 when nothing is held)."""
         return 0 if self.pin == NONE else end - self.pin

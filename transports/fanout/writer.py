@@ -258,7 +258,7 @@ class FanoutWriter:
     def _update_slots(self) -> None:
         """Start subscribers that asked to join at the next frame; forget those that left."""
         st = self._st
-        st[_JOINS] = self._joins.value
+        joins = self._joins.value  # stored when done: an interrupted look is looked at again
         if self._nat is not None:
             self._nat.bells = ()  # no descriptor below is closed while the compiled put has it
         active: list[_Slot] = []
@@ -276,7 +276,8 @@ class FanoutWriter:
                 active.append(s)
                 if s.bell_pid != pid:
                     if s.bell >= 0:
-                        os.close(s.bell)
+                        fd, s.bell = s.bell, -1  # never a closed descriptor kept
+                        os.close(fd)
                     s.bell = seg.open_bell(F.sub_bell(self.name, s.index))
                     s.bell_pid = pid
         self._active = active
@@ -285,6 +286,7 @@ class FanoutWriter:
             s.rung = 0  # rung when next armed (the compiled put's rule, _native.c)
         if self._nat is not None:
             self._nat.bells = tuple((s.addr + F.S_ARMED, s.bell) for s in active if s.bell >= 0)
+        st[_JOINS] = joins
 
     def _reap_dead(self, slots: list[_Slot]) -> bool:
         """Reap the dead owners among `slots`; True if any was."""
@@ -468,35 +470,45 @@ class FanoutWriter:
         self._publish(c, n)
 
     def _publish(self, c: int, n: int) -> None:
+        """Publish the frame of n data bytes written at position c. Every step that calls
+        comes first, then plain stores, then the publication: so a signal handler's exception
+        (KeyboardInterrupt) raised in here means the frame was not published (the caller may
+        send it again, nothing is duplicated), and one raised after it cannot come before the
+        caller's return (with the compiled module; the Python stand-in has calls after it)."""
         P = self._P
         st = self._st
         w = st[_W]
         mm = self._mm
-        if c != w:  # a wrap or a gap: record where the next entry really is
-            k = self._skips.value
-            F.FRAME_HEADER.pack_into(mm, self._skip_base + (k % F.SKIP_ENTRIES) * F.SKIP_SIZE, w, c)
-            self._skips.value = k + 1
         seq = st[_SEQ] + 1
-        F.FRAME_HEADER.pack_into(mm, self._base + c % P, n, seq)
         t = F.frame_total(n)
+        F.FRAME_HEADER.pack_into(mm, self._base + c % P, n, seq)
+        k = self._skips.value
+        if c != w:  # a wrap or a gap: record where the next entry really is (counted below)
+            F.FRAME_HEADER.pack_into(mm, self._skip_base + (k % F.SKIP_ENTRIES) * F.SKIP_SIZE, w, c)
+        # `w` is where the next entry starts, whatever an interrupted send decided before: a
+        # frame or a skip's start, a place a moved cursor may be put.
+        entries = self._entries
+        entries.add(w)
+        entries.forget_before(c + t - P)
+        # Plain stores from here: no signal handler runs between them and the publication.
+        if c != w:
+            self._skips.value = k + 1
+        st[_SAMPLE] = entries.next_sample
         st[_SEQ] = seq
         self._last.value = c
         self._seqw.value = seq
         st[_W] = c + t
-        _shm.atomic_add(self._head_addr, c + t - w)  # publishes; a full fence before the bells
-        entries = self._entries
-        entries.add(c)
-        entries.forget_before(c + t - P)
-        st[_SAMPLE] = entries.next_sample
-        if self._nat is not None:
-            self._nat.ring(c + t)
-        else:
-            for s in self._bells:
-                if s.armed.value and s.read.value >= s.rung:
-                    seg.ring(s.bell)
-                    s.rung = c + t
         st[_FRAMES] += 1
         st[_BYTES] += n
+        nat = self._nat
+        if nat is not None:
+            nat.head = c + t  # publishes (a full fence), then the bells of sleepers
+            return
+        _shm.atomic_add(self._head_addr, c + t - w)  # publishes; a full fence before the bells
+        for s in self._bells:
+            if s.armed.value and s.read.value >= s.rung:
+                seg.ring(s.bell)
+                s.rung = c + t
 
     # -- state -----------------------------------------------------------------------------------
 

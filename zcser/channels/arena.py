@@ -208,8 +208,9 @@ class FrameArena:
         if len(placed) < len(self._pending):
             self._forget_left_out(placed)
         self.finish()
-        self._commit(used, address)
-        self.zero_copy += bool(placed)
+        zero = 1 if placed else 0
+        self._commit(used, address)  # the last call: a signal lands before it, or after return
+        self.zero_copy += zero
         return used
 
     def _send_fallback(self, plan: Plan, timeout: float | None) -> int:

@@ -78,6 +78,8 @@ once), as on shm channels."""
 
 
 _LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
+_NOTHING: Any = object()  # no message waiting in ShmSubscriber._ready
+_get_ident = threading.get_ident
 """Every shared-memory end of this process, so a forked child knows its copies are not its own
 (no getpid() per message)."""
 
@@ -352,7 +354,7 @@ class ShmPublisher(Publisher):
         )
         self._messages = 0
         self._bytes = 0
-        self._lock = threading.Lock()
+        self._gate = base.Gate()
         self._pid = os.getpid()
         self._forked = False
         _LIVE.add(self)
@@ -361,13 +363,31 @@ class ShmPublisher(Publisher):
     def send(self, obj: Any, timeout: float | None = None) -> None:
         """Publish `obj`: written once into shared memory (not at all for empty() arrays).
         Waits while "block" subscribers (or pins) leave no room: `timeout` s (None: while they
-        live; 0: one try), then BufferFull."""
-        if timeout is not None:
-            _check_timeout(timeout)
-        with self._lock:
+        live; 0: one try), then BufferFull.
+
+        A KeyboardInterrupt (or any signal handler's exception) raised inside send means the
+        message was not published: sending it again duplicates nothing."""
+        if timeout is not None and (type(timeout) is not float or not timeout >= 0):
+            _check_timeout(timeout)  # a float >= 0 needs no call
+        gate = self._gate
+        if _get_ident() == gate.owner:
+            gate.busy = True
+            if not gate.shared:
+                try:
+                    if self._closed:
+                        self._check_open()
+                    self._send(obj, timeout)
+                finally:
+                    gate.busy = False
+                return
+            gate.busy = False
+        remaining = gate.hold(timeout, f"not published on {self.name!r}", errors.BufferFull)
+        try:
             if self._closed:
                 self._check_open()
-            self._send(obj, timeout)
+            self._send(obj, remaining)
+        finally:
+            gate.lock.release()
 
     def _send(self, obj: Any, timeout: float | None) -> None:
         if self._forked:
@@ -400,15 +420,17 @@ class ShmPublisher(Publisher):
 
     def _send_copy(self, plan: Plan, timeout: float | None) -> int:
         w = self._w
+        if w.reserved and self._arena.frame is None:  # left by an interrupted send: give it back
+            w.abort()
         n = plan.nbytes
         view = self._reserve_frame(n, timeout)
-        address = w.reserved_address
         try:
+            address = w.reserved_address
             used = plan.write_into(view, address, copy_threads=self._copy_threads)
         except BaseException:
             w.abort()
             raise
-        self._commit(used, address)
+        self._commit(used, address)  # the last call: a signal lands before it, or after return
         return used
 
     def _reserve_frame(self, n: int, timeout: float | None) -> memoryview:
@@ -427,14 +449,17 @@ class ShmPublisher(Publisher):
         _check_timeout(timeout)
         dt = base.plain_dtype(dtype)
         dims = base.array_shape(shape)
-        with self._lock:
-            self._check_open()
-            if math.prod(dims) * dt.itemsize < self.codec.threshold:
-                return np.empty(dims, dt)
-            try:
-                return self._arena.empty(dims, dt, timeout)
-            except _TransportError as exc:
-                raise _translate(exc) from exc
+        array: np.ndarray = self._gate.run(self._empty, dims, dt, timeout)
+        return array
+
+    def _empty(self, dims: tuple[int, ...], dt: np.dtype[Any], timeout: float | None) -> Any:
+        self._check_open()
+        if math.prod(dims) * dt.itemsize < self.codec.threshold:
+            return np.empty(dims, dt)
+        try:
+            return self._arena.empty(dims, dt, timeout)
+        except _TransportError as exc:
+            raise _translate(exc) from exc
 
     def stats(self) -> PublisherStats:
         ws = self._w.stats()
@@ -460,14 +485,16 @@ class ShmPublisher(Publisher):
         ends (Closed). The names are removed; subscribers' views stay valid."""
         if self._closed:
             return
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            if os.getpid() != self._pid:
-                return
-            self._arena.abort()
-            self._w.close()
+        self._gate.run(self._close)
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if os.getpid() != self._pid:
+            return
+        self._arena.abort()
+        self._w.close()
 
     def __del__(self) -> None:
         try:  # noqa: SIM105
@@ -549,9 +576,17 @@ class ShmSubscriber(Subscriber):
         self._messages = 0
         self._bytes = 0
         self._small = min(SMALL_MESSAGE, layout.TABLE_START + 16 + max(self.codec.threshold, 1) - 1)
-        self._lock = threading.Lock()
+        self._gate = base.Gate()
+        # Interrupted, not lost (recv, recv_message): the frame taken stays in `_unread` until
+        # its message is decoded, the message in `_ready` (a value) or `_ready_message` (a
+        # Message's arguments) until it is returned; `_size`: the size of the last one decoded.
+        self._unread: FanoutFrame | bytes | None = None
+        self._ready: Any = _NOTHING
+        self._ready_message: tuple[Any, Lease | None, int, int, int, int] | None = None
+        self._size = 0
 
     def _read(self, limit: int, timeout: float | None) -> FanoutFrame | bytes:
+        """The next frame, stored in `_unread` as soon as it is taken (see recv)."""
         r = self._r
         assert r is not None
         if self._forked:
@@ -562,6 +597,7 @@ class ShmSubscriber(Subscriber):
             )
         try:
             got = r.read(timeout, limit)
+            self._unread = got  # no call in between: a signal lands before or after both
         except terr.TransportClosed:
             if r.closing:
                 raise errors.Closed(f"subscriber of {self.name!r} is closed") from None
@@ -587,81 +623,177 @@ class ShmSubscriber(Subscriber):
         if not self._checked:
             try:
                 check_stream(self.codec, r.metadata)
-            except _TransportError as exc:
-                raise _translate(exc) from None
+            except (errors.ZcserError, _TransportError) as exc:  # a signal's: the frame stays
+                self._drop_unread()
+                if isinstance(exc, _TransportError):
+                    raise _translate(exc) from None
+                raise
             self._checked = True
         return got
 
+    def _drop_unread(self) -> None:
+        """Give back the frame in `_unread`: its message failed with a zcser error."""
+        got = self._unread
+        self._unread = None
+        if isinstance(got, FanoutFrame):
+            _release_quietly(got)
+
     def recv(self, timeout: float | None = None, copy: bool = False) -> Any:
         """The next object (see the policies). Arrays are read-only views pinning their message
-        until garbage-collected; copy=True gives private writable objects. Unlike a channel's
-        recv, a KeyboardInterrupt raised inside it may lose the message being received."""
+        until garbage-collected; copy=True gives private writable objects.
+
+        A KeyboardInterrupt (or any signal handler's exception) raised inside recv loses no
+        message: the next recv (or recv_message) returns it. A message that fails with a zcser
+        error (corrupt, of an unregistered type, ...) is dropped."""
         if timeout is not None and (type(timeout) is not float or not timeout >= 0):
             _check_timeout(timeout)  # a float >= 0 needs no call
-        with self._lock:
-            r = self._r
-            if r is None or r.closed:
-                self._check_open()
-            assert r is not None  # _check_open raised otherwise
+        gate = self._gate
+        if _get_ident() == gate.owner:
+            gate.busy = True
+            if not gate.shared:
+                try:
+                    return self._recv(timeout, copy)
+                finally:
+                    gate.busy = False
+            gate.busy = False
+        remaining = gate.hold(timeout, f"no message from publisher {self.name!r}")
+        try:
+            return self._recv(remaining, copy)
+        finally:
+            gate.lock.release()
+
+    def _recv(self, timeout: float | None, copy: bool) -> Any:
+        r = self._r
+        if r is None or r.closed:
+            self._check_open()
+        assert r is not None  # _check_open raised otherwise
+        value = self._ready
+        if value is not _NOTHING:  # decoded by a call that a signal handler interrupted
+            self._ready = _NOTHING
+            return value
+        ready = self._ready_message
+        if ready is not None:  # likewise, by recv_message
+            self._ready_message = None
+            return ready[0]
+        got = self._unread
+        if got is None:
             pending = r.pending
             if (
                 pending
-                and not copy
+                and type(got := pending[0]) is bytes
+                and len(got) <= self._small
                 and self._checked
-                and len(pending[0]) <= self._small
                 and not self._forked
             ):  # read()'s usual case while messages flow, inlined: a small frame a run took
-                data = pending.pop(0)
-                value = self.codec.decode_small(data)
-                self._messages += 1
-                self._bytes += len(data)
-                return value
-            got = self._read(self._small, timeout)
-            if isinstance(got, bytes):
-                value = self.codec.decode(got, copy=True) if copy else self.codec.decode_small(got)
-                self._messages += 1
-                self._bytes += len(got)
-                return value
-            size = got.size
-            if copy:
-                try:
-                    value = self.codec.decode(got.data, copy=True)
-                finally:
-                    _release_quietly(got)
+                del pending[0]
             else:
-                value, _lease = self._decode(got)
-            self._messages += 1
-            self._bytes += size
-            return value
+                got = self._read(self._small, timeout)
+            self._unread = got  # no call in between: a signal lands before or after both
+        release = False
+        try:
+            if type(got) is bytes:
+                size = len(got)
+                value = self.codec.decode(got, copy=True) if copy else self.codec.decode_small(got)
+            else:
+                assert isinstance(got, FanoutFrame)  # a frame: large, or a view to pin
+                size = got.size
+                if copy:
+                    value, release = self.codec.decode(got.data, copy=True), True
+                else:
+                    value, lease = self._decode(got)
+                    release = lease is None
+        except errors.ZcserError:  # a corrupt or undecodable message: dropped
+            self._drop_unread()
+            raise
+        # Straight-line stores (CPython runs signal handlers only at calls and loops): the
+        # message moves from the frame to `_ready`, so an interrupted release cannot lose it.
+        self._ready = value
+        self._unread = None
+        self._messages += 1
+        self._bytes += size
+        self._size = size
+        if release:
+            _release_quietly(got)  # type: ignore[arg-type]  # a frame when release is set
+        self._ready = _NOTHING
+        return value
 
     def recv_message(self, timeout: float | None = None) -> Message:
         """The next message with an explicit lifetime and `missed` (messages skipped before
-        it): `with sub.recv_message() as msg:`."""
-        _check_timeout(timeout)
-        with self._lock:
+        it): `with sub.recv_message() as msg:`. Interrupted, not lost, as recv."""
+        if timeout is not None:
+            _check_timeout(timeout)
+        gate = self._gate
+        if _get_ident() == gate.owner:  # as recv (not gate.run: a call through C would
+            gate.busy = True  # run a signal handler after the message left _ready)
+            if not gate.shared:
+                try:
+                    return self._recv_message(timeout)
+                finally:
+                    gate.busy = False
+            gate.busy = False
+        remaining = gate.hold(timeout, f"no message from publisher {self.name!r}")
+        try:
+            return self._recv_message(remaining)
+        finally:
+            gate.lock.release()
+
+    def _recv_message(self, timeout: float | None) -> Message:
+        r = self._r
+        if r is None or r.closed:
             self._check_open()
+        assert r is not None
+        ready = self._ready_message
+        if ready is not None:  # decoded by a call that a signal handler interrupted
+            message = Message(*ready)
+            self._ready_message = None
+            return message
+        if self._ready is not _NOTHING:  # likewise, by recv
+            message = Message(self._ready, None, r.handed_sequence(), self._size)
+            self._ready = _NOTHING
+            return message
+        got = self._unread
+        if got is None:
             got = self._read(-1, timeout)
-            assert isinstance(got, FanoutFrame)
-            value, lease = self._decode(got)
-            self._messages += 1
-            self._bytes += got.size
-            return Message(value, lease, got.sequence, got.size, missed=got.missed)
+        release = False
+        try:
+            if isinstance(got, bytes):  # taken by an interrupted recv: decoded as recv does
+                sequence, missed, size = r.handed_sequence(), 0, len(got)
+                value, lease = self.codec.decode_small(got), None
+            else:
+                sequence, missed, size = got.sequence, got.missed, got.size
+                value, lease = self._decode(got)
+                release = lease is None
+        except errors.ZcserError:
+            self._drop_unread()
+            raise
+        # Straight-line stores, as in recv: the lease moves from `got` to `_ready_message`.
+        ready = (value, lease, sequence, size, 0, missed)
+        self._ready_message = ready
+        self._unread = None
+        self._messages += 1
+        self._bytes += size
+        self._size = size
+        if release:
+            _release_quietly(got)  # type: ignore[arg-type]  # a frame when release is set
+        message = Message(*ready)
+        self._ready_message = None
+        return message
 
     def _decode(self, frame: FanoutFrame) -> tuple[Any, Lease | None]:
+        """The message in `frame` and the lease its views pin the frame with; None: nothing
+        decoded refers to the frame, the caller releases it. On a signal handler's exception
+        the frame stays as it was (the next call decodes it again)."""
         data = frame.data
         if frame.size >= layout.TABLE_START and not int.from_bytes(
             data[layout.OFF_COUNT : layout.OFF_COUNT + 4], "little"
         ):
-            try:
-                return self.codec.decode(data), None
-            finally:
-                _release_quietly(frame)
-        lease = Lease(frame)
+            return self.codec.decode(data), None
+        lease = Lease(None)
         try:
+            lease._frame = frame  # pinned by a store: a signal cannot land between the two
             return self.codec.decode(frame.data, owner=lease), lease
         except BaseException:
-            del lease
-            _release_quietly(frame)
+            lease._frame = None  # the frame stays (a zcser error: the caller drops it)
             raise
 
     def _check_open(self) -> None:
@@ -694,8 +826,15 @@ class ShmSubscriber(Subscriber):
         if r is None or r.closed:
             return
         r.interrupt()
-        with self._lock:
-            r.close()
+        self._gate.run(self._close_reader, r)
+
+    def _close_reader(self, r: FanoutReader) -> None:
+        self._ready = _NOTHING
+        self._ready_message = None
+        unread, self._unread = self._unread, None
+        if isinstance(unread, FanoutFrame):
+            _release_quietly(unread)
+        r.close()
 
     def __del__(self) -> None:
         try:  # noqa: SIM105
@@ -705,6 +844,8 @@ class ShmSubscriber(Subscriber):
 
     # zcser.wait / arecv hooks (channels/waiting.py)
     def _wait_ready(self) -> bool:
+        if self._unread is not None or self._ready is not _NOTHING or self._ready_message:
+            return True
         return self._r is None or self._r.ready()
 
     def _wait_fds(self) -> list[Any]:

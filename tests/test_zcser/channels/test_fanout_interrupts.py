@@ -1,0 +1,135 @@
+"""Interrupted, not lost, on a fan-out: a storm of SIGINTs from another process against a
+"block" `zcser.Subscriber` (or the `zcser.Publisher`) that catches `KeyboardInterrupt` and goes
+on: the publisher sends the same message again. Small messages (taken in runs), large ones
+(arrays out of band, views pinning their frame), copy=True and recv_message: each carries its
+sequence number and a checksum and must arrive exactly once, in order, intact; and the
+subscriber must not keep a pin for a message it never got."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+
+import pytest
+from conftest import unique_name
+from fixtures.storm import storm, storm_child, storm_result
+
+STORM_SECONDS = 3.0
+
+PRELUDE = """
+import json, signal, sys, time, zlib
+import numpy as np
+import zcser
+from zcser import errors
+armed = [False]
+caught = [0]
+
+def handler(signum, frame):
+    if armed[0]:
+        raise KeyboardInterrupt
+
+signal.signal(signal.SIGINT, handler)
+
+def message(seq):
+    rng = np.random.default_rng(seq)
+    n = 20_000 + seq % 1000 if seq % 25 == 3 else seq % 7  # every 25th is large (out of band)
+    a = rng.integers(0, 1 << 30, n, dtype=np.int64)
+    return {"seq": seq, "crc": zlib.crc32(a.tobytes()), "a": a}
+"""
+
+SUBSCRIBER = """
+name = sys.argv[1]
+sub = zcser.Subscriber(name, policy="block", timeout=30)
+print("ready", flush=True)
+expected = 0
+while True:
+    try:
+        armed[0] = True
+        if expected % 3 == 2:
+            msg = sub.recv_message(timeout=30)
+            armed[0] = False
+            obj = msg.value
+        else:
+            obj = sub.recv(timeout=30, copy=expected % 3 == 0)
+            armed[0] = False
+    except KeyboardInterrupt:
+        armed[0] = False
+        caught[0] += 1
+        continue
+    except errors.Closed:
+        armed[0] = False
+        break
+    a = obj["a"]
+    if obj["seq"] != expected:
+        print(json.dumps({"error": f"expected message {expected}, got {obj['seq']}"}))
+        sys.exit(1)
+    if zlib.crc32(np.ascontiguousarray(a).tobytes()) != obj["crc"]:
+        print(json.dumps({"error": f"message {expected}: checksum mismatch"}))
+        sys.exit(1)
+    del obj, a  # views pin their frame until dropped
+    msg = None
+    expected += 1
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the storm may outlive us
+stats = sub.stats()  # every view dropped: nothing may stay pinned
+sub.close()
+print(json.dumps({"messages": expected, "caught": caught[0], "missed": stats.missed,
+                  "pinned": stats.frames_pinned}), flush=True)
+"""
+
+PUBLISHER = """
+name, seconds, victim = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
+if not victim:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+pub = zcser.Publisher(name, capacity=4 << 20, subscribers=2)
+print("ready", flush=True)
+sys.stdin.readline()  # go: the subscriber has joined
+end = time.monotonic() + seconds
+seq = 0
+while time.monotonic() < end:
+    obj = message(seq)
+    while True:
+        try:
+            armed[0] = True
+            pub.send(obj, timeout=30)  # lossless: a pin kept for nothing would stop this
+            armed[0] = False
+            break
+        except KeyboardInterrupt:
+            armed[0] = False
+            caught[0] += 1
+    seq += 1
+pub.close()
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the storm may outlive us
+print(json.dumps({"messages": seq, "caught": caught[0]}), flush=True)
+"""
+
+
+def _child(script: str, *args: str) -> subprocess.Popen[str]:
+    return storm_child(PRELUDE + textwrap.dedent(script), *args)
+
+
+@pytest.mark.parametrize("victim", ["subscriber", "publisher"])
+def test_a_fanout_in_a_sigint_storm_loses_and_duplicates_nothing(victim: str) -> None:
+    name = unique_name("fosig")
+    pub = _child(PUBLISHER, name, str(STORM_SECONDS), "1" if victim == "publisher" else "0")
+    sub = None
+    try:
+        assert pub.stdout is not None and pub.stdin is not None
+        assert pub.stdout.readline().strip() == "ready"
+        sub = _child(SUBSCRIBER, name)
+        assert sub.stdout is not None
+        assert sub.stdout.readline().strip() == "ready"
+        pub.stdin.write("go\n")
+        pub.stdin.flush()
+        sent = storm((sub if victim == "subscriber" else pub).pid, STORM_SECONDS)
+        got = storm_result(sub)
+        wrote = storm_result(pub) if "error" not in got else {}
+    finally:
+        for proc in (pub, sub):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert "error" not in got, got["error"]
+    assert sent > 1000
+    assert got["missed"] == 0 and got["pinned"] == 0
+    assert got["messages"] == wrote["messages"] > 1000
+    assert (got if victim == "subscriber" else wrote)["caught"] > 100  # the storm did interrupt
