@@ -897,6 +897,12 @@ class Reader:
         except Timeout:
             return None
 
+    def handed_sequence(self) -> int:
+        """The sequence number of the frame read() handed out last (the frames after it wait,
+        taken, for the next reads)."""
+        core = self._core
+        return (core.words[EXPECTED] - len(core.pending) - 1) & _U64_MAX
+
     def poll(self) -> bool:
         """Whether a published frame is waiting (read() would not block for it); takes nothing.
         False for a writer that is gone: read() then tells."""

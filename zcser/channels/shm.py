@@ -739,10 +739,12 @@ class ShmReceiver(base.Receiver):
         self._messages = 0
         self._bytes = 0
         self._small = _small_limit(self.codec.threshold)
-        # Interrupted, not lost (recv): the frame taken from the ring stays in `_unread` until
-        # its message is decoded, the message in `_ready` until it is returned.
+        # Interrupted, not lost (recv, recv_message): the frame taken from the ring stays in
+        # `_unread` until its message is decoded, the message in `_ready` (a value) or
+        # `_ready_message` (a Message's arguments) until it is returned.
         self._unread: Frame | bytes | None = None
         self._ready: Any = _NOTHING
+        self._ready_message: tuple[Any, Lease | None, int, int, int] | None = None
 
     def _read(self, limit: int, timeout: float | None) -> Frame | bytes:
         """The next frame, or its bytes when at most `limit` long (already given back)."""
@@ -924,6 +926,10 @@ class ShmReceiver(base.Receiver):
         if value is not _NOTHING:  # decoded by a recv that a signal handler interrupted
             self._ready = _NOTHING
             return value
+        ready = self._ready_message
+        if ready is not None:  # likewise, by recv_message
+            self._ready_message = None
+            return ready[0]
         got = self._unread
         if got is None:
             if self._single:
@@ -1007,9 +1013,14 @@ class ShmReceiver(base.Receiver):
         if timeout is not None:
             _check_timeout(timeout)
         gate = self._gate
-        if _get_ident() == gate.owner and not gate.shared:
-            message: Message = gate.run(self._recv_message, timeout)
-            return message
+        if _get_ident() == gate.owner:  # as recv (not gate.run: a call through C would
+            gate.busy = True  # run a signal handler after the message left _ready_message)
+            if not gate.shared:
+                try:
+                    return self._recv_message(timeout)
+                finally:
+                    gate.busy = False
+            gate.busy = False
         remaining = gate.hold(timeout, f"no message on {self.name!r}")
         try:
             return self._recv_message(remaining)
@@ -1024,16 +1035,50 @@ class ShmReceiver(base.Receiver):
             raise _forked_error(self)
         if self._shutting:  # as recv: close() began while this call waited for the gate
             raise self._closing_error()
-        frame = self._read(-1, timeout)
-        self._unread = None  # the pool's read keeps it there for recv; this call owns it
-        assert type(frame) is Frame
-        self._accept(frame)
-        value, lease = self._decode(frame)
-        if lease is None:
-            _release_quietly(frame)
+        # Interrupted, not lost, as recv: what an interrupted call left comes first.
+        ready = self._ready_message
+        if ready is not None:
+            message = Message(*ready)
+            self._ready_message = None
+            return message
+        if self._ready is not _NOTHING:  # decoded by an interrupted recv (no frame kept)
+            message = Message(self._ready, None, self._handed_sequence(), 0, self._sender)
+            self._ready = _NOTHING
+            return message
+        got = self._unread
+        if got is None:
+            got = self._read(-1, timeout)
+            self._unread = got  # no call in between (the pool's read stored it already)
+        try:
+            if isinstance(got, bytes):  # taken by an interrupted recv: decoded as recv does
+                sequence, size, release = self._handed_sequence(), len(got), False
+                value, _ = self._decode_got(got, False)
+                lease = None
+            else:
+                sequence, size = got.sequence, got.size
+                self._accept(got)
+                value, lease = self._decode(got)
+                release = lease is None
+        except errors.ZcserError:  # a corrupt or undecodable message, the end of the stream
+            self._unread = None
+            raise
+        # Straight-line stores, as in recv: the lease moves from the frame to _ready_message.
+        ready = (value, lease, sequence, size, self._sender)
+        self._ready_message = ready
+        self._unread = None
         self._messages += 1
-        self._bytes += frame.size
-        return Message(value, lease, frame.sequence, frame.size, self._sender)
+        self._bytes += size
+        if release:
+            _release_quietly(got)
+        message = Message(*ready)
+        self._ready_message = None
+        return message
+
+    def _handed_sequence(self) -> int:
+        """The sequence number of the frame read last (of its sender's ring)."""
+        if self._single:
+            return self._r.handed_sequence()  # type: ignore[union-attr]
+        return self._pool.rings[self._sender].handed_sequence()
 
     def _decode(self, frame: Frame) -> tuple[Any, Lease | None]:
         """The message in `frame` and the lease its views pin the frame with; None: nothing
@@ -1119,6 +1164,8 @@ class ShmReceiver(base.Receiver):
 
     def _ready_now(self) -> bool:
         if self._unread is not None or self._ready is not _NOTHING or self._pool.closed:
+            return True
+        if self._ready_message is not None:
             return True
         if self.senders > 1:
             return self._pool.ready() or (self._finished >= self.senders and self._stream_over())

@@ -1,7 +1,8 @@
 """Interrupted, not lost, through the channel API: a storm of SIGINTs from another process
 against a `zcser.Receiver` (or a `zcser.Sender`) that catches `KeyboardInterrupt` and goes on.
-Small and large messages (arrays out of band), received with copy=True and as views; each one
-carries its sequence number and a checksum and must arrive exactly once, in order, intact.
+Small and large messages (arrays out of band), received with copy=True, as views and with
+recv_message; each one carries its sequence number and a checksum and must arrive exactly
+once, in order, intact.
 
 The children's SIGINT handler raises `KeyboardInterrupt` only inside `send`/`recv` (`armed`);
 elsewhere it only counts, so the test's own bookkeeping cannot be what loses a message.
@@ -47,8 +48,13 @@ expected = 0
 while True:
     try:
         armed[0] = True
-        msg = rx.recv(timeout=30, copy=expected % 2 == 0)
-        armed[0] = False
+        if expected % 3 == 2:  # with an explicit lifetime
+            message = rx.recv_message(timeout=30)
+            armed[0] = False
+            msg = message.value
+        else:
+            msg = rx.recv(timeout=30, copy=expected % 2 == 0)
+            armed[0] = False
     except KeyboardInterrupt:
         armed[0] = False
         caught[0] += 1
@@ -64,6 +70,7 @@ while True:
         print(json.dumps({"error": f"message {expected}: checksum mismatch"}))
         sys.exit(1)
     del msg, a  # views pin their frame until dropped
+    message = None
     expected += 1
 rx.close()
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the storm may outlive us
@@ -134,8 +141,13 @@ expected = {0: 0, 1: 0}
 while True:
     try:
         armed[0] = True
-        msg = rx.recv(timeout=30, copy=sum(expected.values()) % 5 == 0)
-        armed[0] = False
+        if sum(expected.values()) % 3 == 2:  # with an explicit lifetime
+            message = rx.recv_message(timeout=30)
+            armed[0] = False
+            msg = message.value
+        else:
+            msg = rx.recv(timeout=30, copy=sum(expected.values()) % 5 == 0)
+            armed[0] = False
     except KeyboardInterrupt:
         armed[0] = False
         caught[0] += 1
@@ -151,6 +163,7 @@ while True:
         print(json.dumps({"error": f"sender {who} message {msg['seq']}: checksum mismatch"}))
         sys.exit(1)
     del msg, a
+    message = None
     expected[who] += 1
 rx.close()
 signal.signal(signal.SIGINT, signal.SIG_IGN)
