@@ -333,6 +333,10 @@ class ShmPublisher(Publisher):
             )
         except terr.InvalidConfig as exc:
             raise errors.UsageError(str(exc)) from None
+        except terr.BufferExists as exc:
+            raise errors.ChannelError(
+                f"{exc} (`python -m zcser inspect {name}` shows its pid)"
+            ) from None
         except terr.ShmFullError as exc:
             raise errors.ShmFull(str(exc)) from exc
         except _TransportError as exc:
