@@ -504,6 +504,8 @@ def test_a_subscriber_closed_while_it_holds_a_view_leaves_no_bell_behind() -> No
 
 def test_a_second_publisher_of_a_live_name_is_told_how_to_find_the_first() -> None:
     name = unique_name("fo")
-    with zcser.Publisher(name, capacity=1 << 20):
-        with pytest.raises(errors.ChannelError, match=rf"inspect {name}` shows its pid"):
-            zcser.Publisher(name, capacity=1 << 20)
+    with (
+        zcser.Publisher(name, capacity=1 << 20),
+        pytest.raises(errors.ChannelError, match=rf"inspect {name}` shows its pid"),
+    ):
+        zcser.Publisher(name, capacity=1 << 20)
