@@ -189,8 +189,10 @@ class FanoutFrame:
                 f"frame {self.sequence} is still in use: an array or view made from its data "
                 "is alive. Drop it (or copy what you need) before releasing the frame."
             ) from None
-        self._reader = None
+        # Given back before it forgets its reader: a signal handler's exception raised as
+        # _give_back starts leaves it to this frame's next release (its __del__ at the latest).
         reader._give_back(self._start)
+        self._reader = None
 
     def __del__(self) -> None:
         try:  # noqa: SIM105 (fewer calls than suppress: a signal handler may run at each)
@@ -474,8 +476,9 @@ class FanoutReader:
     def _give_back(self, start: int) -> None:
         if os.getpid() != self._pid:
             return  # a forked child's copy of a frame: the slot's pins are the parent's
-        if self._holds.release(start):
-            self._s_pin.value = self._holds.pin
+        holds = self._holds
+        if start in holds and holds.release(start):  # (not held: an interrupted release's)
+            self._s_pin.value = holds.pin
             if self._pub_armed.value:
                 seg.ring(self._pub_bell)
         self._live.pop(start, None)  # after the release: a record without a hold is harmless
