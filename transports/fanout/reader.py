@@ -446,17 +446,22 @@ class FanoutReader:
                 if n > limit:
                     self.copied += 1
             else:
-                # Held in place: the frame object first (a signal before the claim drops it,
-                # and its release gives back the hold taken below), then the hold (its end,
-                # and its pin if nothing was held: announced before the claim, which the
-                # publisher's look at cursors before pins relies on), then the claim.
+                # Held in place: the frame object first, then the hold (its end, and its pin
+                # if nothing was held: announced before the claim, which the publisher's look
+                # at cursors before pins relies on), then the claim. The object owns the hold
+                # from the store right after the take (no call between them): a signal before
+                # it drops an object that gives back nothing, not the hold the next call
+                # takes of the same frame (that object may live on, in the traceback); one
+                # after it, before the claim, drops an object whose release gives it back.
                 if self._live:
                     self._sweep()
                 view = self._rw[start : start + n]
-                frame = FanoutFrame(self, r, view, seq, missed, self._addr + start)
+                frame = FanoutFrame(None, r, view, seq, missed, self._addr + start)
+                frame.private = False
                 ref = weakref.ref(frame)
                 old_pin, old_end = holds.pin, holds.end
                 holds.take(r, r + total)
+                frame._reader = self
                 self._live[r] = (ref, view)
                 self._s_end.value = r + total
                 if old_pin == _NONE:

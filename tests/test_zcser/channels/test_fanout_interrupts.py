@@ -205,3 +205,62 @@ def test_a_signal_while_a_frame_goes_back_leaves_no_pin_behind(where: str) -> No
                 sub.communicate()
     assert seen == [0]
     assert got == {"in_order": True, "pinned": 0}
+
+
+KEPT_SUBSCRIBER = """
+from transports.fanout.ring import Holds
+
+name = sys.argv[1]
+sub = zcser.Subscriber(name, policy="block", timeout=30)
+print("ready", flush=True)
+
+def before_the_hold(frame, event, arg):
+    # A real SIGINT after the frame object of a held message was made, as the hold is about to
+    # be taken (Holds.take starts: an eval-breaker check).
+    if event == "call" and frame.f_code is Holds.take.__code__:
+        sys.setprofile(None)
+        signal.raise_signal(signal.SIGINT)
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.setprofile(before_the_hold)
+try:
+    sub.recv(timeout=30)
+    print(json.dumps({"error": "the signal did not land"}), flush=True)
+    sys.exit(1)
+except KeyboardInterrupt:
+    sys.setprofile(None)
+    obj = sub.recv(timeout=30)  # the usual "finish what you have, then quit", in the handler
+# The interrupted call's frame object died with the exception; obj's views pin their frame.
+print(json.dumps({"seq": obj["seq"]}), flush=True)
+sys.stdin.readline()  # the publisher looked at our pin
+ok = bool((obj["a"] == np.arange(20_000, dtype=np.int64)).all())
+del obj
+print(json.dumps({"intact": ok}), flush=True)
+sub.close()
+"""
+
+
+def test_an_interrupted_take_gives_back_no_hold_of_the_next() -> None:
+    """A KeyboardInterrupt inside recv after the frame object of a held message was made but
+    before its hold was taken: that object, dying after the next recv took the same frame
+    again (here: recv called in the `except` block), must not give back the new hold, which
+    the message's live views rely on (the publisher would write over them)."""
+    name = unique_name("fokept")
+    sub = None
+    with zcser.Publisher(name, capacity=1 << 20, subscribers=1) as pub:
+        try:
+            sub = _child(KEPT_SUBSCRIBER, name)
+            assert sub.stdout is not None and sub.stdin is not None
+            assert sub.stdout.readline().strip() == "ready"
+            pub.send({"seq": 0, "a": np.arange(20_000, dtype=np.int64)}, timeout=10)
+            got = json.loads(sub.stdout.readline())
+            seen = [s.pinned_bytes for s in pub.stats().subscribers]
+            sub.stdin.write("done\n")
+            sub.stdin.flush()
+            got.update(json.loads(sub.communicate(timeout=30)[0]))
+        finally:
+            if sub is not None and sub.poll() is None:
+                sub.kill()
+                sub.communicate()
+    assert got == {"seq": 0, "intact": True}
+    assert seen[0] > 160_000  # the message's frame, pinned while its views live
