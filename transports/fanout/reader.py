@@ -189,8 +189,10 @@ class FanoutFrame:
                 f"frame {self.sequence} is still in use: an array or view made from its data "
                 "is alive. Drop it (or copy what you need) before releasing the frame."
             ) from None
-        self._reader = None
+        # Given back before it forgets its reader: a signal handler's exception raised as
+        # _give_back starts leaves it to this frame's next release (its __del__ at the latest).
         reader._give_back(self._start)
+        self._reader = None
 
     def __del__(self) -> None:
         try:  # noqa: SIM105 (fewer calls than suppress: a signal handler may run at each)
@@ -444,17 +446,22 @@ class FanoutReader:
                 if n > limit:
                     self.copied += 1
             else:
-                # Held in place: the frame object first (a signal before the claim drops it,
-                # and its release gives back the hold taken below), then the hold (its end,
-                # and its pin if nothing was held: announced before the claim, which the
-                # publisher's look at cursors before pins relies on), then the claim.
+                # Held in place: the frame object first, then the hold (its end, and its pin
+                # if nothing was held: announced before the claim, which the publisher's look
+                # at cursors before pins relies on), then the claim. The object owns the hold
+                # from the store right after the take (no call between them): a signal before
+                # it drops an object that gives back nothing, not the hold the next call
+                # takes of the same frame (that object may live on, in the traceback); one
+                # after it, before the claim, drops an object whose release gives it back.
                 if self._live:
                     self._sweep()
                 view = self._rw[start : start + n]
-                frame = FanoutFrame(self, r, view, seq, missed, self._addr + start)
+                frame = FanoutFrame(None, r, view, seq, missed, self._addr + start)
+                frame.private = False
                 ref = weakref.ref(frame)
                 old_pin, old_end = holds.pin, holds.end
                 holds.take(r, r + total)
+                frame._reader = self
                 self._live[r] = (ref, view)
                 self._s_end.value = r + total
                 if old_pin == _NONE:
@@ -474,8 +481,9 @@ class FanoutReader:
     def _give_back(self, start: int) -> None:
         if os.getpid() != self._pid:
             return  # a forked child's copy of a frame: the slot's pins are the parent's
-        if self._holds.release(start):
-            self._s_pin.value = self._holds.pin
+        holds = self._holds
+        if start in holds and holds.release(start):  # (not held: an interrupted release's)
+            self._s_pin.value = holds.pin
             if self._pub_armed.value:
                 seg.ring(self._pub_bell)
         self._live.pop(start, None)  # after the release: a record without a hold is harmless

@@ -121,23 +121,36 @@ class Holds:
         self.end = end
         self.bytes += end - start
 
+    # untake and release make their calls (and loops) before their first change: CPython runs
+    # a signal handler right after a call returns, and its exception (KeyboardInterrupt) must
+    # find the record as it was or as it ends, never a frame gone with the pin still at it.
+
     def untake(self, start: int, pin: int, end: int) -> None:
         """Undo the last take (its claim failed): back to the given pin and end."""
-        got = self._held.pop(start, None)
+        held = self._held
+        got = held.get(start)
         if got is not None:
+            del held[start]
             self.bytes -= got[1] - got[0]
         self.pin = pin
         self.end = end
 
     def release(self, start: int) -> bool:
         """Drop the frame held at `start`; True if the pin moved (the publisher may gain room)."""
-        got = self._held.pop(start, None)
+        held = self._held
+        got = held.get(start)
         if got is None:
             raise ValueError(f"no frame held at {start}")
+        after = NONE  # the oldest frame held but this one
+        for other in held:
+            if other != start:
+                after = other
+                break
+        del held[start]
         self.bytes -= got[1] - got[0]
         if start != self.pin:
             return False
-        self.pin = next(iter(self._held)) if self._held else NONE
+        self.pin = after
         return True
 
 
