@@ -1089,20 +1089,6 @@ FanoutPublisher_set_put(FanoutPublisher *self, PyObject *data, void *closure)
     return 0;
 }
 
-/* `p.ring(head)`: the bells of the sleeping subscribers after a frame the Python code
- * published (head: the end of it), under the same once-per-sleep rule. */
-static PyObject *
-FanoutPublisher_ring(FanoutPublisher *self, PyObject *arg)
-{
-    unsigned long long head = PyLong_AsUnsignedLongLong(arg);
-    if (head == (unsigned long long)-1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    fo_ring_sleepers(self, (uint64_t)head);
-    Py_RETURN_NONE;
-}
-
 /* `p.head = end`: publish the frames up to `end` (the Python code wrote them and their
  * headers): the segment's head, a full fence, then the bells (as after a put). An attribute
  * store, so no signal handler runs between the publication and the caller's return. */
@@ -1122,11 +1108,6 @@ FanoutPublisher_set_head(FanoutPublisher *self, PyObject *value, void *closure)
     return 0;
 }
 
-static PyMethodDef FanoutPublisher_methods[] = {
-    {"ring", (PyCFunction)FanoutPublisher_ring, METH_O,
-     "ring(head): write the bells of armed subscribers (once per sleep) after a publish."},
-    {NULL},
-};
 
 /* `p.bells = ((armed_addr, fd), ...)`: the subscribers whose bell a publish writes when armed. */
 static int
@@ -1196,7 +1177,6 @@ static PyTypeObject FanoutPublisherType = {
     .tp_init = (initproc)FanoutPublisher_init,
     .tp_dealloc = (destructor)FanoutPublisher_dealloc,
     .tp_getset = FanoutPublisher_getset,
-    .tp_methods = FanoutPublisher_methods,
 };
 
 /* A subscriber's state words, an array('Q') owned by FanoutReader (reader.py):
