@@ -1108,7 +1108,6 @@ FanoutPublisher_set_head(FanoutPublisher *self, PyObject *value, void *closure)
     return 0;
 }
 
-
 /* `p.bells = ((armed_addr, fd), ...)`: the subscribers whose bell a publish writes when armed. */
 static int
 FanoutPublisher_set_bells(FanoutPublisher *self, PyObject *value, void *closure)
