@@ -49,3 +49,20 @@ def no_leaks() -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(path)
     assert not left, f"test left resources behind: {sorted(left)}"
+
+
+@pytest.fixture(params=["compiled", "python"])
+def fanout_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The fan-out's compiled per-message paths (put, take, claim, wait), or the Python code
+    alone: a test that takes it runs with both, so both keep the same rules."""
+    from transports.fanout import reader, segment, writer
+
+    if request.param == "compiled":
+        if segment.native is None:
+            pytest.skip("transports._native was not built")
+    else:
+        monkeypatch.setattr(writer, "_NATIVE", None)
+        monkeypatch.setattr(reader, "_TAKE", None)
+        monkeypatch.setattr(reader, "_WAIT", None)
+        monkeypatch.setattr(reader, "_CLAIM", reader._claim_py)
+    yield request.param

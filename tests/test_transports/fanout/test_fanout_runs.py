@@ -7,7 +7,6 @@ them (the Python code alone), so both say the same."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import pytest
 from conftest import unique_name
@@ -15,23 +14,8 @@ from conftest import unique_name
 from transports.errors import CorruptBuffer
 from transports.fanout import FanoutFrame, FanoutReader, FanoutWriter
 from transports.fanout import layout as F
-from transports.fanout import reader as fo_reader
-from transports.fanout import segment as fo_segment
-from transports.fanout import writer as fo_writer
 
 LIMIT = 1024
-
-
-@pytest.fixture(params=["compiled", "python"])
-def paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    if request.param == "compiled":
-        if fo_segment.native is None:
-            pytest.skip("transports._native was not built")
-    else:
-        monkeypatch.setattr(fo_writer, "_NATIVE", None)
-        monkeypatch.setattr(fo_reader, "_TAKE", None)
-        monkeypatch.setattr(fo_reader, "_WAIT", None)
-    yield request.param
 
 
 def payload(i: int) -> bytes:
@@ -45,7 +29,7 @@ def index_of(data: bytes | memoryview) -> int:
     return int(i)
 
 
-def test_small_frames_arrive_in_order_across_wraps_and_gaps_around_pins(paths: str) -> None:
+def test_small_frames_arrive_in_order_across_wraps_and_gaps_around_pins(fanout_paths: str) -> None:
     name = unique_name("fr")
     w = FanoutWriter(name, payload_size=1 << 16, slots=3)
     reader = FanoutReader(name, policy="block")
@@ -78,7 +62,7 @@ def test_small_frames_arrive_in_order_across_wraps_and_gaps_around_pins(paths: s
         assert reader.missed == 0 and reader.frames == 3000
         assert w.stats().frames == 3000
         assert {s.lag for s in w.subscribers() if s.policy == "block"} == {0}
-        if paths == "compiled":
+        if fanout_paths == "compiled":
             assert taken_together > 0  # frames did come in runs
         if held is not None:
             assert index_of(held.data) >= 0  # the held frame was never overwritten
@@ -89,7 +73,7 @@ def test_small_frames_arrive_in_order_across_wraps_and_gaps_around_pins(paths: s
         w.close()
 
 
-def test_a_run_stops_before_a_frame_past_the_limit_which_comes_as_a_view(paths: str) -> None:
+def test_a_run_stops_before_a_frame_past_the_limit_which_comes_as_a_view(fanout_paths: str) -> None:
     name = unique_name("fr")
     w = FanoutWriter(name, payload_size=1 << 16, slots=1)
     r = FanoutReader(name, policy="block")
@@ -111,7 +95,7 @@ def test_a_run_stops_before_a_frame_past_the_limit_which_comes_as_a_view(paths: 
 
 
 def test_a_frame_taken_in_a_run_comes_back_as_a_private_frame_with_its_sequence(
-    paths: str,
+    fanout_paths: str,
 ) -> None:
     name = unique_name("fr")
     w = FanoutWriter(name, payload_size=1 << 16, slots=1)
@@ -134,7 +118,9 @@ def test_a_frame_taken_in_a_run_comes_back_as_a_private_frame_with_its_sequence(
         w.close()
 
 
-def test_a_drop_subscriber_overtaken_by_the_publisher_counts_what_it_missed(paths: str) -> None:
+def test_a_drop_subscriber_overtaken_by_the_publisher_counts_what_it_missed(
+    fanout_paths: str,
+) -> None:
     name = unique_name("fr")
     w = FanoutWriter(name, payload_size=1 << 16, slots=2)
     slow = FanoutReader(name, policy="drop")
@@ -156,7 +142,7 @@ def test_a_drop_subscriber_overtaken_by_the_publisher_counts_what_it_missed(path
         w.close()
 
 
-def test_a_nonsense_header_in_the_ring_is_corrupt_buffer(paths: str) -> None:
+def test_a_nonsense_header_in_the_ring_is_corrupt_buffer(fanout_paths: str) -> None:
     name = unique_name("fr")
     w = FanoutWriter(name, payload_size=1 << 16, slots=1)
     r = FanoutReader(name, policy="block")

@@ -6,28 +6,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 
 import pytest
 from conftest import unique_name
 
 from transports.fanout import FanoutReader, FanoutWriter
 from transports.fanout import reader as fanout_reader
-from transports.fanout import segment as seg
-from transports.fanout import writer as fanout_writer
-
-
-@pytest.fixture(params=["compiled", "python"])
-def paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The compiled put, take and wait, or the Python code alone: both keep the rules."""
-    if request.param == "compiled":
-        if seg.native is None:
-            pytest.skip("transports._native was not built")
-    else:
-        monkeypatch.setattr(fanout_writer, "_NATIVE", None)
-        monkeypatch.setattr(fanout_reader, "_TAKE", None)
-        monkeypatch.setattr(fanout_reader, "_WAIT", None)
-    yield request.param
 
 
 def _bell_bytes(r: FanoutReader) -> int:
@@ -43,7 +27,7 @@ def _bell_bytes(r: FanoutReader) -> int:
         got += len(chunk)
 
 
-def test_an_armed_subscriber_is_rung_once_until_it_reads_then_once_again(paths: str) -> None:
+def test_an_armed_subscriber_is_rung_once_until_it_reads_then_once_again(fanout_paths: str) -> None:
     name = unique_name("fw")
     w = FanoutWriter(name, payload_size=1 << 16, slots=2)
     r = FanoutReader(name, policy="block")
@@ -69,7 +53,7 @@ def test_an_armed_subscriber_is_rung_once_until_it_reads_then_once_again(paths: 
 
 
 def test_every_sleep_is_woken_by_the_next_frame(
-    paths: str, monkeypatch: pytest.MonkeyPatch
+    fanout_paths: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A lost wake-up would leave the reader asleep until its backstop: made longer than the
     # read's timeout, so it would show as Timeout.

@@ -14,32 +14,12 @@ import textwrap
 import numpy as np
 import pytest
 from conftest import unique_name
-from fixtures.storm import storm, storm_child, storm_result
+from fixtures.storm import CHILD_PRELUDE, storm, storm_child, storm_result
 
 import zcser
 
 STORM_SECONDS = 3.0
 
-PRELUDE = """
-import json, signal, sys, time, zlib
-import numpy as np
-import zcser
-from zcser import errors
-armed = [False]
-caught = [0]
-
-def handler(signum, frame):
-    if armed[0]:
-        raise KeyboardInterrupt
-
-signal.signal(signal.SIGINT, handler)
-
-def message(seq):
-    rng = np.random.default_rng(seq)
-    n = 20_000 + seq % 1000 if seq % 25 == 3 else seq % 7  # every 25th is large (out of band)
-    a = rng.integers(0, 1 << 30, n, dtype=np.int64)
-    return {"seq": seq, "crc": zlib.crc32(a.tobytes()), "a": a}
-"""
 
 SUBSCRIBER = """
 name = sys.argv[1]
@@ -108,7 +88,7 @@ print(json.dumps({"messages": seq, "caught": caught[0]}), flush=True)
 
 
 def _child(script: str, *args: str) -> subprocess.Popen[str]:
-    return storm_child(PRELUDE + textwrap.dedent(script), *args)
+    return storm_child(CHILD_PRELUDE + textwrap.dedent(script), *args)
 
 
 @pytest.mark.parametrize("victim", ["subscriber", "publisher"])
