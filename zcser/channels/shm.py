@@ -1009,7 +1009,8 @@ class ShmReceiver(base.Receiver):
         return value, lease is None
 
     def recv_message(self, timeout: float | None = None) -> Message:
-        """The next message with an explicit lifetime: `with rx.recv_message() as msg:`."""
+        """The next message with an explicit lifetime: `with rx.recv_message() as msg:`.
+        Interrupted, not lost, as recv."""
         if timeout is not None:
             _check_timeout(timeout)
         gate = self._gate
