@@ -334,9 +334,9 @@ class ShmPublisher(Publisher):
         except terr.InvalidConfig as exc:
             raise errors.UsageError(str(exc)) from None
         except terr.BufferExists as exc:
-            raise errors.ChannelError(
-                f"{exc} (`python -m zcser inspect {name}` shows its pid)"
-            ) from None
+            pid = names.publisher_pid(name)  # the live publisher's, from its segment's header
+            who = f"pid {pid}" if pid else f"`python -m zcser inspect {name}` shows its pid"
+            raise errors.ChannelError(f"{exc} ({who})") from None
         except terr.ShmFullError as exc:
             raise errors.ShmFull(str(exc)) from exc
         except _TransportError as exc:

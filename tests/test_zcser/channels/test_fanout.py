@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import threading
 import time
 import zlib
@@ -502,10 +503,12 @@ def test_a_subscriber_closed_while_it_holds_a_view_leaves_no_bell_behind() -> No
     msg.release()
 
 
-def test_a_second_publisher_of_a_live_name_is_told_how_to_find_the_first() -> None:
+def test_a_second_publisher_of_a_live_name_is_told_the_first_ones_pid() -> None:
     name = unique_name("fo")
     with (
         zcser.Publisher(name, capacity=1 << 20),
-        pytest.raises(errors.ChannelError, match=rf"inspect {name}` shows its pid"),
+        pytest.raises(
+            errors.ChannelError, match=rf"close that publisher first \(pid {os.getpid()}\)"
+        ),
     ):
         zcser.Publisher(name, capacity=1 << 20)
