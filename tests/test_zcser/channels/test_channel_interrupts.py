@@ -27,14 +27,7 @@ print("ready", flush=True)
 expected = 0
 while True:
     try:
-        armed[0] = True
-        if expected % 3 == 2:  # with an explicit lifetime
-            message = rx.recv_message(timeout=30)
-            armed[0] = False
-            msg = message.value
-        else:
-            msg = rx.recv(timeout=30, copy=expected % 2 == 0)
-            armed[0] = False
+        msg = receive(rx, expected, copy=expected % 2 == 0)
     except KeyboardInterrupt:
         armed[0] = False
         caught[0] += 1
@@ -50,7 +43,6 @@ while True:
         print(json.dumps({"error": f"message {expected}: checksum mismatch"}))
         sys.exit(1)
     del msg, a  # views pin their frame until dropped
-    message = None
     expected += 1
 rx.close()
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the storm may outlive us
@@ -120,14 +112,8 @@ print("ready", flush=True)
 expected = {0: 0, 1: 0}
 while True:
     try:
-        armed[0] = True
-        if sum(expected.values()) % 3 == 2:  # with an explicit lifetime
-            message = rx.recv_message(timeout=30)
-            armed[0] = False
-            msg = message.value
-        else:
-            msg = rx.recv(timeout=30, copy=sum(expected.values()) % 5 == 0)
-            armed[0] = False
+        got = sum(expected.values())
+        msg = receive(rx, got, copy=got % 5 == 0)
     except KeyboardInterrupt:
         armed[0] = False
         caught[0] += 1
@@ -143,7 +129,6 @@ while True:
         print(json.dumps({"error": f"sender {who} message {msg['seq']}: checksum mismatch"}))
         sys.exit(1)
     del msg, a
-    message = None
     expected[who] += 1
 rx.close()
 signal.signal(signal.SIGINT, signal.SIG_IGN)

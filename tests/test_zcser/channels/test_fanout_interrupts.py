@@ -28,14 +28,7 @@ print("ready", flush=True)
 expected = 0
 while True:
     try:
-        armed[0] = True
-        if expected % 3 == 2:
-            msg = sub.recv_message(timeout=30)
-            armed[0] = False
-            obj = msg.value
-        else:
-            obj = sub.recv(timeout=30, copy=expected % 3 == 0)
-            armed[0] = False
+        obj = receive(sub, expected, copy=expected % 3 == 0)
     except KeyboardInterrupt:
         armed[0] = False
         caught[0] += 1
@@ -51,7 +44,6 @@ while True:
         print(json.dumps({"error": f"message {expected}: checksum mismatch"}))
         sys.exit(1)
     del obj, a  # views pin their frame until dropped
-    msg = None
     expected += 1
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the storm may outlive us
 stats = sub.stats()  # every view dropped: nothing may stay pinned
