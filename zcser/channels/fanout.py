@@ -27,6 +27,7 @@ publisher writes around the pins of every subscriber.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -78,10 +79,10 @@ once), as on shm channels."""
 
 
 _LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Every shared-memory end of this process, so a forked child knows its copies are not its own
+(no getpid() per message), and the exit closes the publishers left open."""
 _NOTHING: Any = object()  # no message waiting in ShmSubscriber._ready
 _get_ident = threading.get_ident
-"""Every shared-memory end of this process, so a forked child knows its copies are not its own
-(no getpid() per message)."""
 
 
 def _after_fork_in_child() -> None:
@@ -89,7 +90,22 @@ def _after_fork_in_child() -> None:
         end._forked = True
 
 
+def _close_publishers_at_exit() -> None:
+    """Close the publishers still open at interpreter exit (a script stopped by Ctrl-C without
+    `with`): their subscribers then end with Closed after the last message, and the names go.
+    `__del__` is not enough: at shutdown it may run after the modules it needs were torn down,
+    or not at all. A publisher another thread is using now is left to the exit (its
+    subscribers see WriterDead and remove the segment), never waited for."""
+    for end in list(_LIVE):
+        if isinstance(end, ShmPublisher) and not end._closed and not end._forked:
+            try:  # noqa: SIM105
+                end._gate.attempt(end._close)
+            except Exception:
+                pass
+
+
 os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_publishers_at_exit)
 
 
 def register(scheme: str, publisher: type[Publisher], subscriber: type[Subscriber]) -> None:

@@ -118,3 +118,49 @@ def test_a_publisher_killed_at_a_random_moment_ends_after_what_it_published(seed
     finally:
         p.kill()
         p.join(30)
+
+
+EXIT_CHILD = """
+import sys
+import zcser
+pub = zcser.Publisher(sys.argv[1], capacity=1 << 20, subscribers=2)
+pub.send({"i": 0})
+print("sent", flush=True)
+sys.stdin.readline()
+raise KeyboardInterrupt  # as a Ctrl-C in a script that made its publisher without `with`
+"""
+
+
+def test_a_publisher_left_open_at_exit_is_closed_and_its_names_removed() -> None:
+    """A script that makes its Publisher without `with` and stops on an uncaught exception:
+    the publisher closes at interpreter exit (its subscriber ends with Closed after the last
+    message, not WriterDead) and its segment is gone from /dev/shm."""
+    import subprocess
+    import sys
+
+    from transports.zerobuffer import posix
+
+    name = unique_name("fx")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    child = subprocess.Popen(
+        [sys.executable, "-c", EXIT_CHILD, name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert child.stdout is not None and child.stdin is not None
+    try:
+        assert child.stdout.readline() == "sent\n"
+        with zcser.Subscriber(name, timeout=10) as sub:
+            child.stdin.write("\n")
+            child.stdin.flush()
+            child.wait(timeout=60)
+            assert "KeyboardInterrupt" in child.stderr.read()  # type: ignore[union-attr]
+            assert not posix.shm_exists(name)
+            with pytest.raises(errors.Closed):
+                sub.recv(timeout=10)
+    finally:
+        child.kill()
+        child.wait()
