@@ -581,6 +581,12 @@ class ShmSubscriber(Subscriber):
         timeout: float | None = CONNECT_TIMEOUT,
     ) -> None:
         self._r: FanoutReader | None = None
+        # Threads inside a zcser.wait / arecv hook (between _wait_arm and _wait_disarm, or in
+        # _wait_ready / _wait_woken): they read the slot's words and sleep on its bell outside
+        # the gate, so close() leaves the segment mapped and the slot taken until they left.
+        self._waiters = 0
+        self._waiters_lock = threading.Lock()
+        self._shutting = False
         name = _shm_name(name)
         self.name = name
         self.policy = _check_policy(policy, ("block", "drop", "latest"))
@@ -684,7 +690,7 @@ class ShmSubscriber(Subscriber):
 
     def _recv(self, timeout: float | None, copy: bool) -> Any:
         r = self._r
-        if r is None or r.closed:
+        if self._shutting or r is None or r.closed:
             self._check_open()
         assert r is not None  # _check_open raised otherwise
         value = self._ready
@@ -759,7 +765,7 @@ class ShmSubscriber(Subscriber):
 
     def _recv_message(self, timeout: float | None) -> Message:
         r = self._r
-        if r is None or r.closed:
+        if self._shutting or r is None or r.closed:
             self._check_open()
         assert r is not None
         ready = self._ready_message
@@ -817,7 +823,7 @@ class ShmSubscriber(Subscriber):
             raise
 
     def _check_open(self) -> None:
-        if self._r is None or self._r.closed:
+        if self._shutting or self._r is None or self._r.closed:
             raise errors.Closed(f"subscriber of {self.name!r} is closed; create a new one")
 
     def stats(self) -> SubscriberStats:
@@ -836,16 +842,26 @@ class ShmSubscriber(Subscriber):
 
     @property
     def closed(self) -> bool:
-        return self._r is None or self._r.closed
+        return self._shutting or self._r is None or self._r.closed
 
     def close(self) -> None:
         """Leave the publisher (its slot is freed once no view of a received message lives;
         views stay valid). A recv waiting in another thread raises Closed first: the segment
-        it looks at stays mapped until it has left."""
+        it looks at stays mapped until it has left. A zcser.wait or arecv sleeping on this
+        subscriber wakes and returns it; should one not have left after twice the backstop
+        (an event loop that this very call blocks), the last of them leaves the publisher."""
         r = self._r
         if r is None or r.closed:
             return
+        with self._waiters_lock:
+            self._shutting = True
         r.interrupt()
+        deadline = time.monotonic() + 2 * _WAIT_BACKSTOP
+        while self._waiters and time.monotonic() < deadline:
+            time.sleep(0.002)
+        with self._waiters_lock:
+            if self._waiters:  # they look at the slot and sleep on its bell: the last leaves
+                return
         self._gate.run(self._close_reader, r)
 
     def _close_reader(self, r: FanoutReader) -> None:
@@ -862,29 +878,70 @@ class ShmSubscriber(Subscriber):
         except Exception:
             pass
 
-    # zcser.wait / arecv hooks (channels/waiting.py)
+    # zcser.wait / arecv hooks (channels/waiting.py). They run outside the gate, next to a
+    # close() in another thread: each counts itself in `_waiters` while it touches the reader
+    # (its slot's words, its bell), so close() does not unmap them under it.
+    def _wait_enter(self) -> bool:
+        with self._waiters_lock:
+            if self._shutting or self._r is None:
+                return False
+            self._waiters += 1
+        return True
+
+    def _wait_leave(self) -> None:
+        with self._waiters_lock:
+            self._waiters -= 1
+            last = self._shutting and not self._waiters
+        r = self._r
+        if last and r is not None:  # close() gave up waiting for us: we leave the publisher
+            self._gate.run(self._close_reader, r)
+
     def _wait_ready(self) -> bool:
         if self._unread is not None or self._ready is not _NOTHING or self._ready_message:
             return True
-        return self._r is None or self._r.ready()
+        if not self._wait_enter():
+            return True  # closing: its recv says so at once
+        try:
+            return self._r is None or self._r.ready()
+        finally:
+            self._wait_leave()
 
     def _wait_fds(self) -> list[Any]:
         return [] if self._r is None or self._r.bell < 0 else [self._r.bell]
 
-    def _wait_arm(self) -> None:
-        if self._r is not None:
-            self._r.arm()
+    def _wait_arm(self) -> bool:
+        """False once close() has begun: not armed, and the caller reports this end. Armed,
+        close() leaves the segment mapped and the slot taken until _wait_disarm."""
+        if not self._wait_enter():
+            return False
+        try:
+            self._r.arm()  # type: ignore[union-attr]  # _wait_enter: not None
+        except BaseException:
+            self._wait_leave()
+            raise
+        return True
 
     def _wait_disarm(self) -> None:
-        if self._r is not None:
-            self._r.disarm()
+        try:
+            self._r.disarm()  # type: ignore[union-attr]  # armed: not None
+        finally:
+            self._wait_leave()
 
     def _wait_woken(self) -> None:
-        if self._r is not None:
-            self._r.woken()
+        if not self._wait_enter():
+            return
+        try:
+            self._r.woken()  # type: ignore[union-attr]  # _wait_enter: not None
+        finally:
+            self._wait_leave()
 
     def _wait_backstop(self) -> float | None:
-        return 0.1
+        return _WAIT_BACKSTOP
+
+
+_WAIT_BACKSTOP = 0.1
+"""A fan-out subscriber's longest sleep in zcser.wait before looking again (its publisher's
+liveness)."""
 
 
 def _release_quietly(frame: FanoutFrame) -> None:

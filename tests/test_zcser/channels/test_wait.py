@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import sys
 import threading
 import time
 from typing import Any
@@ -374,3 +375,48 @@ def test_every_end_is_an_async_context_manager(shm_name: str) -> None:
         return got, rx.closed, tx.closed, pub.closed, sub.closed
 
     assert asyncio.run(main()) == ("async", True, True, True, True)
+
+
+def _close_under_a_spinning_waiter(name: str, rounds: int, out: Any) -> None:
+    """In a child process (a crash must fail the test, not the test run): a thread calls
+    zcser.wait([sub], timeout=0) over and over while the main thread closes the subscriber,
+    `rounds` times; the switch interval is tiny so that the thread is often stopped between
+    a hook's look at `closed` and its read of the slot's words."""
+    sys.setswitchinterval(1e-6)
+    pub = zcser.Publisher(name, capacity=MIB)
+    outcomes: set[str] = set()
+    for i in range(rounds):
+        sub = zcser.Subscriber(name)
+        stop: list[bool] = []
+
+        def spin(sub: Any = sub, stop: list[bool] = stop) -> None:
+            while not stop:
+                try:
+                    zcser.wait([sub], timeout=0)
+                except errors.ZcserError as exc:  # (none expected: wait reports a closed end)
+                    outcomes.add(type(exc).__name__)
+
+        thread = threading.Thread(target=spin)
+        thread.start()
+        for _ in range(i % 50):  # a varying point in the waiter's loop
+            pass
+        sub.close()
+        stop.append(True)
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        assert sub.closed
+    pub.close()
+    out.put(sorted(outcomes))
+
+
+def test_closing_a_subscriber_under_a_spinning_waiter_does_not_crash(shm_name: str) -> None:
+    """Regression: a fan-out Subscriber's wait hooks read its slot's words after checking
+    `closed`, outside the gate; a close() in another thread in between unmapped the segment
+    (SIGSEGV). Now the hooks count themselves and close() leaves the mapping to the last."""
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    p = ctx.Process(target=_close_under_a_spinning_waiter, args=(shm_name, 1200, out))
+    p.start()
+    p.join(WAIT * 4)
+    assert p.exitcode == 0, f"the process ended with {p.exitcode}"
+    assert out.get(timeout=WAIT) == []
