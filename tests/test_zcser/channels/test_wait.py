@@ -418,5 +418,8 @@ def test_closing_a_subscriber_under_a_spinning_waiter_does_not_crash(shm_name: s
     p = ctx.Process(target=_close_under_a_spinning_waiter, args=(shm_name, 1200, out))
     p.start()
     p.join(WAIT * 4)
+    if p.is_alive():  # never left behind: a stuck child fails the test, not the run
+        p.kill()
+        p.join(WAIT)
     assert p.exitcode == 0, f"the process ended with {p.exitcode}"
     assert out.get(timeout=WAIT) == []
